@@ -1,0 +1,1 @@
+"""Benchmark harness for signal-bridge: reference bridges, sinks, producer and the runner."""

@@ -1,0 +1,865 @@
+"""One-command benchmark of signal-bridge against the two reference bridges.
+
+Run from the repo root: ``.venv/bin/python -m bench.run`` (``--help`` for options, ``--quick``
+for a short run). It starts a private redis-server and the sinks, then for each bridge:
+
+1. a contract check (a few hundred signals through the recording sink, verified against the
+   stream: idempotency keys, canonical bodies, headers, signatures);
+2. drain runs: a fresh backlog of N signals, timed from the first ack until the group has read
+   everything and nothing is pending (CPU and peak RSS from /proc, median of ``--repeat``);
+3. latency runs: a separate producer XADDs at fixed rates, the recording sink measures
+   XADD -> server latency;
+4. optional memory run (``--memory-entries``) and two-replica run (``--replica-bridges``).
+
+Results go to ``bench/results/latest.json`` and are printed as tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import redis
+
+from bench.common import (
+    canonical_json,
+    free_port,
+    idempotency_key,
+    make_signal,
+    stream_fields,
+)
+from bench.procstat import tree_cpu_seconds, tree_peak_rss_mb
+from bench.sink import SinkProcess, http_call, start_fast_sink, start_uvicorn_sink
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+VENV_PY = REPO / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PY) if VENV_PY.exists() else sys.executable
+GROUP = "signal-bridge"
+SECRET = "bench-secret-0123456789abcdef"
+PRODUCER_ID = "bench-producer"
+POLL_S = 0.01
+STOP_WAIT_S = 10.0
+REFERENCES = ("naive", "aiohttp")
+
+
+class BenchError(RuntimeError):
+    """A run failed (bridge exited, timed out, or answered wrongly)."""
+
+
+@dataclass
+class BridgeSpec:
+    """How to start one bridge, and whether it can be started here."""
+
+    name: str
+    argv: list[str]
+    missing: str | None = None
+
+
+def bridge_specs(signal_bridge_cmd: str) -> dict[str, BridgeSpec]:
+    """Return the known bridges, marking signal-bridge missing when it cannot be imported."""
+    specs = {
+        "naive": BridgeSpec("naive", [PYTHON, "-m", "bench.ref_naive", "--idle-exit", "0"]),
+        "aiohttp": BridgeSpec("aiohttp", [PYTHON, "-m", "bench.ref_aiohttp", "--idle-exit", "0"]),
+    }
+    argv = shlex.split(signal_bridge_cmd)
+    exe = argv[0] if Path(argv[0]).is_absolute() else str(REPO / argv[0])
+    argv[0] = exe if Path(exe).exists() else (shutil.which(argv[0]) or exe)
+    missing: str | None = None
+    if not Path(argv[0]).exists():
+        missing = f"{argv[0]} does not exist"
+    else:
+        probe = subprocess.run(  # noqa: S603
+            [PYTHON, "-c", "from bridge.cli import main"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if probe.returncode != 0:
+            last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+            missing = f"bridge.cli:main is not importable ({last})"
+    specs["signal-bridge"] = BridgeSpec("signal-bridge", argv, missing)
+    return specs
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every child process the harness started, so that all of them are ended on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.sinks: list[SinkProcess] = []
+
+    def spawn(
+        self, argv: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a process with stdout+stderr to ``log`` and remember it."""
+        with log.open("ab") as out:
+            proc = subprocess.Popen(  # noqa: S603
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], wait_s: float = STOP_WAIT_S) -> int | None:
+        """SIGTERM, wait at most ``wait_s``, then SIGKILL; return the exit code."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                print(f"  pid {proc.pid} ignored SIGTERM for {wait_s:.0f} s; SIGKILL")
+                proc.kill()
+                proc.wait(5)
+        with contextlib.suppress(ValueError):
+            self.procs.remove(proc)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        """End every process and sink still running."""
+        for proc in list(self.procs):
+            self.stop(proc, 5)
+        for sink in self.sinks:
+            sink.stop()
+        self.sinks.clear()
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, without persistence."""
+
+    def __init__(self, procs: Processes, log_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise BenchError("redis-server is not installed (apt-get install -y redis-server)")
+        self.port = free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.tmp),
+            "--daemonize",
+            "no",
+        ]
+        self.proc = procs.spawn(argv, log_dir / "redis.log")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise BenchError("redis-server did not start") from None
+                time.sleep(0.05)
+        self.version = str(self.client.info("server")["redis_version"])
+
+    def close(self, procs: Processes) -> None:
+        """Stop the server and remove its directory."""
+        self.client.close()
+        procs.stop(self.proc, 5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- stream helpers
+
+
+def build_backlog(client: redis.Redis, stream: str, count: int, prefix: str) -> None:
+    """XADD ``count`` signals in pipelined batches and create the group at id 0."""
+    client.delete(stream)
+    for start in range(0, count, 1000):
+        pipe = client.pipeline(transaction=False)
+        for index in range(start, min(count, start + 1000)):
+            pipe.xadd(stream, stream_fields(make_signal(index, prefix), index))
+        pipe.execute()
+    client.xgroup_create(stream, GROUP, id="0")
+
+
+@dataclass
+class GroupState:
+    """What XINFO GROUPS says about the bench group."""
+
+    read: int
+    pending: int
+    lag: int | None
+
+    @property
+    def acked(self) -> int:
+        """Entries the group read and no longer has pending."""
+        return self.read - self.pending
+
+
+def group_state(client: redis.Redis, stream: str) -> GroupState:
+    """Return the bench group's entries-read, pending and lag."""
+    for group in client.xinfo_groups(stream):
+        name = group["name"]
+        if (name.decode() if isinstance(name, bytes) else name) == GROUP:
+            read = group.get("entries-read")
+            lag = group.get("lag")
+            return GroupState(
+                int(read or 0), int(group["pending"]), None if lag is None else int(lag)
+            )
+    raise BenchError(f"group {GROUP} vanished from {stream}")
+
+
+def wait_drained(
+    client: redis.Redis,
+    stream: str,
+    total: int,
+    procs: list[subprocess.Popen[bytes]],
+    timeout_s: float,
+) -> dict[str, float]:
+    """Poll until the group read ``total`` entries and none is pending; time and CPU it.
+
+    Returns the spawn-relative time of the first observed ack and of completion, the acks and
+    CPU seconds at the first observation and at completion (all bridge processes' trees).
+    """
+    pids = [p.pid for p in procs]
+    start = time.perf_counter()
+    first: tuple[float, int, float] | None = None
+    while True:
+        now = time.perf_counter()
+        for proc in procs:
+            if proc.poll() is not None:
+                raise BenchError(f"bridge pid {proc.pid} exited early with code {proc.returncode}")
+        state = group_state(client, stream)
+        if first is None and state.acked > 0:
+            first = (now, state.acked, tree_cpu_seconds(pids))
+        if state.read >= total and state.pending == 0 and not state.lag:
+            cpu = tree_cpu_seconds(pids)
+            first = first or (start, 0, 0.0)
+            return {
+                "first_s": first[0] - start,
+                "first_acked": first[1],
+                "first_cpu_s": first[2],
+                "done_s": now - start,
+                "cpu_s": cpu,
+            }
+        if now - start > timeout_s:
+            raise BenchError(
+                f"not drained after {timeout_s:.0f} s: read {state.read}/{total}, "
+                f"pending {state.pending}, lag {state.lag}"
+            )
+        time.sleep(POLL_S)
+
+
+def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str) -> dict[str, str]:
+    """Return the environment a bridge runs with (signal-bridge's variables)."""
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_SDK_DISABLED"}
+    env.update(
+        BRIDGE_REDIS_URL=ctx.redis.url,
+        BRIDGE_STREAM=stream,
+        BRIDGE_GROUP=GROUP,
+        BRIDGE_CONSUMER=consumer,
+        BRIDGE_START_ID=start_id,
+        OUTBOUND_SERVER_URL=url,
+        HMAC_PRODUCER_SECRET=SECRET,
+        PRODUCER_ID=PRODUCER_ID,
+        BRIDGE_LOG_LEVEL="WARNING",
+        BRIDGE_HEALTH_PORT="0",
+    )
+    return env
+
+
+@dataclass
+class Context:
+    """Shared state of one harness invocation."""
+
+    args: argparse.Namespace
+    procs: Processes
+    redis: RedisServer
+    fast_sink: SinkProcess
+    record_sink: SinkProcess
+    log_dir: Path
+    run_seq: int = 0
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def next_name(self, kind: str, bridge: str) -> str:
+        """Return a fresh stream/log name for one run."""
+        self.run_seq += 1
+        return f"bench:{kind}:{bridge}:{self.run_seq}:{uuid.uuid4().hex[:6]}"
+
+
+def start_bridges(
+    ctx: Context, spec: BridgeSpec, stream: str, start_id: str, url: str, replicas: int = 1
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``replicas`` processes of a bridge with distinct consumer names."""
+    procs = []
+    for k in range(replicas):
+        env = bridge_env(ctx, stream, f"bench-{k + 1}", start_id, url)
+        log = ctx.log_dir / f"{stream.replace(':', '_')}-{k + 1}.log"
+        procs.append(ctx.procs.spawn(spec.argv, log, env))
+    return procs
+
+
+def stop_bridges(ctx: Context, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate bridge processes (SIGTERM, bounded wait, SIGKILL)."""
+    for proc in procs:  # signal all first, so replicas shut down in parallel
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        ctx.procs.stop(proc)
+
+
+def log_tail(ctx: Context, stream: str, lines: int = 15) -> str:
+    """Return the last lines of a run's bridge logs (for error reports)."""
+    out = []
+    for path in sorted(ctx.log_dir.glob(f"{stream.replace(':', '_')}-*.log")):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+def self_report(ctx: Context, stream: str) -> dict[str, Any] | None:
+    """Return the JSON stats line a reference bridge printed on exit, if any."""
+    for path in sorted(ctx.log_dir.glob(f"{stream.replace(':', '_')}-*.log")):
+        for line in reversed(path.read_text(errors="replace").splitlines()):
+            if line.startswith('{"bridge"'):
+                data: dict[str, Any] = json.loads(line)
+                return data
+    return None
+
+
+def drain_timeout(ctx: Context, total: int) -> float:
+    """Return the time bound of one drain run (assumes at least ~300 signals/s)."""
+    if ctx.args.timeout:
+        return float(ctx.args.timeout)
+    return min(900.0, max(30.0, total / 300))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> dict[str, Any]:
+    """Drain a fresh backlog of ``total`` signals to the fast sink and measure the bridge."""
+    stream = ctx.next_name("drain", spec.name)
+    client = ctx.redis.client
+    build_backlog(client, stream, total, "drain")
+    redis_cpu0 = tree_cpu_seconds([ctx.redis.proc.pid])
+    sink_cpu0 = tree_cpu_seconds([ctx.fast_sink.proc.pid])
+    procs = start_bridges(ctx, spec, stream, "0", ctx.fast_sink.url, replicas)
+    pids = [p.pid for p in procs]
+    try:
+        timing = wait_drained(client, stream, total, procs, drain_timeout(ctx, total))
+        rss = tree_peak_rss_mb(pids)
+        cpu_end = tree_cpu_seconds(pids)
+    except BenchError as exc:
+        stop_bridges(ctx, procs)
+        raise BenchError(f"{exc}\n{log_tail(ctx, stream)}") from exc
+    redis_cpu = tree_cpu_seconds([ctx.redis.proc.pid]) - redis_cpu0
+    sink_cpu = tree_cpu_seconds([ctx.fast_sink.proc.pid]) - sink_cpu0
+    stop_bridges(ctx, procs)
+    client.delete(stream)
+    steady_n = total - timing["first_acked"]
+    steady_s = timing["done_s"] - timing["first_s"]
+    if steady_n < total * 0.5 or steady_s <= 0:  # too fast to observe a first ack: use totals
+        steady_n, steady_s = total, timing["done_s"]
+        steady_cpu = cpu_end
+    else:
+        steady_cpu = cpu_end - timing["first_cpu_s"]
+    return {
+        "bridge": spec.name,
+        "replicas": replicas,
+        "signals": total,
+        "signals_per_s": round(steady_n / steady_s, 1),
+        "cpu_us_per_signal": round(steady_cpu / steady_n * 1e6, 1),
+        "peak_rss_mb": round(rss, 1),
+        "startup_s": round(timing["first_s"], 3),
+        "total_s": round(timing["done_s"], 3),
+        "total_cpu_s": round(cpu_end, 3),
+        "redis_cpu_us_per_signal": round(redis_cpu / total * 1e6, 1),
+        "sink_cpu_us_per_signal": round(sink_cpu / total * 1e6, 1),
+        "self_report": self_report(ctx, stream),
+    }
+
+
+def verify_delivery(
+    client: redis.Redis, stream: str, records: list[dict[str, Any]], after_id: str = "-"
+) -> dict[str, Any]:
+    """Compare what the recording sink got with the stream's entries (keys, bodies, checks)."""
+    expected: dict[str, str] = {}
+    for raw_id, fields in client.xrange(stream, min=after_id):
+        entry_id = raw_id.decode()
+        if after_id != "-" and entry_id == after_id.lstrip("("):
+            continue
+        body = canonical_json(json.loads(fields[b"signal"]))
+        expected[idempotency_key(stream, entry_id)] = hashlib.sha256(body).hexdigest()
+    seen: Counter[str] = Counter(r["key"] for r in records)
+    problems: Counter[str] = Counter(p for r in records for p in r["problems"])
+    bad_body = sum(
+        1 for r in records if r["key"] in expected and expected[r["key"]] != r["body_sha256"]
+    )
+    if bad_body:
+        problems["body-differs-from-entry"] = bad_body
+    missing = len(expected.keys() - seen.keys())
+    unexpected = len(seen.keys() - expected.keys())
+    duplicates = sum(n - 1 for n in seen.values() if n > 1)
+    return {
+        "ok": not (missing or unexpected or problems),
+        "expected": len(expected),
+        "delivered": len(records),
+        "missing": missing,
+        "unexpected_keys": unexpected,
+        "duplicates": duplicates,
+        "problems": dict(problems),
+    }
+
+
+def sink_records(ctx: Context) -> list[dict[str, Any]]:
+    """Fetch the recording sink's records."""
+    status, body = http_call(ctx.record_sink.port, "GET", "/stats")
+    if status != 200:
+        raise BenchError(f"recording sink /stats answered {status}")
+    records: list[dict[str, Any]] = json.loads(body)["records"]
+    return records
+
+
+def reset_sink(ctx: Context) -> None:
+    """Clear the recording sink's records."""
+    http_call(ctx.record_sink.port, "POST", "/reset")
+
+
+def contract_check(ctx: Context, spec: BridgeSpec, total: int) -> dict[str, Any]:
+    """Deliver a small backlog through the verifying sink and check every request."""
+    stream = ctx.next_name("check", spec.name)
+    client = ctx.redis.client
+    build_backlog(client, stream, total, "check")
+    reset_sink(ctx)
+    procs = start_bridges(ctx, spec, stream, "0", ctx.record_sink.url)
+    try:
+        wait_drained(client, stream, total, procs, 60)
+    except BenchError as exc:
+        stop_bridges(ctx, procs)
+        raise BenchError(f"{exc}\n{log_tail(ctx, stream)}") from exc
+    stop_bridges(ctx, procs)
+    result = verify_delivery(client, stream, sink_records(ctx))
+    client.delete(stream)
+    return result
+
+
+def wait_consumer(client: redis.Redis, stream: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the bridge has joined the group (first XREADGROUP), at most 30 s."""
+    deadline = time.monotonic() + 30
+    while not client.xinfo_consumers(stream, GROUP):
+        if proc.poll() is not None:
+            raise BenchError(f"bridge exited early with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise BenchError("bridge did not join the consumer group within 30 s")
+        time.sleep(0.05)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def latency_run(ctx: Context, spec: BridgeSpec, rate: float, seconds: float) -> dict[str, Any]:
+    """Produce at ``rate`` for ``seconds`` (separate process) and measure XADD -> sink latency."""
+    stream = ctx.next_name("latency", spec.name)
+    client = ctx.redis.client
+    client.xgroup_create(stream, GROUP, id="$", mkstream=True)
+    procs = start_bridges(ctx, spec, stream, "$", ctx.record_sink.url)
+    try:
+        wait_consumer(client, stream, procs[0])
+        # Warm-up: a few signals open the connections and fill caches; they are not measured.
+        warmup = 50
+        for index in range(warmup):
+            client.xadd(stream, stream_fields(make_signal(index, "warmup"), index))
+        wait_drained(client, stream, warmup, procs, 30)
+        last_warmup = client.xrevrange(stream, count=1)[0][0].decode()
+        reset_sink(ctx)
+        producer_argv = [
+            PYTHON,
+            "-m",
+            "bench.producer",
+            "--redis-url",
+            ctx.redis.url,
+            "--stream",
+            stream,
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+        ]
+        log = ctx.log_dir / f"{stream.replace(':', '_')}-producer.log"
+        producer = ctx.procs.spawn(producer_argv, log)
+        try:
+            producer.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            ctx.procs.stop(producer)
+            raise BenchError("producer did not finish in time") from None
+        ctx.procs.stop(producer)
+        produced_at = time.perf_counter()
+        producer_summary = json.loads(log.read_text().strip().splitlines()[-1])
+        sent = int(producer_summary["sent"])
+        drained = True
+        try:
+            wait_drained(client, stream, warmup + sent, procs, max(30.0, 4 * seconds))
+        except BenchError:
+            drained = False
+        drain_after_s = time.perf_counter() - produced_at
+    except BenchError as exc:
+        stop_bridges(ctx, procs)
+        raise BenchError(f"{exc}\n{log_tail(ctx, stream)}") from exc
+    stop_bridges(ctx, procs)
+    records = sink_records(ctx)
+    contract = verify_delivery(client, stream, records, after_id=f"({last_warmup}")
+    client.delete(stream)
+    lat = sorted((r["arrival_ns"] - r["sent_ns"]) / 1e6 for r in records if r["sent_ns"])
+    return {
+        "bridge": spec.name,
+        "rate": rate,
+        "seconds": seconds,
+        "sent": sent,
+        "delivered": len(lat),
+        "producer": producer_summary,
+        "drained": drained,
+        "drain_after_producer_s": round(drain_after_s, 3),
+        "p50_ms": round(percentile(lat, 0.50), 3),
+        "p99_ms": round(percentile(lat, 0.99), 3),
+        "max_ms": round(lat[-1], 3) if lat else math.nan,
+        "mean_ms": round(statistics.fmean(lat), 3) if lat else math.nan,
+        "contract": contract,
+    }
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the per-metric median of repeated drain runs."""
+    keys = (
+        "signals_per_s",
+        "cpu_us_per_signal",
+        "peak_rss_mb",
+        "startup_s",
+        "redis_cpu_us_per_signal",
+        "sink_cpu_us_per_signal",
+    )
+    out: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 1) for k in keys}
+    out["runs"] = len(runs)
+    out["signals_per_s_all"] = [r["signals_per_s"] for r in runs]
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """Format a/b as ``1.23x`` (``-`` when either is missing)."""
+    if not a or not b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Print a Markdown table."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print the drain, latency, memory and replica tables."""
+    drain: dict[str, dict[str, Any]] = results["drain"]
+    ref = drain.get("aiohttp", {})
+    naive = drain.get("naive", {})
+    rows = []
+    for name, med in drain.items():
+        check = results["contract"].get(name, {})
+        rows.append(
+            [
+                name,
+                f"{med['signals_per_s']:,.0f}",
+                f"{med['cpu_us_per_signal']:,.0f}",
+                f"{med['peak_rss_mb']:.1f}",
+                ratio(med["signals_per_s"], ref.get("signals_per_s")),
+                ratio(med["signals_per_s"], naive.get("signals_per_s")),
+                ratio(med["cpu_us_per_signal"], ref.get("cpu_us_per_signal")),
+                f"{med['startup_s']:.2f}",
+                "ok" if check.get("ok") else ("FAIL" if check else "-"),
+            ]
+        )
+    meta = results["meta"]
+    print(
+        f"\nDrain {meta['signals']:,} signals -> {meta['sink']} sink "
+        f"(median of {meta['repeat']}; rate and CPU measured from the first ack)"
+    )
+    headers = [
+        "bridge",
+        "signals/s",
+        "CPU us/signal",
+        "peak RSS MB",
+        "rate vs aiohttp",
+        "rate vs naive",
+        "CPU vs aiohttp",
+        "startup s",
+        "contract",
+    ]
+    print_table(headers, rows)
+    if results["latency"]:
+        print("\nLatency XADD -> sink (separate paced producer; recording uvicorn sink)")
+        rows = [
+            [
+                r["bridge"],
+                f"{r['rate']:,.0f}/s",
+                f"{r['delivered']}/{r['sent']}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['max_ms']:.2f}",
+                f"{r['drain_after_producer_s']:.2f}" + ("" if r["drained"] else " (timeout)"),
+                "ok" if r["contract"]["ok"] else "FAIL",
+            ]
+            for r in results["latency"]
+        ]
+        headers = [
+            "bridge",
+            "rate",
+            "delivered",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "drain after producer s",
+            "contract",
+        ]
+        print_table(headers, rows)
+    if results["memory"]:
+        print("\nMemory run")
+        rows = [
+            [
+                r["bridge"],
+                f"{r['signals']:,}",
+                f"{r['peak_rss_mb']:.1f}",
+                f"{r['signals_per_s']:,.0f}",
+            ]
+            for r in results["memory"]
+        ]
+        print_table(["bridge", "entries", "peak RSS MB", "signals/s"], rows)
+    if results["replicas"]:
+        print("\nTwo replicas vs one (same backlog, distinct BRIDGE_CONSUMER)")
+        rows = [
+            [r["bridge"], f"{r['one']:,.0f}", f"{r['two']:,.0f}", f"{r['ratio']:.2f}x"]
+            for r in results["replicas"]
+        ]
+        print_table(["bridge", "1 replica signals/s", "2 replicas signals/s", "ratio 2 vs 1"], rows)
+    for name, why in results["skipped"].items():
+        print(f"skipped {name}: {why}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the harness CLI."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    add = parser.add_argument
+    add("--bridges", default="naive,aiohttp,signal-bridge", help="comma-separated bridges")
+    add("--signals", "-n", type=int, default=20_000, help="backlog size of a drain run")
+    add("--repeat", type=int, default=3, help="drain runs per bridge (median reported)")
+    add("--quick", action="store_true", help="5,000 signals, 1 repeat, 2 s latency runs")
+    add("--rates", default="200,1000", help="latency-run rates (signals/s); empty: none")
+    add("--latency-seconds", type=float, default=5.0, help="producer time per latency run")
+    add("--check-signals", type=int, default=300, help="signals in the contract check")
+    add("--memory-entries", type=int, default=0, help="backlog of the memory run (0: none)")
+    add("--memory-bridges", default="signal-bridge", help="bridges given the memory run")
+    add("--replica-bridges", default="signal-bridge", help="bridges given the 2-replica run")
+    add("--install-nginx", action="store_true", help="apt-get install nginx when missing")
+    add("--uvicorn-sink", action="store_true", help="use the uvicorn fast sink even with nginx")
+    add("--signal-bridge-cmd", default=".venv/bin/signal-bridge run", help="command (shlex)")
+    add("--timeout", type=float, default=0, help="bound of one drain run in s (0: auto)")
+    add("--out", type=Path, default=RESULTS / "latest.json", help="JSON results file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.signals = min(args.signals, 5_000)
+        args.repeat = 1
+        args.latency_seconds = min(args.latency_seconds, 2.0)
+    if not 100 <= args.signals <= 2_000_000 or not 1 <= args.repeat <= 20:
+        parser.error("--signals must be in [100, 2000000] and --repeat in [1, 20]")
+    if not 0 < args.latency_seconds <= 120:
+        parser.error("--latency-seconds must be in (0, 120]")
+    return args
+
+
+def names(csv: str) -> list[str]:
+    """Split a comma-separated list."""
+    return [n.strip() for n in csv.split(",") if n.strip()]
+
+
+def run_all(ctx: Context, specs: dict[str, BridgeSpec]) -> None:
+    """Run every selected measurement, filling ``ctx.results``."""
+    args, res = ctx.args, ctx.results
+    wanted = names(args.bridges)
+    for name in wanted:
+        if name not in specs:
+            raise BenchError(f"unknown bridge {name!r} (known: {', '.join(specs)})")
+    active = []
+    for name in wanted:
+        if specs[name].missing:
+            print(f"SKIP {name}: {specs[name].missing}")
+            res["skipped"][name] = specs[name].missing
+        else:
+            active.append(specs[name])
+
+    def guarded(label: str, spec: BridgeSpec, func: Any, *fargs: Any) -> Any:  # noqa: ANN401
+        """Run one measurement; on failure record it and return None."""
+        try:
+            return func(ctx, spec, *fargs)
+        except (BenchError, redis.RedisError, OSError) as exc:
+            print(f"FAILED {label} {spec.name}: {exc}")
+            res["errors"].append({"bridge": spec.name, "run": label, "error": str(exc)})
+            return None
+
+    for spec in active:
+        check = guarded("contract", spec, contract_check, args.check_signals)
+        if check is not None:
+            res["contract"][spec.name] = check
+            print(f"contract {spec.name}: {'ok' if check['ok'] else 'FAIL'} {check}")
+    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in active}
+    for rep in range(args.repeat):  # interleaved, so drift hits every bridge alike
+        for spec in active:
+            one = guarded("drain", spec, drain_run, args.signals)
+            if one is not None:
+                runs[spec.name].append(one)
+                print(
+                    f"drain {spec.name} #{rep + 1}: {one['signals_per_s']:,.0f} signals/s, "
+                    f"{one['cpu_us_per_signal']:,.0f} us CPU/signal, "
+                    f"{one['peak_rss_mb']:.1f} MB"
+                )
+    res["drain_runs"] = runs
+    res["drain"] = {name: median_of(r) for name, r in runs.items() if r}
+    for rate in [float(r) for r in names(args.rates)]:
+        for spec in active:
+            lat = guarded("latency", spec, latency_run, rate, args.latency_seconds)
+            if lat is not None:
+                res["latency"].append(lat)
+                print(
+                    f"latency {spec.name} @ {rate:,.0f}/s: p50 {lat['p50_ms']} ms, "
+                    f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms, "
+                    f"{lat['delivered']}/{lat['sent']} delivered"
+                )
+    for spec in active:
+        if args.memory_entries and spec.name in names(args.memory_bridges):
+            mem = guarded("memory", spec, drain_run, args.memory_entries)
+            if mem is not None:
+                res["memory"].append(mem)
+                print(f"memory {spec.name}: {mem['peak_rss_mb']:.1f} MB peak RSS")
+        if spec.name in names(args.replica_bridges):
+            two = [
+                guarded("replicas", spec, drain_run, args.signals, 2) for _ in range(args.repeat)
+            ]
+            ok = [t for t in two if t is not None]
+            one = res["drain"].get(spec.name, {}).get("signals_per_s")
+            if ok and one:
+                rate2 = statistics.median(t["signals_per_s"] for t in ok)
+                res["replicas"].append(
+                    {
+                        "bridge": spec.name,
+                        "one": one,
+                        "two": rate2,
+                        "ratio": rate2 / one,
+                        "runs": ok,
+                    }
+                )
+                print(f"replicas {spec.name}: 2 vs 1 = {rate2 / one:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return 0 when every selected run succeeded."""
+    args = parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_dir = RESULTS / "logs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    specs = bridge_specs(args.signal_bridge_cmd)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        """Turn SIGTERM into SystemExit so that every child is cleaned up."""
+        del frame
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    procs = Processes()
+    redis_server: RedisServer | None = None
+    started = time.perf_counter()
+    try:
+        redis_server = RedisServer(procs, log_dir)
+        fast = start_fast_sink(
+            log_dir, allow_install=args.install_nginx, force_uvicorn=args.uvicorn_sink
+        )
+        procs.sinks.append(fast)
+        record = start_uvicorn_sink("record", log_dir, SECRET, PRODUCER_ID)
+        procs.sinks.append(record)
+        ctx = Context(args, procs, redis_server, fast, record, log_dir)
+        ctx.results = {
+            "meta": {
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                "signals": args.signals,
+                "repeat": args.repeat,
+                "sink": fast.kind,
+                "latency_sink": record.kind,
+                "redis": redis_server.version,
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "argv": sys.argv[1:] if argv is None else argv,
+                "logs": str(log_dir.relative_to(REPO)),
+            },
+            "skipped": {},
+            "errors": [],
+            "contract": {},
+            "drain": {},
+            "latency": [],
+            "memory": [],
+            "replicas": [],
+        }
+        print(
+            f"redis {redis_server.version} on :{redis_server.port}; fast sink {fast.kind} "
+            f"on :{fast.port}; recording sink {record.kind} on :{record.port}"
+        )
+        run_all(ctx, specs)
+        ctx.results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(ctx.results, indent=2, default=str) + "\n")
+        report(ctx.results)
+        print(f"\nresults: {args.out}  logs: {log_dir}  ({ctx.results['meta']['seconds']} s)")
+        return 1 if ctx.results["errors"] else 0
+    finally:
+        procs.stop_all()
+        if redis_server is not None:
+            redis_server.close(procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""``HmacClient``: one signed POST to the ingest server, and what its answer means.
+
+The client owns httpx: it signs each attempt afresh (new ``X-Timestamp``, new signature), sends
+it on one pooled connection set, and translates every answer into our error tree so the caller
+only sees an :class:`IngestResponse` or a :class:`~bridge.errors.DeliveryError` whose
+``outcome`` says success / duplicate / permanent / auth / transient.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Final, Self
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+from opentelemetry import propagate, trace
+from opentelemetry.semconv.attributes import (
+    error_attributes,
+    http_attributes,
+    server_attributes,
+    url_attributes,
+)
+
+from bridge import __version__
+from bridge.config import OutboundConfig
+from bridge.errors import (
+    AlreadyReceivedError,
+    AuthError,
+    BridgeError,
+    DeliveryError,
+    DeliveryTimeoutError,
+    InvalidSignalError,
+    RejectedError,
+    TransientDeliveryError,
+)
+from bridge.signal import Signal, encode_canonical
+from bridge.signing import Signer
+from bridge.telemetry import Metrics, get_tracer, log_fields
+
+__all__ = ["HmacClient", "IngestResponse", "classify_status", "parse_retry_after"]
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_CODES: Final = frozenset({408, 425, 429})
+_MAX_DETAIL_CHARS: Final = 2048
+
+
+class IngestResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """The server's answer to an accepted signal."""
+
+    signal_id: str
+    status: str
+    server_timestamp: datetime
+    message: str | None = None
+    errors: list[str] | None = None
+
+
+_RESPONSE_DECODER: Final = msgspec.json.Decoder(IngestResponse)
+_ANY_DECODER: Final = msgspec.json.Decoder()
+
+
+def classify_status(code: int) -> type[DeliveryError] | None:
+    """Map an HTTP status to the error class it raises; None for 200/201 (success)."""
+    if code in (200, 201):
+        return None
+    if code == 409:
+        return AlreadyReceivedError
+    if code == 401:
+        return AuthError
+    if code in _TRANSIENT_CODES or code >= 500 or code < 200:
+        return TransientDeliveryError
+    return RejectedError
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Parse Retry-After (seconds or an HTTP date) into seconds from now; None if absent/bad."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _server_details(response: httpx.Response) -> object:
+    """Return the server's error body: decoded JSON when it is JSON, else a bounded snippet."""
+    content = response.content
+    try:
+        return _ANY_DECODER.decode(content)
+    except msgspec.DecodeError:
+        return content[:_MAX_DETAIL_CHARS].decode("utf-8", "replace")
+
+
+def _is_tls_verification_failure(exc: BaseException) -> bool:
+    """Tell whether a connect error comes from a refused certificate (never a retry matter)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError | ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def build_ssl_context(config: OutboundConfig) -> ssl.SSLContext:
+    """Verify against the system store, or OUTBOUND_CA_BUNDLE; add the client certificate."""
+    context = ssl.create_default_context(cafile=config.ca_bundle)
+    if config.client_cert is not None:
+        context.load_cert_chain(config.client_cert, config.client_key)
+    return context
+
+
+class _State(enum.Enum):
+    UNOPENED = 1
+    OPENED = 2
+    CLOSED = 3
+
+
+class HmacClient:
+    """Posts HMAC-signed signals over one pooled ``httpx.AsyncClient``.
+
+    Use as ``async with HmacClient(config) as client: await client.post_signal(signal)``.
+    A closed client cannot be reopened.
+    """
+
+    def __init__(
+        self,
+        config: OutboundConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
+        tracer: trace.Tracer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._signer = Signer(config.secret_bytes(), config.producer_id, path=config.ingest_path)
+        self._url = config.ingest_url
+        parts = urlsplit(self._url)
+        self._server_address = parts.hostname or ""
+        self._server_port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._timeout = httpx.Timeout(config.timeout_s)
+        self._static_headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"signal-bridge/{__version__}",
+            "X-Producer-Id": config.producer_id,
+        }
+        if config.key_id is not None:
+            self._static_headers["X-Key-Id"] = config.key_id
+        limits = httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
+        )
+        verify: ssl.SSLContext | bool = (
+            build_ssl_context(config) if parts.scheme == "https" else True
+        )
+        self._client = httpx.AsyncClient(
+            transport=transport, limits=limits, timeout=self._timeout, verify=verify
+        )
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._tracer = tracer if tracer is not None else get_tracer()
+        self._clock = clock
+        self._state = _State.UNOPENED
+
+    def __repr__(self) -> str:
+        return f"HmacClient(url={self._url!r}, producer_id={self._config.producer_id!r})"
+
+    @property
+    def producer_id(self) -> str:
+        """The producer id this client signs as."""
+        return self._config.producer_id
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise BridgeError("an HmacClient can be opened only once")
+        self._state = _State.OPENED
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool; idempotent."""
+        if self._state is not _State.CLOSED:
+            self._state = _State.CLOSED
+            await self._client.aclose()
+
+    def timestamp(self) -> str:
+        """Return the current time as RFC 3339 UTC with microseconds and Z (X-Timestamp)."""
+        now = datetime.fromtimestamp(self._clock(), UTC).replace(tzinfo=None)
+        return now.isoformat(timespec="microseconds") + "Z"
+
+    def signed_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
+        """Build the headers of one attempt, signed now."""
+        timestamp = self.timestamp()
+        headers = dict(self._static_headers)
+        headers["X-Timestamp"] = timestamp
+        headers["X-Signature"] = self._signer.sign(body, timestamp)
+        headers["X-Idempotency-Key"] = idempotency_key
+        return headers
+
+    async def post_signal(
+        self,
+        signal: Signal,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> IngestResponse:
+        """Validate, encode canonically, sign and POST one signal.
+
+        Returns the server's IngestResponse on 200/201. Raises InvalidSignalError before
+        sending anything when the body is too large; AlreadyReceivedError on 409; RejectedError,
+        AuthError or TransientDeliveryError (DeliveryTimeoutError on a timeout) otherwise.
+        """
+        try:
+            body = encode_canonical(signal, max_body_size=self._config.max_body_size)
+        except InvalidSignalError as exc:
+            self._record("validation_error", None, None)
+            log.error(
+                "Signal validation failed",
+                extra=log_fields(
+                    producer_id=self.producer_id,
+                    signal_id=signal.signal_id,
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                ),
+            )
+            raise
+        return await self.post_body(
+            body,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+            timeout=timeout,
+            signal_id=signal.signal_id,
+        )
+
+    async def post_body(
+        self,
+        body: bytes,
+        *,
+        idempotency_key: str,
+        timeout: float | None = None,
+        signal_id: str | None = None,
+    ) -> IngestResponse:
+        """POST an already canonical body; same results and errors as :meth:`post_signal`."""
+        if self._state is not _State.OPENED:
+            raise BridgeError("HmacClient is not open (use 'async with')")
+        if len(body) > self._config.max_body_size:
+            raise InvalidSignalError(
+                f"body is {len(body)} bytes, over the limit of {self._config.max_body_size}"
+            )
+        headers = self.signed_headers(body, idempotency_key)
+        with self._tracer.start_as_current_span(
+            "POST",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                http_attributes.HTTP_REQUEST_METHOD: "POST",
+                url_attributes.URL_FULL: self._url,
+                server_attributes.SERVER_ADDRESS: self._server_address,
+                server_attributes.SERVER_PORT: self._server_port,
+            },
+        ) as span:
+            propagate.inject(headers)
+            started = time.perf_counter()
+            try:
+                response = await self._send(body, headers, timeout)
+            except DeliveryError as exc:
+                self._fail(span, exc, started, signal_id)
+                raise
+            span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, response.status_code)
+            try:
+                result = self._interpret(response)
+            except DeliveryError as exc:
+                self._fail(span, exc, started, signal_id)
+                raise
+            self._record("success", response.status_code, time.perf_counter() - started)
+            return result
+
+    async def _send(
+        self, body: bytes, headers: dict[str, str], timeout: float | None
+    ) -> httpx.Response:
+        """Send one request, translating httpx's errors into ours."""
+        request_timeout = self._timeout if timeout is None else httpx.Timeout(timeout)
+        try:
+            return await self._client.post(
+                self._url, content=body, headers=headers, timeout=request_timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise DeliveryTimeoutError(
+                f"no answer from the ingest server within {request_timeout.read}s"
+            ) from exc
+        except httpx.ConnectError as exc:
+            if _is_tls_verification_failure(exc):
+                raise AuthError(
+                    f"TLS verification of the ingest server failed: {exc}; check "
+                    "OUTBOUND_CA_BUNDLE and the server certificate"
+                ) from exc
+            raise TransientDeliveryError(f"cannot connect to the ingest server: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise TransientDeliveryError(f"ingest request failed: {type(exc).__name__}") from exc
+
+    def _interpret(self, response: httpx.Response) -> IngestResponse:
+        """Turn a response into an IngestResponse or the error its status calls for."""
+        code = response.status_code
+        error_class = classify_status(code)
+        if error_class is None:
+            try:
+                return _RESPONSE_DECODER.decode(response.content)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise TransientDeliveryError(
+                    f"ingest server answered {code} with a malformed body: {exc}",
+                    http_code=code,
+                ) from exc
+        message = {
+            AlreadyReceivedError: "the server already has this idempotency key",
+            AuthError: "the server refused the signature (check the secret and the clock)",
+        }.get(error_class, f"ingest server answered {code}")
+        raise error_class(
+            message,
+            http_code=code,
+            details=_server_details(response),
+            retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+    def _fail(
+        self, span: trace.Span, exc: DeliveryError, started: float, signal_id: str | None
+    ) -> None:
+        """Record a failed attempt in the span, metrics and log."""
+        elapsed = time.perf_counter() - started
+        if isinstance(exc, AlreadyReceivedError):
+            self._record("duplicate", exc.http_code, elapsed)
+            return
+        result = "timeout" if isinstance(exc, DeliveryTimeoutError) else "failure"
+        self._record(result, exc.http_code, elapsed)
+        span.set_attribute(error_attributes.ERROR_TYPE, str(exc.http_code or type(exc).__name__))
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+        log.warning(
+            "Signal post failed",
+            extra=log_fields(
+                producer_id=self.producer_id,
+                signal_id=signal_id,
+                http_code=exc.http_code,
+                error=str(exc),
+                error_type=type(exc).__name__,
+                details=exc.details,
+                outcome=exc.outcome.value,
+            ),
+        )
+
+    def _record(self, result: str, http_code: int | None, elapsed_s: float | None) -> None:
+        """Count the attempt and its duration under the seed's metric names."""
+        producer = self._config.producer_id
+        self._metrics.posted_total.add(
+            1,
+            {"result": result, "http_code": str(http_code or 0), "producer_id": producer},
+        )
+        if elapsed_s is not None:
+            self._metrics.posted_duration.record(
+                elapsed_s, {"result": result, "producer_id": producer}
+            )

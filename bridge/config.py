@@ -1,0 +1,475 @@
+"""Typed settings from ``config/bridge.toml`` plus environment overrides.
+
+This is the only module that reads ``os.environ``. Every setting has one environment name (the
+seed's names are kept exactly: ``HMAC_PRODUCER_SECRET``, ``OUTBOUND_SERVER_URL`` ...) and one key
+in a TOML section; the environment wins. Validation errors are ConfigError naming the variable.
+Secrets live in :class:`Secret`, whose ``repr`` and ``str`` never show the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+import msgspec
+
+from bridge.errors import ConfigError
+from bridge.signal import DEFAULT_MAX_BODY_SIZE
+from bridge.signing import INGEST_PATH
+
+__all__ = [
+    "BridgeConfig",
+    "OutboundConfig",
+    "Secret",
+    "StreamConfig",
+    "TelemetryConfig",
+    "load_config",
+    "redact_url",
+]
+
+MIN_SECRET_BYTES: Final = 16
+MIN_TIMEOUT_S: Final = 5.0
+
+
+class Secret:
+    """A secret value that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def get(self) -> bytes:
+        """Return the secret bytes; call only where they are used, never to log."""
+        return self._value
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self) -> Any:  # noqa: ANN401 - pickling protocol
+        raise TypeError("Secret cannot be pickled")
+
+
+def redact_url(url: str) -> str:
+    """Replace the password (and a lone user token) in a URL with ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    userinfo = f"{user}:***" if parts.password is not None else "***"
+    return urlunsplit(SplitResult(parts.scheme, f"{userinfo}@{host}", *parts[2:]))
+
+
+def is_loopback_host(host: str) -> bool:
+    """Tell whether ``host`` is localhost or a loopback address (plain http is fine there)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How to reach and authenticate to the ingest server."""
+
+    server_url: str = ""
+    secret: Secret | None = None
+    producer_id: str = ""
+    enabled: bool = True
+    timeout_s: float = 30.0
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    key_id: str | None = None
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    max_connections: int = 32
+
+    @property
+    def ingest_url(self) -> str:
+        """The full URL of the ingest endpoint."""
+        return self.server_url.rstrip("/") + INGEST_PATH
+
+    @property
+    def ingest_path(self) -> str:
+        """The request path that goes into the canonical request."""
+        return urlsplit(self.ingest_url).path
+
+    def secret_bytes(self) -> bytes:
+        """Return the HMAC secret; ConfigError when none is configured."""
+        if self.secret is None:
+            raise ConfigError("HMAC_PRODUCER_SECRET is required", variable="HMAC_PRODUCER_SECRET")
+        return self.secret.get()
+
+
+class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where signals come from and how the consumer group treats them."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    stream: str = "signals"
+    group: str = "signal-bridge"
+    consumer: str = ""
+    dlq_stream: str = "signals:dlq"
+    start_id: str = "$"
+    max_in_flight: int = 32
+    claim_idle_ms: int = 30000
+    max_deliveries: int = 10
+    signal_max_age_s: float = 300.0
+    batch_size: int = 100
+    block_ms: int = 1000
+    shutdown_grace_s: float = 10.0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={redact_url(v) if name == 'redis_url' else v!r}"
+            for name in self.__struct_fields__
+            for v in (getattr(self, name),)
+        )
+        return f"StreamConfig({fields})"
+
+
+class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Logs, health port and OpenTelemetry switches."""
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    health_port: int = 8081
+    health_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet / compose network
+
+
+class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """All settings of one bridge process."""
+
+    outbound: OutboundConfig = msgspec.field(default_factory=OutboundConfig)
+    stream: StreamConfig = msgspec.field(default_factory=StreamConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+
+    def validate(self) -> BridgeConfig:
+        """Check cross-field rules; return self so it chains."""
+        _validate_outbound(self.outbound)
+        _validate_stream(self.stream)
+        _validate_telemetry(self.telemetry)
+        return self
+
+
+# --- parsing helpers -----------------------------------------------------------------------
+
+
+def _parse_bool(variable: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{variable} must be true or false, got {raw!r}", variable=variable)
+
+
+def _parse_int(variable: str, raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{variable} must be an integer, got {raw!r}", variable=variable
+        ) from None
+
+
+def _parse_float(variable: str, raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{variable} must be a number, got {raw!r}", variable=variable) from None
+
+
+def _parse_str(variable: str, raw: str) -> str:
+    del variable
+    return raw.strip()
+
+
+def _parse_secret(variable: str, raw: str) -> Secret:
+    del variable
+    return Secret(raw.encode())
+
+
+def _parse_optional(variable: str, raw: str) -> str | None:
+    del variable
+    return raw.strip() or None
+
+
+Parser = Callable[[str, str], Any]
+
+# env name -> (section, field, parser). The seed's names are kept as they were.
+_ENV: Final[dict[str, tuple[str, str, Parser]]] = {
+    "HMAC_PRODUCER_ENABLED": ("outbound", "enabled", _parse_bool),
+    "HMAC_PRODUCER_SECRET": ("outbound", "secret", _parse_secret),
+    "HMAC_PRODUCER_KEY_ID": ("outbound", "key_id", _parse_optional),
+    "PRODUCER_ID": ("outbound", "producer_id", _parse_str),
+    "OUTBOUND_SERVER_URL": ("outbound", "server_url", _parse_str),
+    "OUTBOUND_TIMEOUT_SECONDS": ("outbound", "timeout_s", _parse_float),
+    "OUTBOUND_MAX_BODY_SIZE": ("outbound", "max_body_size", _parse_int),
+    "OUTBOUND_CA_BUNDLE": ("outbound", "ca_bundle", _parse_optional),
+    "OUTBOUND_CLIENT_CERT": ("outbound", "client_cert", _parse_optional),
+    "OUTBOUND_CLIENT_KEY": ("outbound", "client_key", _parse_optional),
+    "OUTBOUND_MAX_CONNECTIONS": ("outbound", "max_connections", _parse_int),
+    "BRIDGE_REDIS_URL": ("stream", "redis_url", _parse_str),
+    "BRIDGE_STREAM": ("stream", "stream", _parse_str),
+    "BRIDGE_GROUP": ("stream", "group", _parse_str),
+    "BRIDGE_CONSUMER": ("stream", "consumer", _parse_str),
+    "BRIDGE_DLQ_STREAM": ("stream", "dlq_stream", _parse_str),
+    "BRIDGE_START_ID": ("stream", "start_id", _parse_str),
+    "BRIDGE_MAX_IN_FLIGHT": ("stream", "max_in_flight", _parse_int),
+    "BRIDGE_CLAIM_IDLE_MS": ("stream", "claim_idle_ms", _parse_int),
+    "BRIDGE_MAX_DELIVERIES": ("stream", "max_deliveries", _parse_int),
+    "BRIDGE_SIGNAL_MAX_AGE_SECONDS": ("stream", "signal_max_age_s", _parse_float),
+    "BRIDGE_BATCH_SIZE": ("stream", "batch_size", _parse_int),
+    "BRIDGE_BLOCK_MS": ("stream", "block_ms", _parse_int),
+    "BRIDGE_SHUTDOWN_GRACE_SECONDS": ("stream", "shutdown_grace_s", _parse_float),
+    "BRIDGE_LOG_LEVEL": ("telemetry", "log_level", _parse_str),
+    "BRIDGE_LOG_FORMAT": ("telemetry", "log_format", _parse_str),
+    "BRIDGE_HEALTH_PORT": ("telemetry", "health_port", _parse_int),
+    "BRIDGE_HEALTH_HOST": ("telemetry", "health_host", _parse_str),
+}
+
+# For messages about values that came from the file, name the variable an operator would set.
+_VARIABLE_OF: Final = {(section, field): env for env, (section, field, _) in _ENV.items()}
+
+_SECTIONS: Final[dict[str, type[msgspec.Struct]]] = {
+    "outbound": OutboundConfig,
+    "stream": StreamConfig,
+    "telemetry": TelemetryConfig,
+}
+
+
+def _variable(section: str, field: str) -> str:
+    return _VARIABLE_OF.get((section, field), f"[{section}].{field}")
+
+
+def _read_file(path: Path) -> dict[str, dict[str, Any]]:
+    """Read the TOML file into per-section dicts, checking the section and key names."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}", variable="BRIDGE_CONFIG") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    sections: dict[str, dict[str, Any]] = {}
+    for section, values in data.items():
+        struct = _SECTIONS.get(section)
+        if struct is None or not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: unknown section [{section}]")
+        for key in values:
+            if key not in struct.__struct_fields__:
+                raise ConfigError(f"config file {path}: unknown key {key!r} in [{section}]")
+        if "secret" in values:
+            raise ConfigError(
+                f"config file {path}: put the secret in HMAC_PRODUCER_SECRET or "
+                "HMAC_PRODUCER_SECRET_FILE, not in the file",
+                variable="HMAC_PRODUCER_SECRET",
+            )
+        sections[section] = dict(values)
+    return sections
+
+
+def _read_secret_file(variable: str, path: str) -> Secret:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{variable}: cannot read {path}: {exc.strerror}", variable=variable
+        ) from None
+    return Secret(raw.rstrip(b"\r\n"))
+
+
+def default_consumer_name() -> str:
+    """Host name plus pid: unique per replica, stable for the life of the process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def load_config(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> BridgeConfig:
+    """Load ``path`` (or ``BRIDGE_CONFIG``), apply environment overrides, validate."""
+    environ = os.environ if env is None else env
+    file_path = path if path is not None else environ.get("BRIDGE_CONFIG")
+    sections = _read_file(Path(file_path)) if file_path else {}
+    for variable, (section, field, parser) in _ENV.items():
+        raw = environ.get(variable)
+        if raw is not None and (raw.strip() or field in ("secret",)):
+            sections.setdefault(section, {})[field] = parser(variable, raw)
+    secret_file = environ.get("HMAC_PRODUCER_SECRET_FILE")
+    if secret_file and "HMAC_PRODUCER_SECRET" not in environ:
+        sections.setdefault("outbound", {})["secret"] = _read_secret_file(
+            "HMAC_PRODUCER_SECRET_FILE", secret_file
+        )
+    outbound = sections.setdefault("outbound", {})
+    if not outbound.get("producer_id"):
+        outbound["producer_id"] = socket.gethostname()
+    stream = sections.setdefault("stream", {})
+    if not stream.get("consumer"):
+        stream["consumer"] = default_consumer_name()
+    built: dict[str, msgspec.Struct] = {}
+    for section, struct in _SECTIONS.items():
+        values = sections.get(section, {})
+        try:
+            built[section] = msgspec.convert(values, struct, from_attributes=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"[{section}] {_translate(section, str(exc))}") from None
+    return BridgeConfig(**built).validate()  # type: ignore[arg-type]
+
+
+def _translate(section: str, message: str) -> str:
+    """Name the environment variable in msgspec's message about a field (``$.field``)."""
+    marker = "at `$."
+    if marker in message:
+        field = message.split(marker, 1)[1].rstrip("`").split(".")[0].split("[")[0]
+        return f"{_variable(section, field)}: {message}"
+    return message
+
+
+def _validate_server_url(cfg: OutboundConfig) -> None:
+    if not cfg.server_url:
+        raise ConfigError("OUTBOUND_SERVER_URL is required", variable="OUTBOUND_SERVER_URL")
+    url = urlsplit(cfg.server_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(
+            "OUTBOUND_SERVER_URL must be an http(s) URL with a host, got "
+            f"{redact_url(cfg.server_url)!r}",
+            variable="OUTBOUND_SERVER_URL",
+        )
+    if url.username or url.password:
+        raise ConfigError(
+            "OUTBOUND_SERVER_URL must not carry credentials", variable="OUTBOUND_SERVER_URL"
+        )
+    if url.scheme == "http" and not is_loopback_host(url.hostname):
+        raise ConfigError(
+            "OUTBOUND_SERVER_URL must use https (plain http only for loopback hosts)",
+            variable="OUTBOUND_SERVER_URL",
+        )
+
+
+def _validate_outbound(cfg: OutboundConfig) -> None:
+    if not cfg.enabled:
+        return
+    _validate_server_url(cfg)
+    if cfg.secret is None or len(cfg.secret) == 0:
+        raise ConfigError(
+            "HMAC_PRODUCER_SECRET (or HMAC_PRODUCER_SECRET_FILE) is required when "
+            "HMAC_PRODUCER_ENABLED is true",
+            variable="HMAC_PRODUCER_SECRET",
+        )
+    if len(cfg.secret) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"HMAC_PRODUCER_SECRET must be at least {MIN_SECRET_BYTES} bytes",
+            variable="HMAC_PRODUCER_SECRET",
+        )
+    if not cfg.producer_id or any(c in cfg.producer_id for c in "\r\n"):
+        raise ConfigError("PRODUCER_ID must be non-empty and on one line", variable="PRODUCER_ID")
+    if cfg.timeout_s < MIN_TIMEOUT_S:
+        raise ConfigError(
+            f"OUTBOUND_TIMEOUT_SECONDS must be at least {MIN_TIMEOUT_S:g}, got {cfg.timeout_s:g}",
+            variable="OUTBOUND_TIMEOUT_SECONDS",
+        )
+    if cfg.max_body_size <= 0:
+        raise ConfigError(
+            "OUTBOUND_MAX_BODY_SIZE must be positive", variable="OUTBOUND_MAX_BODY_SIZE"
+        )
+    if cfg.max_connections < 1:
+        raise ConfigError(
+            "OUTBOUND_MAX_CONNECTIONS must be at least 1", variable="OUTBOUND_MAX_CONNECTIONS"
+        )
+    if cfg.client_key is not None and cfg.client_cert is None:
+        raise ConfigError(
+            "OUTBOUND_CLIENT_KEY needs OUTBOUND_CLIENT_CERT", variable="OUTBOUND_CLIENT_CERT"
+        )
+    for variable, file in (
+        ("OUTBOUND_CA_BUNDLE", cfg.ca_bundle),
+        ("OUTBOUND_CLIENT_CERT", cfg.client_cert),
+        ("OUTBOUND_CLIENT_KEY", cfg.client_key),
+    ):
+        if file is not None and not Path(file).is_file():
+            raise ConfigError(f"{variable}: no such file {file}", variable=variable)
+
+
+def _positive(variable: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{variable} must be positive, got {value:g}", variable=variable)
+
+
+def _validate_stream(cfg: StreamConfig) -> None:
+    if urlsplit(cfg.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"BRIDGE_REDIS_URL must be redis://, rediss:// or unix://, got "
+            f"{redact_url(cfg.redis_url)!r}",
+            variable="BRIDGE_REDIS_URL",
+        )
+    for variable, name in (
+        ("BRIDGE_STREAM", cfg.stream),
+        ("BRIDGE_GROUP", cfg.group),
+        ("BRIDGE_CONSUMER", cfg.consumer),
+        ("BRIDGE_DLQ_STREAM", cfg.dlq_stream),
+    ):
+        if not name:
+            raise ConfigError(f"{variable} must not be empty", variable=variable)
+    if cfg.dlq_stream == cfg.stream:
+        raise ConfigError(
+            "BRIDGE_DLQ_STREAM must differ from BRIDGE_STREAM", variable="BRIDGE_DLQ_STREAM"
+        )
+    if not (cfg.start_id in ("$", "0") or _is_stream_id(cfg.start_id)):
+        raise ConfigError(
+            f"BRIDGE_START_ID must be '$', '0' or a stream id, got {cfg.start_id!r}",
+            variable="BRIDGE_START_ID",
+        )
+    _positive("BRIDGE_MAX_IN_FLIGHT", cfg.max_in_flight)
+    _positive("BRIDGE_CLAIM_IDLE_MS", cfg.claim_idle_ms)
+    _positive("BRIDGE_MAX_DELIVERIES", cfg.max_deliveries)
+    _positive("BRIDGE_BATCH_SIZE", cfg.batch_size)
+    _positive("BRIDGE_BLOCK_MS", cfg.block_ms)
+    if cfg.signal_max_age_s < 0:
+        raise ConfigError(
+            "BRIDGE_SIGNAL_MAX_AGE_SECONDS must be >= 0 (0 disables)",
+            variable="BRIDGE_SIGNAL_MAX_AGE_SECONDS",
+        )
+    if cfg.shutdown_grace_s < 0:
+        raise ConfigError(
+            "BRIDGE_SHUTDOWN_GRACE_SECONDS must be >= 0", variable="BRIDGE_SHUTDOWN_GRACE_SECONDS"
+        )
+
+
+def _is_stream_id(value: str) -> bool:
+    ms, _, seq = value.partition("-")
+    return ms.isdigit() and (not seq or seq.isdigit())
+
+
+def _validate_telemetry(cfg: TelemetryConfig) -> None:
+    if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            f"BRIDGE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got "
+            f"{cfg.log_level!r}",
+            variable="BRIDGE_LOG_LEVEL",
+        )
+    if not 0 <= cfg.health_port <= 65535:
+        raise ConfigError(
+            "BRIDGE_HEALTH_PORT must be 0..65535 (0 disables)", variable="BRIDGE_HEALTH_PORT"
+        )

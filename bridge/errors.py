@@ -1,0 +1,143 @@
+"""The one exception tree of signal-bridge, split by what the caller does next.
+
+::
+
+    BridgeError
+    +-- ConfigError            (also ValueError)   bad settings: refuse to start
+    +-- SigningError           (also ValueError)   bad input to build_signature
+    +-- InvalidSignalError     (also ValueError)   cannot decode / validate: dead-letter
+    |   +-- BodyTooLargeError                      canonical body over max_body_size
+    +-- StreamError                                Redis unreachable or refused: reconnect
+    +-- DeliveryError                              the POST did not land; see ``outcome``
+        +-- AlreadyReceivedError                   409: the server has this key (ack)
+        +-- RejectedError                          400/403/404/413/422...: dead-letter
+        +-- AuthError                              401 or TLS refused: pause, alert
+        +-- TransientDeliveryError                 408/425/429/5xx, network: retry
+            +-- DeliveryTimeoutError (also TimeoutError)
+
+Every error carries its context as keyword-only attributes; none of them ever holds a secret.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AlreadyReceivedError",
+    "AuthError",
+    "BodyTooLargeError",
+    "BridgeError",
+    "ConfigError",
+    "DeliveryError",
+    "DeliveryTimeoutError",
+    "InvalidSignalError",
+    "Outcome",
+    "RejectedError",
+    "SigningError",
+    "StreamError",
+    "TransientDeliveryError",
+]
+
+
+class Outcome(enum.StrEnum):
+    """How one delivery attempt ended, as the consumer's ack/retry/dead-letter policy sees it."""
+
+    SUCCESS = "success"
+    DUPLICATE = "duplicate"
+    PERMANENT = "permanent"
+    AUTH = "auth"
+    TRANSIENT = "transient"
+    INVALID = "invalid"
+
+
+class BridgeError(Exception):
+    """Root of every error signal-bridge raises on purpose."""
+
+
+class ConfigError(BridgeError, ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class SigningError(BridgeError, ValueError):
+    """The inputs to a signature are unusable (empty secret or body, bad timestamp)."""
+
+
+class InvalidSignalError(BridgeError, ValueError):
+    """A signal cannot be decoded or fails validation; it must be dead-lettered, not posted."""
+
+    outcome = Outcome.INVALID
+    reason = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BodyTooLargeError(InvalidSignalError):
+    """The canonical body is larger than max_body_size; nothing is sent."""
+
+    reason = "too_large"
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class StreamError(BridgeError):
+    """Redis refused or dropped an operation; the consumer reconnects and goes on."""
+
+
+class DeliveryError(BridgeError):
+    """A POST to the ingest server did not deliver the signal.
+
+    ``outcome`` tells the consumer what to do; ``http_code`` and ``details`` are the server's
+    answer (``None`` when there was none); ``retry_after_s`` is the parsed Retry-After header.
+    """
+
+    outcome: Outcome = Outcome.TRANSIENT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_code: int | None = None,
+        details: object = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_code = http_code
+        self.details = details
+        self.retry_after_s = retry_after_s
+
+
+class AlreadyReceivedError(DeliveryError):
+    """409: the server already holds this idempotency key, so the signal is delivered."""
+
+    outcome = Outcome.DUPLICATE
+
+
+class RejectedError(DeliveryError):
+    """The server refused the signal for good (400, 403, 404, 413, 422 ...)."""
+
+    outcome = Outcome.PERMANENT
+
+
+class AuthError(DeliveryError):
+    """401 or a TLS failure: systemic (wrong secret, skewed clock, bad certificate)."""
+
+    outcome = Outcome.AUTH
+
+
+class TransientDeliveryError(DeliveryError):
+    """408, 425, 429, 5xx, a dropped connection or bad response JSON: try again later."""
+
+    outcome = Outcome.TRANSIENT
+
+
+class DeliveryTimeoutError(TransientDeliveryError, TimeoutError):
+    """The server did not answer within the timeout."""

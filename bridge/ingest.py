@@ -1,0 +1,237 @@
+"""The reference ingest server: the server side of the signing contract, as a small ASGI app.
+
+It verifies the signature with :func:`bridge.signing.verify_request` before parsing any JSON,
+refuses stale or future timestamps (401), validates the body as a :class:`~bridge.signal.Signal`
+(422), drops repeated idempotency keys (409) and answers 201 with an IngestResponse. The demo,
+the tests, the benchmark and docker compose run it; the server team can read it as a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+from opentelemetry import propagate, trace
+from opentelemetry.semconv.attributes import http_attributes, url_attributes
+
+from bridge.errors import BridgeError, InvalidSignalError
+from bridge.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal, format_timestamp
+from bridge.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
+from bridge.telemetry import get_tracer, log_fields
+
+__all__ = ["IngestApp", "Received", "serve_in_thread"]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One accepted signal as the server stored it."""
+
+    idempotency_key: str
+    signal: Signal
+    server_signal_id: str
+    producer_id: str
+    key_id: str | None
+    received_at: float
+    traceparent: str | None
+
+
+@dataclass
+class IngestApp:
+    """ASGI app for ``POST /api/v1/signals/ingest``; keeps what it accepted in memory.
+
+    ``fault`` lets a test force a status for the next requests (return None to serve normally).
+    """
+
+    secrets: Mapping[str, bytes]
+    tolerance_s: float = DEFAULT_TOLERANCE_S
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    clock: Callable[[], float] = time.time
+    fault: Callable[[Mapping[str, str]], int | None] | None = None
+    received: list[Received] = field(default_factory=list)
+    requests_total: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+    _keys: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI request (lifespan events are acknowledged and ignored)."""
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        tracer = get_tracer()
+        with tracer.start_as_current_span(
+            f"{scope['method']} {scope['path']}",
+            context=propagate.extract(headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                http_attributes.HTTP_REQUEST_METHOD: scope["method"],
+                url_attributes.URL_PATH: scope["path"],
+            },
+        ) as span:
+            status, payload = await self._handle(scope, receive, headers)
+            span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
+            if status >= 500:
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+        await _respond(send, status, payload)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, headers: Mapping[str, str]
+    ) -> tuple[int, object]:
+        """Decide the status and JSON payload of one request."""
+        self.requests_total += 1
+        if scope["path"] != INGEST_PATH:
+            return 404, {"detail": "not found"}
+        if scope["method"] != "POST":
+            return 405, {"detail": "method not allowed"}
+        body = await _read_body(receive, self.max_body_size)
+        if body is None:
+            return self._refuse(413, "body too large")
+        if self.fault is not None:
+            forced = self.fault(headers)
+            if forced is not None:
+                return self._refuse(forced, "fault injected")
+        verdict = verify_request(
+            headers,
+            body,
+            self.secrets,
+            now=datetime.fromtimestamp(self.clock(), UTC),
+            tolerance_s=self.tolerance_s,
+            path=INGEST_PATH,
+        )
+        if not verdict.ok:
+            return self._refuse(401, verdict.reason)
+        try:
+            signal = decode_signal(body)
+        except InvalidSignalError as exc:
+            return self._refuse(422, str(exc), errors=[str(exc)])
+        key = headers.get("x-idempotency-key") or ""
+        try:
+            uuid.UUID(key)
+        except ValueError:
+            return self._refuse(400, "X-Idempotency-Key must be a UUID")
+        with self._lock:
+            existing = self._keys.get(key)
+            if existing is None:
+                server_id = f"srv_{uuid.uuid4().hex[:16]}"
+                self._keys[key] = server_id
+                self.received.append(
+                    Received(
+                        idempotency_key=key,
+                        signal=signal,
+                        server_signal_id=server_id,
+                        producer_id=verdict.producer_id or "",
+                        key_id=verdict.key_id,
+                        received_at=self.clock(),
+                        traceparent=headers.get("traceparent"),
+                    )
+                )
+        if existing is not None:
+            return self._refuse(409, "duplicate idempotency key", signal_id=existing)
+        return 201, {
+            "signal_id": server_id,
+            "status": "received",
+            "server_timestamp": format_timestamp(datetime.fromtimestamp(self.clock(), UTC)),
+            "message": None,
+            "errors": None,
+        }
+
+    def _refuse(self, status: int, reason: str, **extra: object) -> tuple[int, object]:
+        """Count and log a refusal; the reason goes back to the client too."""
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        log.info("ingest refused", extra=log_fields(http_code=status, reason=reason))
+        return status, {"detail": reason, **extra}
+
+    def keys(self) -> set[str]:
+        """Return the idempotency keys accepted so far."""
+        with self._lock:
+            return set(self._keys)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """Read the whole request body; None once it grows past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, payload: object) -> None:
+    """Send a JSON response."""
+    body = _ENCODER.encode(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: IngestApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` on uvicorn in a background thread; yield its base URL; stop on exit."""
+    import uvicorn  # noqa: PLC0415 - the server is optional at import time of this module
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit this: without it a response written in two parts waits out the
+    # client's delayed ACK (about 40 ms a request on Linux).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="ingest-server", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise BridgeError("ingest server did not start")
+        time.sleep(0.01)
+    try:
+        url_host = f"[{host}]" if ":" in host else host
+        yield f"http://{url_host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -1,0 +1,200 @@
+"""The trade signal, its validation, and its canonical JSON encoding.
+
+The canonical body is what gets hashed and signed: keys sorted, no whitespace, UTF-8, floats as
+JSON numbers in msgspec's shortest round-trip form, absent optionals as ``null``, and the
+timestamp as RFC 3339 UTC with microseconds and ``Z``. The same signal always gives the same
+bytes; ``tests/vectors`` pins them.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from bridge.errors import BodyTooLargeError, InvalidSignalError
+
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "Signal",
+    "decode_signal",
+    "encode_canonical",
+    "format_timestamp",
+]
+
+DEFAULT_MAX_BODY_SIZE: Final = 65536
+MAX_INSTRUMENT_LEN: Final = 32
+MAX_COMMENT_LEN: Final = 256
+MAX_STRATEGY_LEN: Final = 128
+MAX_SIGNAL_ID_LEN: Final = 128
+
+
+class _UtcTimestamp(datetime):
+    """A UTC datetime that encodes with microseconds always present (msgspec drops zeros)."""
+
+    __slots__ = ()
+
+
+def format_timestamp(value: datetime) -> str:
+    """Format an aware datetime as RFC 3339 UTC with microseconds and ``Z``."""
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def _to_utc(value: datetime) -> _UtcTimestamp:
+    """Normalise an aware datetime to the canonical UTC subclass."""
+    utc = value.astimezone(UTC)
+    return _UtcTimestamp(
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond,
+        tzinfo=UTC,
+    )
+
+
+def _as_float(name: str, value: object) -> float:
+    """Coerce an int to float (so encoding is canonical); reject bools and non-numbers."""
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSignalError(f"{name} must be a number, got {value!r}", field=name)
+    return float(value)
+
+
+def _finite_positive(name: str, value: object) -> float:
+    """Reject NaN, infinities and non-positive prices with a message naming the field."""
+    number = _as_float(name, value)
+    if not math.isfinite(number) or number <= 0:
+        raise InvalidSignalError(f"{name} must be a finite number > 0, got {value!r}", field=name)
+    return number
+
+
+def _bounded_text(name: str, value: str, limit: int) -> str:
+    """Trim a required text field and check it is non-empty and at most ``limit`` chars."""
+    if not isinstance(value, str):
+        raise InvalidSignalError(f"{name} must be a string, got {value!r}", field=name)
+    trimmed = value.strip()
+    if not trimmed:
+        raise InvalidSignalError(f"{name} must be non-empty", field=name)
+    if len(trimmed) > limit:
+        raise InvalidSignalError(
+            f"{name} must be at most {limit} characters, got {len(trimmed)}", field=name
+        )
+    return trimmed
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One trade signal from the strategy engine; immutable, validated on construction."""
+
+    instrument: str
+    side: Literal["buy", "sell"]
+    entry_price: float
+    take_profit: float | None = None
+    stop_loss: float | None = None
+    risk_percent: float
+    comment: str | None = None
+    strategy_name: str
+    timestamp: Annotated[datetime, msgspec.Meta(tz=True)]
+    signal_id: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check the domain rules that types alone cannot express, and normalise."""
+        set_ = msgspec.structs.force_setattr
+        set_(self, "instrument", _bounded_text("instrument", self.instrument, MAX_INSTRUMENT_LEN))
+        set_(
+            self,
+            "strategy_name",
+            _bounded_text("strategy_name", self.strategy_name, MAX_STRATEGY_LEN),
+        )
+        if self.side not in ("buy", "sell"):
+            raise InvalidSignalError(
+                f"side must be 'buy' or 'sell', got {self.side!r}", field="side"
+            )
+        set_(self, "entry_price", _finite_positive("entry_price", self.entry_price))
+        if self.take_profit is not None:
+            set_(self, "take_profit", _finite_positive("take_profit", self.take_profit))
+        if self.stop_loss is not None:
+            set_(self, "stop_loss", _finite_positive("stop_loss", self.stop_loss))
+        self._check_sides()
+        set_(self, "risk_percent", _as_float("risk_percent", self.risk_percent))
+        if not (math.isfinite(self.risk_percent) and 0 < self.risk_percent <= 100):
+            raise InvalidSignalError(
+                f"risk_percent must be > 0 and <= 100, got {self.risk_percent!r}",
+                field="risk_percent",
+            )
+        if self.comment is not None and (
+            not isinstance(self.comment, str) or len(self.comment) > MAX_COMMENT_LEN
+        ):
+            raise InvalidSignalError(
+                f"comment must be a string of at most {MAX_COMMENT_LEN} characters",
+                field="comment",
+            )
+        if self.signal_id is not None:
+            set_(self, "signal_id", _bounded_text("signal_id", self.signal_id, MAX_SIGNAL_ID_LEN))
+        if not isinstance(self.timestamp, datetime):
+            raise InvalidSignalError("timestamp must be a datetime", field="timestamp")
+        if self.timestamp.tzinfo is None or self.timestamp.utcoffset() is None:
+            raise InvalidSignalError("timestamp must be timezone-aware", field="timestamp")
+        if type(self.timestamp) is not _UtcTimestamp or self.timestamp.tzinfo is not UTC:
+            set_(self, "timestamp", _to_utc(self.timestamp))
+
+    def _check_sides(self) -> None:
+        """Buy: stop_loss < entry < take_profit; sell: the reverse."""
+        entry, tp, sl = self.entry_price, self.take_profit, self.stop_loss
+        if self.side == "buy":
+            if tp is not None and not tp > entry:
+                raise InvalidSignalError(
+                    "take_profit must be above entry_price for a buy", field="take_profit"
+                )
+            if sl is not None and not sl < entry:
+                raise InvalidSignalError(
+                    "stop_loss must be below entry_price for a buy", field="stop_loss"
+                )
+        else:
+            if tp is not None and not tp < entry:
+                raise InvalidSignalError(
+                    "take_profit must be below entry_price for a sell", field="take_profit"
+                )
+            if sl is not None and not sl > entry:
+                raise InvalidSignalError(
+                    "stop_loss must be above entry_price for a sell", field="stop_loss"
+                )
+
+
+def _enc_hook(obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract takes and returns Any
+    """Encode the canonical timestamp; anything else is a programming error."""
+    if type(obj) is _UtcTimestamp:
+        return obj.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_ENCODER: Final = msgspec.json.Encoder(order="sorted", enc_hook=_enc_hook)
+_DECODER: Final = msgspec.json.Decoder(Signal)
+
+
+def encode_canonical(signal: Signal, *, max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> bytes:
+    """Encode ``signal`` as canonical JSON bytes; refuse bodies over ``max_body_size``."""
+    body = _ENCODER.encode(signal)
+    if len(body) > max_body_size:
+        raise BodyTooLargeError(
+            f"canonical body is {len(body)} bytes, over the limit of {max_body_size}",
+            size=len(body),
+            limit=max_body_size,
+        )
+    return body
+
+
+def decode_signal(data: bytes | str) -> Signal:
+    """Decode and validate JSON into a Signal; any failure is an InvalidSignalError."""
+    try:
+        return _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidSignalError(f"invalid signal: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidSignalError(f"signal is not valid JSON: {exc}") from exc
