@@ -182,6 +182,11 @@ class HmacClient:
         return f"HmacClient(url={self._url!r}, producer_id={self._config.producer_id!r})"
 
     @property
+    def max_body_size(self) -> int:
+        """The largest canonical body this client will send."""
+        return self._config.max_body_size
+
+    @property
     def producer_id(self) -> str:
         """The producer id this client signs as."""
         return self._config.producer_id

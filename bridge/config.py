@@ -30,6 +30,7 @@ __all__ = [
     "StreamConfig",
     "TelemetryConfig",
     "load_config",
+    "load_ingest_secrets",
     "redact_url",
 ]
 
@@ -308,10 +309,19 @@ def default_consumer_name() -> str:
 
 
 def load_config(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    delivery: bool = True,
 ) -> BridgeConfig:
-    """Load ``path`` (or ``BRIDGE_CONFIG``), apply environment overrides, validate."""
+    """Load ``path`` (or ``BRIDGE_CONFIG``), apply environment overrides, validate.
+
+    ``delivery=False`` is for operator commands (status, dlq, publish): they need Redis only,
+    so the ingest settings are not required.
+    """
     environ = os.environ if env is None else env
+    if not delivery:
+        environ = {**environ, "HMAC_PRODUCER_ENABLED": "false"}
     file_path = path if path is not None else environ.get("BRIDGE_CONFIG")
     sections = _read_file(Path(file_path)) if file_path else {}
     for variable, (section, field, parser) in _ENV.items():
@@ -473,3 +483,47 @@ def _validate_telemetry(cfg: TelemetryConfig) -> None:
         raise ConfigError(
             "BRIDGE_HEALTH_PORT must be 0..65535 (0 disables)", variable="BRIDGE_HEALTH_PORT"
         )
+
+
+def load_ingest_secrets(env: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """Load the reference server's key id -> secret map.
+
+    From ``INGEST_SECRETS`` (``id=secret,id2=secret2``), ``INGEST_SECRET_FILE`` (key id
+    ``default``), or else ``HMAC_PRODUCER_SECRET`` / ``_FILE`` under ``HMAC_PRODUCER_KEY_ID``.
+    """
+    environ = os.environ if env is None else env
+    secrets: dict[str, bytes] = {}
+    for item in filter(
+        None, (part.strip() for part in environ.get("INGEST_SECRETS", "").split(","))
+    ):
+        key_id, sep, secret = item.partition("=")
+        if not sep or not key_id or not secret:
+            raise ConfigError(
+                "INGEST_SECRETS must be key_id=secret[,key_id=secret...]",
+                variable="INGEST_SECRETS",
+            )
+        secrets[key_id] = secret.encode()
+    if environ.get("INGEST_SECRET_FILE"):
+        secrets["default"] = _read_secret_file(
+            "INGEST_SECRET_FILE", environ["INGEST_SECRET_FILE"]
+        ).get()
+    if not secrets:
+        key_id = environ.get("HMAC_PRODUCER_KEY_ID") or "default"
+        if environ.get("HMAC_PRODUCER_SECRET"):
+            secrets[key_id] = environ["HMAC_PRODUCER_SECRET"].encode()
+        elif environ.get("HMAC_PRODUCER_SECRET_FILE"):
+            secrets[key_id] = _read_secret_file(
+                "HMAC_PRODUCER_SECRET_FILE", environ["HMAC_PRODUCER_SECRET_FILE"]
+            ).get()
+    if not secrets:
+        raise ConfigError(
+            "the ingest server needs INGEST_SECRETS, INGEST_SECRET_FILE or HMAC_PRODUCER_SECRET",
+            variable="INGEST_SECRETS",
+        )
+    for name, value in secrets.items():
+        if len(value) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"ingest secret {name!r} must be at least {MIN_SECRET_BYTES} bytes",
+                variable="INGEST_SECRETS",
+            )
+    return secrets

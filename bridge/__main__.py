@@ -1,0 +1,7 @@
+"""``python -m bridge`` runs the ``signal-bridge`` command."""
+
+import sys
+
+from bridge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,412 @@
+"""Redis Streams I/O, and nothing else: group, read, claim, ack, dead-letter, publish, status.
+
+This is the only module that talks to Redis. Every redis-py error is translated here into
+:class:`~bridge.errors.StreamError`, so the consumer loop can back off and reconnect. Entries
+are kept as raw bytes; decoding a signal is the codec's job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import msgspec
+import redis.asyncio as aioredis
+import redis.exceptions
+from opentelemetry import propagate
+
+from bridge.errors import StreamError
+from bridge.signal import Signal, encode_canonical
+
+__all__ = [
+    "DLQ_PREFIX",
+    "DeadLetter",
+    "Entry",
+    "GroupStatus",
+    "SignalStream",
+    "connect",
+    "publish",
+    "publish_raw",
+]
+
+SIGNAL_FIELD: Final = b"signal"
+DLQ_PREFIX: Final = "dlq_"
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """One stream entry: its id and raw fields; ``deliveries`` as Redis counted them."""
+
+    id: str
+    fields: dict[bytes, bytes]
+    deliveries: int = 1
+
+    def field(self, name: str) -> str | None:
+        """Return a field decoded as UTF-8 (replacing bad bytes), or None."""
+        raw = self.fields.get(name.encode())
+        return None if raw is None else raw.decode("utf-8", "replace")
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """Why an entry could not be delivered; written beside its original fields."""
+
+    reason: str
+    error: str
+    http_code: int | None = None
+    attempts: int = 0
+    consumer: str = ""
+
+
+class ConsumerStatus(msgspec.Struct, frozen=True):
+    """One consumer of the group: name, entries it holds, ms since it last acted."""
+
+    name: str
+    pending: int
+    idle_ms: int
+
+
+class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``signal-bridge status`` shows."""
+
+    stream: str
+    group: str
+    length: int
+    lag: int | None
+    pending: int
+    oldest_pending_age_ms: int | None
+    consumers: list[ConsumerStatus]
+    dead_letters: int
+
+
+async def _guard(awaitable: Awaitable[Any], what: str) -> Any:  # noqa: ANN401 - redis-py replies are loosely typed; callers convert
+    """Await a Redis call, translating its errors into StreamError."""
+    try:
+        return await awaitable
+    except redis.exceptions.ResponseError as exc:
+        raise StreamError(f"redis refused {what}: {exc}") from exc
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise StreamError(f"redis unavailable during {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(
+    raw: Iterable[tuple[bytes, dict[bytes, bytes] | None]],
+) -> tuple[list[Entry], list[str]]:
+    """Split raw (id, fields) pairs into live entries and ids whose entry was deleted."""
+    live: list[Entry] = []
+    gone: list[str] = []
+    for entry_id, fields in raw or ():
+        if fields:
+            live.append(Entry(_text(entry_id), fields))
+        else:
+            gone.append(_text(entry_id))
+    return live, gone
+
+
+@asynccontextmanager
+async def connect(url: str, **options: Any) -> AsyncIterator[aioredis.Redis]:  # noqa: ANN401 - redis-py's options
+    """Open a redis-py asyncio client from a URL (redis://, rediss://, unix://); close on exit."""
+    client = aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        health_check_interval=30,
+        socket_keepalive=True,
+        **options,
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class SignalStream:
+    """One stream, one consumer group, one consumer: the operations the bridge needs."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        stream: str,
+        group: str,
+        consumer: str,
+        dlq_stream: str,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.dlq_stream = dlq_stream
+
+    def __repr__(self) -> str:
+        return (
+            f"SignalStream(stream={self.stream!r}, group={self.group!r}, "
+            f"consumer={self.consumer!r})"
+        )
+
+    async def ping(self) -> None:
+        """Check that Redis answers."""
+        await _guard(self.redis.ping(), "PING")
+
+    async def ensure_group(self, start_id: str = "$") -> bool:
+        """Create the group (and the stream) if missing; True when it was created."""
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id=start_id, mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise StreamError(f"redis refused XGROUP CREATE: {exc}") from exc
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise StreamError(f"redis unavailable during XGROUP CREATE: {exc}") from exc
+        return True
+
+    async def group_exists(self) -> bool:
+        """Tell whether the consumer group exists on the stream."""
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except redis.exceptions.ResponseError:
+            return False
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise StreamError(f"redis unavailable during XINFO GROUPS: {exc}") from exc
+        return any(_text(g["name"]) == self.group for g in groups)
+
+    async def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        """XREADGROUP up to ``count`` new entries (``>``), blocking up to ``block_ms``."""
+        reply = await _guard(
+            self.redis.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+            ),
+            "XREADGROUP",
+        )
+        if not reply:
+            return []
+        return _entries(reply[0][1])[0]
+
+    async def read_own_pending(self, after: str, count: int) -> tuple[list[Entry], list[str]]:
+        """XREADGROUP this consumer's own pending entries with ids above ``after``.
+
+        Used at start-up to re-deliver what a previous run of the same consumer left behind.
+        Returns (entries with delivery counts, ids of pending entries deleted from the stream).
+        """
+        reply = await _guard(
+            self.redis.xreadgroup(self.group, self.consumer, {self.stream: after}, count=count),
+            "XREADGROUP",
+        )
+        if not reply or not reply[0][1]:
+            return [], []
+        live, gone = _entries(reply[0][1])
+        if live:
+            live = await self.with_deliveries(live)
+        return live, gone
+
+    async def claim_idle(
+        self, min_idle_ms: int, cursor: str, count: int
+    ) -> tuple[str, list[Entry], list[str]]:
+        """XAUTOCLAIM entries idle longer than ``min_idle_ms`` from dead or stuck consumers.
+
+        Returns (next cursor, claimed entries with delivery counts, ids deleted meanwhile).
+        """
+        reply = await _guard(
+            self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, cursor, count=count
+            ),
+            "XAUTOCLAIM",
+        )
+        next_cursor = _text(reply[0])
+        live, gone = _entries(reply[1])
+        if len(reply) > 2:
+            gone.extend(_text(i) for i in reply[2])
+        if live:
+            live = await self.with_deliveries(live)
+        return next_cursor, live, gone
+
+    async def with_deliveries(self, entries: Sequence[Entry]) -> list[Entry]:
+        """Attach each entry's delivery count from XPENDING (one range query per batch)."""
+        reply = await _guard(
+            self.redis.xpending_range(
+                self.stream,
+                self.group,
+                min=entries[0].id,
+                max=entries[-1].id,
+                count=max(len(entries) * 4, 100),
+                consumername=self.consumer,
+            ),
+            "XPENDING",
+        )
+        counts = {_text(item["message_id"]): int(item["times_delivered"]) for item in reply}
+        return [Entry(e.id, e.fields, counts.get(e.id, e.deliveries)) for e in entries]
+
+    async def ack(self, ids: Sequence[str]) -> int:
+        """XACK entries; returns how many were still pending."""
+        if not ids:
+            return 0
+        return int(await _guard(self.redis.xack(self.stream, self.group, *ids), "XACK"))
+
+    async def touch(self, ids: Sequence[str]) -> None:
+        """Reset the idle time of entries this consumer is still working on.
+
+        XCLAIM with JUSTID to ourselves does not count a delivery; it keeps other replicas'
+        XAUTOCLAIM from taking an entry we are retrying.
+        """
+        if ids:
+            await _guard(
+                self.redis.xclaim(
+                    self.stream, self.group, self.consumer, 0, list(ids), justid=True
+                ),
+                "XCLAIM",
+            )
+
+    async def dead_letter(self, entry: Entry, letter: DeadLetter) -> None:
+        """Write the entry with its reason to the dead-letter stream and XACK it, atomically."""
+        fields: dict[Any, Any] = dict(entry.fields)
+        fields.update(
+            {
+                f"{DLQ_PREFIX}reason": letter.reason,
+                f"{DLQ_PREFIX}error": letter.error[:4096],
+                f"{DLQ_PREFIX}http_code": "" if letter.http_code is None else letter.http_code,
+                f"{DLQ_PREFIX}attempts": letter.attempts,
+                f"{DLQ_PREFIX}deliveries": entry.deliveries,
+                f"{DLQ_PREFIX}consumer": letter.consumer or self.consumer,
+                f"{DLQ_PREFIX}group": self.group,
+                f"{DLQ_PREFIX}source_stream": self.stream,
+                f"{DLQ_PREFIX}source_id": entry.id,
+                f"{DLQ_PREFIX}time_ms": int(time.time() * 1000),
+            }
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.dlq_stream, fields)
+        pipe.xack(self.stream, self.group, entry.id)
+        await _guard(pipe.execute(), "MULTI XADD+XACK (dead letter)")
+
+    async def own_pending(self) -> int:
+        """How many entries this consumer holds."""
+        reply = await _guard(
+            self.redis.xpending_range(
+                self.stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+            ),
+            "XPENDING",
+        )
+        return len(reply)
+
+    async def remove_consumer_if_idle(self) -> bool:
+        """XGROUP DELCONSUMER, but only when this consumer holds no pending entries."""
+        if await self.own_pending():
+            return False
+        await _guard(
+            self.redis.xgroup_delconsumer(self.stream, self.group, self.consumer),
+            "XGROUP DELCONSUMER",
+        )
+        return True
+
+    async def status(self) -> GroupStatus:
+        """Stream length, group lag and pending, per-consumer pending, oldest age, DLQ size."""
+        length = int(await _guard(self.redis.xlen(self.stream), "XLEN"))
+        lag: int | None = None
+        pending = 0
+        consumers: list[ConsumerStatus] = []
+        oldest: int | None = None
+        if await self.group_exists():
+            groups = await _guard(self.redis.xinfo_groups(self.stream), "XINFO GROUPS")
+            for group in groups:
+                if _text(group["name"]) == self.group:
+                    raw_lag = group.get("lag")
+                    lag = None if raw_lag is None else int(raw_lag)
+                    pending = int(group["pending"])
+            raw_consumers = await _guard(
+                self.redis.xinfo_consumers(self.stream, self.group), "XINFO CONSUMERS"
+            )
+            consumers = [
+                ConsumerStatus(_text(c["name"]), int(c["pending"]), int(c["idle"]))
+                for c in raw_consumers
+            ]
+            if pending:
+                first = await _guard(
+                    self.redis.xpending_range(self.stream, self.group, "-", "+", 1),
+                    "XPENDING",
+                )
+                if first:
+                    first_id = _text(first[0]["message_id"])
+                    oldest = max(0, int(time.time() * 1000) - int(first_id.split("-")[0]))
+        dead = int(await _guard(self.redis.xlen(self.dlq_stream), "XLEN"))
+        return GroupStatus(
+            stream=self.stream,
+            group=self.group,
+            length=length,
+            lag=lag,
+            pending=pending,
+            oldest_pending_age_ms=oldest,
+            consumers=consumers,
+            dead_letters=dead,
+        )
+
+    async def dead_letters(self, *, reason: str | None = None, count: int = 1000) -> list[Entry]:
+        """List dead-letter entries, oldest first, optionally only one reason."""
+        raw = await _guard(self.redis.xrange(self.dlq_stream, count=count), "XRANGE")
+        live, _ = _entries(raw)
+        if reason is None:
+            return live
+        return [e for e in live if e.field(f"{DLQ_PREFIX}reason") == reason]
+
+    async def replay(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """Re-publish dead letters to their source stream; delete each only after its XADD.
+
+        Returns (dead-letter id, new entry id) pairs.
+        """
+        done: list[tuple[str, str]] = []
+        for dlq_id in ids:
+            raw = await _guard(self.redis.xrange(self.dlq_stream, dlq_id, dlq_id), "XRANGE")
+            live, _ = _entries(raw)
+            if not live:
+                continue
+            entry = live[0]
+            source = entry.field(f"{DLQ_PREFIX}source_stream") or self.stream
+            original = {
+                k: v for k, v in entry.fields.items() if not k.startswith(DLQ_PREFIX.encode())
+            }
+            new_id = await _guard(self.redis.xadd(source, original), "XADD")  # type: ignore[arg-type]
+            await _guard(self.redis.xdel(self.dlq_stream, dlq_id), "XDEL")
+            done.append((dlq_id, _text(new_id)))
+        return done
+
+    async def purge_dead_letters(self) -> int:
+        """Delete the whole dead-letter stream; returns how many entries it held."""
+        count = int(await _guard(self.redis.xlen(self.dlq_stream), "XLEN"))
+        await _guard(self.redis.delete(self.dlq_stream), "DEL")
+        return count
+
+
+async def publish(
+    redis: aioredis.Redis,
+    signal: Signal,
+    *,
+    stream: str = "signals",
+    maxlen: int | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> str:
+    """XADD a signal the way the strategy engine should: canonical JSON plus trace context.
+
+    The current OpenTelemetry context goes into ``traceparent``/``tracestate`` fields so the
+    bridge's consumer span continues the producer's trace. Returns the new entry id.
+    """
+    fields: dict[str, str | bytes] = {"signal": encode_canonical(signal)}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    fields.update({k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")})
+    if extra:
+        fields.update(extra)
+    entry_id = await _guard(
+        redis.xadd(stream, fields, maxlen=maxlen, approximate=True),  # type: ignore[arg-type]
+        "XADD",
+    )
+    return _text(entry_id)
+
+
+async def publish_raw(
+    redis: aioredis.Redis, fields: Mapping[str, str | bytes], *, stream: str = "signals"
+) -> str:
+    """XADD arbitrary fields, unvalidated: for replaying, demos and tests of bad input."""
+    entry_id = await _guard(redis.xadd(stream, dict(fields)), "XADD")  # type: ignore[arg-type]
+    return _text(entry_id)

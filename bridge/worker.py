@@ -1,0 +1,652 @@
+"""The consumer loop: read or reclaim -> deliver -> ack | retry | dead-letter.
+
+One ``Worker`` per process. It reads batches with XREADGROUP (BLOCK, so idle costs nothing),
+holds at most ``max_in_flight`` entries at once, and delivers each instrument's signals in stream
+order through a *lane* (one task per instrument with work queued; different instruments run in
+parallel). Acks are buffered and flushed in one XACK per burst; a dead letter and its ack go in
+one MULTI. Retries back off with full jitter; a run of transient failures, or one 401 / TLS
+refusal, opens the breaker, which stops reading until an attempt succeeds. Entries it holds are
+touched so other replicas do not reclaim them; entries idle on dead consumers are reclaimed with
+XAUTOCLAIM. ``stop()`` only flips a flag: the loop stops reading, lets lanes finish within the
+grace period, cancels the rest (they stay pending for a replica) and flushes what finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
+
+from bridge.client import HmacClient, IngestResponse
+from bridge.config import StreamConfig
+from bridge.errors import (
+    AlreadyReceivedError,
+    AuthError,
+    DeliveryError,
+    InvalidSignalError,
+    RejectedError,
+    StreamError,
+)
+from bridge.policy import Backoff, Breaker, BreakerState
+from bridge.signal import Signal, decode_signal, encode_canonical
+from bridge.stream import SIGNAL_FIELD, DeadLetter, Entry, SignalStream
+from bridge.telemetry import Metrics, get_tracer, log_fields
+
+__all__ = ["IDEMPOTENCY_NAMESPACE", "Worker", "idempotency_key"]
+
+log = logging.getLogger(__name__)
+
+# Fixed namespace for uuid5 idempotency keys: every replica derives the same key for an entry.
+IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("6f1d3a52-6b8e-5c39-9a57-2d0e6c1f4b7e")
+_TOUCH_CHUNK: Final = 500
+
+
+def idempotency_key(stream: str, entry_id: str, signal_id: str | None) -> str:
+    """uuid5 of the producer's signal_id, else of ``<stream>/<entry id>``: same on every retry."""
+    name = f"signal/{signal_id}" if signal_id else f"entry/{stream}/{entry_id}"
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, name))
+
+
+@dataclass(slots=True)
+class _Job:
+    """An entry the worker holds until it is acked or dead-lettered."""
+
+    entry: Entry
+    signal: Signal | None = None
+    body: bytes = b""
+    key: str = ""
+    error: InvalidSignalError | None = None
+    attempts: int = 0
+    parent: otel_context.Context | None = None
+    done: bool = False
+
+
+@dataclass
+class WorkerStats:
+    """Counts since start, for the demo, tests and status lines."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+
+
+class Worker:
+    """Consumes one stream through a consumer group and delivers every entry at least once."""
+
+    def __init__(
+        self,
+        stream: SignalStream,
+        client: HmacClient,
+        config: StreamConfig,
+        *,
+        metrics: Metrics | None = None,
+        tracer: trace.Tracer | None = None,
+        backoff: Backoff | None = None,
+        redis_backoff: Backoff | None = None,
+        breaker: Breaker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.stream = stream
+        self.client = client
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.tracer = tracer if tracer is not None else get_tracer()
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.redis_backoff = redis_backoff if redis_backoff is not None else Backoff(0.1, 5.0)
+        self.breaker = breaker if breaker is not None else Breaker()
+        self.breaker.on_change = self._breaker_changed
+        self.clock = clock
+        self.stats = WorkerStats()
+        self.redis_ok = False
+        self.group_ready = False
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._held: dict[str, _Job] = {}
+        self._lanes: dict[str, deque[tuple[_Job, Signal]]] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._critical: set[asyncio.Task[Any]] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed = asyncio.Event()
+        self._acks: list[str] = []
+        self._ack_wakeup = asyncio.Event()
+        self._probe = asyncio.Lock()
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+        self._span_attrs = {
+            msg_attrs.MESSAGING_SYSTEM: "redis",
+            msg_attrs.MESSAGING_DESTINATION_NAME: stream.stream,
+            msg_attrs.MESSAGING_CONSUMER_GROUP_NAME: stream.group,
+            msg_attrs.MESSAGING_OPERATION_TYPE: "process",
+        }
+        self._span_name = f"process {stream.stream}"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """Tell whether stop() was called."""
+        return self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        """Entries held right now (read, not yet acked or dead-lettered)."""
+        return len(self._held)
+
+    def ready(self) -> bool:
+        """Tell whether the replica should get traffic: Redis up, group there, breaker closed."""
+        return (
+            self.redis_ok and self.group_ready and not self.breaker.is_open and not self._stopping
+        )
+
+    def stop(self) -> None:
+        """Ask the loop to stop; safe to call from a signal handler."""
+        self._stopping = True
+        self._stop_event.set()
+        self._room.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until run() has finished its shutdown."""
+        await self._closed.wait()
+
+    async def run(self) -> None:
+        """Run until stop(): start-up, the read loop, then a graceful drain."""
+        background = [
+            asyncio.create_task(self._ack_loop(), name="ack-flusher"),
+            asyncio.create_task(self._touch_loop(), name="touch"),
+        ]
+        try:
+            await self._start()
+            await self._read_loop()
+        finally:
+            await self._drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._final_flush()
+            await self._leave_group()
+            self._closed.set()
+
+    async def _start(self) -> None:
+        """Ensure the group exists (retrying while Redis is away), then resume own pending."""
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self.stream.ensure_group(self.config.start_id)
+                self.redis_ok = self.group_ready = True
+                break
+            except StreamError as exc:
+                attempt += 1
+                self._redis_down(exc)
+                await self._pause(self.redis_backoff.delay(attempt))
+        await self._resume_own_pending()
+
+    async def _resume_own_pending(self) -> None:
+        """Re-deliver what this consumer name left pending in an earlier run."""
+        after = "0"
+        while await self._wait_for_room():
+            try:
+                entries, gone = await self.stream.read_own_pending(after, self._free())
+            except StreamError as exc:
+                self._redis_down(exc)
+                await self._pause(self.redis_backoff.delay(1))
+                continue
+            self._ack_now(gone)
+            if not entries:
+                if not gone:
+                    return
+                after = gone[-1]
+                continue
+            log.info(
+                "resuming own pending entries",
+                extra=log_fields(count=len(entries), consumer=self.stream.consumer),
+            )
+            after = max(entries[-1].id, gone[-1] if gone else "0", key=_id_key)
+            self._dispatch_all(entries)
+
+    async def _read_loop(self) -> None:
+        """Read new entries while running; pause while full, while the breaker is open."""
+        failures = 0
+        while not self._stopping:
+            if self.breaker.is_open:
+                await self._pause(0.05)
+                continue
+            if not await self._wait_for_room():
+                break
+            try:
+                await self._maybe_claim()
+                entries = await self.stream.read(self._free(), self.config.block_ms)
+            except StreamError as exc:
+                failures += 1
+                self._redis_down(exc)
+                await self._pause(self.redis_backoff.delay(failures))
+                continue
+            if failures or not self.redis_ok:
+                log.info("redis is back", extra=log_fields(stream=self.stream.stream))
+            failures = 0
+            self.redis_ok = True
+            if entries:
+                self._dispatch_all(entries)
+
+    async def _maybe_claim(self) -> None:
+        """Every half claim interval, XAUTOCLAIM entries idle on other (dead) consumers."""
+        now = time.monotonic()
+        if now < self._next_claim:
+            return
+        self._next_claim = now + max(0.05, self.config.claim_idle_ms / 2000)
+        cursor, entries, gone = await self.stream.claim_idle(
+            self.config.claim_idle_ms, self._claim_cursor, max(1, self._free())
+        )
+        self._claim_cursor = cursor
+        if cursor != "0-0":
+            self._next_claim = now  # more to scan: continue on the next turn
+        self._ack_now(gone)
+        fresh = [e for e in entries if e.id not in self._held]
+        if fresh:
+            log.warning(
+                "reclaimed idle entries from another consumer",
+                extra=log_fields(count=len(fresh), consumer=self.stream.consumer),
+            )
+            self._dispatch_all(fresh)
+
+    async def _drain(self) -> None:
+        """Let lanes finish within the grace period, then cancel what is left (stays pending)."""
+        self.stop()
+        if self._lane_tasks:
+            _, pending = await asyncio.wait(
+                set(self._lane_tasks), timeout=self.config.shutdown_grace_s
+            )
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "shutdown grace period over: unfinished entries stay pending for a replica",
+                    extra=log_fields(lanes=len(pending), held=len(self._held)),
+                )
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._critical:
+            await asyncio.gather(*set(self._critical), return_exceptions=True)
+
+    async def _final_flush(self) -> None:
+        """Flush buffered acks once more (shielded, a few tries)."""
+        for attempt in range(1, 4):
+            if not self._acks:
+                return
+            ids, self._acks = self._acks, []
+            try:
+                await asyncio.shield(self.stream.ack(ids))
+            except StreamError as exc:
+                self._acks = ids + self._acks
+                self._redis_down(exc)
+                await asyncio.sleep(self.redis_backoff.delay(attempt))
+        if self._acks:
+            log.error(
+                "could not ack delivered entries before exit; they will be redelivered "
+                "and the server will drop them as duplicates",
+                extra=log_fields(count=len(self._acks)),
+            )
+
+    async def _leave_group(self) -> None:
+        """Remove this consumer from the group when it holds nothing (autoscaling hygiene)."""
+        try:
+            if not self._held and await self.stream.remove_consumer_if_idle():
+                log.info("left the consumer group", extra=log_fields(consumer=self.stream.consumer))
+        except StreamError as exc:
+            log.warning("could not leave the consumer group", extra=log_fields(error=str(exc)))
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    def _free(self) -> int:
+        return max(0, self.config.max_in_flight - len(self._held))
+
+    async def _wait_for_room(self) -> bool:
+        """Wait until fewer than max_in_flight entries are held; False once stopping."""
+        while not self._stopping and not self._free():
+            self._room.clear()
+            await self._room.wait()
+        return not self._stopping
+
+    def _dispatch_all(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            self._dispatch(entry)
+
+    def _dispatch(self, entry: Entry) -> None:
+        """Hold an entry and route it: dead-letter at once, or queue it on its lane."""
+        job = self._prepare(entry)
+        self._held[entry.id] = job
+        self.metrics.in_flight.add(1)
+        if entry.deliveries > self.config.max_deliveries:
+            letter = DeadLetter(
+                reason="max_deliveries",
+                error=f"delivered {entry.deliveries} times, limit {self.config.max_deliveries}",
+            )
+            self._spawn(self._dead_letter_now(job, letter))
+            return
+        if job.signal is None:
+            error = job.error or InvalidSignalError("entry could not be decoded")
+            letter = DeadLetter(reason=error.reason, error=str(error))
+            self._spawn(self._dead_letter_now(job, letter))
+            return
+        instrument = job.signal.instrument
+        lane = self._lanes.get(instrument)
+        if lane is not None:
+            lane.append((job, job.signal))
+            return
+        self._lanes[instrument] = deque(((job, job.signal),))
+        self._spawn(self._run_lane(instrument))
+
+    def _prepare(self, entry: Entry) -> _Job:
+        """Decode and encode once per entry; remember the producer's trace context."""
+        job = _Job(entry)
+        traceparent = entry.fields.get(b"traceparent")
+        if traceparent:
+            carrier = {"traceparent": traceparent.decode("ascii", "replace")}
+            tracestate = entry.fields.get(b"tracestate")
+            if tracestate:
+                carrier["tracestate"] = tracestate.decode("ascii", "replace")
+            job.parent = propagate.extract(carrier)
+        raw = entry.fields.get(SIGNAL_FIELD)
+        try:
+            if raw is None:
+                raise InvalidSignalError("entry has no 'signal' field")  # noqa: TRY301 - one path for every invalid entry
+            job.signal = decode_signal(raw)
+            job.body = encode_canonical(job.signal, max_body_size=self.client.max_body_size)
+        except InvalidSignalError as exc:
+            job.signal = None
+            job.error = exc
+            return job
+        job.key = idempotency_key(self.stream.stream, entry.id, job.signal.signal_id)
+        return job
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _run_lane(self, instrument: str) -> None:
+        """Deliver one instrument's entries in stream order, one at a time."""
+        lane = self._lanes[instrument]
+        try:
+            # During shutdown, queued entries are still delivered while the grace period lasts;
+            # an entry abandoned mid-retry stops its lane so the order holds for the next owner.
+            while lane and await self._deliver(*lane[0]):
+                lane.popleft()
+        finally:
+            del self._lanes[instrument]
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    async def _deliver(self, job: _Job, signal: Signal) -> bool:
+        """Deliver one entry: retry transient failures until delivered, expired or stopped.
+
+        Returns False when the entry was left pending (stop() during its retries).
+        """
+        with self.tracer.start_as_current_span(
+            self._span_name,
+            context=job.parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                **self._span_attrs,
+                msg_attrs.MESSAGING_MESSAGE_ID: job.entry.id,
+                "bridge.instrument": signal.instrument,
+            },
+        ) as span:
+            while True:
+                age_s = self.clock() - signal.timestamp.timestamp()
+                max_age = self.config.signal_max_age_s
+                if max_age and age_s > max_age:
+                    await self._dead_letter(
+                        job,
+                        DeadLetter(
+                            reason="expired",
+                            error=f"signal is {age_s:.1f}s old, limit {max_age:g}s",
+                            attempts=job.attempts,
+                        ),
+                        span,
+                    )
+                    return True
+                if self._stopping and job.attempts:
+                    span.set_attribute("bridge.outcome", "abandoned")
+                    return False  # a retry during shutdown: leave it pending for a replica
+                job.attempts += 1
+                if job.attempts > 1:
+                    span.add_event("retry", {"bridge.attempt": job.attempts})
+                try:
+                    if self.breaker.is_open:
+                        async with self._probe:
+                            response = await self._post(job, signal)
+                    else:
+                        response = await self._post(job, signal)
+                except AlreadyReceivedError:
+                    self.breaker.success()
+                    self._acked(job, span, "duplicate", None, age_s)
+                    return True
+                except (RejectedError, InvalidSignalError) as exc:
+                    self.breaker.success()
+                    await self._dead_letter(job, self._rejection(job, exc), span)
+                    return True
+                except DeliveryError as exc:
+                    delay = self._retry_after_failure(job, exc)
+                    await self._pause(delay)
+                    continue
+                self.breaker.success()
+                self._acked(job, span, "success", response, age_s)
+                return True
+
+    async def _post(self, job: _Job, signal: Signal) -> IngestResponse:
+        return await self.client.post_body(
+            job.body, idempotency_key=job.key, signal_id=signal.signal_id
+        )
+
+    def _rejection(self, job: _Job, exc: RejectedError | InvalidSignalError) -> DeadLetter:
+        if isinstance(exc, InvalidSignalError):
+            return DeadLetter(reason=exc.reason, error=str(exc), attempts=job.attempts)
+        detail = f"{exc}: {_short(exc.details)}" if exc.details is not None else str(exc)
+        return DeadLetter(
+            reason="rejected", error=detail, http_code=exc.http_code, attempts=job.attempts
+        )
+
+    def _retry_after_failure(self, job: _Job, exc: DeliveryError) -> float:
+        """Count a transient or auth failure, log it, and return how long to wait."""
+        systemic = isinstance(exc, AuthError)
+        reason = "auth" if systemic else (str(exc.http_code) if exc.http_code else "network")
+        self.breaker.failure(reason, systemic=systemic)
+        delay = self.backoff.delay(job.attempts, exc.retry_after_s)
+        self.stats.retries += 1
+        self.metrics.retries_total.add(1, {"reason": reason})
+        fields = log_fields(
+            entry_id=job.entry.id,
+            signal_id=job.signal.signal_id if job.signal else None,
+            http_code=exc.http_code,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            attempt=job.attempts,
+            retry_in_s=round(delay, 3),
+        )
+        if systemic:
+            log.error(
+                "ingest server refused our credentials: paused; check HMAC_PRODUCER_SECRET / "
+                "HMAC_PRODUCER_KEY_ID match the server, the host clock (NTP), and TLS trust",
+                extra=fields,
+            )
+        else:
+            log.warning("delivery failed, will retry", extra=fields)
+        return delay
+
+    def _acked(
+        self,
+        job: _Job,
+        span: trace.Span,
+        outcome: str,
+        response: IngestResponse | None,
+        age_s: float,
+    ) -> None:
+        """Buffer the ack of a delivered entry and record it."""
+        self._release(job)
+        self._acks.append(job.entry.id)
+        self._ack_wakeup.set()
+        span.set_attribute("bridge.outcome", outcome)
+        self.metrics.acked_total.add(1, {"outcome": outcome})
+        if outcome == "duplicate":
+            self.stats.duplicates += 1
+        else:
+            self.stats.delivered += 1
+            self.metrics.signal_age.record(max(0.0, age_s))
+        log.info(
+            "signal delivered" if outcome == "success" else "signal already on the server",
+            extra=log_fields(
+                entry_id=job.entry.id,
+                signal_id=job.signal.signal_id if job.signal else None,
+                server_signal_id=response.signal_id if response else None,
+                instrument=job.signal.instrument if job.signal else None,
+                attempts=job.attempts,
+                outcome=outcome,
+            ),
+        )
+
+    def _release(self, job: _Job) -> None:
+        if not job.done:
+            job.done = True
+            self._held.pop(job.entry.id, None)
+            self.metrics.in_flight.add(-1)
+            self._room.set()
+
+    async def _dead_letter_now(self, job: _Job, letter: DeadLetter) -> None:
+        """Dead-letter an entry that is never posted (invalid, poison), in its own span."""
+        with self.tracer.start_as_current_span(
+            self._span_name,
+            context=job.parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={**self._span_attrs, msg_attrs.MESSAGING_MESSAGE_ID: job.entry.id},
+        ) as span:
+            await self._dead_letter(job, letter, span)
+
+    async def _dead_letter(self, job: _Job, letter: DeadLetter, span: trace.Span) -> None:
+        """Write the dead letter + XACK atomically; retried while Redis is away, never split."""
+        task = asyncio.create_task(self._write_dead_letter(job, letter))
+        self._critical.add(task)
+        task.add_done_callback(self._critical.discard)
+        span.set_attribute("bridge.outcome", "dead_letter")
+        span.set_attribute("bridge.reason", letter.reason)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, letter.reason))
+        await asyncio.shield(task)
+
+    async def _write_dead_letter(self, job: _Job, letter: DeadLetter) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.stream.dead_letter(job.entry, letter)
+                break
+            except StreamError as exc:
+                attempt += 1
+                self._redis_down(exc)
+                if self._stopping and attempt >= 3:
+                    log.error(
+                        "could not write a dead letter before exit; the entry stays pending",
+                        extra=log_fields(entry_id=job.entry.id, reason=letter.reason),
+                    )
+                    self._release(job)
+                    return
+                await asyncio.sleep(self.redis_backoff.delay(attempt))
+        self._release(job)
+        self.stats.dead_lettered[letter.reason] = self.stats.dead_lettered.get(letter.reason, 0) + 1
+        self.metrics.dead_lettered_total.add(1, {"reason": letter.reason})
+        log.error(
+            "signal dead-lettered",
+            extra=log_fields(
+                entry_id=job.entry.id,
+                signal_id=job.signal.signal_id if job.signal else None,
+                reason=letter.reason,
+                error=letter.error,
+                http_code=letter.http_code,
+                attempts=letter.attempts,
+                dlq_stream=self.stream.dlq_stream,
+            ),
+        )
+
+    # --- background loops --------------------------------------------------------------------
+
+    def _ack_now(self, ids: list[str]) -> None:
+        """Ack ids of entries deleted from the stream while pending (nothing to deliver)."""
+        if ids:
+            log.warning(
+                "acking pending entries that were deleted from the stream",
+                extra=log_fields(count=len(ids)),
+            )
+            self._acks.extend(ids)
+            self._ack_wakeup.set()
+
+    async def _ack_loop(self) -> None:
+        """Flush buffered acks in one XACK per burst; keep them on failure and retry."""
+        attempt = 0
+        while True:
+            await self._ack_wakeup.wait()
+            self._ack_wakeup.clear()
+            if not self._acks:
+                continue
+            ids, self._acks = self._acks, []
+            try:
+                await asyncio.shield(self.stream.ack(ids))
+                attempt = 0
+            except StreamError as exc:
+                self._acks = ids + self._acks
+                attempt += 1
+                self._redis_down(exc)
+                await asyncio.sleep(self.redis_backoff.delay(attempt))
+                self._ack_wakeup.set()
+
+    async def _touch_loop(self) -> None:
+        """Keep the idle time of held entries fresh so no replica reclaims them."""
+        interval = max(0.05, self.config.claim_idle_ms / 3000)
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self._held)
+            for start in range(0, len(ids), _TOUCH_CHUNK):
+                try:
+                    await self.stream.touch(ids[start : start + _TOUCH_CHUNK])
+                except StreamError as exc:
+                    self._redis_down(exc)
+                    break
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when stop() is called."""
+        if seconds <= 0 or self._stopping:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    def _redis_down(self, exc: StreamError) -> None:
+        if self.redis_ok:
+            log.error("redis unavailable, retrying", extra=log_fields(error=str(exc)))
+        self.redis_ok = False
+
+    def _breaker_changed(self, state: BreakerState, reason: str) -> None:
+        if state is BreakerState.OPEN:
+            log.error(
+                "circuit breaker open: reading paused, probing the ingest server",
+                extra=log_fields(reason=reason),
+            )
+        else:
+            log.info("circuit breaker closed: reading resumed")
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _short(details: object, limit: int = 512) -> str:
+    text = details if isinstance(details, str) else repr(details)
+    return text[:limit]
