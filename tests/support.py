@@ -1,0 +1,81 @@
+"""Builders shared by the consumer tests: signals, configs, and waiting with a bound."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from bridge.config import BridgeConfig, load_config
+from bridge.signal import Signal
+
+SECRET: Final = "test-secret-0123456789abcdef"
+KEY_ID: Final = "k1"
+INSTRUMENTS: Final = ("XAUUSD", "EURUSD", "BTCUSD", "US500", "GBPJPY")
+
+
+def make_signal(i: int = 0, *, now: datetime | None = None, **overrides: Any) -> Signal:
+    """A valid signal; ``i`` varies the instrument, side and signal_id."""
+    instrument = INSTRUMENTS[i % len(INSTRUMENTS)]
+    buy = i % 2 == 0
+    fields: dict[str, Any] = {
+        "instrument": instrument,
+        "side": "buy" if buy else "sell",
+        "entry_price": 100.0 + i % 7,
+        "take_profit": (110.0 if buy else 90.0) + i % 7,
+        "stop_loss": (95.0 if buy else 105.0) + i % 7,
+        "risk_percent": 1.0,
+        "comment": f"n={i}",
+        "strategy_name": "test-strategy",
+        "timestamp": now or datetime.now(UTC),
+        "signal_id": f"sig-{i}",
+    }
+    fields.update(overrides)
+    return Signal(**fields)
+
+
+def bridge_env(server_url: str, redis_url: str, stream: str, **extra: str) -> dict[str, str]:
+    """The environment of a bridge replica pointed at test services."""
+    env = {
+        "HMAC_PRODUCER_SECRET": SECRET,
+        "HMAC_PRODUCER_KEY_ID": KEY_ID,
+        "PRODUCER_ID": "test-producer",
+        "OUTBOUND_SERVER_URL": server_url,
+        "BRIDGE_REDIS_URL": redis_url,
+        "BRIDGE_STREAM": stream,
+        "BRIDGE_DLQ_STREAM": f"{stream}:dlq",
+        "BRIDGE_GROUP": "g",
+        "BRIDGE_CONSUMER": "c1",
+        "BRIDGE_START_ID": "0",
+        "BRIDGE_BLOCK_MS": "50",
+        "BRIDGE_HEALTH_PORT": "0",
+    }
+    env.update(extra)
+    return env
+
+
+def bridge_config(server_url: str, redis_url: str, stream: str, **extra: str) -> BridgeConfig:
+    """A validated config for an in-process Worker."""
+    return load_config(env=bridge_env(server_url, redis_url, stream, **extra))
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout_s: float = 20.0,
+    interval_s: float = 0.02,
+    what: str = "condition",
+) -> None:
+    """Poll ``check`` until true; fail the test with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)

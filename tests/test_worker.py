@@ -1,0 +1,366 @@
+"""The consumer loop against a real Redis and the reference ingest server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from bridge.client import HmacClient
+from bridge.config import BridgeConfig
+from bridge.ingest import IngestApp, serve_in_thread
+from bridge.policy import Backoff, Breaker
+from bridge.signal import Signal
+from bridge.stream import DLQ_PREFIX, SignalStream, publish, publish_raw
+from bridge.worker import Worker, idempotency_key
+from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal
+
+pytestmark = pytest.mark.redis
+
+FAST = Backoff(0.001, 0.01)
+
+
+@dataclass
+class Server:
+    """The reference ingest server running in a thread, and its URL."""
+
+    app: IngestApp
+    url: str
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """The reference ingest server on a free loopback port."""
+    app = IngestApp(secrets={KEY_ID: SECRET.encode()})
+    with serve_in_thread(app) as url:
+        yield Server(app, url)
+
+
+def _config(server: Server, redis_url: str, stream: str, **extra: str) -> BridgeConfig:
+    return bridge_config(server.url, redis_url, stream, **extra)
+
+
+@asynccontextmanager
+async def running(
+    redis: aioredis.Redis,
+    config: BridgeConfig,
+    *,
+    consumer: str = "c1",
+    breaker: Breaker | None = None,
+) -> AsyncIterator[Worker]:
+    """Run a Worker in the background for the body of the block, then stop it."""
+    stream = SignalStream(
+        redis,
+        stream=config.stream.stream,
+        group=config.stream.group,
+        consumer=consumer,
+        dlq_stream=config.stream.dlq_stream,
+    )
+    async with HmacClient(config.outbound) as client:
+        worker = Worker(stream, client, config.stream, backoff=FAST, breaker=breaker)
+        task = asyncio.create_task(worker.run())
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 30)
+
+
+async def _publish_many(redis: aioredis.Redis, stream: str, count: int) -> list[tuple[str, Signal]]:
+    out = []
+    for i in range(count):
+        signal = make_signal(i)
+        out.append((await publish(redis, signal, stream=stream), signal))
+    return out
+
+
+async def _drained(redis: aioredis.Redis, stream: str) -> bool:
+    groups = await redis.xinfo_groups(stream)
+    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+
+
+async def _dlq(redis: aioredis.Redis, stream: str) -> list[dict[bytes, bytes]]:
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(f"{stream}:dlq")  # type: ignore[assignment]
+    return [fields for _, fields in entries]
+
+
+def _keys(stream: str, published: list[tuple[str, Signal]]) -> set[str]:
+    return {idempotency_key(stream, eid, s.signal_id) for eid, s in published}
+
+
+async def test_delivers_every_entry_once_and_acks(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """Every published signal reaches the server once, is acked, and nothing is dead-lettered."""
+    published = await _publish_many(redis, stream_name, 60)
+    async with running(redis, _config(server, redis_url, stream_name)) as worker:
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+        assert worker.stats.delivered == 60
+    assert server.app.keys() == _keys(stream_name, published)
+    assert len(server.app.received) == 60
+    assert await _dlq(redis, stream_name) == []
+
+
+async def test_new_entries_are_picked_up_while_idle(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """An entry published while the bridge waits in XREADGROUP BLOCK is delivered promptly."""
+    config = _config(server, redis_url, stream_name, BRIDGE_START_ID="$", BRIDGE_BLOCK_MS="1000")
+    async with running(redis, config) as worker:
+        await eventually(lambda: worker.group_ready, what="group created")
+        await asyncio.sleep(0.1)
+        await publish(redis, make_signal(1), stream=stream_name)
+        await eventually(lambda: len(server.app.received) == 1, timeout_s=0.5, what="delivery")
+
+
+async def test_bad_entries_are_dead_lettered_with_reason_and_replayable(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """Undecodable, invalid, stale and 422-rejected entries land in the DLQ, then replay."""
+    await publish_raw(redis, {"signal": b"{nope"}, stream=stream_name)
+    await publish_raw(redis, {"other": b"x"}, stream=stream_name)
+    await publish_raw(
+        redis,
+        {
+            "signal": b'{"instrument":"X","side":"up","entry_price":1,"risk_percent":1,'
+            b'"strategy_name":"s","timestamp":"2026-01-01T00:00:00Z"}'
+        },
+        stream=stream_name,
+    )
+    old = datetime.now(UTC) - timedelta(minutes=10)
+    await publish(redis, make_signal(1, now=old, signal_id="stale"), stream=stream_name)
+    await publish(redis, make_signal(2, signal_id="refuse-me"), stream=stream_name)
+    good = await publish(redis, make_signal(3), stream=stream_name)
+    refuse_key = idempotency_key(stream_name, "", "refuse-me")
+    server.app.fault = lambda h: 422 if h.get("x-idempotency-key") == refuse_key else None
+    async with running(redis, _config(server, redis_url, stream_name)):
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+    letters = await _dlq(redis, stream_name)
+    reasons = sorted(f[b"dlq_reason"].decode() for f in letters)
+    assert reasons == ["expired", "invalid", "invalid", "invalid", "rejected"]
+    rejected = next(f for f in letters if f[b"dlq_reason"] == b"rejected")
+    assert rejected[b"dlq_http_code"] == b"422"
+    assert rejected[b"dlq_source_stream"] == stream_name.encode()
+    assert b"fault injected" in rejected[b"dlq_error"]
+    assert rejected[b"signal"]
+    invalid = [f for f in letters if f[b"dlq_reason"] == b"invalid"]
+    assert any(b"side" in f[b"dlq_error"] for f in invalid)
+    assert any(b"no 'signal' field" in f[b"dlq_error"] for f in invalid)
+    assert len(server.app.received) == 1
+    assert server.app.received[0].idempotency_key == idempotency_key(stream_name, good, "sig-3")
+
+    # Replay the rejected one once the server would take it: it is delivered.
+    server.app.fault = None
+    stream = SignalStream(
+        redis, stream=stream_name, group="g", consumer="ops", dlq_stream=f"{stream_name}:dlq"
+    )
+    ids = [e.id for e in await stream.dead_letters(reason="rejected")]
+    replayed = await stream.replay(ids)
+    assert len(replayed) == 1
+    assert len(await stream.dead_letters()) == 4
+    async with running(redis, _config(server, redis_url, stream_name)):
+        await eventually(lambda: len(server.app.received) == 2, what="replayed delivery")
+    assert server.app.received[1].signal.signal_id == "refuse-me"
+
+
+async def test_server_errors_are_retried_until_it_recovers(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """500s for a while: every signal still arrives exactly once and none is dead-lettered."""
+    failures = itertools.count()
+    server.app.fault = lambda h: 500 if next(failures) < 25 else None
+    published = await _publish_many(redis, stream_name, 30)
+    async with running(redis, _config(server, redis_url, stream_name)) as worker:
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+        assert worker.stats.retries >= 25
+    assert server.app.keys() == _keys(stream_name, published)
+    assert len(server.app.received) == 30
+    assert await _dlq(redis, stream_name) == []
+
+
+async def test_auth_failure_pauses_without_dead_lettering(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """401s open the breaker and keep entries pending; once fixed, everything is delivered."""
+    server.app.fault = lambda h: 401
+    published = await _publish_many(redis, stream_name, 10)
+    breaker = Breaker()
+    async with running(redis, _config(server, redis_url, stream_name), breaker=breaker) as worker:
+        await eventually(lambda: breaker.is_open, what="breaker open")
+        assert not worker.ready()
+        await asyncio.sleep(0.2)
+        assert await _dlq(redis, stream_name) == []
+        groups = await redis.xinfo_groups(stream_name)
+        assert groups[0]["pending"] > 0
+        server.app.fault = None
+        await eventually(lambda: _drained(redis, stream_name), what="drained after fix")
+        assert not breaker.is_open
+    assert server.app.keys() == _keys(stream_name, published)
+    assert await _dlq(redis, stream_name) == []
+
+
+async def test_per_instrument_order_holds_under_concurrency(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """Random 503s on many lanes: each instrument's signals still arrive in stream order."""
+    flaky = itertools.cycle([None, 503, None, None, 503, None, None])
+    server.app.fault = lambda h: next(flaky)
+    published = await _publish_many(redis, stream_name, 150)
+    async with running(redis, _config(server, redis_url, stream_name)):
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+    order: dict[str, list[str]] = {}
+    for received in server.app.received:
+        order.setdefault(received.signal.instrument, []).append(received.signal.signal_id or "")
+    expected: dict[str, list[str]] = {}
+    for _, signal in published:
+        expected.setdefault(signal.instrument, []).append(signal.signal_id or "")
+    assert order == expected
+
+
+async def test_own_pending_entries_are_resumed_on_start(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """Entries a previous run of the same consumer read but never acked are delivered."""
+    published = await _publish_many(redis, stream_name, 5)
+    await redis.xgroup_create(stream_name, "g", id="0")
+    await redis.xreadgroup("g", "c1", {stream_name: ">"}, count=5)
+    async with running(redis, _config(server, redis_url, stream_name)):
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+    assert server.app.keys() == _keys(stream_name, published)
+
+
+async def test_idle_entries_of_a_dead_consumer_are_reclaimed(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """XAUTOCLAIM takes over what a dead replica held once idle past the claim time."""
+    published = await _publish_many(redis, stream_name, 8)
+    await redis.xgroup_create(stream_name, "g", id="0")
+    await redis.xreadgroup("g", "dead", {stream_name: ">"}, count=8)
+    config = _config(server, redis_url, stream_name, BRIDGE_CLAIM_IDLE_MS="200")
+    async with running(redis, config):
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+    assert server.app.keys() == _keys(stream_name, published)
+
+
+async def test_a_live_replica_keeps_its_retrying_entry(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """While replica A retries an entry, replica B never claims it (A keeps it fresh)."""
+    server.app.fault = lambda h: 503
+    await publish(redis, make_signal(1), stream=stream_name)
+    config = _config(server, redis_url, stream_name, BRIDGE_CLAIM_IDLE_MS="150")
+    async with running(redis, config, consumer="a") as a:
+        await eventually(lambda: a.stats.retries >= 2, what="a retrying")
+        async with running(redis, config, consumer="b") as b:
+            for _ in range(10):
+                await asyncio.sleep(0.1)
+                pending = await redis.xpending_range(stream_name, "g", "-", "+", 10)
+                assert [p["consumer"] for p in pending] == [b"a"]
+            server.app.fault = None
+            await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+            assert b.stats.delivered == 0
+        assert a.stats.delivered == 1
+
+
+async def test_entries_deleted_while_pending_are_acked_away(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """Pending entries deleted from the stream (XDEL/trim) do not stay pending forever."""
+    published = await _publish_many(redis, stream_name, 4)
+    await redis.xgroup_create(stream_name, "g", id="0")
+    await redis.xreadgroup("g", "dead", {stream_name: ">"}, count=4)
+    await redis.xdel(stream_name, published[0][0], published[1][0])
+    config = _config(server, redis_url, stream_name, BRIDGE_CLAIM_IDLE_MS="100")
+    async with running(redis, config):
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+    assert len(server.app.received) == 2
+
+
+async def test_poison_entries_are_dead_lettered_after_max_deliveries(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """An entry delivered more than BRIDGE_MAX_DELIVERIES times is dead-lettered, not posted."""
+    entry_id = await publish(redis, make_signal(1), stream=stream_name)
+    await redis.xgroup_create(stream_name, "g", id="0")
+    await redis.xreadgroup("g", "dead", {stream_name: ">"}, count=1)
+    for _ in range(3):
+        await redis.xclaim(stream_name, "g", "dead", 0, [entry_id])
+    config = _config(
+        server, redis_url, stream_name, BRIDGE_CLAIM_IDLE_MS="100", BRIDGE_MAX_DELIVERIES="3"
+    )
+    async with running(redis, config):
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+    letters = await _dlq(redis, stream_name)
+    assert [f[b"dlq_reason"] for f in letters] == [b"max_deliveries"]
+    assert letters[0][b"dlq_source_id"] == entry_id.encode()
+    assert server.app.received == []
+
+
+async def test_stop_finishes_in_flight_and_leaves_the_group(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """After stop() with nothing pending, the consumer is gone from the group."""
+    await _publish_many(redis, stream_name, 20)
+    async with running(redis, _config(server, redis_url, stream_name)):
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+    consumers = await redis.xinfo_consumers(stream_name, "g")
+    assert consumers == []
+
+
+async def test_stop_during_retries_keeps_the_entry_and_the_consumer(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """A retrying entry at stop() stays pending, so the consumer is not deleted."""
+    server.app.fault = lambda h: 503
+    await publish(redis, make_signal(1), stream=stream_name)
+    async with running(redis, _config(server, redis_url, stream_name)) as worker:
+        await eventually(lambda: worker.stats.retries >= 1, what="retrying")
+    consumers = await redis.xinfo_consumers(stream_name, "g")
+    assert [(c["name"], c["pending"]) for c in consumers] == [(b"c1", 1)]
+
+
+async def test_max_in_flight_bounds_what_is_held(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """With the server failing, the bridge holds at most BRIDGE_MAX_IN_FLIGHT entries."""
+    server.app.fault = lambda h: 503
+    await _publish_many(redis, stream_name, 40)
+    config = _config(server, redis_url, stream_name, BRIDGE_MAX_IN_FLIGHT="7")
+    async with running(redis, config, breaker=Breaker(failure_threshold=10_000)) as worker:
+        await eventually(lambda: worker.stats.retries >= 20, what="retries")
+        groups = await redis.xinfo_groups(stream_name)
+        assert groups[0]["pending"] == 7
+        assert worker.in_flight == 7
+
+
+def test_idempotency_key_is_deterministic() -> None:
+    """The key depends on signal_id when present, else on stream and entry id."""
+    assert idempotency_key("s", "1-0", "abc") == idempotency_key("other", "9-9", "abc")
+    assert idempotency_key("s", "1-0", None) == idempotency_key("s", "1-0", None)
+    assert idempotency_key("s", "1-0", None) != idempotency_key("s", "1-1", None)
+    assert idempotency_key("s", "1-0", None) != idempotency_key("t", "1-0", None)
+
+
+async def test_dead_letter_and_ack_are_atomic(
+    redis: aioredis.Redis, signal_stream: SignalStream, stream_name: str
+) -> None:
+    """The dead letter appears and the entry leaves the PEL in the same MULTI/EXEC."""
+    from bridge.stream import DeadLetter  # noqa: PLC0415 - only this test builds one by hand
+
+    await signal_stream.ensure_group("0")
+    entry_id = await publish(redis, make_signal(1), stream=stream_name)
+    [entry] = await signal_stream.read(10, None)
+    assert entry.id == entry_id
+    await signal_stream.dead_letter(entry, DeadLetter(reason="rejected", error="no", http_code=400))
+    pending = await redis.xpending(stream_name, "g")
+    assert pending["pending"] == 0
+    [letter] = await signal_stream.dead_letters()
+    assert letter.field(f"{DLQ_PREFIX}reason") == "rejected"
+    assert letter.field(f"{DLQ_PREFIX}source_id") == entry_id
+    assert letter.field(f"{DLQ_PREFIX}consumer") == "c1"
