@@ -24,9 +24,10 @@ from bridge import __version__
 from bridge.client import HmacClient
 from bridge.config import BridgeConfig, load_config, load_ingest_secrets, redact_url
 from bridge.errors import BridgeError, ConfigError, InvalidSignalError
+from bridge.health import GroupMonitor, HealthServer
 from bridge.signal import Signal, decode_signal
 from bridge.stream import DLQ_PREFIX, SignalStream, connect, publish
-from bridge.telemetry import Metrics, configure_logging, log_fields
+from bridge.telemetry import configure_logging, log_fields, setup_telemetry
 from bridge.worker import Worker
 
 __all__ = ["main"]
@@ -59,8 +60,7 @@ async def _wait_for_signal() -> None:
 
 
 async def run_bridge(config: BridgeConfig) -> None:
-    """Run one replica until SIGTERM/SIGINT."""
-    metrics = Metrics()
+    """Run one replica until SIGTERM/SIGINT: telemetry, Redis, client, worker, probes."""
     log.info(
         "signal-bridge starting",
         extra=log_fields(
@@ -73,20 +73,46 @@ async def run_bridge(config: BridgeConfig) -> None:
             producer_id=config.outbound.producer_id,
         ),
     )
-    async with AsyncExitStack() as stack:
-        redis = await stack.enter_async_context(connect(config.stream.redis_url))
-        stream = _stream_of(config, redis)
-        if not config.outbound.enabled:
-            log.error(
-                "HMAC_PRODUCER_ENABLED is false: signal-bridge will NOT deliver anything; "
-                "entries stay in the stream until it is enabled"
+    telemetry = setup_telemetry(
+        config.telemetry.otel_env,
+        instance_id=config.stream.consumer,
+        prometheus=config.telemetry.health_port != 0,
+    )
+    try:
+        async with AsyncExitStack() as stack:
+            redis = await stack.enter_async_context(connect(config.stream.redis_url))
+            stream = _stream_of(config, redis)
+            if not config.outbound.enabled:
+                log.error(
+                    "HMAC_PRODUCER_ENABLED is false: signal-bridge will NOT deliver anything; "
+                    "entries stay in the stream until it is enabled"
+                )
+                await _wait_for_signal()
+                return
+            client = await stack.enter_async_context(
+                HmacClient(config.outbound, metrics=telemetry.metrics, tracer=telemetry.tracer)
             )
-            await _wait_for_signal()
-            return
-        client = await stack.enter_async_context(HmacClient(config.outbound, metrics=metrics))
-        worker = Worker(stream, client, config.stream, metrics=metrics)
-        _install_stop(worker)
-        await worker.run()
+            worker = Worker(
+                stream, client, config.stream, metrics=telemetry.metrics, tracer=telemetry.tracer
+            )
+            monitor = GroupMonitor(
+                stream, telemetry.metrics, worker, config.telemetry.status_interval_s
+            )
+            monitor_task = asyncio.create_task(monitor.run(), name="group-monitor")
+            stack.callback(monitor_task.cancel)
+            if config.telemetry.health_port:
+                await stack.enter_async_context(
+                    HealthServer(
+                        worker,
+                        host=config.telemetry.health_host,
+                        port=config.telemetry.health_port,
+                        metrics_text=telemetry.prometheus_text,
+                    )
+                )
+            _install_stop(worker)
+            await worker.run()
+    finally:
+        telemetry.shutdown()
     log.info("signal-bridge stopped")
 
 

@@ -46,7 +46,7 @@ from bridge.signal import Signal, encode_canonical
 from bridge.signing import Signer
 from bridge.telemetry import Metrics, get_tracer, log_fields
 
-__all__ = ["HmacClient", "IngestResponse", "classify_status", "parse_retry_after"]
+__all__ = ["Delivery", "HmacClient", "IngestResponse", "classify_status", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,14 @@ class IngestResponse(msgspec.Struct, frozen=True, kw_only=True):
     server_timestamp: datetime
     message: str | None = None
     errors: list[str] | None = None
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """A successful POST: the server's answer, its status code and how long it took."""
+
+    response: IngestResponse
+    http_code: int
+    duration_s: float
 
 
 _RESPONSE_DECODER: Final = msgspec.json.Decoder(IngestResponse)
@@ -268,6 +276,20 @@ class HmacClient:
         signal_id: str | None = None,
     ) -> IngestResponse:
         """POST an already canonical body; same results and errors as :meth:`post_signal`."""
+        delivery = await self.send_body(
+            body, idempotency_key=idempotency_key, timeout=timeout, signal_id=signal_id
+        )
+        return delivery.response
+
+    async def send_body(
+        self,
+        body: bytes,
+        *,
+        idempotency_key: str,
+        timeout: float | None = None,
+        signal_id: str | None = None,
+    ) -> Delivery:
+        """Like :meth:`post_body`, but also return the status code and the duration."""
         if self._state is not _State.OPENED:
             raise BridgeError("HmacClient is not open (use 'async with')")
         if len(body) > self._config.max_body_size:
@@ -298,8 +320,9 @@ class HmacClient:
             except DeliveryError as exc:
                 self._fail(span, exc, started, signal_id)
                 raise
-            self._record("success", response.status_code, time.perf_counter() - started)
-            return result
+            elapsed = time.perf_counter() - started
+            self._record("success", response.status_code, elapsed)
+            return Delivery(result, response.status_code, elapsed)
 
     async def _send(
         self, body: bytes, headers: dict[str, str], timeout: float | None

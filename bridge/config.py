@@ -158,6 +158,16 @@ class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     log_format: Literal["json", "text"] = "json"
     health_port: int = 8081
     health_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet / compose network
+    status_interval_s: float = 5.0
+    otel_env: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # OTEL_EXPORTER_OTLP_HEADERS often carries an API key: show variable names only.
+        return (
+            f"TelemetryConfig(log_level={self.log_level!r}, log_format={self.log_format!r}, "
+            f"health_port={self.health_port}, health_host={self.health_host!r}, "
+            f"status_interval_s={self.status_interval_s}, otel_env=<{sorted(self.otel_env)}>)"
+        )
 
 
 class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -250,6 +260,7 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "BRIDGE_LOG_FORMAT": ("telemetry", "log_format", _parse_str),
     "BRIDGE_HEALTH_PORT": ("telemetry", "health_port", _parse_int),
     "BRIDGE_HEALTH_HOST": ("telemetry", "health_host", _parse_str),
+    "BRIDGE_STATUS_INTERVAL_SECONDS": ("telemetry", "status_interval_s", _parse_float),
 }
 
 # For messages about values that came from the file, name the variable an operator would set.
@@ -333,6 +344,11 @@ def load_config(
         sections.setdefault("outbound", {})["secret"] = _read_secret_file(
             "HMAC_PRODUCER_SECRET_FILE", secret_file
         )
+    # The OpenTelemetry SDK reads its own OTEL_* variables; keep a copy so setup can decide
+    # whether an exporter is configured without reading the environment again.
+    sections.setdefault("telemetry", {})["otel_env"] = {
+        k: v for k, v in environ.items() if k.startswith("OTEL_")
+    }
     outbound = sections.setdefault("outbound", {})
     if not outbound.get("producer_id"):
         outbound["producer_id"] = socket.gethostname()
@@ -478,6 +494,11 @@ def _validate_telemetry(cfg: TelemetryConfig) -> None:
             f"BRIDGE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got "
             f"{cfg.log_level!r}",
             variable="BRIDGE_LOG_LEVEL",
+        )
+    if cfg.status_interval_s <= 0:
+        raise ConfigError(
+            "BRIDGE_STATUS_INTERVAL_SECONDS must be positive",
+            variable="BRIDGE_STATUS_INTERVAL_SECONDS",
         )
     if not 0 <= cfg.health_port <= 65535:
         raise ConfigError(

@@ -1,7 +1,7 @@
 """Tracer, meter and instrument names, and the structured log format.
 
 Instruments are created once per process (``Metrics``) through the OpenTelemetry API, so they
-are no-ops until an SDK provider is installed (see ``bridge.otel``). Log lines are one JSON
+are no-ops until an SDK provider is installed (``setup_telemetry``). Log lines are one JSON
 object each, carrying ``trace_id``/``span_id`` when a span is active; secrets are never handed
 to a logger in the first place.
 """
@@ -22,10 +22,12 @@ __all__ = [
     "DURATION_BUCKETS_S",
     "JsonFormatter",
     "Metrics",
+    "TelemetryHandle",
     "TextFormatter",
     "configure_logging",
     "get_tracer",
     "log_fields",
+    "setup_telemetry",
 ]
 
 INSTRUMENTATION_NAME: Final = "signal-bridge"
@@ -170,3 +172,150 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # Library chatter (httpx logs every request at INFO) would drown the bridge's own lines.
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- SDK set-up ------------------------------------------------------------------------------
+
+
+def _exporter_wanted(env: Mapping[str, str], signal: str) -> str | None:
+    """Which exporter the OTEL_* variables ask for ("otlp", "console") or None for none."""
+    choice = env.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower()
+    if choice in ("", "none"):
+        return None
+    if choice == "otlp" and not (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    ):
+        return None  # no endpoint configured: no export, and no error
+    return choice
+
+
+def _protocol(env: Mapping[str, str], signal: str) -> str:
+    return (
+        env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+
+
+class TelemetryHandle:
+    """The installed providers, the instruments, and the Prometheus registry; shut down once."""
+
+    def __init__(
+        self,
+        tracer_provider: Any,  # noqa: ANN401 - SDK or no-op provider
+        meter_provider: Any,  # noqa: ANN401 - SDK or no-op provider
+        registry: Any,  # noqa: ANN401 - prometheus_client.CollectorRegistry or None
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.registry = registry
+        self.metrics = Metrics(meter_provider)
+        self.tracer = get_tracer(tracer_provider)
+
+    def prometheus_text(self) -> bytes:
+        """Render the current metrics in the Prometheus text format (empty when disabled)."""
+        if self.registry is None:
+            return b""
+        from prometheus_client import generate_latest  # noqa: PLC0415 - optional path
+
+        return bytes(generate_latest(self.registry))
+
+    def shutdown(self) -> None:
+        """Flush buffered spans and metrics and stop the exporters."""
+        for provider in (self.tracer_provider, self.meter_provider):
+            shutdown = getattr(provider, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+
+
+def setup_telemetry(
+    otel_env: Mapping[str, str], *, instance_id: str, prometheus: bool = True
+) -> TelemetryHandle:
+    """Build SDK providers from the OTEL_* variables and install them globally.
+
+    ``service.name`` defaults to ``signal-bridge`` (OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES
+    win), ``service.instance.id`` is the consumer name. Without an endpoint nothing is exported;
+    trace ids still flow into logs and ``traceparent`` headers.
+    """
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415 - SDK only when set up
+    from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
+        ConsoleMetricExporter,
+        MetricReader,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+    )
+
+    from bridge import __version__  # noqa: PLC0415 - the package imports this module
+
+    if otel_env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return TelemetryHandle(trace.get_tracer_provider(), metrics.get_meter_provider(), None)
+    attributes: dict[str, str] = {
+        "service.instance.id": instance_id,
+        "service.version": __version__,
+    }
+    if not otel_env.get("OTEL_SERVICE_NAME") and "service.name=" not in otel_env.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
+        attributes["service.name"] = INSTRUMENTATION_NAME
+    resource = Resource.create(attributes)
+
+    tracer_provider = TracerProvider(resource=resource)
+    span_exporter = _exporter_wanted(otel_env, "traces")
+    if span_exporter == "console":
+        tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif span_exporter is not None:
+        tracer_provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter(otel_env)))
+
+    readers: list[MetricReader] = []
+    metric_exporter = _exporter_wanted(otel_env, "metrics")
+    if metric_exporter == "console":
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    elif metric_exporter is not None:
+        readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter(otel_env)))
+    registry = None
+    if prometheus:
+        from opentelemetry.exporter.prometheus import (  # noqa: PLC0415 - optional reader
+            PrometheusMetricReader,
+        )
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+        registry = CollectorRegistry(auto_describe=True)
+        readers.append(PrometheusMetricReader(registry=registry))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    return TelemetryHandle(tracer_provider, meter_provider, registry)
+
+
+def _otlp_span_exporter(env: Mapping[str, str]) -> Any:  # noqa: ANN401 - grpc or http exporter
+    if _protocol(env, "traces") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter()
+
+
+def _otlp_metric_exporter(env: Mapping[str, str]) -> Any:  # noqa: ANN401 - grpc or http exporter
+    if _protocol(env, "metrics") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+
+        return GrpcMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter()

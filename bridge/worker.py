@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
-from bridge.client import HmacClient, IngestResponse
+from bridge.client import Delivery, HmacClient
 from bridge.config import StreamConfig
 from bridge.errors import (
     AlreadyReceivedError,
@@ -425,12 +425,19 @@ class Worker:
                 try:
                     if self.breaker.is_open:
                         async with self._probe:
-                            response = await self._post(job, signal)
+                            delivery = await self._post(job, signal)
                     else:
-                        response = await self._post(job, signal)
-                except AlreadyReceivedError:
+                        delivery = await self._post(job, signal)
+                except AlreadyReceivedError as exc:
                     self.breaker.success()
-                    self._acked(job, span, "duplicate", None, age_s)
+                    self._acked(
+                        job,
+                        signal,
+                        span,
+                        outcome="duplicate",
+                        delivery=None,
+                        http_code=exc.http_code,
+                    )
                     return True
                 except (RejectedError, InvalidSignalError) as exc:
                     self.breaker.success()
@@ -441,11 +448,18 @@ class Worker:
                     await self._pause(delay)
                     continue
                 self.breaker.success()
-                self._acked(job, span, "success", response, age_s)
+                self._acked(
+                    job,
+                    signal,
+                    span,
+                    outcome="success",
+                    delivery=delivery,
+                    http_code=delivery.http_code,
+                )
                 return True
 
-    async def _post(self, job: _Job, signal: Signal) -> IngestResponse:
-        return await self.client.post_body(
+    async def _post(self, job: _Job, signal: Signal) -> Delivery:
+        return await self.client.send_body(
             job.body, idempotency_key=job.key, signal_id=signal.signal_id
         )
 
@@ -487,10 +501,12 @@ class Worker:
     def _acked(
         self,
         job: _Job,
+        signal: Signal,
         span: trace.Span,
+        *,
         outcome: str,
-        response: IngestResponse | None,
-        age_s: float,
+        delivery: Delivery | None,
+        http_code: int | None,
     ) -> None:
         """Buffer the ack of a delivered entry and record it."""
         self._release(job)
@@ -502,14 +518,18 @@ class Worker:
             self.stats.duplicates += 1
         else:
             self.stats.delivered += 1
+            age_s = self.clock() - signal.timestamp.timestamp()
             self.metrics.signal_age.record(max(0.0, age_s))
         log.info(
             "signal delivered" if outcome == "success" else "signal already on the server",
             extra=log_fields(
+                producer_id=self.client.producer_id,
                 entry_id=job.entry.id,
-                signal_id=job.signal.signal_id if job.signal else None,
-                server_signal_id=response.signal_id if response else None,
-                instrument=job.signal.instrument if job.signal else None,
+                signal_id=signal.signal_id,
+                server_signal_id=delivery.response.signal_id if delivery else None,
+                instrument=signal.instrument,
+                http_code=http_code,
+                duration_ms=round(delivery.duration_s * 1000, 3) if delivery else None,
                 attempts=job.attempts,
                 outcome=outcome,
             ),
