@@ -14,7 +14,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, Self
@@ -42,6 +42,7 @@ from bridge.errors import (
     RejectedError,
     TransientDeliveryError,
 )
+from bridge.http import FastTransport
 from bridge.signal import Signal, encode_canonical
 from bridge.signing import Signer
 from bridge.telemetry import Metrics, get_tracer, log_fields
@@ -106,9 +107,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
-def _server_details(response: httpx.Response) -> object:
+def _server_details(content: bytes) -> object:
     """Return the server's error body: decoded JSON when it is JSON, else a bounded snippet."""
-    content = response.content
     try:
         return _ANY_DECODER.decode(content)
     except msgspec.DecodeError:
@@ -171,16 +171,17 @@ class HmacClient:
         }
         if config.key_id is not None:
             self._static_headers["X-Key-Id"] = config.key_id
-        limits = httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=config.max_connections,
-        )
-        verify: ssl.SSLContext | bool = (
-            build_ssl_context(config) if parts.scheme == "https" else True
-        )
-        self._client = httpx.AsyncClient(
-            transport=transport, limits=limits, timeout=self._timeout, verify=verify
-        )
+        if transport is None:
+            transport = FastTransport(
+                self._url,
+                ssl_context=build_ssl_context(config) if parts.scheme == "https" else None,
+                max_connections=config.max_connections,
+            )
+        # The hot path talks to FastTransport directly; any other httpx transport (a test's
+        # MockTransport, httpx's own) goes through the regular AsyncClient.
+        self._fast = transport if isinstance(transport, FastTransport) else None
+        self._path = config.ingest_path
+        self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
         self._metrics = metrics if metrics is not None else Metrics()
         self._tracer = tracer if tracer is not None else get_tracer()
         self._clock = clock
@@ -310,32 +311,39 @@ class HmacClient:
             propagate.inject(headers)
             started = time.perf_counter()
             try:
-                response = await self._send(body, headers, timeout)
-            except DeliveryError as exc:
-                self._fail(span, exc, started, signal_id)
-                raise
-            span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, response.status_code)
-            try:
-                result = self._interpret(response)
+                status, response_headers, content = await self._exchange(body, headers, timeout)
+                span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
+                result = self._interpret(status, response_headers, content)
             except DeliveryError as exc:
                 self._fail(span, exc, started, signal_id)
                 raise
             elapsed = time.perf_counter() - started
-            self._record("success", response.status_code, elapsed)
-            return Delivery(result, response.status_code, elapsed)
+            self._record("success", status, elapsed)
+            return Delivery(result, status, elapsed)
 
-    async def _send(
+    async def _exchange(
         self, body: bytes, headers: dict[str, str], timeout: float | None
-    ) -> httpx.Response:
-        """Send one request, translating httpx's errors into ours."""
-        request_timeout = self._timeout if timeout is None else httpx.Timeout(timeout)
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Send one request; return (status, headers, body). httpx errors become ours."""
+        timeout_s = self._config.timeout_s if timeout is None else timeout
         try:
-            return await self._client.post(
-                self._url, content=body, headers=headers, timeout=request_timeout
-            )
+            if self._fast is not None:
+                headers["Content-Length"] = str(len(body))
+                head = self._fast.request_head("POST", self._path, list(headers.items()))
+                raw = await self._fast.post(head + body, timeout_s)
+                exchanged: tuple[int, Mapping[str, str], bytes] = (
+                    raw.status,
+                    raw.headers,
+                    raw.body,
+                )
+            else:
+                response = await self._client.post(
+                    self._url, content=body, headers=headers, timeout=httpx.Timeout(timeout_s)
+                )
+                exchanged = (response.status_code, response.headers, response.content)
         except httpx.TimeoutException as exc:
             raise DeliveryTimeoutError(
-                f"no answer from the ingest server within {request_timeout.read}s"
+                f"no answer from the ingest server within {timeout_s}s"
             ) from exc
         except httpx.ConnectError as exc:
             if _is_tls_verification_failure(exc):
@@ -346,14 +354,14 @@ class HmacClient:
             raise TransientDeliveryError(f"cannot connect to the ingest server: {exc}") from exc
         except httpx.HTTPError as exc:
             raise TransientDeliveryError(f"ingest request failed: {type(exc).__name__}") from exc
+        return exchanged
 
-    def _interpret(self, response: httpx.Response) -> IngestResponse:
+    def _interpret(self, code: int, headers: Mapping[str, str], content: bytes) -> IngestResponse:
         """Turn a response into an IngestResponse or the error its status calls for."""
-        code = response.status_code
         error_class = classify_status(code)
         if error_class is None:
             try:
-                return _RESPONSE_DECODER.decode(response.content)
+                return _RESPONSE_DECODER.decode(content)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise TransientDeliveryError(
                     f"ingest server answered {code} with a malformed body: {exc}",
@@ -366,8 +374,8 @@ class HmacClient:
         raise error_class(
             message,
             http_code=code,
-            details=_server_details(response),
-            retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
+            details=_server_details(content),
+            retry_after_s=parse_retry_after(headers.get("retry-after")),
         )
 
     def _fail(
