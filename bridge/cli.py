@@ -35,19 +35,32 @@ __all__ = ["main"]
 log = logging.getLogger("bridge")
 
 
-def _stream_of(config: BridgeConfig, redis: Any) -> SignalStream:  # noqa: ANN401 - a redis-py client
+def _streams_of(config: BridgeConfig, redis: Any) -> list[SignalStream]:  # noqa: ANN401 - a redis-py client
+    """One SignalStream per configured stream (BRIDGE_STREAMS, else BRIDGE_STREAM)."""
     cfg = config.stream
-    return SignalStream(
-        redis, stream=cfg.stream, group=cfg.group, consumer=cfg.consumer, dlq_stream=cfg.dlq_stream
-    )
+    return [
+        SignalStream(
+            redis,
+            stream=name,
+            group=cfg.group,
+            consumer=cfg.consumer,
+            dlq_stream=cfg.dlq_for(name),
+        )
+        for name in cfg.stream_names()
+    ]
 
 
-def _install_stop(worker: Worker) -> None:
-    """SIGTERM / SIGINT only flip the worker's stop flag."""
+def _install_stop(workers: Sequence[Worker]) -> None:
+    """SIGTERM / SIGINT only flip the workers' stop flags."""
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for worker in workers:
+            worker.stop()
+
     for sig in (os_signal.SIGTERM, os_signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, stop)
 
 
 async def _wait_for_signal() -> None:
@@ -65,7 +78,7 @@ async def run_bridge(config: BridgeConfig) -> None:
         "signal-bridge starting",
         extra=log_fields(
             version=__version__,
-            stream=config.stream.stream,
+            streams=config.stream.stream_names(),
             group=config.stream.group,
             consumer=config.stream.consumer,
             redis=redact_url(config.stream.redis_url),
@@ -80,8 +93,10 @@ async def run_bridge(config: BridgeConfig) -> None:
     )
     try:
         async with AsyncExitStack() as stack:
-            redis = await stack.enter_async_context(connect(config.stream.redis_url))
-            stream = _stream_of(config, redis)
+            redis = await stack.enter_async_context(
+                connect(config.stream.redis_url, cluster=config.stream.cluster)
+            )
+            streams = _streams_of(config, redis)
             if not config.outbound.enabled:
                 log.error(
                     "HMAC_PRODUCER_ENABLED is false: signal-bridge will NOT deliver anything; "
@@ -92,25 +107,33 @@ async def run_bridge(config: BridgeConfig) -> None:
             client = await stack.enter_async_context(
                 HmacClient(config.outbound, metrics=telemetry.metrics, tracer=telemetry.tracer)
             )
-            worker = Worker(
-                stream, client, config.stream, metrics=telemetry.metrics, tracer=telemetry.tracer
-            )
-            monitor = GroupMonitor(
-                stream, telemetry.metrics, worker, config.telemetry.status_interval_s
-            )
-            monitor_task = asyncio.create_task(monitor.run(), name="group-monitor")
-            stack.callback(monitor_task.cancel)
+            workers = [
+                Worker(
+                    stream,
+                    client,
+                    config.stream,
+                    metrics=telemetry.metrics,
+                    tracer=telemetry.tracer,
+                )
+                for stream in streams
+            ]
+            for stream, worker in zip(streams, workers, strict=True):
+                monitor = GroupMonitor(
+                    stream, telemetry.metrics, worker, config.telemetry.status_interval_s
+                )
+                task = asyncio.create_task(monitor.run(), name=f"group-monitor {stream.stream}")
+                stack.callback(task.cancel)
             if config.telemetry.health_port:
                 await stack.enter_async_context(
                     HealthServer(
-                        worker,
+                        workers,
                         host=config.telemetry.health_host,
                         port=config.telemetry.health_port,
                         metrics_text=telemetry.prometheus_text,
                     )
                 )
-            _install_stop(worker)
-            await worker.run()
+            _install_stop(workers)
+            await asyncio.gather(*(worker.run() for worker in workers))
     finally:
         telemetry.shutdown()
     log.info("signal-bridge stopped")
@@ -154,9 +177,9 @@ def _signals_from_args(args: argparse.Namespace) -> list[Signal]:
 
 async def _publish(config: BridgeConfig, args: argparse.Namespace) -> int:
     signals = _signals_from_args(args)
-    async with connect(config.stream.redis_url) as redis:
+    async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
         for item in signals:
-            entry_id = await publish(redis, item, stream=config.stream.stream)
+            entry_id = await publish(redis, item, stream=config.stream.stream_names())
             print(entry_id)
     return 0
 
@@ -165,58 +188,70 @@ async def _publish(config: BridgeConfig, args: argparse.Namespace) -> int:
 
 
 async def _status(config: BridgeConfig, args: argparse.Namespace) -> int:
-    async with connect(config.stream.redis_url) as redis:
-        status = await _stream_of(config, redis).status()
+    async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+        statuses = [await stream.status() for stream in _streams_of(config, redis)]
     if args.json:
-        print(msgspec.json.encode(status).decode())
+        payload = statuses[0] if len(statuses) == 1 else statuses
+        print(msgspec.json.encode(payload).decode())
         return 0
-    age = status.oldest_pending_age_ms
-    print(f"stream        {status.stream} ({status.length} entries)")
-    print(f"group         {status.group}")
-    print(f"lag           {'unknown' if status.lag is None else status.lag}")
-    print(f"pending       {status.pending}")
-    print(f"oldest        {'-' if age is None else f'{age / 1000:.1f}s'}")
-    print(f"dead letters  {status.dead_letters} in {config.stream.dlq_stream}")
-    for consumer in status.consumers:
-        print(f"  consumer {consumer.name}: {consumer.pending} pending, idle {consumer.idle_ms} ms")
+    for status in statuses:
+        age = status.oldest_pending_age_ms
+        print(f"stream        {status.stream} ({status.length} entries)")
+        print(f"group         {status.group}")
+        print(f"lag           {'unknown' if status.lag is None else status.lag}")
+        print(f"pending       {status.pending}")
+        print(f"oldest        {'-' if age is None else f'{age / 1000:.1f}s'}")
+        print(f"dead letters  {status.dead_letters} in {config.stream.dlq_for(status.stream)}")
+        for consumer in status.consumers:
+            print(
+                f"  consumer {consumer.name}: {consumer.pending} pending, "
+                f"idle {consumer.idle_ms} ms"
+            )
     return 0
 
 
 async def _dlq(config: BridgeConfig, args: argparse.Namespace) -> int:
-    async with connect(config.stream.redis_url) as redis:
-        stream = _stream_of(config, redis)
-        if args.dlq_command == "list":
-            letters = await stream.dead_letters(reason=args.reason, count=args.count)
-            rows = [
-                {
-                    "id": e.id,
-                    **{k.decode(): v.decode("utf-8", "replace") for k, v in e.fields.items()},
-                }
-                for e in letters
-            ]
-            if args.json:
-                print(msgspec.json.encode(rows).decode())
-            for row in [] if args.json else rows:
-                print(
-                    f"{row['id']}  {row.get(DLQ_PREFIX + 'reason', '?'):<15} "
-                    f"source={row.get(DLQ_PREFIX + 'source_id', '?')}  "
-                    f"{row.get(DLQ_PREFIX + 'error', '')[:120]}"
-                )
-            return 0
-        if args.dlq_command == "replay":
-            if args.all:
-                ids = [e.id for e in await stream.dead_letters(reason=args.reason, count=100000)]
-            else:
-                ids = list(args.ids)
-            if not ids:
-                print("nothing to replay (give IDs or --all)", file=sys.stderr)
-                return 2
-            for dlq_id, new_id in await stream.replay(ids):
-                print(f"{dlq_id} -> {new_id}")
-            return 0
-        purged = await stream.purge_dead_letters()
-        print(f"purged {purged} dead letters from {config.stream.dlq_stream}")
+    async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+        code = 0
+        for stream in _streams_of(config, redis):
+            code = max(code, await _dlq_one(stream, args))
+        return code
+
+
+async def _dlq_one(stream: SignalStream, args: argparse.Namespace) -> int:
+    """Run one dlq sub-command on one stream's dead letters."""
+    if args.dlq_command == "list":
+        letters = await stream.dead_letters(reason=args.reason, count=args.count)
+        rows = [
+            {
+                "id": e.id,
+                **{k.decode(): v.decode("utf-8", "replace") for k, v in e.fields.items()},
+            }
+            for e in letters
+        ]
+        if args.json:
+            print(msgspec.json.encode(rows).decode())
+        for row in [] if args.json else rows:
+            print(
+                f"{row['id']}  {row.get(DLQ_PREFIX + 'reason', '?'):<15} "
+                f"source={row.get(DLQ_PREFIX + 'source_id', '?')}  "
+                f"{row.get(DLQ_PREFIX + 'error', '')[:120]}"
+            )
         return 0
+    if args.dlq_command == "replay":
+        if args.all:
+            ids = [e.id for e in await stream.dead_letters(reason=args.reason, count=100000)]
+        else:
+            ids = list(args.ids)
+        if not ids:
+            print("nothing to replay (give IDs or --all)", file=sys.stderr)
+            return 2
+        for dlq_id, new_id in await stream.replay(ids):
+            print(f"{dlq_id} -> {new_id}")
+        return 0
+    purged = await stream.purge_dead_letters()
+    print(f"purged {purged} dead letters from {stream.dlq_stream}")
+    return 0
 
 
 # --- ingest server -------------------------------------------------------------------------

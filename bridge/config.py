@@ -141,6 +141,20 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 100
     block_ms: int = 1000
     shutdown_grace_s: float = 10.0
+    streams: list[str] = msgspec.field(default_factory=list)
+    cluster: bool = False
+
+    def stream_names(self) -> list[str]:
+        """Return the streams to consume: BRIDGE_STREAMS when set, else BRIDGE_STREAM."""
+        return list(self.streams) or [self.stream]
+
+    def dlq_for(self, stream: str) -> str:
+        """Return the dead-letter stream of ``stream``.
+
+        With several streams each gets ``<stream>:dlq``, which keeps a ``{hash tag}`` so the
+        dead letter and the XACK share a Redis Cluster slot (one MULTI).
+        """
+        return self.dlq_stream if not self.streams else f"{stream}:dlq"
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -223,6 +237,11 @@ def _parse_secret(variable: str, raw: str) -> Secret:
     return Secret(raw.encode())
 
 
+def _parse_list(variable: str, raw: str) -> list[str]:
+    del variable
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
 def _parse_optional(variable: str, raw: str) -> str | None:
     del variable
     return raw.strip() or None
@@ -245,6 +264,8 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "OUTBOUND_MAX_CONNECTIONS": ("outbound", "max_connections", _parse_int),
     "BRIDGE_REDIS_URL": ("stream", "redis_url", _parse_str),
     "BRIDGE_STREAM": ("stream", "stream", _parse_str),
+    "BRIDGE_STREAMS": ("stream", "streams", _parse_list),
+    "BRIDGE_REDIS_CLUSTER": ("stream", "cluster", _parse_bool),
     "BRIDGE_GROUP": ("stream", "group", _parse_str),
     "BRIDGE_CONSUMER": ("stream", "consumer", _parse_str),
     "BRIDGE_DLQ_STREAM": ("stream", "dlq_stream", _parse_str),
@@ -461,6 +482,12 @@ def _validate_stream(cfg: StreamConfig) -> None:
     if cfg.dlq_stream == cfg.stream:
         raise ConfigError(
             "BRIDGE_DLQ_STREAM must differ from BRIDGE_STREAM", variable="BRIDGE_DLQ_STREAM"
+        )
+    names = cfg.stream_names()
+    if len(set(names)) != len(names) or any(n.endswith(":dlq") for n in cfg.streams):
+        raise ConfigError(
+            "BRIDGE_STREAMS must list distinct streams that are not dead-letter streams",
+            variable="BRIDGE_STREAMS",
         )
     if not (cfg.start_id in ("$", "0") or _is_stream_id(cfg.start_id)):
         raise ConfigError(

@@ -1,7 +1,8 @@
 """Health endpoints and the group monitor.
 
 ``GroupMonitor`` reads the group's lag, pending count, oldest pending age and dead-letter
-count from Redis every few seconds (never per message) and serves them to observable gauges.
+count from Redis every few seconds (never per message) and hands them to the gauges in
+:class:`~bridge.telemetry.Metrics`.
 ``HealthServer`` answers ``/healthz`` (the process and its event loop are alive), ``/readyz``
 (Redis reachable, group present, breaker closed, not shutting down) and ``/metrics``
 (Prometheus text) on ``BRIDGE_HEALTH_PORT``.
@@ -12,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
-from opentelemetry.metrics import CallbackOptions, Observation
 
 from bridge.errors import StreamError
 from bridge.stream import GroupStatus, SignalStream
@@ -35,76 +34,29 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 class GroupMonitor:
-    """Polls the group's status at a modest interval and exposes it as gauges."""
+    """Polls one group's status at a modest interval and hands it to the gauges."""
 
     def __init__(
         self, stream: SignalStream, metrics: Metrics, worker: Worker, interval_s: float = 5.0
     ) -> None:
         self.stream = stream
-        self.worker = worker
+        self.metrics = metrics
         self.interval_s = interval_s
         self.status: GroupStatus | None = None
-        self.last_ok = 0.0
-        attrs = {"stream": stream.stream, "group": stream.group}
-        self._attrs = attrs
-        meter = metrics.meter
-        meter.create_observable_gauge(
-            "signals_group_lag",
-            [self._observe(lambda s: s.lag)],
-            unit="1",
-            description="Entries in the stream not yet read by the group",
-        )
-        meter.create_observable_gauge(
-            "signals_group_pending",
-            [self._observe(lambda s: s.pending)],
-            unit="1",
-            description="Entries read by the group but not yet acknowledged",
-        )
-        meter.create_observable_gauge(
-            "signals_oldest_pending_age_seconds",
-            [
-                self._observe(
-                    lambda s: (
-                        None if s.oldest_pending_age_ms is None else s.oldest_pending_age_ms / 1000
-                    )
-                )
-            ],
-            unit="s",
-            description="Age of the oldest pending entry (0 when nothing is pending)",
-        )
-        meter.create_observable_gauge(
-            "signals_dead_letter_stream_length",
-            [self._observe(lambda s: s.dead_letters)],
-            unit="1",
-            description="Entries in the dead-letter stream",
-        )
-        meter.create_observable_gauge(
-            "signals_circuit_open",
-            [self._circuit],
-            unit="1",
-            description="1 while the circuit breaker is open (reading paused), else 0",
-        )
-
-    def _observe(
-        self, pick: Callable[[GroupStatus], float | int | None]
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            del options
-            if self.status is None:
-                return []
-            value = pick(self.status)
-            return [Observation(0 if value is None else value, self._attrs)]
-
-        return callback
-
-    def _circuit(self, options: CallbackOptions) -> Iterable[Observation]:
-        del options
-        return [Observation(1 if self.worker.breaker.is_open else 0, self._attrs)]
+        metrics.observe_circuit(stream.stream, lambda: worker.breaker.is_open)
 
     async def poll_once(self) -> None:
-        """Read the status now."""
-        self.status = await self.stream.status()
-        self.last_ok = time.monotonic()
+        """Read the status now and publish it to the gauges."""
+        status = await self.stream.status()
+        self.status = status
+        self.metrics.observe_group(
+            status.stream,
+            status.group,
+            lag=status.lag or 0,
+            pending=status.pending,
+            oldest_pending_age_s=(status.oldest_pending_age_ms or 0) / 1000,
+            dead_letters=status.dead_letters,
+        )
 
     async def run(self) -> None:
         """Poll until cancelled; errors are logged and retried at the next tick."""
@@ -121,13 +73,13 @@ class HealthServer:
 
     def __init__(
         self,
-        worker: Worker,
+        worker: Worker | Sequence[Worker],
         *,
         host: str,
         port: int,
         metrics_text: Callable[[], bytes] = lambda: b"",
     ) -> None:
-        self.worker = worker
+        self.workers = [worker] if isinstance(worker, Worker) else list(worker)
         self.host = host
         self.port = port
         self.metrics_text = metrics_text
@@ -147,27 +99,25 @@ class HealthServer:
             await self._server.wait_closed()
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Check Redis (a PING with a short timeout), the group, the breaker, shutdown."""
+        """Check Redis (a PING with a short timeout), the groups, the breakers, shutdown."""
         checks: dict[str, object] = {}
         try:
-            await asyncio.wait_for(self.worker.stream.ping(), _PING_TIMEOUT_S)
+            await asyncio.wait_for(self.workers[0].stream.ping(), _PING_TIMEOUT_S)
             checks["redis"] = "ok"
         except (StreamError, TimeoutError) as exc:
             checks["redis"] = f"unreachable: {exc}"
-        checks["group"] = "ok" if self.worker.group_ready else "not created yet"
-        checks["circuit"] = self.worker.breaker.state.value
-        checks["stopping"] = self.worker.stopping
-        ready = (
-            checks["redis"] == "ok"
-            and self.worker.group_ready
-            and not self.worker.breaker.is_open
-            and not self.worker.stopping
-        )
+        groups_ready = all(w.group_ready for w in self.workers)
+        circuits_open = [w.stream.stream for w in self.workers if w.breaker.is_open]
+        stopping = any(w.stopping for w in self.workers)
+        checks["group"] = "ok" if groups_ready else "not created yet"
+        checks["circuit"] = f"open: {', '.join(circuits_open)}" if circuits_open else "closed"
+        checks["stopping"] = stopping
+        ready = checks["redis"] == "ok" and groups_ready and not circuits_open and not stopping
         return ready, checks
 
     async def _route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":
-            body = {"status": "ok", "in_flight": self.worker.in_flight}
+            body = {"status": "ok", "in_flight": sum(w.in_flight for w in self.workers)}
             return 200, "application/json", _ENCODER.encode(body)
         if path == "/readyz":
             ready, checks = await self.readiness()

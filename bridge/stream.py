@@ -8,6 +8,7 @@ are kept as raw bytes; decoding a signal is the codec's job.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -29,6 +30,7 @@ __all__ = [
     "connect",
     "publish",
     "publish_raw",
+    "shard_for",
 ]
 
 SIGNAL_FIELD: Final = b"signal"
@@ -108,8 +110,26 @@ def _entries(
 
 
 @asynccontextmanager
-async def connect(url: str, **options: Any) -> AsyncIterator[aioredis.Redis]:  # noqa: ANN401 - redis-py's options
-    """Open a redis-py asyncio client from a URL (redis://, rediss://, unix://); close on exit."""
+async def connect(
+    url: str,
+    *,
+    cluster: bool = False,
+    **options: Any,  # noqa: ANN401 - redis-py's connection options
+) -> AsyncIterator[aioredis.Redis]:
+    """Open a redis-py asyncio client from a URL (redis://, rediss://, unix://); close on exit.
+
+    ``cluster=True`` opens a Redis Cluster client from any node's URL; the commands used here
+    are the same, each addressed to the node owning its stream's slot.
+    """
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - cluster users only
+
+        cluster_client = RedisCluster.from_url(url, decode_responses=False, **options)
+        try:
+            yield cluster_client  # type: ignore[misc]
+        finally:
+            await cluster_client.aclose()
+        return
     client = aioredis.Redis.from_url(
         url,
         decode_responses=False,
@@ -121,6 +141,13 @@ async def connect(url: str, **options: Any) -> AsyncIterator[aioredis.Redis]:  #
         yield client
     finally:
         await client.aclose()
+
+
+def shard_for(instrument: str, streams: Sequence[str]) -> str:
+    """Pick the stream of an instrument: stable across processes, so its order holds."""
+    if len(streams) == 1:
+        return streams[0]
+    return streams[zlib.crc32(instrument.encode()) % len(streams)]
 
 
 class SignalStream:
@@ -382,15 +409,19 @@ async def publish(
     redis: aioredis.Redis,
     signal: Signal,
     *,
-    stream: str = "signals",
+    stream: str | Sequence[str] = "signals",
     maxlen: int | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> str:
     """XADD a signal the way the strategy engine should: canonical JSON plus trace context.
 
     The current OpenTelemetry context goes into ``traceparent``/``tracestate`` fields so the
-    bridge's consumer span continues the producer's trace. Returns the new entry id.
+    bridge's consumer span continues the producer's trace. ``stream`` may be a list of shards
+    (``signals:{0}`` ... ``signals:{7}``): the instrument picks one, always the same, so the
+    per-instrument order holds. Returns the new entry id.
     """
+    if not isinstance(stream, str):
+        stream = shard_for(signal.instrument, stream)
     fields: dict[str, str | bytes] = {"signal": encode_canonical(signal)}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)

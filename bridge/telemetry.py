@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 
 __all__ = [
     "AGE_BUCKETS_S",
@@ -88,6 +89,74 @@ class Metrics:
             description="Age of a signal (now - its timestamp) when the server accepted it",
             explicit_bucket_boundaries_advisory=AGE_BUCKETS_S,
         )
+        # Group-level gauges: values are read from Redis every few seconds by the group
+        # monitor (never per message) and served from here when a reader collects.
+        self._groups: dict[tuple[str, str], dict[str, float]] = {}
+        self._circuits: dict[str, Callable[[], bool]] = {}
+        for name, key, unit, description in (
+            ("signals_group_lag", "lag", "1", "Entries in the stream not yet read by the group"),
+            ("signals_group_pending", "pending", "1", "Entries read but not yet acknowledged"),
+            (
+                "signals_oldest_pending_age_seconds",
+                "oldest_pending_age_s",
+                "s",
+                "Age of the oldest pending entry (0 when nothing is pending)",
+            ),
+            (
+                "signals_dead_letter_stream_length",
+                "dead_letters",
+                "1",
+                "Entries in the dead-letter stream",
+            ),
+        ):
+            meter.create_observable_gauge(
+                name, [self._group_callback(key)], unit=unit, description=description
+            )
+        meter.create_observable_gauge(
+            "signals_circuit_open",
+            [self._circuit_callback],
+            unit="1",
+            description="1 while the circuit breaker is open (reading paused), else 0",
+        )
+
+    def observe_group(
+        self,
+        stream: str,
+        group: str,
+        *,
+        lag: int,
+        pending: int,
+        oldest_pending_age_s: float,
+        dead_letters: int,
+    ) -> None:
+        """Store the latest group status for the gauges."""
+        self._groups[(stream, group)] = {
+            "lag": lag,
+            "pending": pending,
+            "oldest_pending_age_s": oldest_pending_age_s,
+            "dead_letters": dead_letters,
+        }
+
+    def observe_circuit(self, stream: str, is_open: Callable[[], bool]) -> None:
+        """Report a worker's breaker state as signals_circuit_open{stream}."""
+        self._circuits[stream] = is_open
+
+    def _group_callback(self, key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            del options
+            return [
+                Observation(values[key], {"stream": stream, "group": group})
+                for (stream, group), values in self._groups.items()
+            ]
+
+        return callback
+
+    def _circuit_callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        return [
+            Observation(1 if is_open() else 0, {"stream": stream})
+            for stream, is_open in self._circuits.items()
+        ]
 
 
 def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
