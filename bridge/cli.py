@@ -143,7 +143,12 @@ async def run_bridge(config: BridgeConfig) -> None:
 
 
 def _signals_from_args(args: argparse.Namespace) -> list[Signal]:
-    """Build signals from --file (object, list or JSON lines) or from the flags."""
+    """Build signals from --sample, --file (object, list or JSON lines) or from the flags."""
+    if args.sample:
+        from bridge.demo import sample_signal  # noqa: PLC0415 - demo data only
+
+        now = datetime.now(UTC)
+        return [sample_signal(i, now) for i in range(args.sample)]
     if args.file:
         text = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
         stripped = text.strip()
@@ -264,7 +269,15 @@ def _ingest_server(args: argparse.Namespace) -> int:
     from bridge.ingest import IngestApp  # noqa: PLC0415 - server side only
 
     app = IngestApp(secrets=load_ingest_secrets(), tolerance_s=args.tolerance)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    )
     return 0
 
 
@@ -282,6 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="consume the stream and deliver (the service)")
     pub = sub.add_parser("publish", help="XADD signals the way a producer should")
     pub.add_argument("--file", help="JSON object, JSON list or JSON lines; - for stdin")
+    pub.add_argument("--sample", type=int, metavar="N", help="publish N sample signals (now)")
     pub.add_argument("--instrument")
     pub.add_argument("--side", choices=["buy", "sell"])
     pub.add_argument("--entry-price", type=float)
@@ -311,6 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--host", default="127.0.0.1")
     ingest.add_argument("--port", type=int, default=8000)
     ingest.add_argument("--tolerance", type=float, default=300.0)
+    ingest.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    ingest.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     return parser
 
 

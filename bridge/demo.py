@@ -26,13 +26,14 @@ from bridge.stream import DLQ_PREFIX, Entry, SignalStream, connect, publish, pub
 from bridge.telemetry import configure_logging
 from bridge.worker import Worker, idempotency_key
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "sample_signal"]
 
 _INSTRUMENTS: Final = (("XAUUSD", 2000.0), ("EURUSD", 1.08), ("BTCUSD", 65000.0), ("US500", 5200.0))
 _DRAIN_TIMEOUT_S: Final = 60.0
 
 
-def _sample(i: int, now: datetime) -> Signal:
+def sample_signal(i: int, now: datetime) -> Signal:
+    """Build a plausible signal: instruments, sides and prices vary with ``i``."""
     instrument, price = _INSTRUMENTS[i % len(_INSTRUMENTS)]
     buy = i % 2 == 0
     return Signal(
@@ -104,13 +105,13 @@ async def _publish_samples(
     now = datetime.now(UTC)
     out: list[tuple[str, str, str | None]] = []
     for i in range(count):
-        signal = _sample(i, now)
+        signal = sample_signal(i, now)
         entry_id = await publish(redis, signal, stream=stream)
         out.append((entry_id, f"{signal.side} {signal.instrument}", signal.signal_id))
-    repeat = _sample(0, now)
+    repeat = sample_signal(0, now)
     out.append((await publish(redis, repeat, stream=stream), "repeat of demo-0", "demo-0"))
     stale = msgspec.structs.replace(
-        _sample(1, now), timestamp=now - timedelta(hours=1), signal_id="demo-stale"
+        sample_signal(1, now), timestamp=now - timedelta(hours=1), signal_id="demo-stale"
     )
     out.append(
         (await publish(redis, stale, stream=stream), "signal from an hour ago", "demo-stale")
