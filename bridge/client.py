@@ -95,7 +95,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
@@ -375,7 +375,7 @@ class HmacClient:
             message,
             http_code=code,
             details=_server_details(content),
-            retry_after_s=parse_retry_after(headers.get("retry-after")),
+            retry_after_s=parse_retry_after(headers.get("retry-after"), now=self._clock()),
         )
 
     def _fail(

@@ -9,6 +9,7 @@ Secrets live in :class:`Secret`, whose ``repr`` and ``str`` never show the value
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import socket
 import tomllib
@@ -222,9 +223,12 @@ def _parse_int(variable: str, raw: str) -> int:
 
 def _parse_float(variable: str, raw: str) -> float:
     try:
-        return float(raw.strip())
+        value = float(raw.strip())
     except ValueError:
         raise ConfigError(f"{variable} must be a number, got {raw!r}", variable=variable) from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{variable} must be a finite number, got {raw!r}", variable=variable)
+    return value
 
 
 def _parse_str(variable: str, raw: str) -> str:
@@ -361,7 +365,7 @@ def load_config(
         if raw is not None and (raw.strip() or field in ("secret",)):
             sections.setdefault(section, {})[field] = parser(variable, raw)
     secret_file = environ.get("HMAC_PRODUCER_SECRET_FILE")
-    if secret_file and "HMAC_PRODUCER_SECRET" not in environ:
+    if secret_file and not environ.get("HMAC_PRODUCER_SECRET"):
         sections.setdefault("outbound", {})["secret"] = _read_secret_file(
             "HMAC_PRODUCER_SECRET_FILE", secret_file
         )
@@ -382,17 +386,24 @@ def load_config(
         try:
             built[section] = msgspec.convert(values, struct, from_attributes=False)
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"[{section}] {_translate(section, str(exc))}") from None
+            named, message = _translate(section, str(exc))
+            raise ConfigError(f"[{section}] {message}", variable=named) from None
+        for name in struct.__struct_fields__:
+            value = getattr(built[section], name)
+            if isinstance(value, float) and not math.isfinite(value):
+                env_name = _variable(section, name)
+                raise ConfigError(f"{env_name} must be a finite number", variable=env_name)
     return BridgeConfig(**built).validate()  # type: ignore[arg-type]
 
 
-def _translate(section: str, message: str) -> str:
+def _translate(section: str, message: str) -> tuple[str | None, str]:
     """Name the environment variable in msgspec's message about a field (``$.field``)."""
     marker = "at `$."
     if marker in message:
         field = message.split(marker, 1)[1].rstrip("`").split(".")[0].split("[")[0]
-        return f"{_variable(section, field)}: {message}"
-    return message
+        variable = _variable(section, field)
+        return variable, f"{variable}: {message}"
+    return None, message
 
 
 def _validate_server_url(cfg: OutboundConfig) -> None:

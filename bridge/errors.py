@@ -89,7 +89,15 @@ class BodyTooLargeError(InvalidSignalError):
 
 
 class StreamError(BridgeError):
-    """Redis refused or dropped an operation; the consumer reconnects and goes on."""
+    """Redis refused or dropped an operation; the consumer reconnects and goes on.
+
+    ``missing_group`` is set when Redis answered NOGROUP (the group or the stream is gone, e.g.
+    after a restart without persistence): the consumer recreates the group.
+    """
+
+    def __init__(self, message: str, *, missing_group: bool = False) -> None:
+        super().__init__(message)
+        self.missing_group = missing_group
 
 
 class DeliveryError(BridgeError):

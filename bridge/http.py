@@ -22,7 +22,13 @@ import httpx
 
 __all__ = ["FastTransport", "RawResponse"]
 
-DEFAULT_KEEPALIVE_EXPIRY_S: Final = 5.0
+# Below common server keep-alive timeouts (uvicorn 5 s, nginx 75 s), so the pool rarely picks a
+# connection the server is closing; one that was closed anyway is retried once (see post()).
+DEFAULT_KEEPALIVE_EXPIRY_S: Final = 4.0
+
+
+class _StaleConnectionError(httpx.RemoteProtocolError):
+    """A kept-alive connection closed before any byte of the response arrived."""
 
 
 class RawResponse:
@@ -47,7 +53,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[RawResponse] | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
-        self._paused = False
+        self._received = False
 
     # asyncio.Protocol
 
@@ -58,6 +64,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; a parse error fails the waiting request."""
+        self._received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -67,7 +74,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail a waiting request: the server closed or reset the connection."""
         self.closed = True
-        self._fail(httpx.RemoteProtocolError("server closed the connection"))
+        if self._received:
+            self._fail(httpx.RemoteProtocolError("server closed the connection mid-response"))
+        else:
+            self._fail(_StaleConnectionError("server closed the connection before answering"))
 
     # httptools callbacks
 
@@ -101,6 +111,7 @@ class _Connection(asyncio.Protocol):
             raise httpx.RemoteProtocolError("connection is closed")
         self._headers = {}
         self._body = []
+        self._received = False
         waiter: asyncio.Future[RawResponse] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self.transport.write(data)
@@ -144,10 +155,10 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._open: set[_Connection] = set()
         self._closed = False
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, timeout_s: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._connect_timeout_s):
+            async with asyncio.timeout(min(timeout_s, self._connect_timeout_s)):
                 _, conn = await loop.create_connection(
                     _Connection,
                     self.host,
@@ -167,16 +178,14 @@ class FastTransport(httpx.AsyncBaseTransport):
         while self._idle:
             conn = self._idle.pop()
             if conn.closed or now - conn.idle_since > self._keepalive_expiry_s:
-                conn.close()
-                self._open.discard(conn)
+                self._discard(conn)
                 continue
             return conn
         return None
 
     def _release(self, conn: _Connection) -> None:
         if conn.closed or self._closed:
-            conn.close()
-            self._open.discard(conn)
+            self._discard(conn)
             return
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
@@ -186,20 +195,31 @@ class FastTransport(httpx.AsyncBaseTransport):
         if self._closed:
             raise httpx.ConnectError("transport is closed")
         async with self._slots:
-            conn = self._take_idle() or await self._connect()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    response = await conn.send(request)
-            except TimeoutError as exc:
-                conn.close()
-                self._open.discard(conn)
-                raise httpx.ReadTimeout(f"no response within {timeout_s}s") from exc
-            except BaseException:
-                conn.close()
-                self._open.discard(conn)
-                raise
-            self._release(conn)
-            return response
+            conn = self._take_idle()
+            if conn is not None:
+                try:
+                    return await self._exchange(conn, request, timeout_s)
+                except _StaleConnectionError:
+                    pass  # closed by the server while idle: once more on a fresh connection
+            return await self._exchange(await self._connect(timeout_s), request, timeout_s)
+
+    async def _exchange(self, conn: _Connection, request: bytes, timeout_s: float) -> RawResponse:
+        """One request and its response on ``conn``; the connection returns to the pool."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await conn.send(request)
+        except TimeoutError as exc:
+            self._discard(conn)
+            raise httpx.ReadTimeout(f"no response within {timeout_s}s") from exc
+        except BaseException:
+            self._discard(conn)
+            raise
+        self._release(conn)
+        return response
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self._open.discard(conn)
 
     def request_head(self, method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
         """Serialise the request line and headers (Host first), ending with the blank line."""

@@ -65,6 +65,7 @@ class IngestApp:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     clock: Callable[[], float] = time.time
     fault: Callable[[Mapping[str, str]], int | None] | None = None
+    tracer: trace.Tracer | None = None
     received: list[Received] = field(default_factory=list)
     requests_total: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
@@ -84,7 +85,7 @@ class IngestApp:
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        tracer = get_tracer()
+        tracer = self.tracer if self.tracer is not None else get_tracer()
         with tracer.start_as_current_span(
             f"{scope['method']} {scope['path']}",
             context=propagate.extract(headers),
@@ -223,12 +224,12 @@ def serve_in_thread(app: IngestApp, host: str = "127.0.0.1", port: int = 0) -> I
         target=server.run, kwargs={"sockets": [sock]}, name="ingest-server", daemon=True
     )
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise BridgeError("ingest server did not start")
-        time.sleep(0.01)
     try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise BridgeError("ingest server did not start")
+            time.sleep(0.01)
         url_host = f"[{host}]" if ":" in host else host
         yield f"http://{url_host}:{bound_port}"
     finally:

@@ -64,7 +64,10 @@ def _as_float(name: str, value: object) -> float:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidSignalError(f"{name} must be a number, got {value!r}", field=name)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidSignalError(f"{name} is out of range", field=name) from None
 
 
 def _finite_positive(name: str, value: object) -> float:
@@ -142,7 +145,12 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         if self.timestamp.tzinfo is None or self.timestamp.utcoffset() is None:
             raise InvalidSignalError("timestamp must be timezone-aware", field="timestamp")
         if type(self.timestamp) is not _UtcTimestamp or self.timestamp.tzinfo is not UTC:
-            set_(self, "timestamp", _to_utc(self.timestamp))
+            try:
+                set_(self, "timestamp", _to_utc(self.timestamp))
+            except OverflowError:
+                raise InvalidSignalError(
+                    "timestamp is out of range in UTC", field="timestamp"
+                ) from None
 
     def _check_sides(self) -> None:
         """Buy: stop_loss < entry < take_profit; sell: the reverse."""
@@ -195,6 +203,7 @@ def decode_signal(data: bytes | str) -> Signal:
     try:
         return _DECODER.decode(data)
     except msgspec.ValidationError as exc:
-        raise InvalidSignalError(f"invalid signal: {exc}") from exc
+        field = getattr(exc.__cause__, "field", None)
+        raise InvalidSignalError(f"invalid signal: {exc}", field=field) from exc
     except msgspec.DecodeError as exc:
         raise InvalidSignalError(f"signal is not valid JSON: {exc}") from exc

@@ -86,7 +86,8 @@ async def _guard(awaitable: Awaitable[Any], what: str) -> Any:  # noqa: ANN401 -
     try:
         return await awaitable
     except redis.exceptions.ResponseError as exc:
-        raise StreamError(f"redis refused {what}: {exc}") from exc
+        missing = str(exc).startswith("NOGROUP")
+        raise StreamError(f"redis refused {what}: {exc}", missing_group=missing) from exc
     except (redis.exceptions.RedisError, OSError) as exc:
         raise StreamError(f"redis unavailable during {what}: {type(exc).__name__}: {exc}") from exc
 

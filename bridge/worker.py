@@ -197,7 +197,9 @@ class Worker:
         after = "0"
         while await self._wait_for_room():
             try:
-                entries, gone = await self.stream.read_own_pending(after, self._free())
+                entries, gone = await self.stream.read_own_pending(
+                    after, min(self._free(), self.config.batch_size)
+                )
             except StreamError as exc:
                 self._redis_down(exc)
                 await self._pause(self.redis_backoff.delay(1))
@@ -226,8 +228,14 @@ class Worker:
                 break
             try:
                 await self._maybe_claim()
-                entries = await self.stream.read(self._free(), self.config.block_ms)
+                if not self._free():
+                    continue  # the claim filled every slot
+                entries = await self.stream.read(
+                    min(self._free(), self.config.batch_size), self.config.block_ms
+                )
             except StreamError as exc:
+                if exc.missing_group and await self._recreate_group():
+                    continue
                 failures += 1
                 self._redis_down(exc)
                 await self._pause(self.redis_backoff.delay(failures))
@@ -239,6 +247,23 @@ class Worker:
             if entries:
                 self._dispatch_all(entries)
 
+    async def _recreate_group(self) -> bool:
+        """Recreate a group that vanished (Redis restarted without persistence).
+
+        It starts from ``0``, not ``$``: entries published since the restart are delivered.
+        """
+        self.group_ready = False
+        try:
+            await self.stream.ensure_group("0")
+        except StreamError:
+            return False
+        log.warning(
+            "consumer group was missing (Redis restarted without persistence?): recreated",
+            extra=log_fields(stream=self.stream.stream, group=self.stream.group),
+        )
+        self.group_ready = self.redis_ok = True
+        return True
+
     async def _maybe_claim(self) -> None:
         """Every half claim interval, XAUTOCLAIM entries idle on other (dead) consumers."""
         now = time.monotonic()
@@ -246,7 +271,9 @@ class Worker:
             return
         self._next_claim = now + max(0.05, self.config.claim_idle_ms / 2000)
         cursor, entries, gone = await self.stream.claim_idle(
-            self.config.claim_idle_ms, self._claim_cursor, max(1, self._free())
+            self.config.claim_idle_ms,
+            self._claim_cursor,
+            max(1, min(self._free(), self.config.batch_size)),
         )
         self._claim_cursor = cursor
         if cursor != "0-0":
