@@ -203,6 +203,8 @@ class SignalStream:
 
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """XREADGROUP up to ``count`` new entries (``>``), blocking up to ``block_ms``."""
+        if count < 1:
+            return []
         reply = await _guard(
             self.redis.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
