@@ -107,9 +107,23 @@ class HealthServer:
         except (StreamError, TimeoutError) as exc:
             checks["redis"] = f"unreachable: {exc}"
         groups_ready = all(w.group_ready for w in self.workers)
+        group_check = "ok" if groups_ready else "not created yet"
+        if groups_ready and checks["redis"] == "ok":
+            # group_ready is only a flag: after Redis comes back empty the group is gone until
+            # the worker's next read recreates it. Ask Redis (one XINFO GROUPS per stream).
+            try:
+                present = await asyncio.wait_for(
+                    asyncio.gather(*(w.stream.group_exists() for w in self.workers)),
+                    _PING_TIMEOUT_S,
+                )
+            except (StreamError, TimeoutError) as exc:
+                groups_ready, group_check = False, f"unknown: {exc}"
+            else:
+                if not all(present):
+                    groups_ready, group_check = False, "missing (being recreated)"
         circuits_open = [w.stream.stream for w in self.workers if w.breaker.is_open]
         stopping = any(w.stopping for w in self.workers)
-        checks["group"] = "ok" if groups_ready else "not created yet"
+        checks["group"] = group_check
         checks["circuit"] = f"open: {', '.join(circuits_open)}" if circuits_open else "closed"
         checks["stopping"] = stopping
         ready = checks["redis"] == "ok" and groups_ready and not circuits_open and not stopping

@@ -110,6 +110,7 @@ class Worker:
         self.stats = WorkerStats()
         self.redis_ok = False
         self.group_ready = False
+        self._redis_outage_logged = False
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._held: dict[str, _Job] = {}
@@ -185,6 +186,7 @@ class Worker:
             try:
                 await self.stream.ensure_group(self.config.start_id)
                 self.redis_ok = self.group_ready = True
+                self._redis_outage_logged = False
                 break
             except StreamError as exc:
                 attempt += 1
@@ -240,8 +242,9 @@ class Worker:
                 self._redis_down(exc)
                 await self._pause(self.redis_backoff.delay(failures))
                 continue
-            if failures or not self.redis_ok:
+            if self._redis_outage_logged:
                 log.info("redis is back", extra=log_fields(stream=self.stream.stream))
+                self._redis_outage_logged = False
             failures = 0
             self.redis_ok = True
             if entries:
@@ -643,9 +646,16 @@ class Worker:
             if not self._acks:
                 continue
             ids, self._acks = self._acks, []
+            flush = asyncio.ensure_future(self.stream.ack(ids))
             try:
-                await asyncio.shield(self.stream.ack(ids))
+                await asyncio.shield(flush)
                 attempt = 0
+            except asyncio.CancelledError:
+                # stop() cancelled the loop mid-XACK: give the ids back to _final_flush (XACK
+                # is idempotent) and collect the orphaned attempt's outcome.
+                self._acks = ids + self._acks
+                flush.add_done_callback(_collect)
+                raise
             except StreamError as exc:
                 self._acks = ids + self._acks
                 attempt += 1
@@ -675,8 +685,10 @@ class Worker:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     def _redis_down(self, exc: StreamError) -> None:
-        if self.redis_ok:
+        """Log the first failure of an outage (at start-up too), then stay quiet until back."""
+        if not self._redis_outage_logged:
             log.error("redis unavailable, retrying", extra=log_fields(error=str(exc)))
+            self._redis_outage_logged = True
         self.redis_ok = False
 
     def _breaker_changed(self, state: BreakerState, reason: str) -> None:
@@ -687,6 +699,12 @@ class Worker:
             )
         else:
             log.info("circuit breaker closed: reading resumed")
+
+
+def _collect(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished background task's exception so asyncio does not report it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
