@@ -133,7 +133,16 @@ async def run_bridge(config: BridgeConfig) -> None:
                     )
                 )
             _install_stop(workers)
-            await asyncio.gather(*(worker.run() for worker in workers))
+            tasks = [
+                asyncio.create_task(w.run(), name=f"worker {w.stream.stream}") for w in workers
+            ]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                # One worker failing must not leave its siblings running on closed clients.
+                for worker in workers:
+                    worker.stop()
+                await asyncio.wait(tasks, timeout=config.stream.shutdown_grace_s + 5)
     finally:
         telemetry.shutdown()
     log.info("signal-bridge stopped")

@@ -353,7 +353,15 @@ class HmacClient:
                 ) from exc
             raise TransientDeliveryError(f"cannot connect to the ingest server: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise TransientDeliveryError(f"ingest request failed: {type(exc).__name__}") from exc
+            hint = (
+                " (over TLS this is also how a server refuses a missing or untrusted client "
+                "certificate: check OUTBOUND_CLIENT_CERT)"
+                if self._url.startswith("https:") and isinstance(exc, httpx.RemoteProtocolError)
+                else ""
+            )
+            raise TransientDeliveryError(
+                f"ingest request failed: {type(exc).__name__}: {exc}{hint}"
+            ) from exc
         return exchanged
 
     def _interpret(self, code: int, headers: Mapping[str, str], content: bytes) -> IngestResponse:

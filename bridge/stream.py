@@ -7,6 +7,7 @@ are kept as raw bytes; decoding a signal is the codec's job.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
@@ -127,6 +128,11 @@ async def connect(
 
         cluster_client = RedisCluster.from_url(url, decode_responses=False, **options)
         try:
+            # Initialise once, before several workers share the client: redis-py's lazy
+            # initialisation races when many coroutines send their first command at once.
+            # Unreachable at start: stay lazy, the workers retry with backoff.
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                await cluster_client.initialize()
             yield cluster_client  # type: ignore[misc]
         finally:
             await cluster_client.aclose()
