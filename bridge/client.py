@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.semconv.attributes import (
     error_attributes,
@@ -45,7 +46,7 @@ from bridge.errors import (
 from bridge.http import FastTransport
 from bridge.signal import Signal, encode_canonical
 from bridge.signing import Signer
-from bridge.telemetry import Metrics, get_tracer, log_fields
+from bridge.telemetry import Metrics, get_tracer, log_fields, trace_fields
 
 __all__ = ["Delivery", "HmacClient", "IngestResponse", "classify_status", "parse_retry_after"]
 
@@ -186,6 +187,12 @@ class HmacClient:
         self._tracer = tracer if tracer is not None else get_tracer()
         self._clock = clock
         self._state = _State.UNOPENED
+        self._span_attributes: dict[str, str | int] = {
+            http_attributes.HTTP_REQUEST_METHOD: "POST",
+            url_attributes.URL_FULL: self._url,
+            server_attributes.SERVER_ADDRESS: self._server_address,
+            server_attributes.SERVER_PORT: self._server_port,
+        }
 
     def __repr__(self) -> str:
         return f"HmacClient(url={self._url!r}, producer_id={self._config.producer_id!r})"
@@ -289,8 +296,13 @@ class HmacClient:
         idempotency_key: str,
         timeout: float | None = None,
         signal_id: str | None = None,
+        context: otel_context.Context | None = None,
     ) -> Delivery:
-        """Like :meth:`post_body`, but also return the status code and the duration."""
+        """Like :meth:`post_body`, but also return the status code and the duration.
+
+        ``context`` is the parent of the CLIENT span (default: the current context); passing
+        it explicitly spares attaching a context on the hot path.
+        """
         if self._state is not _State.OPENED:
             raise BridgeError("HmacClient is not open (use 'async with')")
         if len(body) > self._config.max_body_size:
@@ -298,17 +310,11 @@ class HmacClient:
                 f"body is {len(body)} bytes, over the limit of {self._config.max_body_size}"
             )
         headers = self.signed_headers(body, idempotency_key)
-        with self._tracer.start_as_current_span(
-            "POST",
-            kind=trace.SpanKind.CLIENT,
-            attributes={
-                http_attributes.HTTP_REQUEST_METHOD: "POST",
-                url_attributes.URL_FULL: self._url,
-                server_attributes.SERVER_ADDRESS: self._server_address,
-                server_attributes.SERVER_PORT: self._server_port,
-            },
-        ) as span:
-            propagate.inject(headers)
+        span = self._tracer.start_span(
+            "POST", context=context, kind=trace.SpanKind.CLIENT, attributes=self._span_attributes
+        )
+        try:
+            propagate.inject(headers, context=trace.set_span_in_context(span, context))
             started = time.perf_counter()
             try:
                 status, response_headers, content = await self._exchange(body, headers, timeout)
@@ -320,6 +326,8 @@ class HmacClient:
             elapsed = time.perf_counter() - started
             self._record("success", status, elapsed)
             return Delivery(result, status, elapsed)
+        finally:
+            span.end()
 
     async def _exchange(
         self, body: bytes, headers: dict[str, str], timeout: float | None
@@ -401,6 +409,7 @@ class HmacClient:
         log.warning(
             "Signal post failed",
             extra=log_fields(
+                **trace_fields(span),
                 producer_id=self.producer_id,
                 signal_id=signal_id,
                 http_code=exc.http_code,

@@ -29,6 +29,7 @@ __all__ = [
     "get_tracer",
     "log_fields",
     "setup_telemetry",
+    "trace_fields",
 ]
 
 INSTRUMENTATION_NAME: Final = "signal-bridge"
@@ -78,11 +79,6 @@ class Metrics:
             unit="1",
             description="Entries acknowledged in the consumer group, by outcome",
         )
-        self.in_flight = meter.create_up_down_counter(
-            "signals_in_flight",
-            unit="1",
-            description="Entries being delivered right now",
-        )
         self.signal_age = meter.create_histogram(
             "signals_delivery_age_seconds",
             unit="s",
@@ -112,6 +108,13 @@ class Metrics:
             meter.create_observable_gauge(
                 name, [self._group_callback(key)], unit=unit, description=description
             )
+        self._in_flight: dict[str, Callable[[], int]] = {}
+        meter.create_observable_gauge(
+            "signals_in_flight",
+            [self._in_flight_callback],
+            unit="1",
+            description="Entries held right now (read, not yet acked or dead-lettered)",
+        )
         meter.create_observable_gauge(
             "signals_circuit_open",
             [self._circuit_callback],
@@ -141,6 +144,14 @@ class Metrics:
         """Report a worker's breaker state as signals_circuit_open{stream}."""
         self._circuits[stream] = is_open
 
+    def observe_in_flight(self, stream: str, held: Callable[[], int]) -> None:
+        """Report a worker's held entries as signals_in_flight{stream} (read when collected)."""
+        self._in_flight[stream] = held
+
+    def _in_flight_callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        return [Observation(held(), {"stream": stream}) for stream, held in self._in_flight.items()]
+
     def _group_callback(self, key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             del options
@@ -157,6 +168,17 @@ class Metrics:
             Observation(1 if is_open() else 0, {"stream": stream})
             for stream, is_open in self._circuits.items()
         ]
+
+
+def trace_fields(span: trace.Span) -> dict[str, str]:
+    """Return ``trace_id`` and ``span_id`` of ``span`` for a log line (empty when invalid)."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return {}
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
 
 
 def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
@@ -179,11 +201,9 @@ def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
         "message": record.getMessage(),
         "logger": record.name,
     }
-    span = trace.get_current_span().get_span_context()
-    if span.is_valid:
-        out["trace_id"] = format(span.trace_id, "032x")
-        out["span_id"] = format(span.span_id, "016x")
     extra = getattr(record, _FIELDS_ATTR, None)
+    if not (isinstance(extra, Mapping) and "trace_id" in extra):
+        out.update(trace_fields(trace.get_current_span()))
     if isinstance(extra, Mapping):
         for key, value in extra.items():
             out[f"field_{key}" if key in _RESERVED else key] = value
@@ -229,9 +249,37 @@ class TextFormatter(logging.Formatter):
         return f"{head}{message} {tail}".rstrip()
 
 
+class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that flushes at once for WARNING and above, else at most every 200 ms.
+
+    At thousands of deliveries a second, a flush (a write system call) per INFO line costs more
+    than the rest of the logging; the buffer is flushed on the next line after 200 ms and at exit
+    (``logging.shutdown``), so nothing is lost on a normal stop.
+    """
+
+    flush_interval_s: Final = 0.2
+
+    def __init__(self, stream: Any = None) -> None:  # noqa: ANN401 - any text stream
+        super().__init__(stream)
+        self._last_flush = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record; flush when it matters or when the interval has passed."""
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            now = time.monotonic()
+            if record.levelno >= logging.WARNING or now - self._last_flush > self.flush_interval_s:
+                self._last_flush = now
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send the root logger to stdout in the chosen format (replacing earlier handlers)."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = LazyFlushHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

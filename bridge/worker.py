@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # Fixed namespace for uuid5 idempotency keys: every replica derives the same key for an entry.
 IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("6f1d3a52-6b8e-5c39-9a57-2d0e6c1f4b7e")
 _TOUCH_CHUNK: Final = 500
+_ACK_COALESCE_S: Final = 0.005
 
 
 def idempotency_key(stream: str, entry_id: str, signal_id: str | None) -> str:
@@ -123,6 +124,9 @@ class Worker:
         self._acks: list[str] = []
         self._ack_wakeup = asyncio.Event()
         self._probe = asyncio.Lock()
+        # Held entries = posts in flight + read-ahead; posts are bounded here.
+        self._posting = asyncio.Semaphore(config.max_in_flight)
+        self.posting = 0  # POSTs in flight right now (at most max_in_flight)
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._span_attrs = {
@@ -132,6 +136,7 @@ class Worker:
             msg_attrs.MESSAGING_OPERATION_TYPE: "process",
         }
         self._span_name = f"process {stream.stream}"
+        self.metrics.observe_in_flight(stream.stream, lambda: len(self._held))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -199,9 +204,7 @@ class Worker:
         after = "0"
         while await self._wait_for_room():
             try:
-                entries, gone = await self.stream.read_own_pending(
-                    after, min(self._free(), self.config.batch_size)
-                )
+                entries, gone = await self.stream.read_own_pending(after, self.config.batch_size)
             except StreamError as exc:
                 self._redis_down(exc)
                 await self._pause(self.redis_backoff.delay(1))
@@ -230,11 +233,9 @@ class Worker:
                 break
             try:
                 await self._maybe_claim()
-                if not self._free():
-                    continue  # the claim filled every slot
-                entries = await self.stream.read(
-                    min(self._free(), self.config.batch_size), self.config.block_ms
-                )
+                if self._free() < self.config.batch_size:
+                    continue  # the claim filled the window
+                entries = await self.stream.read(self.config.batch_size, self.config.block_ms)
             except StreamError as exc:
                 if exc.missing_group and await self._recreate_group():
                     continue
@@ -276,7 +277,7 @@ class Worker:
         cursor, entries, gone = await self.stream.claim_idle(
             self.config.claim_idle_ms,
             self._claim_cursor,
-            max(1, min(self._free(), self.config.batch_size)),
+            self.config.batch_size,
         )
         self._claim_cursor = cursor
         if cursor != "0-0":
@@ -338,11 +339,12 @@ class Worker:
     # --- dispatch ----------------------------------------------------------------------------
 
     def _free(self) -> int:
-        return max(0, self.config.max_in_flight - len(self._held))
+        """How many more entries may be read: the posting window plus one batch of read-ahead."""
+        return max(0, self.config.max_in_flight + self.config.batch_size - len(self._held))
 
     async def _wait_for_room(self) -> bool:
-        """Wait until fewer than max_in_flight entries are held; False once stopping."""
-        while not self._stopping and not self._free():
+        """Wait until a whole batch fits (few, large reads); False once stopping."""
+        while not self._stopping and self._free() < self.config.batch_size:
             self._room.clear()
             await self._room.wait()
         return not self._stopping
@@ -355,7 +357,6 @@ class Worker:
         """Hold an entry and route it: dead-letter at once, or queue it on its lane."""
         job = self._prepare(entry)
         self._held[entry.id] = job
-        self.metrics.in_flight.add(1)
         if entry.deliveries > self.config.max_deliveries:
             letter = DeadLetter(
                 reason="max_deliveries",
@@ -489,6 +490,14 @@ class Worker:
                 return True
 
     async def _post(self, job: _Job, signal: Signal) -> Delivery:
+        async with self._posting:
+            self.posting += 1
+            try:
+                return await self._send(job, signal)
+            finally:
+                self.posting -= 1
+
+    async def _send(self, job: _Job, signal: Signal) -> Delivery:
         return await self.client.send_body(
             job.body, idempotency_key=job.key, signal_id=signal.signal_id
         )
@@ -569,8 +578,8 @@ class Worker:
         if not job.done:
             job.done = True
             self._held.pop(job.entry.id, None)
-            self.metrics.in_flight.add(-1)
-            self._room.set()
+            if not self._room.is_set() and self._free() >= self.config.batch_size:
+                self._room.set()
 
     async def _dead_letter_now(self, job: _Job, letter: DeadLetter) -> None:
         """Dead-letter an entry that is never posted (invalid, poison), in its own span."""
@@ -642,6 +651,10 @@ class Worker:
         attempt = 0
         while True:
             await self._ack_wakeup.wait()
+            if len(self._acks) < self.config.batch_size:
+                # Gather a burst into one XACK; an ack a few ms later only matters after a
+                # crash, and then the server drops the redelivery as a duplicate.
+                await asyncio.sleep(_ACK_COALESCE_S)
             self._ack_wakeup.clear()
             if not self._acks:
                 continue

@@ -325,18 +325,26 @@ async def test_stop_during_retries_keeps_the_entry_and_the_consumer(
     assert [(c["name"], c["pending"]) for c in consumers] == [(b"c1", 1)]
 
 
-async def test_max_in_flight_bounds_what_is_held(
+async def test_max_in_flight_bounds_posts_and_read_ahead(
     server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
 ) -> None:
-    """With the server failing, the bridge holds at most BRIDGE_MAX_IN_FLIGHT entries."""
+    """With the server failing, at most MAX_IN_FLIGHT posts run and one batch is read ahead."""
     server.app.fault = lambda h: 503
     await _publish_many(redis, stream_name, 40)
-    config = _config(server, redis_url, stream_name, BRIDGE_MAX_IN_FLIGHT="7")
+    config = _config(
+        server, redis_url, stream_name, BRIDGE_MAX_IN_FLIGHT="7", BRIDGE_BATCH_SIZE="5"
+    )
+    peak = 0
     async with running(redis, config, breaker=Breaker(failure_threshold=10_000)) as worker:
-        await eventually(lambda: worker.stats.retries >= 20, what="retries")
+        for _ in range(200):
+            peak = max(peak, worker.posting)
+            if worker.stats.retries >= 40:
+                break
+            await asyncio.sleep(0.005)
         groups = await redis.xinfo_groups(stream_name)
-        assert groups[0]["pending"] == 7
-        assert worker.in_flight == 7
+        assert groups[0]["pending"] == worker.in_flight
+        assert 7 <= worker.in_flight <= 7 + 5
+    assert 1 <= peak <= 7
 
 
 def test_idempotency_key_is_deterministic() -> None:
