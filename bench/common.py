@@ -72,22 +72,22 @@ def sign(secret: bytes, timestamp: str, producer_id: str, body: bytes) -> str:
     return base64.b64encode(mac.digest()).decode("ascii")
 
 
-def idempotency_key(stream: str, entry_id: str) -> str:
-    """Return the idempotency key of a stream entry: uuid5(NAMESPACE_URL, stream/entry_id)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{stream}/{entry_id}"))
+def idempotency_key(stream: str, entry_id: str, signal_id: str | None = None) -> str:
+    """Return uuid5(NAMESPACE_URL, signal_id), else uuid5(NAMESPACE_URL, "<stream>/<entry id>")."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, signal_id or f"{stream}/{entry_id}"))
 
 
 def signed_headers(
-    secret: bytes, producer_id: str, user_agent: str, stream: str, entry_id: str, body: bytes
+    cfg: BridgeConfig, user_agent: str, entry_id: str, body: bytes, signal_id: str | None = None
 ) -> dict[str, str]:
     """Return the full header set of one ingest POST, signed at the time of the call."""
     timestamp = rfc3339_now()
     return {
         "Content-Type": "application/json",
-        "X-Producer-Id": producer_id,
+        "X-Producer-Id": cfg.producer_id,
         "X-Timestamp": timestamp,
-        "X-Signature": sign(secret, timestamp, producer_id, body),
-        "X-Idempotency-Key": idempotency_key(stream, entry_id),
+        "X-Signature": sign(cfg.secret, timestamp, cfg.producer_id, body),
+        "X-Idempotency-Key": idempotency_key(cfg.stream, entry_id, signal_id),
         "User-Agent": user_agent,
     }
 
@@ -175,6 +175,7 @@ class BridgeConfig:
     idle_exit: float
     concurrency: int
     batch: int
+    loop: str
 
 
 def parse_bridge_args(description: str, argv: list[str] | None = None) -> BridgeConfig:
@@ -202,6 +203,12 @@ def parse_bridge_args(description: str, argv: list[str] | None = None) -> Bridge
     )
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--batch", type=int, default=100, help="XREADGROUP COUNT")
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop of the asyncio bridge (auto: uvloop when installed)",
+    )
     ns = parser.parse_args(argv)
     if not ns.secret:
         parser.error("--secret or HMAC_PRODUCER_SECRET is required")
@@ -218,6 +225,7 @@ def parse_bridge_args(description: str, argv: list[str] | None = None) -> Bridge
         idle_exit=ns.idle_exit,
         concurrency=ns.concurrency,
         batch=ns.batch,
+        loop=ns.loop,
     )
 
 

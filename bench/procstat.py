@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 from pathlib import Path
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -61,3 +63,29 @@ def tree_cpu_seconds(pids: list[int]) -> float:
 def tree_peak_rss_mb(pids: list[int]) -> float:
     """Return the summed peak RSS (VmHWM) in MiB of the given processes and their descendants."""
     return sum(status_kb(p, "VmHWM") for root in pids for p in process_tree(root)) / 1024
+
+
+def machine_busy_seconds() -> float:
+    """Return the CPU seconds all cores spent busy since boot (from /proc/stat)."""
+    with Path("/proc/stat").open() as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest is counted in user already)
+    busy = fields[0] + fields[1] + fields[2] + sum(fields[5:8])
+    return busy / _CLK_TCK
+
+
+def self_cpu_seconds() -> float:
+    """Return this process's own CPU seconds (from /proc, like the others)."""
+    return cpu_seconds(os.getpid())
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this (child) process when its parent dies (Popen preexec_fn).
+
+    So that nothing the harness started outlives it, even when the harness is SIGKILLed.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -51,12 +51,12 @@ def ensure_group(client: redis.Redis, cfg: BridgeConfig) -> None:
             raise
 
 
-def deliver(http: httpx.Client, cfg: BridgeConfig, entry_id: str, body: bytes) -> bool:
+def deliver(
+    http: httpx.Client, cfg: BridgeConfig, entry_id: str, body: bytes, signal_id: str | None
+) -> bool:
     """POST one signed signal, retrying transient failures; True when the server took it."""
     for attempt in range(MAX_ATTEMPTS):
-        headers = signed_headers(
-            cfg.secret, cfg.producer_id, USER_AGENT, cfg.stream, entry_id, body
-        )
+        headers = signed_headers(cfg, USER_AGENT, entry_id, body, signal_id)
         try:
             response = http.post(INGEST_PATH, content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -93,13 +93,14 @@ def run(cfg: BridgeConfig) -> BridgeStats:
             for raw_id, fields in reply[0][1]:
                 entry_id = raw_id.decode()
                 try:
-                    body = canonical_json(json.loads(fields[SIGNAL_FIELD]))
+                    data = json.loads(fields[SIGNAL_FIELD])
+                    body = canonical_json(data)
                 except (KeyError, ValueError) as exc:
                     print(f"ref_naive: dropping invalid entry {entry_id}: {exc!r}", file=sys.stderr)
                     stats.invalid += 1
                     client.xack(cfg.stream, cfg.group, raw_id)
                     continue
-                if deliver(http, cfg, entry_id, body):
+                if deliver(http, cfg, entry_id, body, data.get("signal_id")):
                     client.xack(cfg.stream, cfg.group, raw_id)
                     stats.count += 1
                     stats.mark()

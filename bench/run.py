@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -48,8 +49,20 @@ from bench.common import (
     make_signal,
     stream_fields,
 )
-from bench.procstat import tree_cpu_seconds, tree_peak_rss_mb
-from bench.sink import SinkProcess, http_call, start_fast_sink, start_uvicorn_sink
+from bench.procstat import (
+    die_with_parent,
+    machine_busy_seconds,
+    self_cpu_seconds,
+    tree_cpu_seconds,
+    tree_peak_rss_mb,
+)
+from bench.sink import (
+    SinkProcess,
+    http_call,
+    start_fast_sink,
+    start_uvicorn_sink,
+    uvicorn_impl,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -60,7 +73,6 @@ SECRET = "bench-secret-0123456789abcdef"
 PRODUCER_ID = "bench-producer"
 POLL_S = 0.01
 STOP_WAIT_S = 10.0
-REFERENCES = ("naive", "aiohttp")
 
 
 class BenchError(RuntimeError):
@@ -81,6 +93,10 @@ def bridge_specs(signal_bridge_cmd: str) -> dict[str, BridgeSpec]:
     specs = {
         "naive": BridgeSpec("naive", [PYTHON, "-m", "bench.ref_naive", "--idle-exit", "0"]),
         "aiohttp": BridgeSpec("aiohttp", [PYTHON, "-m", "bench.ref_aiohttp", "--idle-exit", "0"]),
+        "aiohttp-asyncio": BridgeSpec(
+            "aiohttp-asyncio",
+            [PYTHON, "-m", "bench.ref_aiohttp", "--idle-exit", "0", "--loop", "asyncio"],
+        ),
     }
     argv = shlex.split(signal_bridge_cmd)
     exe = argv[0] if Path(argv[0]).is_absolute() else str(REPO / argv[0])
@@ -88,7 +104,7 @@ def bridge_specs(signal_bridge_cmd: str) -> dict[str, BridgeSpec]:
     missing: str | None = None
     if not Path(argv[0]).exists():
         missing = f"{argv[0]} does not exist"
-    else:
+    elif Path(argv[0]).name == "signal-bridge":  # the console script exists before its module
         probe = subprocess.run(  # noqa: S603
             [PYTHON, "-c", "from bridge.cli import main"],
             cwd=REPO,
@@ -120,7 +136,12 @@ class Processes:
         """Start a process with stdout+stderr to ``log`` and remember it."""
         with log.open("ab") as out:
             proc = subprocess.Popen(  # noqa: S603
-                argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - the harness has no threads
             )
         self.procs.append(proc)
         return proc
@@ -240,15 +261,20 @@ def wait_drained(
     total: int,
     procs: list[subprocess.Popen[bytes]],
     timeout_s: float,
+    *,
+    stall_s: float,
 ) -> dict[str, float]:
     """Poll until the group read ``total`` entries and none is pending; time and CPU it.
 
-    Returns the spawn-relative time of the first observed ack and of completion, the acks and
-    CPU seconds at the first observation and at completion (all bridge processes' trees).
+    Fails when nothing was read or acked for ``stall_s`` (a stuck bridge) or after
+    ``timeout_s``. Returns the spawn-relative time of the first observed ack and of completion,
+    the acks and CPU seconds at the first observation and at completion (all bridge processes'
+    trees).
     """
     pids = [p.pid for p in procs]
     start = time.perf_counter()
     first: tuple[float, int, float] | None = None
+    progress, progress_at = (-1, -1), start
     while True:
         now = time.perf_counter()
         for proc in procs:
@@ -267,6 +293,13 @@ def wait_drained(
                 "done_s": now - start,
                 "cpu_s": cpu,
             }
+        if (state.read, state.acked) != progress:
+            progress, progress_at = (state.read, state.acked), now
+        elif now - progress_at > stall_s:
+            raise BenchError(
+                f"no progress for {stall_s:.0f} s: read {state.read}/{total}, "
+                f"pending {state.pending}, lag {state.lag}"
+            )
         if now - start > timeout_s:
             raise BenchError(
                 f"not drained after {timeout_s:.0f} s: read {state.read}/{total}, "
@@ -287,7 +320,7 @@ def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str
         OUTBOUND_SERVER_URL=url,
         HMAC_PRODUCER_SECRET=SECRET,
         PRODUCER_ID=PRODUCER_ID,
-        BRIDGE_LOG_LEVEL="WARNING",
+        BRIDGE_LOG_LEVEL=ctx.args.log_level,
         BRIDGE_HEALTH_PORT="0",
     )
     return env
@@ -313,7 +346,7 @@ class Context:
 
 
 def start_bridges(
-    ctx: Context, spec: BridgeSpec, stream: str, start_id: str, url: str, replicas: int = 1
+    ctx: Context, spec: BridgeSpec, stream: str, *, start_id: str, url: str, replicas: int = 1
 ) -> list[subprocess.Popen[bytes]]:
     """Start ``replicas`` processes of a bridge with distinct consumer names."""
     procs = []
@@ -324,13 +357,12 @@ def start_bridges(
     return procs
 
 
-def stop_bridges(ctx: Context, procs: list[subprocess.Popen[bytes]]) -> None:
-    """Terminate bridge processes (SIGTERM, bounded wait, SIGKILL)."""
+def stop_bridges(ctx: Context, procs: list[subprocess.Popen[bytes]]) -> list[int | None]:
+    """Terminate bridge processes (SIGTERM, bounded wait, SIGKILL); return their exit codes."""
     for proc in procs:  # signal all first, so replicas shut down in parallel
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        ctx.procs.stop(proc)
+    return [ctx.procs.stop(proc) for proc in procs]
 
 
 def log_tail(ctx: Context, stream: str, lines: int = 15) -> str:
@@ -362,6 +394,16 @@ def drain_timeout(ctx: Context, total: int) -> float:
 # --------------------------------------------------------------------------- runs
 
 
+def wait_posts(sink: SinkProcess, before: int, total: int) -> int:
+    """Return the requests the sink answered since ``before``, waiting up to 1 s for ``total``."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        posts = sink.request_count() - before
+        if posts >= total or time.monotonic() > deadline:
+            return posts
+        time.sleep(0.05)
+
+
 def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> dict[str, Any]:
     """Drain a fresh backlog of ``total`` signals to the fast sink and measure the bridge."""
     stream = ctx.next_name("drain", spec.name)
@@ -369,10 +411,14 @@ def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> 
     build_backlog(client, stream, total, "drain")
     redis_cpu0 = tree_cpu_seconds([ctx.redis.proc.pid])
     sink_cpu0 = tree_cpu_seconds([ctx.fast_sink.proc.pid])
-    procs = start_bridges(ctx, spec, stream, "0", ctx.fast_sink.url, replicas)
+    posts0 = ctx.fast_sink.request_count()
+    busy0, self0 = machine_busy_seconds(), self_cpu_seconds()
+    procs = start_bridges(ctx, spec, stream, start_id="0", url=ctx.fast_sink.url, replicas=replicas)
     pids = [p.pid for p in procs]
     try:
-        timing = wait_drained(client, stream, total, procs, drain_timeout(ctx, total))
+        timing = wait_drained(
+            client, stream, total, procs, drain_timeout(ctx, total), stall_s=ctx.args.stall_timeout
+        )
         rss = tree_peak_rss_mb(pids)
         cpu_end = tree_cpu_seconds(pids)
     except BenchError as exc:
@@ -380,8 +426,17 @@ def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> 
         raise BenchError(f"{exc}\n{log_tail(ctx, stream)}") from exc
     redis_cpu = tree_cpu_seconds([ctx.redis.proc.pid]) - redis_cpu0
     sink_cpu = tree_cpu_seconds([ctx.fast_sink.proc.pid]) - sink_cpu0
-    stop_bridges(ctx, procs)
+    # CPU that neither the bridge, redis, the sink nor the harness used: other load (noise).
+    ours = cpu_end + redis_cpu + sink_cpu + self_cpu_seconds() - self0
+    other_cpu = max(0.0, machine_busy_seconds() - busy0 - ours)
+    exit_codes = stop_bridges(ctx, procs)
     client.delete(stream)
+    posts = wait_posts(ctx.fast_sink, posts0, total)
+    if posts < total:
+        raise BenchError(
+            f"the sink got {posts} POSTs for {total} signals: the bridge acked entries it did "
+            f"not deliver (dead-lettered? too old?)\n{log_tail(ctx, stream)}"
+        )
     steady_n = total - timing["first_acked"]
     steady_s = timing["done_s"] - timing["first_s"]
     if steady_n < total * 0.5 or steady_s <= 0:  # too fast to observe a first ack: use totals
@@ -401,6 +456,9 @@ def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> 
         "total_cpu_s": round(cpu_end, 3),
         "redis_cpu_us_per_signal": round(redis_cpu / total * 1e6, 1),
         "sink_cpu_us_per_signal": round(sink_cpu / total * 1e6, 1),
+        "posts": posts,
+        "exit_codes_after_sigterm": exit_codes,
+        "other_cpu_pct": round(100 * other_cpu / timing["done_s"], 1),
         "self_report": self_report(ctx, stream),
     }
 
@@ -408,31 +466,42 @@ def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> 
 def verify_delivery(
     client: redis.Redis, stream: str, records: list[dict[str, Any]], after_id: str = "-"
 ) -> dict[str, Any]:
-    """Compare what the recording sink got with the stream's entries (keys, bodies, checks)."""
-    expected: dict[str, str] = {}
-    for raw_id, fields in client.xrange(stream, min=after_id):
+    """Compare what the recording sink got with the stream's entries.
+
+    Two independent checks, so that one failing does not hide the other: the *bodies* (the
+    multiset of delivered bodies equals the canonical encodings of the entries: nothing lost,
+    duplicated or altered) and the *keys* (each request's X-Idempotency-Key is
+    uuid5(NAMESPACE_URL, signal_id or "<stream>/<entry id>") of an entry whose body it
+    carries). Header and signature violations found by the sink are in ``problems``.
+    """
+    by_key: dict[str, str] = {}
+    entries: Any = client.xrange(stream, min=after_id)
+    for raw_id, fields in entries:
         entry_id = raw_id.decode()
         if after_id != "-" and entry_id == after_id.lstrip("("):
             continue
-        body = canonical_json(json.loads(fields[b"signal"]))
-        expected[idempotency_key(stream, entry_id)] = hashlib.sha256(body).hexdigest()
-    seen: Counter[str] = Counter(r["key"] for r in records)
+        data = json.loads(fields[b"signal"])
+        body = canonical_json(data)
+        key = idempotency_key(stream, entry_id, data.get("signal_id"))
+        by_key[key] = hashlib.sha256(body).hexdigest()
+    want = Counter(by_key.values())
+    got = Counter(r["body_sha256"] for r in records)
+    missing = sum((want - got).values())
+    extra = sum((got - want).values())
+    wrong_keys = sum(1 for r in records if by_key.get(r["key"]) != r["body_sha256"])
     problems: Counter[str] = Counter(p for r in records for p in r["problems"])
-    bad_body = sum(
-        1 for r in records if r["key"] in expected and expected[r["key"]] != r["body_sha256"]
-    )
-    if bad_body:
-        problems["body-differs-from-entry"] = bad_body
-    missing = len(expected.keys() - seen.keys())
-    unexpected = len(seen.keys() - expected.keys())
-    duplicates = sum(n - 1 for n in seen.values() if n > 1)
+    failed = [name for name, bad in (("missing", missing), ("extra", extra)) if bad]
+    if wrong_keys:
+        failed.append("keys")
+    failed.extend(sorted(problems))
     return {
-        "ok": not (missing or unexpected or problems),
-        "expected": len(expected),
+        "ok": not failed,
+        "failed": failed,
+        "expected": len(by_key),
         "delivered": len(records),
-        "missing": missing,
-        "unexpected_keys": unexpected,
-        "duplicates": duplicates,
+        "missing_bodies": missing,
+        "extra_or_altered_bodies": extra,
+        "wrong_idempotency_keys": wrong_keys,
         "problems": dict(problems),
     }
 
@@ -457,9 +526,9 @@ def contract_check(ctx: Context, spec: BridgeSpec, total: int) -> dict[str, Any]
     client = ctx.redis.client
     build_backlog(client, stream, total, "check")
     reset_sink(ctx)
-    procs = start_bridges(ctx, spec, stream, "0", ctx.record_sink.url)
+    procs = start_bridges(ctx, spec, stream, start_id="0", url=ctx.record_sink.url)
     try:
-        wait_drained(client, stream, total, procs, 60)
+        wait_drained(client, stream, total, procs, 60, stall_s=ctx.args.stall_timeout)
     except BenchError as exc:
         stop_bridges(ctx, procs)
         raise BenchError(f"{exc}\n{log_tail(ctx, stream)}") from exc
@@ -467,17 +536,6 @@ def contract_check(ctx: Context, spec: BridgeSpec, total: int) -> dict[str, Any]
     result = verify_delivery(client, stream, sink_records(ctx))
     client.delete(stream)
     return result
-
-
-def wait_consumer(client: redis.Redis, stream: str, proc: subprocess.Popen[bytes]) -> None:
-    """Wait until the bridge has joined the group (first XREADGROUP), at most 30 s."""
-    deadline = time.monotonic() + 30
-    while not client.xinfo_consumers(stream, GROUP):
-        if proc.poll() is not None:
-            raise BenchError(f"bridge exited early with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise BenchError("bridge did not join the consumer group within 30 s")
-        time.sleep(0.05)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -493,15 +551,16 @@ def latency_run(ctx: Context, spec: BridgeSpec, rate: float, seconds: float) -> 
     stream = ctx.next_name("latency", spec.name)
     client = ctx.redis.client
     client.xgroup_create(stream, GROUP, id="$", mkstream=True)
-    procs = start_bridges(ctx, spec, stream, "$", ctx.record_sink.url)
+    procs = start_bridges(ctx, spec, stream, start_id="$", url=ctx.record_sink.url)
     try:
-        wait_consumer(client, stream, procs[0])
-        # Warm-up: a few signals open the connections and fill caches; they are not measured.
+        # Warm-up: a few signals, added while the bridge starts up (the group exists already, at
+        # "$"), open the connections and fill caches; once they are acked the bridge is ready.
         warmup = 50
         for index in range(warmup):
             client.xadd(stream, stream_fields(make_signal(index, "warmup"), index))
-        wait_drained(client, stream, warmup, procs, 30)
-        last_warmup = client.xrevrange(stream, count=1)[0][0].decode()
+        wait_drained(client, stream, warmup, procs, 60, stall_s=ctx.args.stall_timeout)
+        newest: Any = client.xrevrange(stream, count=1)
+        last_warmup = newest[0][0].decode()
         reset_sink(ctx)
         producer_argv = [
             PYTHON,
@@ -529,7 +588,14 @@ def latency_run(ctx: Context, spec: BridgeSpec, rate: float, seconds: float) -> 
         sent = int(producer_summary["sent"])
         drained = True
         try:
-            wait_drained(client, stream, warmup + sent, procs, max(30.0, 4 * seconds))
+            wait_drained(
+                client,
+                stream,
+                warmup + sent,
+                procs,
+                max(30.0, 4 * seconds),
+                stall_s=ctx.args.stall_timeout,
+            )
         except BenchError:
             drained = False
         drain_after_s = time.perf_counter() - produced_at
@@ -561,9 +627,36 @@ def latency_run(ctx: Context, spec: BridgeSpec, rate: float, seconds: float) -> 
 # --------------------------------------------------------------------------- reporting
 
 
+NOISY_PCT = 15.0
+
+
+def noise_note(other_cpu_pct: float) -> str:
+    """Return a warning when other processes used noticeable CPU during a run."""
+    if other_cpu_pct < NOISY_PCT:
+        return ""
+    return f"  [NOISY: other processes used {other_cpu_pct:.0f}% of a core meanwhile]"
+
+
+def busy_before_start(seconds: float = 1.0) -> float:
+    """Return how much of a core other processes use while the harness is idle (percent)."""
+    busy0 = machine_busy_seconds()
+    time.sleep(seconds)
+    return 100 * (machine_busy_seconds() - busy0) / seconds
+
+
+def wait_idle(budget_s: float) -> None:
+    """Wait, at most ``budget_s``, until other processes use less than NOISY_PCT of a core."""
+    deadline = time.monotonic() + budget_s
+    while (busy := busy_before_start(0.5)) >= NOISY_PCT:
+        if time.monotonic() > deadline:
+            print(f"  machine still busy ({busy:.0f}% of a core) after {budget_s:.0f} s; running")
+            return
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Return the per-metric median of repeated drain runs."""
     keys = (
+        "other_cpu_pct",
         "signals_per_s",
         "cpu_us_per_signal",
         "peak_rss_mb",
@@ -577,6 +670,13 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def contract_cell(check: dict[str, Any]) -> str:
+    """Format a contract result for a table cell: ``ok``, ``FAIL: keys,signature`` or ``-``."""
+    if not check:
+        return "-"
+    return "ok" if check["ok"] else "FAIL: " + ",".join(check["failed"])
+
+
 def ratio(a: float | None, b: float | None) -> str:
     """Format a/b as ``1.23x`` (``-`` when either is missing)."""
     if not a or not b:
@@ -586,7 +686,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     """Print a Markdown table."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
@@ -611,7 +711,8 @@ def report(results: dict[str, Any]) -> None:
                 ratio(med["signals_per_s"], naive.get("signals_per_s")),
                 ratio(med["cpu_us_per_signal"], ref.get("cpu_us_per_signal")),
                 f"{med['startup_s']:.2f}",
-                "ok" if check.get("ok") else ("FAIL" if check else "-"),
+                contract_cell(check),
+                f"{med['other_cpu_pct']:.0f}%",
             ]
         )
     meta = results["meta"]
@@ -629,10 +730,11 @@ def report(results: dict[str, Any]) -> None:
         "CPU vs aiohttp",
         "startup s",
         "contract",
+        "other CPU",
     ]
     print_table(headers, rows)
     if results["latency"]:
-        print("\nLatency XADD -> sink (separate paced producer; recording uvicorn sink)")
+        print(f"\nLatency XADD -> sink (separate paced producer; {meta['latency_sink']} sink)")
         rows = [
             [
                 r["bridge"],
@@ -642,7 +744,7 @@ def report(results: dict[str, Any]) -> None:
                 f"{r['p99_ms']:.2f}",
                 f"{r['max_ms']:.2f}",
                 f"{r['drain_after_producer_s']:.2f}" + ("" if r["drained"] else " (timeout)"),
-                "ok" if r["contract"]["ok"] else "FAIL",
+                contract_cell(r["contract"]),
             ]
             for r in results["latency"]
         ]
@@ -701,6 +803,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--uvicorn-sink", action="store_true", help="use the uvicorn fast sink even with nginx")
     add("--signal-bridge-cmd", default=".venv/bin/signal-bridge run", help="command (shlex)")
     add("--timeout", type=float, default=0, help="bound of one drain run in s (0: auto)")
+    add("--stall-timeout", type=float, default=20, help="fail a run after S s without progress")
+    add("--wait-idle", type=float, default=0, help="before each run wait up to S s for idle CPU")
+    add(
+        "--log-level",
+        default="INFO",
+        help="signal-bridge's BRIDGE_LOG_LEVEL (INFO: a JSON line per delivery, as in production)",
+    )
     add("--out", type=Path, default=RESULTS / "latest.json", help="JSON results file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -719,73 +828,104 @@ def names(csv: str) -> list[str]:
     return [n.strip() for n in csv.split(",") if n.strip()]
 
 
-def run_all(ctx: Context, specs: dict[str, BridgeSpec]) -> None:
-    """Run every selected measurement, filling ``ctx.results``."""
-    args, res = ctx.args, ctx.results
-    wanted = names(args.bridges)
-    for name in wanted:
-        if name not in specs:
-            raise BenchError(f"unknown bridge {name!r} (known: {', '.join(specs)})")
-    active = []
-    for name in wanted:
-        if specs[name].missing:
-            print(f"SKIP {name}: {specs[name].missing}")
-            res["skipped"][name] = specs[name].missing
-        else:
-            active.append(specs[name])
+class Runner:
+    """Runs the selected measurements and fills ``ctx.results``; a failed run is recorded."""
 
-    def guarded(label: str, spec: BridgeSpec, func: Any, *fargs: Any) -> Any:  # noqa: ANN401
+    def __init__(self, ctx: Context, specs: dict[str, BridgeSpec]) -> None:
+        self.ctx = ctx
+        self.args = ctx.args
+        self.res = ctx.results
+        self.specs = specs
+
+    def guarded(self, label: str, spec: BridgeSpec, func: Any, *fargs: Any) -> Any:  # noqa: ANN401
         """Run one measurement; on failure record it and return None."""
+        if label != "contract" and self.args.wait_idle:
+            wait_idle(self.args.wait_idle)
         try:
-            return func(ctx, spec, *fargs)
+            return func(self.ctx, spec, *fargs)
         except (BenchError, redis.RedisError, OSError) as exc:
             print(f"FAILED {label} {spec.name}: {exc}")
-            res["errors"].append({"bridge": spec.name, "run": label, "error": str(exc)})
+            self.res["errors"].append({"bridge": spec.name, "run": label, "error": str(exc)})
             return None
 
-    for spec in active:
-        check = guarded("contract", spec, contract_check, args.check_signals)
-        if check is not None:
-            res["contract"][spec.name] = check
-            print(f"contract {spec.name}: {'ok' if check['ok'] else 'FAIL'} {check}")
-    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in active}
-    for rep in range(args.repeat):  # interleaved, so drift hits every bridge alike
+    def select(self) -> list[BridgeSpec]:
+        """Return the selected bridges that can run; report the ones skipped."""
+        wanted = names(self.args.bridges)
+        unknown = [n for n in wanted if n not in self.specs]
+        if unknown:
+            raise BenchError(f"unknown bridge(s) {unknown} (known: {', '.join(self.specs)})")
+        active = []
+        for name in wanted:
+            missing = self.specs[name].missing
+            if missing:
+                print(f"SKIP {name}: {missing}")
+                self.res["skipped"][name] = missing
+            else:
+                active.append(self.specs[name])
+        return active
+
+    def contracts(self, active: list[BridgeSpec]) -> None:
+        """Run the contract check of every bridge."""
         for spec in active:
-            one = guarded("drain", spec, drain_run, args.signals)
-            if one is not None:
-                runs[spec.name].append(one)
-                print(
-                    f"drain {spec.name} #{rep + 1}: {one['signals_per_s']:,.0f} signals/s, "
-                    f"{one['cpu_us_per_signal']:,.0f} us CPU/signal, "
-                    f"{one['peak_rss_mb']:.1f} MB"
-                )
-    res["drain_runs"] = runs
-    res["drain"] = {name: median_of(r) for name, r in runs.items() if r}
-    for rate in [float(r) for r in names(args.rates)]:
+            check = self.guarded("contract", spec, contract_check, self.args.check_signals)
+            if check is not None:
+                self.res["contract"][spec.name] = check
+                print(f"contract {spec.name}: {contract_cell(check)} {check}")
+
+    def drains(self, active: list[BridgeSpec]) -> None:
+        """Run the drain runs, interleaved across bridges so that drift hits all alike."""
+        runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in active}
+        for rep in range(self.args.repeat):
+            for spec in active:
+                one = self.guarded("drain", spec, drain_run, self.args.signals)
+                if one is not None:
+                    runs[spec.name].append(one)
+                    print(
+                        f"drain {spec.name} #{rep + 1}: {one['signals_per_s']:,.0f} signals/s, "
+                        f"{one['cpu_us_per_signal']:,.0f} us CPU/signal, "
+                        f"{one['peak_rss_mb']:.1f} MB" + noise_note(one["other_cpu_pct"])
+                    )
+        self.res["drain_runs"] = runs
+        self.res["drain"] = {name: median_of(r) for name, r in runs.items() if r}
+
+    def latencies(self, active: list[BridgeSpec]) -> None:
+        """Run the fixed-rate latency runs."""
+        for rate in [float(r) for r in names(self.args.rates)]:
+            for spec in active:
+                lat = self.guarded("latency", spec, latency_run, rate, self.args.latency_seconds)
+                if lat is not None:
+                    self.res["latency"].append(lat)
+                    print(
+                        f"latency {spec.name} @ {rate:,.0f}/s: p50 {lat['p50_ms']} ms, "
+                        f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms, "
+                        f"{lat['delivered']}/{lat['sent']} delivered"
+                    )
+
+    def memory(self, active: list[BridgeSpec]) -> None:
+        """Run the memory run (a large backlog) for the chosen bridges."""
+        if not self.args.memory_entries:
+            return
         for spec in active:
-            lat = guarded("latency", spec, latency_run, rate, args.latency_seconds)
-            if lat is not None:
-                res["latency"].append(lat)
-                print(
-                    f"latency {spec.name} @ {rate:,.0f}/s: p50 {lat['p50_ms']} ms, "
-                    f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms, "
-                    f"{lat['delivered']}/{lat['sent']} delivered"
-                )
-    for spec in active:
-        if args.memory_entries and spec.name in names(args.memory_bridges):
-            mem = guarded("memory", spec, drain_run, args.memory_entries)
-            if mem is not None:
-                res["memory"].append(mem)
-                print(f"memory {spec.name}: {mem['peak_rss_mb']:.1f} MB peak RSS")
-        if spec.name in names(args.replica_bridges):
+            if spec.name in names(self.args.memory_bridges):
+                mem = self.guarded("memory", spec, drain_run, self.args.memory_entries)
+                if mem is not None:
+                    self.res["memory"].append(mem)
+                    print(f"memory {spec.name}: {mem['peak_rss_mb']:.1f} MB peak RSS")
+
+    def replicas(self, active: list[BridgeSpec]) -> None:
+        """Run two replicas of the chosen bridges and compare with one."""
+        for spec in active:
+            one = self.res["drain"].get(spec.name, {}).get("signals_per_s")
+            if spec.name not in names(self.args.replica_bridges) or not one:
+                continue
             two = [
-                guarded("replicas", spec, drain_run, args.signals, 2) for _ in range(args.repeat)
+                self.guarded("replicas", spec, drain_run, self.args.signals, 2)
+                for _ in range(self.args.repeat)
             ]
             ok = [t for t in two if t is not None]
-            one = res["drain"].get(spec.name, {}).get("signals_per_s")
-            if ok and one:
+            if ok:
                 rate2 = statistics.median(t["signals_per_s"] for t in ok)
-                res["replicas"].append(
+                self.res["replicas"].append(
                     {
                         "bridge": spec.name,
                         "one": one,
@@ -795,6 +935,17 @@ def run_all(ctx: Context, specs: dict[str, BridgeSpec]) -> None:
                     }
                 )
                 print(f"replicas {spec.name}: 2 vs 1 = {rate2 / one:.2f}x")
+
+
+def run_all(ctx: Context, specs: dict[str, BridgeSpec]) -> None:
+    """Run every selected measurement, filling ``ctx.results``."""
+    runner = Runner(ctx, specs)
+    active = runner.select()
+    runner.contracts(active)
+    runner.drains(active)
+    runner.latencies(active)
+    runner.memory(active)
+    runner.replicas(active)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -823,18 +974,27 @@ def main(argv: list[str] | None = None) -> int:
         record = start_uvicorn_sink("record", log_dir, SECRET, PRODUCER_ID)
         procs.sinks.append(record)
         ctx = Context(args, procs, redis_server, fast, record, log_dir)
+        idle_busy = busy_before_start()
+        if idle_busy > NOISY_PCT:
+            print(
+                f"WARNING: other processes use {idle_busy:.0f}% of a core before the run; "
+                "numbers will be noisy (this is a 2-core machine: run on an idle one)"
+            )
         ctx.results = {
             "meta": {
                 "started": datetime.now(UTC).isoformat(timespec="seconds"),
                 "signals": args.signals,
                 "repeat": args.repeat,
                 "sink": fast.kind,
-                "latency_sink": record.kind,
+                "latency_sink": f"{record.kind} ({uvicorn_impl()})",
+                "aiohttp_ref_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
                 "redis": redis_server.version,
                 "python": platform.python_version(),
                 "cpus": os.cpu_count(),
                 "argv": sys.argv[1:] if argv is None else argv,
                 "logs": str(log_dir.relative_to(REPO)),
+                "other_cpu_pct_before": round(idle_busy, 1),
+                "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
             },
             "skipped": {},
             "errors": [],
@@ -850,6 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         run_all(ctx, specs)
         ctx.results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+        ctx.results["meta"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(ctx.results, indent=2, default=str) + "\n")
         report(ctx.results)

@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 
 from bench.common import INGEST_PATH, SINK_RESPONSE, canonical_json, free_port, sign
+from bench.procstat import die_with_parent
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -67,13 +68,19 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+_FAST_COUNT = [0]
+
+
 async def fast_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answer 201 with the fixed JSON to every POST on the ingest path (body read in full)."""
     if scope["type"] != "http":
         return
     await _read_body(receive)
     if scope["method"] == "POST" and scope["path"] == INGEST_PATH:
+        _FAST_COUNT[0] += 1
         await _respond(send, 201, SINK_RESPONSE)
+    elif scope["method"] == "GET" and scope["path"] == "/count":
+        await _respond(send, 200, b'{"count":%d}' % _FAST_COUNT[0])
     elif scope["method"] == "GET" and scope["path"] == "/health":
         await _respond(send, 200, b'{"ok":true}')
     else:
@@ -179,6 +186,15 @@ def _wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes]) -> N
     raise RuntimeError(f"sink did not listen on port {port} within {deadline_s} s")
 
 
+def _wait_healthy(port: int, deadline_s: float) -> None:
+    """Wait until GET /health answers 200 (bounded)."""
+    deadline = time.monotonic() + deadline_s
+    while http_call(port, "GET", "/health")[0] != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sink on port {port} not healthy within {deadline_s} s")
+        time.sleep(0.05)
+
+
 def http_call(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
     """Make one HTTP request to 127.0.0.1:port and return (status, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -214,7 +230,7 @@ def install_nginx() -> str | None:
     cmd = ["apt-get", "install", "-y", "--no-install-recommends", "nginx"]
     for attempt in range(2):
         if attempt:
-            subprocess.run(["apt-get", "update"], env=env, check=False, timeout=300)  # noqa: S603,S607
+            subprocess.run(["apt-get", "update"], env=env, check=False, timeout=300)  # noqa: S607
         done = subprocess.run(cmd, env=env, check=False, timeout=300, capture_output=True)  # noqa: S603
         if done.returncode == 0:
             break
@@ -230,7 +246,9 @@ events {{
     worker_connections 4096;
 }}
 http {{
-    access_log off;
+    # One 4-byte line (status + newline) per request, buffered: the harness counts by file size.
+    log_format bench '$status';
+    access_log {tmp}/access.log bench buffer=64k flush=50ms;
     client_body_temp_path {tmp}/client_body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -271,6 +289,21 @@ class SinkProcess:
         """Base URL of the sink."""
         return f"http://127.0.0.1:{self.port}"
 
+    def request_count(self) -> int:
+        """Return how many requests the sink has answered so far (nginx: may lag by 50 ms)."""
+        if self.kind == "nginx":
+            try:
+                return (self.tmp / "access.log").stat().st_size // 4
+            except FileNotFoundError:
+                return 0
+        status, body = http_call(
+            self.port, "GET", "/count" if self.kind == "uvicorn-fast" else "/stats"
+        )
+        if status != 200:
+            raise RuntimeError(f"sink answered {status} to its request count")
+        count: int = json.loads(body)["count"]
+        return count
+
     def stop(self) -> None:
         """Terminate the sink (SIGTERM, bounded wait, then SIGKILL) and remove its temp dir."""
         if self.proc.poll() is None:
@@ -297,6 +330,7 @@ def start_nginx(nginx: str) -> SinkProcess:
         [nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - the harness has no threads
     )
     sink = SinkProcess("nginx", port, proc, tmp)
     try:
@@ -318,15 +352,18 @@ def start_uvicorn_sink(
     cmd = [sys.executable, "-m", "bench.sink", "--mode", mode, "--port", str(port)]
     env = {**os.environ, "BENCH_SINK_SECRET": secret, "BENCH_SINK_PRODUCER_ID": producer_id}
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)  # noqa: S603
+    proc = subprocess.Popen(  # noqa: S603
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=root,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - the harness has no threads
+    )
     sink = SinkProcess(f"uvicorn-{mode}", port, proc, tmp)
     try:
         _wait_port(port, 20, proc)
-        deadline = time.monotonic() + 10
-        while http_call(port, "GET", "/health")[0] != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn sink not healthy")
-            time.sleep(0.05)
+        _wait_healthy(port, 10)
         if mode == "fast":
             verify_fast_sink(port)
     except Exception:
@@ -350,6 +387,16 @@ def uvicorn_http_impl() -> str:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
+def uvicorn_loop_impl() -> str:
+    """Return the event loop uvicorn uses here."""
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def uvicorn_impl() -> str:
+    """Describe the uvicorn sinks' HTTP parser and loop, e.g. ``httptools+uvloop``."""
+    return f"{uvicorn_http_impl()}+{uvicorn_loop_impl()}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve the fast or the recording sink on uvicorn."""
     import uvicorn  # noqa: PLC0415 - only the server process needs it
@@ -368,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         host="127.0.0.1",
         port=ns.port,
         http=uvicorn_http_impl(),
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        loop=uvicorn_loop_impl(),
         lifespan="off",
         access_log=False,
         log_level="warning",

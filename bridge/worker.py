@@ -46,16 +46,15 @@ __all__ = ["IDEMPOTENCY_NAMESPACE", "Worker", "idempotency_key"]
 
 log = logging.getLogger(__name__)
 
-# Fixed namespace for uuid5 idempotency keys: every replica derives the same key for an entry.
-IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("6f1d3a52-6b8e-5c39-9a57-2d0e6c1f4b7e")
+# uuid5 namespace of idempotency keys: every replica derives the same key for an entry.
+IDEMPOTENCY_NAMESPACE: Final = uuid.NAMESPACE_URL
 _TOUCH_CHUNK: Final = 500
 _ACK_COALESCE_S: Final = 0.005
 
 
 def idempotency_key(stream: str, entry_id: str, signal_id: str | None) -> str:
     """uuid5 of the producer's signal_id, else of ``<stream>/<entry id>``: same on every retry."""
-    name = f"signal/{signal_id}" if signal_id else f"entry/{stream}/{entry_id}"
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, name))
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, signal_id or f"{stream}/{entry_id}"))
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -328,8 +329,14 @@ async def test_stop_during_retries_keeps_the_entry_and_the_consumer(
 async def test_max_in_flight_bounds_posts_and_read_ahead(
     server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
 ) -> None:
-    """With the server failing, at most MAX_IN_FLIGHT posts run and one batch is read ahead."""
-    server.app.fault = lambda h: 503
+    """With a slow failing server, at most MAX_IN_FLIGHT posts run and one batch is read ahead."""
+
+    def slow_failure(headers: object) -> int:
+        del headers
+        time.sleep(0.01)  # blocks the server's loop: requests queue up on the bridge side
+        return 503
+
+    server.app.fault = slow_failure
     await _publish_many(redis, stream_name, 40)
     config = _config(
         server, redis_url, stream_name, BRIDGE_MAX_IN_FLIGHT="7", BRIDGE_BATCH_SIZE="5"
@@ -338,7 +345,7 @@ async def test_max_in_flight_bounds_posts_and_read_ahead(
     async with running(redis, config, breaker=Breaker(failure_threshold=10_000)) as worker:
         for _ in range(200):
             peak = max(peak, worker.posting)
-            if worker.stats.retries >= 40:
+            if worker.stats.retries >= 30:
                 break
             await asyncio.sleep(0.005)
         groups = await redis.xinfo_groups(stream_name)
