@@ -321,6 +321,14 @@ def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str
         HMAC_PRODUCER_SECRET=SECRET,
         PRODUCER_ID=PRODUCER_ID,
         BRIDGE_LOG_LEVEL=ctx.args.log_level,
+        **(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.fast_sink.url,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            }
+            if ctx.args.otlp
+            else {}
+        ),
         BRIDGE_HEALTH_PORT="0",
     )
     return env
@@ -805,6 +813,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--timeout", type=float, default=0, help="bound of one drain run in s (0: auto)")
     add("--stall-timeout", type=float, default=20, help="fail a run after S s without progress")
     add("--wait-idle", type=float, default=0, help="before each run wait up to S s for idle CPU")
+    add(
+        "--otlp",
+        action="store_true",
+        help="signal-bridge exports spans and metrics over OTLP/HTTP (to the nginx sink's stub)",
+    )
     add(
         "--log-level",
         default="INFO",

@@ -267,6 +267,10 @@ http {{
             }}
             return 201 '{response}';
         }}
+        location /v1/ {{
+            # OTLP/HTTP stub for --otlp runs: the bridge's exporters get 200 and move on.
+            return 200;
+        }}
         location / {{
             return 404;
         }}

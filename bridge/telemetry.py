@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 INSTRUMENTATION_NAME: Final = "signal-bridge"
+SHUTDOWN_TIMEOUT_S: Final = 5.0
 DURATION_BUCKETS_S: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0)
 AGE_BUCKETS_S: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
 
@@ -338,12 +340,32 @@ class TelemetryHandle:
 
         return bytes(generate_latest(self.registry))
 
-    def shutdown(self) -> None:
-        """Flush buffered spans and metrics and stop the exporters."""
-        for provider in (self.tracer_provider, self.meter_provider):
-            shutdown = getattr(provider, "shutdown", None)
-            if shutdown is not None:
-                shutdown()
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Flush buffered spans and metrics and stop the exporters, within ``timeout_s``.
+
+        An unreachable collector must not hold up a replica's exit (the exporters retry for
+        many seconds): what is not flushed in time is dropped, with a warning.
+        """
+        providers = [
+            provider
+            for provider in (self.tracer_provider, self.meter_provider)
+            if getattr(provider, "shutdown", None) is not None
+        ]
+        if not providers:
+            return
+
+        def stop() -> None:
+            for provider in providers:
+                provider.force_flush(int(timeout_s * 1000 / 2))
+                provider.shutdown()
+
+        worker = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            logging.getLogger(__name__).warning(
+                "telemetry not flushed within %.0fs (collector unreachable?); dropped", timeout_s
+            )
 
 
 def setup_telemetry(
@@ -367,6 +389,7 @@ def setup_telemetry(
         BatchSpanProcessor,
         ConsoleSpanExporter,
     )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased  # noqa: PLC0415
 
     from bridge import __version__  # noqa: PLC0415 - the package imports this module
 
@@ -382,8 +405,15 @@ def setup_telemetry(
         attributes["service.name"] = INSTRUMENTATION_NAME
     resource = Resource.create(attributes)
 
-    tracer_provider = TracerProvider(resource=resource)
     span_exporter = _exporter_wanted(otel_env, "traces")
+    # With no exporter, recording root spans is pure cost (about 40 us a delivery): record only
+    # what the producer's traceparent marks as sampled, so the chain's decision is kept. Trace
+    # context still flows: ids for the logs and the traceparent header either way.
+    tracer_provider = TracerProvider(
+        resource=resource,
+        sampler=ParentBased(ALWAYS_OFF) if span_exporter is None else None,
+        shutdown_on_exit=False,  # TelemetryHandle.shutdown does it, with a bound
+    )
     if span_exporter == "console":
         tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif span_exporter is not None:
@@ -404,7 +434,9 @@ def setup_telemetry(
 
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, shutdown_on_exit=False
+    )
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return TelemetryHandle(tracer_provider, meter_provider, registry)
