@@ -111,10 +111,19 @@ _INSTRUMENTS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "BTCUSD", "US500")
 _BASE_PRICE = (1.08345, 1.26712, 149.215, 2034.55, 43120.5, 4780.25)
 
 
-def make_signal(index: int, prefix: str, comment: str | None = None) -> dict[str, Any]:
-    """Build a realistic, deterministic signal dict (a few optional fields left null)."""
-    slot = index % len(_INSTRUMENTS)
-    price = round(_BASE_PRICE[slot] * (1 + (index % 97) * 0.0001), 5)
+def make_signal(
+    index: int, prefix: str, comment: str | None = None, instruments: int = 0
+) -> dict[str, Any]:
+    """Build a realistic, deterministic signal dict (a few optional fields left null).
+
+    ``instruments`` spreads the signals over that many instruments (0: the six real ones);
+    signal-bridge delivers each instrument in order, so this bounds its parallelism.
+    """
+    count = instruments or len(_INSTRUMENTS)
+    slot = index % count
+    name = _INSTRUMENTS[slot] if slot < len(_INSTRUMENTS) else f"SYN{slot:04d}"
+    base = _BASE_PRICE[slot] if slot < len(_BASE_PRICE) else 100.0 + slot
+    price = round(base * (1 + (index % 97) * 0.0001), 5)
     side = "buy" if index % 2 == 0 else "sell"
     step = round(price * 0.004, 5)
     take_profit = (
@@ -126,7 +135,7 @@ def make_signal(index: int, prefix: str, comment: str | None = None) -> dict[str
     if comment is None and index % 5 != 0:
         comment = f"bench signal #{index} café ✓" if index % 13 == 0 else f"bench signal #{index}"
     return {
-        "instrument": _INSTRUMENTS[slot],
+        "instrument": name,
         "side": side,
         "entry_price": price,
         "take_profit": take_profit,

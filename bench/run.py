@@ -217,13 +217,16 @@ class RedisServer:
 # --------------------------------------------------------------------------- stream helpers
 
 
-def build_backlog(client: redis.Redis, stream: str, count: int, prefix: str) -> None:
+def build_backlog(
+    client: redis.Redis, stream: str, count: int, prefix: str, instruments: int = 0
+) -> None:
     """XADD ``count`` signals in pipelined batches and create the group at id 0."""
     client.delete(stream)
     for start in range(0, count, 1000):
         pipe = client.pipeline(transaction=False)
         for index in range(start, min(count, start + 1000)):
-            pipe.xadd(stream, stream_fields(make_signal(index, prefix), index))
+            signal = make_signal(index, prefix, instruments=instruments)
+            pipe.xadd(stream, stream_fields(signal, index))
         pipe.execute()
     client.xgroup_create(stream, GROUP, id="0")
 
@@ -329,6 +332,7 @@ def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str
             if ctx.args.otlp
             else {}
         ),
+        **({"OTEL_SDK_DISABLED": "true"} if ctx.args.telemetry_off else {}),
         BRIDGE_HEALTH_PORT="0",
     )
     return env
@@ -416,7 +420,7 @@ def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> 
     """Drain a fresh backlog of ``total`` signals to the fast sink and measure the bridge."""
     stream = ctx.next_name("drain", spec.name)
     client = ctx.redis.client
-    build_backlog(client, stream, total, "drain")
+    build_backlog(client, stream, total, "drain", ctx.args.instruments)
     redis_cpu0 = tree_cpu_seconds([ctx.redis.proc.pid])
     sink_cpu0 = tree_cpu_seconds([ctx.fast_sink.proc.pid])
     posts0 = ctx.fast_sink.request_count()
@@ -813,6 +817,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--timeout", type=float, default=0, help="bound of one drain run in s (0: auto)")
     add("--stall-timeout", type=float, default=20, help="fail a run after S s without progress")
     add("--wait-idle", type=float, default=0, help="before each run wait up to S s for idle CPU")
+    add(
+        "--instruments",
+        type=int,
+        default=0,
+        help="spread the backlog over N instruments (default: 6 real ones; bounds ordering)",
+    )
+    add(
+        "--telemetry-off",
+        action="store_true",
+        help="OTEL_SDK_DISABLED=true for signal-bridge: the cost of the pipeline without OTel",
+    )
     add(
         "--otlp",
         action="store_true",
