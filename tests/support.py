@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import redis.asyncio as aioredis
+from opentelemetry import trace
+
+from bridge.client import HmacClient
 from bridge.config import BridgeConfig, load_config
+from bridge.policy import Backoff, Breaker
 from bridge.signal import Signal
+from bridge.stream import SignalStream
+from bridge.telemetry import Metrics
+from bridge.worker import Worker
 
 SECRET: Final = "test-secret-0123456789abcdef"
 KEY_ID: Final = "k1"
 INSTRUMENTS: Final = ("XAUUSD", "EURUSD", "BTCUSD", "US500", "GBPJPY")
+# Backoff for tests: retries after a millisecond or so, so retry tests run in milliseconds.
+FAST: Final = Backoff(0.001, 0.01)
 
 
 def make_signal(i: int = 0, *, now: datetime | None = None, **overrides: Any) -> Signal:
@@ -79,3 +90,34 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+@asynccontextmanager
+async def running(
+    redis: aioredis.Redis,
+    config: BridgeConfig,
+    *,
+    consumer: str | None = None,
+    breaker: Breaker | None = None,
+    metrics: Metrics | None = None,
+    tracer: trace.Tracer | None = None,
+) -> AsyncIterator[Worker]:
+    """Run a Worker in the background for the body of the block, then stop it (bounded)."""
+    cfg = config.stream
+    stream = SignalStream(
+        redis,
+        stream=cfg.stream,
+        group=cfg.group,
+        consumer=consumer or cfg.consumer,
+        dlq_stream=cfg.dlq_stream,
+    )
+    async with HmacClient(config.outbound, metrics=metrics, tracer=tracer) as client:
+        worker = Worker(
+            stream, client, cfg, metrics=metrics, tracer=tracer, backoff=FAST, breaker=breaker
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 30)

@@ -48,7 +48,7 @@ from bridge.config import BridgeConfig
 from bridge.errors import TransientDeliveryError
 from bridge.health import GroupMonitor, HealthServer
 from bridge.ingest import IngestApp, serve_in_thread
-from bridge.policy import Backoff, Breaker
+from bridge.policy import Breaker
 from bridge.signing import INGEST_PATH
 from bridge.stream import DeadLetter, SignalStream, publish, publish_raw
 from bridge.telemetry import (
@@ -64,11 +64,19 @@ from bridge.telemetry import (
 from bridge.worker import Worker, idempotency_key
 from tests.otlp_receiver import OtlpReceiver
 from tests.procs import Replicas
-from tests.support import KEY_ID, SECRET, bridge_config, bridge_env, eventually, make_signal
+from tests.support import (
+    FAST,
+    KEY_ID,
+    SECRET,
+    bridge_config,
+    bridge_env,
+    eventually,
+    make_signal,
+)
+from tests.support import running as run_worker
 
 pytestmark = pytest.mark.redis
 
-FAST: Final = Backoff(0.001, 0.01)
 PRODUCER_ID: Final = "test-producer"  # what bridge_env configures
 SEED_BUCKETS: Final = [0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0]
 WAIT_S: Final = 15.0
@@ -224,26 +232,10 @@ async def running(
     redis: aioredis.Redis, config: BridgeConfig, otel: Otel, *, breaker: Breaker | None = None
 ) -> AsyncIterator[Worker]:
     """Run a Worker traced and measured by ``otel`` for the block; stop it (bounded) after."""
-    cfg = config.stream
-    stream = SignalStream(
-        redis, stream=cfg.stream, group=cfg.group, consumer=cfg.consumer, dlq_stream=cfg.dlq_stream
-    )
-    async with HmacClient(config.outbound, metrics=otel.metrics, tracer=otel.tracer) as client:
-        worker = Worker(
-            stream,
-            client,
-            cfg,
-            metrics=otel.metrics,
-            tracer=otel.tracer,
-            backoff=FAST,
-            breaker=breaker,
-        )
-        task = asyncio.create_task(worker.run())
-        try:
-            yield worker
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 30)
+    async with run_worker(
+        redis, config, breaker=breaker, metrics=otel.metrics, tracer=otel.tracer
+    ) as worker:
+        yield worker
 
 
 def _ctx(span: ReadableSpan) -> trace.SpanContext:

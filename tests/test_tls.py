@@ -31,14 +31,12 @@ from bridge.client import HmacClient, IngestResponse
 from bridge.config import BridgeConfig, OutboundConfig
 from bridge.errors import AuthError, DeliveryError, Outcome
 from bridge.ingest import IngestApp
-from bridge.policy import Backoff
-from bridge.stream import SignalStream, publish
+from bridge.stream import publish
 from bridge.worker import Worker, idempotency_key
-from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal
+from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal, running
 
 # Redis is never reached by the client-level tests; the config only has to be valid.
 UNUSED_REDIS: Final = "redis://127.0.0.1:9/0"
-FAST: Final = Backoff(0.001, 0.02)
 SERVER_START_TIMEOUT_S: Final = 10.0
 
 
@@ -328,21 +326,8 @@ async def _running(
     redis: aioredis.Redis, config: BridgeConfig, *, consumer: str = "c1"
 ) -> AsyncIterator[Worker]:
     """Run a Worker (consumer ``consumer``) in the background; stop it and wait at the end."""
-    stream = SignalStream(
-        redis,
-        stream=config.stream.stream,
-        group=config.stream.group,
-        consumer=consumer,
-        dlq_stream=config.stream.dlq_stream,
-    )
-    async with HmacClient(config.outbound) as client:
-        worker = Worker(stream, client, config.stream, backoff=FAST)
-        task = asyncio.create_task(worker.run())
-        try:
-            yield worker
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 30)
+    async with running(redis, config, consumer=consumer) as worker:
+        yield worker
 
 
 async def _pending(redis: aioredis.Redis, stream: str) -> int:

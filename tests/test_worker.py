@@ -5,26 +5,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.client import HmacClient
 from bridge.config import BridgeConfig
 from bridge.ingest import IngestApp, serve_in_thread
-from bridge.policy import Backoff, Breaker
+from bridge.policy import Breaker
 from bridge.signal import Signal
 from bridge.stream import DLQ_PREFIX, SignalStream, publish, publish_raw
-from bridge.worker import Worker, idempotency_key
-from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal
+from bridge.worker import idempotency_key
+from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal, running
 
 pytestmark = pytest.mark.redis
-
-FAST = Backoff(0.001, 0.01)
 
 
 @dataclass
@@ -45,32 +41,6 @@ def server() -> Iterator[Server]:
 
 def _config(server: Server, redis_url: str, stream: str, **extra: str) -> BridgeConfig:
     return bridge_config(server.url, redis_url, stream, **extra)
-
-
-@asynccontextmanager
-async def running(
-    redis: aioredis.Redis,
-    config: BridgeConfig,
-    *,
-    consumer: str = "c1",
-    breaker: Breaker | None = None,
-) -> AsyncIterator[Worker]:
-    """Run a Worker in the background for the body of the block, then stop it."""
-    stream = SignalStream(
-        redis,
-        stream=config.stream.stream,
-        group=config.stream.group,
-        consumer=consumer,
-        dlq_stream=config.stream.dlq_stream,
-    )
-    async with HmacClient(config.outbound) as client:
-        worker = Worker(stream, client, config.stream, backoff=FAST, breaker=breaker)
-        task = asyncio.create_task(worker.run())
-        try:
-            yield worker
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 30)
 
 
 async def _publish_many(redis: aioredis.Redis, stream: str, count: int) -> list[tuple[str, Signal]]:
