@@ -33,6 +33,7 @@ from bridge.config import OutboundConfig, load_config
 from bridge.ingest import IngestApp, serve_in_thread
 from bridge.signal import Signal
 from bridge.telemetry import Metrics
+from tests import support
 
 __all__ = [
     "KEY_ID",
@@ -161,6 +162,36 @@ def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
         provider.shutdown()
 
 
+def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    """Collect now and return the data points of the metric ``name``."""
+    data = reader.get_metrics_data()
+    found: list[Any] = []
+    if data is None:
+        return found
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    found.extend(metric.data.data_points)
+    return found
+
+
+@dataclass
+class Server:
+    """The reference ingest server running in a thread, and its URL."""
+
+    app: IngestApp
+    url: str
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """The reference ingest server on a free loopback port, knowing the support key."""
+    app = IngestApp(secrets={support.KEY_ID: support.SECRET.encode()})
+    with serve_in_thread(app) as url:
+        yield Server(app, url)
+
+
 @dataclass
 class MetricsCapture:
     """Metrics wired to an in-memory reader, with lookups by instrument name."""
@@ -169,16 +200,7 @@ class MetricsCapture:
     reader: InMemoryMetricReader
 
     def _points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        found: list[Any] = []
-        if data is None:
-            return found
-        for resource in data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        found.extend(metric.data.data_points)
-        return found
+        return metric_points(self.reader, name)
 
     def counter(self, name: str) -> list[NumberDataPoint]:
         """Return the data points of a counter (one per attribute set)."""

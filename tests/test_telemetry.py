@@ -47,7 +47,6 @@ from bridge.client import HmacClient
 from bridge.config import BridgeConfig
 from bridge.errors import TransientDeliveryError
 from bridge.health import GroupMonitor, HealthServer
-from bridge.ingest import IngestApp, serve_in_thread
 from bridge.policy import Breaker
 from bridge.signing import INGEST_PATH
 from bridge.stream import DeadLetter, SignalStream, publish, publish_raw
@@ -62,11 +61,11 @@ from bridge.telemetry import (
     setup_telemetry,
 )
 from bridge.worker import Worker, idempotency_key
+from tests.fixtures_ingest import Server, metric_points
 from tests.otlp_receiver import OtlpReceiver
 from tests.procs import Replicas
 from tests.support import (
     FAST,
-    KEY_ID,
     SECRET,
     bridge_config,
     bridge_env,
@@ -94,22 +93,6 @@ def labels(**attrs: str) -> Labels:
 
 
 # --- fixtures --------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    """The reference ingest server running in a thread, and its URL."""
-
-    app: IngestApp
-    url: str
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    """The reference ingest server on a free loopback port."""
-    app = IngestApp(secrets={KEY_ID: SECRET.encode()})
-    with serve_in_thread(app) as url:
-        yield Server(app, url)
 
 
 @dataclass
@@ -174,16 +157,7 @@ class Otel:
 
     def points(self, name: str) -> list[Any]:
         """Data points of the metric ``name`` (collected now)."""
-        data = self.reader.get_metrics_data()
-        found: list[Any] = []
-        if data is None:
-            return found
-        for resource in data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        found.extend(metric.data.data_points)
-        return found
+        return metric_points(self.reader, name)
 
     def values(self, name: str) -> dict[Labels, float]:
         """Counter / gauge values by attribute set."""

@@ -5,38 +5,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
 
 from bridge.config import BridgeConfig
-from bridge.ingest import IngestApp, serve_in_thread
 from bridge.policy import Breaker
 from bridge.signal import Signal
 from bridge.stream import DLQ_PREFIX, SignalStream, publish, publish_raw
 from bridge.worker import idempotency_key
-from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal, running
+from tests.fixtures_ingest import Server
+from tests.support import bridge_config, eventually, make_signal, running
 
 pytestmark = pytest.mark.redis
-
-
-@dataclass
-class Server:
-    """The reference ingest server running in a thread, and its URL."""
-
-    app: IngestApp
-    url: str
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    """The reference ingest server on a free loopback port."""
-    app = IngestApp(secrets={KEY_ID: SECRET.encode()})
-    with serve_in_thread(app) as url:
-        yield Server(app, url)
 
 
 def _config(server: Server, redis_url: str, stream: str, **extra: str) -> BridgeConfig:
