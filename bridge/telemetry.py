@@ -8,6 +8,7 @@ to a logger in the first place.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -191,14 +192,19 @@ def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
 _RESERVED: Final = ("timestamp", "level", "message", "logger")
 
 
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    """Format a whole second once: many log lines share it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
     """Flatten a record into the JSON log line's fields."""
     created = record.created
     seconds = int(created)
     micros = int((created - seconds) * 1_000_000)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     out: dict[str, Any] = {
-        "timestamp": f"{stamp}.{micros:06d}Z",
+        "timestamp": f"{_utc_second(seconds)}.{micros:06d}Z",
         "level": record.levelname,
         "message": record.getMessage(),
         "logger": record.name,
@@ -288,6 +294,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The log lines use none of these: skip collecting them (logging HOWTO, "Optimization").
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # the documented switch that skips finding the caller
     # Library chatter (httpx logs every request at INFO) would drown the bridge's own lines.
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
