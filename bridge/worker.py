@@ -412,6 +412,20 @@ class Worker:
             # an entry abandoned mid-retry stops its lane so the order holds for the next owner.
             while lane and await self._deliver(*lane[0]):
                 lane.popleft()
+        except Exception as exc:  # a bug must not strand the lane's entries
+            # Let go of the lane's entries: they stay pending, are no longer kept fresh, and are
+            # reclaimed in stream order after BRIDGE_CLAIM_IDLE_MS (by this replica or another).
+            log.error(
+                "unexpected error delivering; the instrument's entries will be reclaimed",
+                extra=log_fields(
+                    instrument=instrument,
+                    entries=len(lane),
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                ),
+            )
+            for job, _ in lane:
+                self._release(job)
         finally:
             del self._lanes[instrument]
 

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,7 +15,7 @@ from bridge.config import BridgeConfig
 from bridge.policy import Breaker
 from bridge.signal import Signal
 from bridge.stream import DLQ_PREFIX, SignalStream, publish, publish_raw
-from bridge.worker import idempotency_key
+from bridge.worker import Worker, idempotency_key
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, eventually, make_signal, running
 
@@ -331,3 +332,28 @@ async def test_dead_letter_and_ack_are_atomic(
     assert letter.field(f"{DLQ_PREFIX}reason") == "rejected"
     assert letter.field(f"{DLQ_PREFIX}source_id") == entry_id
     assert letter.field(f"{DLQ_PREFIX}consumer") == "c1"
+
+
+async def test_an_unexpected_error_releases_the_entry_for_reclaim(
+    server: Server,
+    redis: aioredis.Redis,
+    redis_url: str,
+    stream_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in one delivery is logged, and the entry is reclaimed and delivered, not stranded."""
+    published = await _publish_many(redis, stream_name, 3)
+    original = Worker._send
+    calls = itertools.count()
+
+    async def flaky_send(self: Worker, job: Any, signal: Signal) -> Any:
+        if next(calls) == 0:
+            raise RuntimeError("a bug")
+        return await original(self, job, signal)
+
+    monkeypatch.setattr(Worker, "_send", flaky_send)
+    config = _config(server, redis_url, stream_name, BRIDGE_CLAIM_IDLE_MS="200")
+    async with running(redis, config) as worker:
+        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+        assert worker.in_flight == 0
+    assert server.app.keys() == _keys(stream_name, published)
