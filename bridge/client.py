@@ -270,6 +270,8 @@ class HmacClient:
             raise
         return await self.post_body(
             body,
+            # A fresh UUID unless the caller passes one: a caller that retries must pass the
+            # same key each time (the consumer derives it from signal_id or the entry id).
             idempotency_key=idempotency_key or str(uuid.uuid4()),
             timeout=timeout,
             signal_id=signal.signal_id,

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import msgspec
+from redis.crc import key_slot
 
 from bridge.errors import ConfigError
 from bridge.signal import DEFAULT_MAX_BODY_SIZE
@@ -37,6 +38,7 @@ __all__ = [
 
 MIN_SECRET_BYTES: Final = 16
 MIN_TIMEOUT_S: Final = 5.0
+MAX_BLOCK_MS: Final = 20_000
 
 
 class Secret:
@@ -442,8 +444,12 @@ def _validate_outbound(cfg: OutboundConfig) -> None:
             f"HMAC_PRODUCER_SECRET must be at least {MIN_SECRET_BYTES} bytes",
             variable="HMAC_PRODUCER_SECRET",
         )
-    if not cfg.producer_id or any(c in cfg.producer_id for c in "\r\n"):
-        raise ConfigError("PRODUCER_ID must be non-empty and on one line", variable="PRODUCER_ID")
+    for variable, value in (("PRODUCER_ID", cfg.producer_id), ("HMAC_PRODUCER_KEY_ID", cfg.key_id)):
+        if value is not None and not (value and value.isascii() and value.isprintable()):
+            raise ConfigError(
+                f"{variable} must be non-empty printable ASCII (it is sent as a header)",
+                variable=variable,
+            )
     if cfg.timeout_s < MIN_TIMEOUT_S:
         raise ConfigError(
             f"OUTBOUND_TIMEOUT_SECONDS must be at least {MIN_TIMEOUT_S:g}, got {cfg.timeout_s:g}",
@@ -510,6 +516,20 @@ def _validate_stream(cfg: StreamConfig) -> None:
     _positive("BRIDGE_MAX_DELIVERIES", cfg.max_deliveries)
     _positive("BRIDGE_BATCH_SIZE", cfg.batch_size)
     _positive("BRIDGE_BLOCK_MS", cfg.block_ms)
+    if cfg.block_ms > MAX_BLOCK_MS:
+        raise ConfigError(
+            f"BRIDGE_BLOCK_MS must be at most {MAX_BLOCK_MS} (below the Redis read timeout)",
+            variable="BRIDGE_BLOCK_MS",
+        )
+    if cfg.cluster:
+        for name in names:
+            if key_slot(name.encode()) != key_slot(cfg.dlq_for(name).encode()):
+                raise ConfigError(
+                    f"with BRIDGE_REDIS_CLUSTER, {name!r} and its dead-letter stream "
+                    f"{cfg.dlq_for(name)!r} must share a {{hash tag}} (same slot), e.g. "
+                    "BRIDGE_STREAMS=signals:{0},signals:{1}",
+                    variable="BRIDGE_DLQ_STREAM",
+                )
     if cfg.signal_max_age_s < 0:
         raise ConfigError(
             "BRIDGE_SIGNAL_MAX_AGE_SECONDS must be >= 0 (0 disables)",

@@ -100,12 +100,21 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         """Resolve the waiting request with the whole response."""
-        response = RawResponse(self.parser.get_status_code(), self._headers, b"".join(self._body))
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim (100 Continue, 103 Early Hints): the final response follows.
+            self._headers, self._body = {}, []
+            return
+        response = RawResponse(status, self._headers, b"".join(self._body))
         if not self.parser.should_keep_alive():
             self.close()
         waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
+        if waiter is None or waiter.done():
+            # An answer nobody waits for (a late one after a timeout) must never be taken as
+            # the answer to the next request on this connection.
+            self.close()
+            return
+        waiter.set_result(response)
 
     # requests
 
@@ -117,7 +126,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[RawResponse]:
         """Write one request; the future resolves with its response."""
         if self.closed or self.transport is None or self.transport.is_closing():
-            raise httpx.RemoteProtocolError("connection is closed")
+            raise _StaleConnectionError("connection is closed")
         self._headers = {}
         self._body = []
         self._received = False
@@ -153,7 +162,8 @@ class FastTransport(httpx.AsyncBaseTransport):
             ssl_context = ssl.create_default_context()
         self._ssl = ssl_context if self.scheme == "https" else None
         default_port = 443 if self.scheme == "https" else 80
-        host_header = self.host if ":" not in self.host else f"[{self.host}]"
+        ascii_host = parsed.raw_host.decode("ascii")  # IDNA (punycode) form for the header
+        host_header = ascii_host if ":" not in ascii_host else f"[{ascii_host}]"
         if self.port != default_port:
             host_header = f"{host_header}:{self.port}"
         self.host_header = host_header
@@ -214,7 +224,11 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     async def _exchange(self, conn: _Connection, request: bytes, timeout_s: float) -> RawResponse:
         """One request and its response on ``conn``; the connection returns to the pool."""
-        waiter = conn.send(request)
+        try:
+            waiter = conn.send(request)
+        except BaseException:
+            self._discard(conn)
+            raise
         # A timer on the waiter costs a fraction of asyncio.timeout() per request.
         timer = asyncio.get_running_loop().call_later(timeout_s, _expire, waiter)
         try:
@@ -242,7 +256,8 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Serve any httpx request to this transport's origin (the generic entry point)."""
-        if (request.url.scheme, request.url.host) != (self.scheme, self.host):
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        if (request.url.scheme, request.url.host, port) != (self.scheme, self.host, self.port):
             raise httpx.UnsupportedProtocol(
                 f"FastTransport serves {self.scheme}://{self.host} only"
             )

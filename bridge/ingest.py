@@ -60,7 +60,7 @@ class IngestApp:
     ``fault`` lets a test force a status for the next requests (return None to serve normally).
     """
 
-    secrets: Mapping[str, bytes]
+    secrets: Mapping[str, bytes] = field(repr=False)
     tolerance_s: float = DEFAULT_TOLERANCE_S
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     clock: Callable[[], float] = time.time
@@ -69,7 +69,10 @@ class IngestApp:
     received: list[Received] = field(default_factory=list)
     requests_total: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
-    _keys: dict[str, str] = field(default_factory=dict)
+    _keys: dict[str, str] = field(default_factory=dict, repr=False)
+    # Signatures already accepted, with when: the idempotency key is not signed, so without
+    # this a captured request could be replayed under a new key inside the replay window.
+    _signatures: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -126,19 +129,23 @@ class IngestApp:
             path=INGEST_PATH,
         )
         if not verdict.ok:
-            return self._refuse(401, verdict.reason)
+            kind = "timestamp outside window" if verdict.reason.startswith("timestamp ") else None
+            return self._refuse(401, verdict.reason, kind=kind)
         try:
             signal = decode_signal(body)
         except InvalidSignalError as exc:
-            return self._refuse(422, str(exc), errors=[str(exc)])
+            return self._refuse(422, str(exc), kind="invalid signal", errors=[str(exc)])
         key = headers.get("x-idempotency-key") or ""
         try:
             uuid.UUID(key)
         except ValueError:
             return self._refuse(400, "X-Idempotency-Key must be a UUID")
+        signature = headers.get("x-signature", "")
         with self._lock:
             existing = self._keys.get(key)
-            if existing is None:
+            replayed = existing is None and signature in self._signatures
+            if existing is None and not replayed:
+                self._remember(signature)
                 server_id = f"srv_{uuid.uuid4().hex[:16]}"
                 self._keys[key] = server_id
                 self.received.append(
@@ -154,6 +161,8 @@ class IngestApp:
                 )
         if existing is not None:
             return self._refuse(409, "duplicate idempotency key", signal_id=existing)
+        if replayed:
+            return self._refuse(401, "replayed signature")
         return 201, {
             "signal_id": server_id,
             "status": "received",
@@ -162,9 +171,20 @@ class IngestApp:
             "errors": None,
         }
 
-    def _refuse(self, status: int, reason: str, **extra: object) -> tuple[int, object]:
-        """Count and log a refusal; the reason goes back to the client too."""
-        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+    def _remember(self, signature: str) -> None:
+        """Keep an accepted signature for two replay windows, then forget it (bounded)."""
+        now = self.clock()
+        self._signatures[signature] = now
+        if len(self._signatures) % 1024 == 0:
+            horizon = now - 2 * self.tolerance_s
+            for old in [sig for sig, seen in self._signatures.items() if seen < horizon]:
+                del self._signatures[old]
+
+    def _refuse(
+        self, status: int, reason: str, *, kind: str | None = None, **extra: object
+    ) -> tuple[int, object]:
+        """Count (by a bounded kind) and log a refusal; the reason goes back to the client."""
+        self.refusals[kind or reason] = self.refusals.get(kind or reason, 0) + 1
         log.info("ingest refused", extra=log_fields(http_code=status, reason=reason))
         return status, {"detail": reason, **extra}
 

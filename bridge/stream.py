@@ -35,6 +35,20 @@ __all__ = [
 ]
 
 SIGNAL_FIELD: Final = b"signal"
+# "<stream>/<entry id>" of the entry's first delivery, set when a dead letter is replayed.
+ORIGIN_FIELD: Final = b"origin"
+# KEYS: stream, dead-letter stream. ARGV: group, entry id, field, value, field, value ...
+_DEAD_LETTER_LUA: Final = """
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'none' and kind ~= 'stream' then
+  return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[2] .. ' is a ' .. kind)
+end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+return 1
+"""
 DLQ_PREFIX: Final = "dlq_"
 
 
@@ -89,7 +103,7 @@ async def _guard(awaitable: Awaitable[Any], what: str) -> Any:  # noqa: ANN401 -
     except redis.exceptions.ResponseError as exc:
         missing = str(exc).startswith("NOGROUP")
         raise StreamError(f"redis refused {what}: {exc}", missing_group=missing) from exc
-    except (redis.exceptions.RedisError, OSError) as exc:
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
         raise StreamError(f"redis unavailable during {what}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -111,6 +125,11 @@ def _entries(
     return live, gone
 
 
+# A half-open connection (a partition) must fail a command, not hang it for hours. The read
+# timeout stays well above the longest XREADGROUP BLOCK the config allows (20 s).
+_SOCKET_TIMEOUTS: Final = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0}
+
+
 @asynccontextmanager
 async def connect(
     url: str,
@@ -126,7 +145,9 @@ async def connect(
     if cluster:
         from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - cluster users only
 
-        cluster_client = RedisCluster.from_url(url, decode_responses=False, **options)
+        cluster_client = RedisCluster.from_url(
+            url, decode_responses=False, **{**_SOCKET_TIMEOUTS, **options}
+        )
         try:
             # Initialise once, before several workers share the client: redis-py's lazy
             # initialisation races when many coroutines send their first command at once.
@@ -142,7 +163,7 @@ async def connect(
         decode_responses=False,
         health_check_interval=30,
         socket_keepalive=True,
-        **options,
+        **{**_SOCKET_TIMEOUTS, **options},
     )
     try:
         yield client
@@ -174,6 +195,7 @@ class SignalStream:
         self.group = group
         self.consumer = consumer
         self.dlq_stream = dlq_stream
+        self._dead_letter_script = redis.register_script(_DEAD_LETTER_LUA)
 
     def __repr__(self) -> str:
         return (
@@ -296,7 +318,13 @@ class SignalStream:
             )
 
     async def dead_letter(self, entry: Entry, letter: DeadLetter) -> None:
-        """Write the entry with its reason to the dead-letter stream and XACK it, atomically."""
+        """Write the entry with its reason to the dead-letter stream and XACK it, atomically.
+
+        One Lua script, not MULTI: MULTI/EXEC does not roll back a command that fails at run
+        time, so a WRONGTYPE dead-letter key would ack without a dead letter, and a NOGROUP ack
+        would write a dead letter on every retry. The script checks first, acks, then writes;
+        an entry someone else already acked gets no second dead letter.
+        """
         fields: dict[Any, Any] = dict(entry.fields)
         fields.update(
             {
@@ -312,10 +340,13 @@ class SignalStream:
                 f"{DLQ_PREFIX}time_ms": int(time.time() * 1000),
             }
         )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.dlq_stream, fields)
-        pipe.xack(self.stream, self.group, entry.id)
-        await _guard(pipe.execute(), "MULTI XADD+XACK (dead letter)")
+        args: list[Any] = [self.group, entry.id]
+        for name, value in fields.items():
+            args += (name, value)
+        await _guard(
+            self._dead_letter_script(keys=[self.stream, self.dlq_stream], args=args),
+            "dead letter (XACK + XADD script)",
+        )
 
     async def own_pending(self) -> int:
         """How many entries this consumer holds."""
@@ -402,6 +433,12 @@ class SignalStream:
             original = {
                 k: v for k, v in entry.fields.items() if not k.startswith(DLQ_PREFIX.encode())
             }
+            # Keep the first delivery's identity: the replay carries the same idempotency key,
+            # so a dead letter whose first attempt did land is dropped by the server as a repeat.
+            original.setdefault(
+                ORIGIN_FIELD,
+                f"{source}/{entry.field(f'{DLQ_PREFIX}source_id') or dlq_id}".encode(),
+            )
             new_id = await _guard(self.redis.xadd(source, original), "XADD")  # type: ignore[arg-type]
             await _guard(self.redis.xdel(self.dlq_stream, dlq_id), "XDEL")
             done.append((dlq_id, _text(new_id)))

@@ -1,6 +1,7 @@
 """The consumer loop: read or reclaim -> deliver -> ack | retry | dead-letter.
 
-One ``Worker`` per process. It reads batches with XREADGROUP (BLOCK, so idle costs nothing),
+One ``Worker`` per stream (the CLI runs one per entry of BRIDGE_STREAMS). It reads batches
+with XREADGROUP (BLOCK, so idle costs nothing),
 holds at most ``max_in_flight`` entries at once, and delivers each instrument's signals in stream
 order through a *lane* (one task per instrument with work queued; different instruments run in
 parallel). Acks are buffered and flushed in one XACK per burst; a dead letter and its ack go in
@@ -39,7 +40,7 @@ from bridge.errors import (
 )
 from bridge.policy import Backoff, Breaker, BreakerState
 from bridge.signal import Signal, decode_signal, encode_canonical
-from bridge.stream import SIGNAL_FIELD, DeadLetter, Entry, SignalStream
+from bridge.stream import ORIGIN_FIELD, SIGNAL_FIELD, DeadLetter, Entry, SignalStream
 from bridge.telemetry import Metrics, get_tracer, log_fields
 
 __all__ = ["IDEMPOTENCY_NAMESPACE", "Worker", "idempotency_key"]
@@ -171,6 +172,8 @@ class Worker:
             asyncio.create_task(self._ack_loop(), name="ack-flusher"),
             asyncio.create_task(self._touch_loop(), name="touch"),
         ]
+        for task in background:
+            task.add_done_callback(self._background_done)
         try:
             await self._start()
             await self._read_loop()
@@ -182,6 +185,20 @@ class Worker:
             await self._final_flush()
             await self._leave_group()
             self._closed.set()
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        """Log a background loop that died (it must never die quietly) and stop the worker."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error(
+                "background task failed; stopping so a restart can take over",
+                extra=log_fields(
+                    task=task.get_name(), error=str(exc), error_type=type(exc).__name__
+                ),
+            )
+            self.stop()
 
     async def _start(self) -> None:
         """Ensure the group exists (retrying while Redis is away), then resume own pending."""
@@ -396,7 +413,13 @@ class Worker:
             job.signal = None
             job.error = exc
             return job
-        job.key = idempotency_key(self.stream.stream, entry.id, job.signal.signal_id)
+        origin = entry.fields.get(ORIGIN_FIELD)  # a replayed dead letter keeps its first key
+        stream_name, _, entry_id = (
+            origin.decode("utf-8", "replace").rpartition("/")
+            if origin
+            else (self.stream.stream, "/", entry.id)
+        )
+        job.key = idempotency_key(stream_name, entry_id, job.signal.signal_id)
         return job
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -414,7 +437,8 @@ class Worker:
                 lane.popleft()
         except Exception as exc:  # a bug must not strand the lane's entries
             # Let go of the lane's entries: they stay pending, are no longer kept fresh, and are
-            # reclaimed in stream order after BRIDGE_CLAIM_IDLE_MS (by this replica or another).
+            # reclaimed after BRIDGE_CLAIM_IDLE_MS (by this replica or another). Newer entries of
+            # the instrument may go first meanwhile: order is not kept on this path.
             log.error(
                 "unexpected error delivering; the instrument's entries will be reclaimed",
                 extra=log_fields(
@@ -447,16 +471,11 @@ class Worker:
             },
         ) as span:
             while True:
-                age_s = self.clock() - signal.timestamp.timestamp()
-                max_age = self.config.signal_max_age_s
-                if max_age and age_s > max_age:
+                too_old = self._too_old(signal)
+                if too_old is not None:
                     await self._dead_letter(
                         job,
-                        DeadLetter(
-                            reason="expired",
-                            error=f"signal is {age_s:.1f}s old, limit {max_age:g}s",
-                            attempts=job.attempts,
-                        ),
+                        DeadLetter(reason="expired", error=too_old, attempts=job.attempts),
                         span,
                     )
                     return True
@@ -487,9 +506,28 @@ class Worker:
                     self.breaker.success()
                     await self._dead_letter(job, self._rejection(job, exc), span)
                     return True
+                except _ExpiredError as exc:
+                    # It aged past the limit while waiting for a posting slot or the probe.
+                    job.attempts -= 1
+                    await self._dead_letter(
+                        job,
+                        DeadLetter(reason="expired", error=str(exc), attempts=job.attempts),
+                        span,
+                    )
+                    return True
                 except DeliveryError as exc:
                     delay = self._retry_after_failure(job, exc)
                     await self._pause(delay)
+                    continue
+                except Exception as exc:  # our bug or a bad setting: systemic, like a 401
+                    log.error(
+                        "unexpected error posting a signal; paused and retrying",
+                        extra=log_fields(
+                            entry_id=job.entry.id, error=str(exc), error_type=type(exc).__name__
+                        ),
+                    )
+                    systemic = AuthError(f"unexpected {type(exc).__name__}: {exc}")
+                    await self._pause(self._retry_after_failure(job, systemic))
                     continue
                 self.breaker.success()
                 self._acked(
@@ -502,8 +540,19 @@ class Worker:
                 )
                 return True
 
+    def _too_old(self, signal: Signal) -> str | None:
+        """Say why ``signal`` is too old to send now, or None while it is fresh enough."""
+        max_age = self.config.signal_max_age_s
+        age_s = self.clock() - signal.timestamp.timestamp()
+        if max_age and age_s > max_age:
+            return f"signal is {age_s:.1f}s old, limit {max_age:g}s"
+        return None
+
     async def _post(self, job: _Job, signal: Signal) -> Delivery:
         async with self._posting:
+            too_old = self._too_old(signal)  # the wait for a slot may have been long
+            if too_old is not None:
+                raise _ExpiredError(too_old)
             self.posting += 1
             try:
                 return await self._send(job, signal)
@@ -650,12 +699,17 @@ class Worker:
     # --- background loops --------------------------------------------------------------------
 
     def _ack_now(self, ids: list[str]) -> None:
-        """Ack ids of entries deleted from the stream while pending (nothing to deliver)."""
+        """Ack ids of entries deleted from the stream while pending (nothing to deliver).
+
+        Their signals are gone (XDEL, or a MAXLEN trim that outran delivery): say so loudly and
+        count them, since nobody can replay them.
+        """
         if ids:
-            log.warning(
-                "acking pending entries that were deleted from the stream",
-                extra=log_fields(count=len(ids)),
+            log.error(
+                "pending entries were deleted from the stream before delivery; acking them away",
+                extra=log_fields(count=len(ids), entry_ids=ids[:20], stream=self.stream.stream),
             )
+            self.metrics.dead_lettered_total.add(len(ids), {"reason": "deleted"})
             self._acks.extend(ids)
             self._ack_wakeup.set()
 
@@ -725,6 +779,10 @@ class Worker:
             )
         else:
             log.info("circuit breaker closed: reading resumed")
+
+
+class _ExpiredError(Exception):
+    """The signal passed its maximum age while waiting to be sent."""
 
 
 def _collect(task: asyncio.Future[Any]) -> None:

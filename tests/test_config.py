@@ -578,3 +578,29 @@ def test_several_streams_each_get_their_own_dead_letter_stream() -> None:
 def test_bad_stream_lists_name_the_variable(streams: str) -> None:
     """A repeated stream or a dead-letter stream in BRIDGE_STREAMS is refused."""
     assert _config_error(_env(BRIDGE_STREAMS=streams)).variable == "BRIDGE_STREAMS"
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        ({"PRODUCER_ID": "trader-é"}, "PRODUCER_ID"),
+        ({"HMAC_PRODUCER_KEY_ID": "key\tid"}, "HMAC_PRODUCER_KEY_ID"),
+        ({"BRIDGE_BLOCK_MS": "60000"}, "BRIDGE_BLOCK_MS"),
+        ({"BRIDGE_REDIS_CLUSTER": "true"}, "BRIDGE_DLQ_STREAM"),
+    ],
+)
+def test_settings_that_would_fail_later_are_refused_at_start(
+    changes: dict[str, str], variable: str
+) -> None:
+    """Header-unsafe ids, a BLOCK above the Redis timeout, cross-slot DLQs fail at load."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=_env(**changes))
+    assert caught.value.variable == variable
+
+
+def test_sharded_streams_keep_their_dead_letters_in_their_slot() -> None:
+    """With BRIDGE_STREAMS under a cluster, each <stream>:dlq shares its stream's hash tag."""
+    config = load_config(
+        env=_env(BRIDGE_REDIS_CLUSTER="true", BRIDGE_STREAMS="signals:{0},signals:{1}")
+    )
+    assert config.stream.dlq_for("signals:{1}") == "signals:{1}:dlq"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -253,3 +254,50 @@ def test_host_header_and_default_ports() -> None:
     assert FastTransport("https://ingest.example.com/x").host_header == "ingest.example.com"
     assert FastTransport("http://127.0.0.1:8080").host_header == "127.0.0.1:8080"
     assert FastTransport("http://[::1]:81").host_header == "[::1]:81"
+
+
+async def test_interim_responses_are_skipped() -> None:
+    """A 103 Early Hints before the 201 is not taken as the answer (nor left for the next)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        del n
+        for i in range(2):
+            await _read_request(reader)
+            writer.write(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+                + f"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\n{i}".encode()
+            )
+            await writer.drain()
+
+    async with scripted(handler) as (url, accepted):
+        transport = FastTransport(url)
+        try:
+            first = await transport.post(_request(transport), 5)
+            second = await transport.post(_request(transport), 5)
+        finally:
+            await transport.aclose()
+    assert (first.status, first.body, second.status, second.body) == (201, b"0", 201, b"1")
+    assert len(accepted) == 1
+
+
+async def test_a_late_answer_never_answers_the_next_request() -> None:
+    """After a timeout, the slow answer is not read as the reply to the following request."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await _read_request(reader)
+        if n == 1:
+            await asyncio.sleep(0.3)  # answers after the client gave up
+        writer.write(f"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\n{n}".encode())
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await _read_request(reader)
+
+    async with scripted(handler) as (url, _):
+        transport = FastTransport(url)
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                await transport.post(_request(transport), 0.1)
+            response = await transport.post(_request(transport), 5)
+        finally:
+            await transport.aclose()
+    assert response.body == b"2"

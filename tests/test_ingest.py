@@ -382,3 +382,24 @@ def test_serve_in_thread_serves_and_stops() -> None:
     with httpx.Client(base_url=base_url, timeout=10) as client, pytest.raises(httpx.ConnectError):
         client.get("/health")
     assert app.requests_total == 1
+
+
+async def test_a_captured_request_cannot_be_replayed_under_a_new_key(
+    ingest_app: IngestApp, http: httpx.AsyncClient
+) -> None:
+    """The same signature with another idempotency key is refused: no second trade."""
+    headers = _signed()
+    first = await http.post(INGEST_PATH, content=BODY, headers=headers)
+    assert first.status_code == 201
+    again = await http.post(INGEST_PATH, content=BODY, headers=headers)
+    assert again.status_code == 409
+    replay = {**headers, "X-Idempotency-Key": str(uuid.uuid4())}
+    replayed = await http.post(INGEST_PATH, content=BODY, headers=replay)
+    assert replayed.status_code == 401
+    assert replayed.json()["detail"] == "replayed signature"
+    assert len(ingest_app.received) == 1
+
+
+def test_the_reference_server_repr_hides_its_secrets(ingest_app: IngestApp) -> None:
+    """repr(IngestApp) never shows a secret."""
+    assert TEST_SECRET.decode() not in repr(ingest_app)

@@ -334,14 +334,14 @@ async def test_dead_letter_and_ack_are_atomic(
     assert letter.field(f"{DLQ_PREFIX}consumer") == "c1"
 
 
-async def test_an_unexpected_error_releases_the_entry_for_reclaim(
+async def test_an_unexpected_error_pauses_and_retries_instead_of_stranding(
     server: Server,
     redis: aioredis.Redis,
     redis_url: str,
     stream_name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A bug in one delivery is logged, and the entry is reclaimed and delivered, not stranded."""
+    """A bug in one delivery opens the breaker and is retried: the entry is delivered, once."""
     published = await _publish_many(redis, stream_name, 3)
     original = Worker._send
     calls = itertools.count()
@@ -357,3 +357,60 @@ async def test_an_unexpected_error_releases_the_entry_for_reclaim(
         await eventually(lambda: _drained(redis, stream_name), what="stream drained")
         assert worker.in_flight == 0
     assert server.app.keys() == _keys(stream_name, published)
+
+
+async def test_a_dead_letter_never_acks_without_its_letter(
+    redis: aioredis.Redis, signal_stream: SignalStream, stream_name: str
+) -> None:
+    """With the dead-letter key of the wrong type, the entry stays pending (nothing is lost)."""
+    from bridge.errors import StreamError  # noqa: PLC0415 - only this test expects it
+    from bridge.stream import DeadLetter  # noqa: PLC0415 - built by hand for this test
+
+    await signal_stream.ensure_group("0")
+    await publish(redis, make_signal(1), stream=stream_name)
+    [entry] = await signal_stream.read(10, None)
+    await redis.set(f"{stream_name}:dlq", "not a stream")
+    with pytest.raises(StreamError, match="WRONGTYPE"):
+        await signal_stream.dead_letter(entry, DeadLetter(reason="rejected", error="no"))
+    assert (await redis.xpending(stream_name, "g"))["pending"] == 1
+    await redis.delete(f"{stream_name}:dlq")
+    await signal_stream.dead_letter(entry, DeadLetter(reason="rejected", error="no"))
+    await signal_stream.dead_letter(entry, DeadLetter(reason="rejected", error="again"))
+    assert await redis.xlen(f"{stream_name}:dlq") == 1  # an acked entry gets no second letter
+
+
+async def test_a_replayed_dead_letter_keeps_its_first_idempotency_key(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """A replayed entry without signal_id is sent under its first key: the server sees a repeat."""
+    entry_id = await publish(redis, make_signal(1, signal_id=None), stream=stream_name)
+    first_key = idempotency_key(stream_name, entry_id, None)
+    config = _config(server, redis_url, stream_name)
+    async with running(redis, config):
+        await eventually(lambda: _drained(redis, stream_name), what="first delivery")
+    assert server.app.keys() == {first_key}
+    # Pretend the first attempt's answer was lost and it ended in the DLQ: replay it.
+    stream = SignalStream(
+        redis, stream=stream_name, group="g", consumer="ops", dlq_stream=f"{stream_name}:dlq"
+    )
+    raw: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(
+        stream_name, entry_id, entry_id
+    )  # type: ignore[assignment]
+    [(_, original)] = raw
+    await publish_raw(
+        redis,
+        {
+            "signal": original[b"signal"],
+            "dlq_reason": "expired",
+            "dlq_source_stream": stream_name,
+            "dlq_source_id": entry_id,
+        },
+        stream=f"{stream_name}:dlq",
+    )
+    [letter] = await stream.dead_letters()
+    [(_, new_id)] = await stream.replay([letter.id])
+    assert new_id != entry_id
+    async with running(redis, config) as worker:
+        await eventually(lambda: _drained(redis, stream_name), what="replay handled")
+        assert worker.stats.duplicates == 1
+    assert len(server.app.received) == 1
