@@ -153,7 +153,7 @@ def _report(
         if letter is not None:
             outcome = (
                 f"dead-lettered: {letter.field(DLQ_PREFIX + 'reason')} "
-                f"({(letter.field(DLQ_PREFIX + 'error') or '')[:60]})"
+                f"({_shorten(letter.field(DLQ_PREFIX + 'error') or '', 70)})"
             )
         else:
             key = idempotency_key(stream, entry_id, signal_id)
@@ -166,3 +166,8 @@ def _report(
                 claimed.add(key)
                 outcome = f"delivered as {server_id}"
         print(f"{entry_id:<18} {label:<34} {outcome}")
+
+
+def _shorten(text: str, width: int) -> str:
+    """Cut ``text`` to ``width`` characters, marking the cut."""
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
