@@ -181,7 +181,12 @@ class HmacClient:
         # The hot path talks to FastTransport directly; any other httpx transport (a test's
         # MockTransport, httpx's own) goes through the regular AsyncClient.
         self._fast = transport if isinstance(transport, FastTransport) else None
-        self._path = config.ingest_path
+        self._fast_head = b""
+        if self._fast is not None:
+            head = self._fast.request_head(
+                "POST", config.ingest_path, list(self._static_headers.items())
+            )
+            self._fast_head = head[:-2]  # drop the blank line: per-request headers follow
         self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
         self._metrics = metrics if metrics is not None else Metrics()
         self._tracer = tracer if tracer is not None else get_tracer()
@@ -339,8 +344,15 @@ class HmacClient:
         try:
             if self._fast is not None:
                 headers["Content-Length"] = str(len(body))
-                head = self._fast.request_head("POST", self._path, list(headers.items()))
-                raw = await self._fast.post(head + body, timeout_s)
+                # The request line and the static headers were serialised once, at start-up.
+                dynamic = "".join(
+                    f"{name}: {value}\r\n"
+                    for name, value in headers.items()
+                    if name not in self._static_headers
+                )
+                raw = await self._fast.post(
+                    self._fast_head + dynamic.encode("latin-1") + b"\r\n" + body, timeout_s
+                )
                 exchanged: tuple[int, Mapping[str, str], bytes] = (
                     raw.status,
                     raw.headers,
