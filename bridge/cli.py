@@ -94,7 +94,11 @@ async def run_bridge(config: BridgeConfig) -> None:
     try:
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(
-                connect(config.stream.redis_url, cluster=config.stream.cluster)
+                connect(
+                    config.stream.redis_url,
+                    cluster=config.stream.cluster,
+                    block_ms=config.stream.block_ms,
+                )
             )
             streams = _streams_of(config, redis)
             if not config.outbound.enabled:

@@ -146,6 +146,7 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float = 10.0
     streams: list[str] = msgspec.field(default_factory=list)
     cluster: bool = False
+    lane_stall_warn_s: float = 10.0
 
     def stream_names(self) -> list[str]:
         """Return the streams to consume: BRIDGE_STREAMS when set, else BRIDGE_STREAM."""
@@ -288,6 +289,8 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "BRIDGE_HEALTH_PORT": ("telemetry", "health_port", _parse_int),
     "BRIDGE_HEALTH_HOST": ("telemetry", "health_host", _parse_str),
     "BRIDGE_STATUS_INTERVAL_SECONDS": ("telemetry", "status_interval_s", _parse_float),
+    # issue 9: isolation, lost reads, detection
+    "BRIDGE_LANE_STALL_WARN_SECONDS": ("stream", "lane_stall_warn_s", _parse_float),
 }
 
 # For messages about values that came from the file, name the variable an operator would set.
@@ -535,6 +538,7 @@ def _validate_stream(cfg: StreamConfig) -> None:
             "BRIDGE_SIGNAL_MAX_AGE_SECONDS must be >= 0 (0 disables)",
             variable="BRIDGE_SIGNAL_MAX_AGE_SECONDS",
         )
+    _positive("BRIDGE_LANE_STALL_WARN_SECONDS", cfg.lane_stall_warn_s)
     if cfg.shutdown_grace_s < 0:
         raise ConfigError(
             "BRIDGE_SHUTDOWN_GRACE_SECONDS must be >= 0", variable="BRIDGE_SHUTDOWN_GRACE_SECONDS"

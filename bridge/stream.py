@@ -8,6 +8,7 @@ are kept as raw bytes; decoding a signal is the codec's job.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
@@ -24,13 +25,16 @@ from bridge.signal import Signal, encode_canonical
 
 __all__ = [
     "DLQ_PREFIX",
+    "READ_MARGIN_S",
     "DeadLetter",
     "Entry",
     "GroupStatus",
+    "Pending",
     "SignalStream",
     "connect",
     "publish",
     "publish_raw",
+    "read_timeout_s",
     "shard_for",
 ]
 
@@ -73,6 +77,15 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     http_code: int | None = None
     attempts: int = 0
     consumer: str = ""
+
+
+class Pending(msgspec.Struct, frozen=True):
+    """One pending entry as XPENDING lists it: id, owner, ms idle, deliveries so far."""
+
+    id: str
+    consumer: str
+    idle_ms: int
+    deliveries: int
 
 
 class ConsumerStatus(msgspec.Struct, frozen=True):
@@ -125,9 +138,23 @@ def _entries(
     return live, gone
 
 
-# A half-open connection (a partition) must fail a command, not hang it for hours. The read
-# timeout stays well above the longest XREADGROUP BLOCK the config allows (20 s).
+# A half-open connection (a partition) must fail a command, not hang it for hours. Without a
+# BLOCK time the read timeout stays above the longest XREADGROUP BLOCK the config allows (20 s).
 _SOCKET_TIMEOUTS: Final = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0}
+# With the worker's BLOCK time known, a read may take BLOCK plus this much before Redis counts as
+# gone: a silent Redis is noticed within about BLOCK + 4 s (5 s with the default 1 s BLOCK).
+READ_MARGIN_S: Final = 4.0
+# A peer that vanished (host down, cable out) is found by TCP keepalive within ~5 s of silence.
+_KEEPALIVE_OPTIONS: Final = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
+
+
+def read_timeout_s(block_ms: int) -> float:
+    """Return the socket read timeout for a worker that BLOCKs ``block_ms`` per read."""
+    return block_ms / 1000 + READ_MARGIN_S
 
 
 @asynccontextmanager
@@ -135,19 +162,23 @@ async def connect(
     url: str,
     *,
     cluster: bool = False,
+    block_ms: int | None = None,
     **options: Any,  # noqa: ANN401 - redis-py's connection options
 ) -> AsyncIterator[aioredis.Redis]:
     """Open a redis-py asyncio client from a URL (redis://, rediss://, unix://); close on exit.
 
     ``cluster=True`` opens a Redis Cluster client from any node's URL; the commands used here
-    are the same, each addressed to the node owning its stream's slot.
+    are the same, each addressed to the node owning its stream's slot. ``block_ms`` (the
+    workers' XREADGROUP BLOCK) sizes the read timeout: BLOCK + ``READ_MARGIN_S``.
     """
+    timeouts: dict[str, Any] = dict(_SOCKET_TIMEOUTS)
+    if block_ms is not None:
+        timeouts["socket_timeout"] = read_timeout_s(block_ms)
+    options = {**timeouts, **options}
     if cluster:
         from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - cluster users only
 
-        cluster_client = RedisCluster.from_url(
-            url, decode_responses=False, **{**_SOCKET_TIMEOUTS, **options}
-        )
+        cluster_client = RedisCluster.from_url(url, decode_responses=False, **options)
         try:
             # Initialise once, before several workers share the client: redis-py's lazy
             # initialisation races when many coroutines send their first command at once.
@@ -161,9 +192,10 @@ async def connect(
     client = aioredis.Redis.from_url(
         url,
         decode_responses=False,
-        health_check_interval=30,
+        health_check_interval=5,
         socket_keepalive=True,
-        **{**_SOCKET_TIMEOUTS, **options},
+        socket_keepalive_options=_KEEPALIVE_OPTIONS,
+        **options,
     )
     try:
         yield client
@@ -280,6 +312,94 @@ class SignalStream:
         if live:
             live = await self.with_deliveries(live)
         return next_cursor, live, gone
+
+    async def pending(
+        self,
+        start: str,
+        end: str,
+        count: int,
+        *,
+        own: bool = True,
+        min_idle_ms: int | None = None,
+    ) -> list[Pending]:
+        """XPENDING the group's pending entries in [start, end] (``(id`` excludes), id order.
+
+        ``own`` lists only this consumer's; ``min_idle_ms`` only entries idle at least that
+        long. Nothing changes in Redis: no delivery is counted, no idle time reset.
+        """
+        reply = await _guard(
+            self.redis.xpending_range(
+                self.stream,
+                self.group,
+                min=start,
+                max=end,
+                count=count,
+                consumername=self.consumer if own else None,
+                idle=min_idle_ms,
+            ),
+            "XPENDING",
+        )
+        return [
+            Pending(
+                _text(item["message_id"]),
+                _text(item["consumer"]),
+                int(item["time_since_delivered"]),
+                int(item["times_delivered"]),
+            )
+            for item in reply
+        ]
+
+    async def fetch(self, pending: Sequence[Pending]) -> tuple[list[Entry], list[str]]:
+        """Fetch pending entries by id (XRANGE id id, pipelined), without counting a delivery.
+
+        Unlike XREADGROUP from an id, this leaves the delivery counters alone, so entries that
+        wait in Redis and are fetched several times do not drift toward BRIDGE_MAX_DELIVERIES.
+        Returns (entries in the given order, ids deleted from the stream meanwhile).
+        """
+        if not pending:
+            return [], []
+        pipe = self.redis.pipeline(transaction=False)
+        for item in pending:
+            pipe.xrange(self.stream, item.id, item.id, count=1)
+        replies = await _guard(pipe.execute(), "XRANGE")
+        live: list[Entry] = []
+        gone: list[str] = []
+        for item, reply in zip(pending, replies, strict=True):
+            if reply and reply[0][1]:
+                live.append(Entry(item.id, reply[0][1], item.deliveries))
+            else:
+                gone.append(item.id)
+        return live, gone
+
+    async def claim(
+        self, pending: Sequence[Pending], min_idle_ms: int
+    ) -> tuple[list[Entry], list[str]]:
+        """XCLAIM entries of other consumers that are still idle at least ``min_idle_ms``.
+
+        Redis skips an entry whose owner touched or acked it meanwhile, and drops from the
+        pending list one deleted from the stream. Returns (claimed entries with delivery counts,
+        ids deleted from the stream).
+        """
+        if not pending:
+            return [], []
+        reply = await _guard(
+            self.redis.xclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, [p.id for p in pending]
+            ),
+            "XCLAIM",
+        )
+        live, gone = _entries(reply)
+        claimed = {e.id for e in live}
+        missing = [p.id for p in pending if p.id not in claimed]
+        if missing:
+            pipe = self.redis.pipeline(transaction=False)
+            for entry_id in missing:
+                pipe.xrange(self.stream, entry_id, entry_id, count=1)
+            exists = await _guard(pipe.execute(), "XRANGE")
+            gone += [i for i, found in zip(missing, exists, strict=True) if not found]
+        if live:
+            live = await self.with_deliveries(live)
+        return live, gone
 
     async def with_deliveries(self, entries: Sequence[Entry]) -> list[Entry]:
         """Attach each entry's delivery count from XPENDING (one range query per batch)."""

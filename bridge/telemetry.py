@@ -118,6 +118,13 @@ class Metrics:
             unit="1",
             description="Entries held right now (read, not yet acked or dead-lettered)",
         )
+        self._lanes: dict[str, Callable[[], Iterable[tuple[str, float]]]] = {}
+        meter.create_observable_gauge(
+            "signals_lane_blocked_seconds",
+            [self._lanes_callback],
+            unit="s",
+            description="How long an instrument's lane has been blocked by a retried signal",
+        )
         meter.create_observable_gauge(
             "signals_circuit_open",
             [self._circuit_callback],
@@ -150,6 +157,20 @@ class Metrics:
     def observe_in_flight(self, stream: str, held: Callable[[], int]) -> None:
         """Report a worker's held entries as signals_in_flight{stream} (read when collected)."""
         self._in_flight[stream] = held
+
+    def observe_lanes(
+        self, stream: str, blocked: Callable[[], Iterable[tuple[str, float]]]
+    ) -> None:
+        """Report blocked lanes as signals_lane_blocked_seconds{stream, instrument}."""
+        self._lanes[stream] = blocked
+
+    def _lanes_callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        return [
+            Observation(seconds, {"stream": stream, "instrument": instrument})
+            for stream, blocked in self._lanes.items()
+            for instrument, seconds in blocked()
+        ]
 
     def _in_flight_callback(self, options: CallbackOptions) -> Iterable[Observation]:
         del options

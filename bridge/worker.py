@@ -1,14 +1,17 @@
 """The consumer loop: read or reclaim -> deliver -> ack | retry | dead-letter.
 
 One ``Worker`` per stream (the CLI runs one per entry of BRIDGE_STREAMS). It reads batches
-with XREADGROUP (BLOCK, so idle costs nothing),
-holds at most ``max_in_flight`` entries at once, and delivers each instrument's signals in stream
-order through a *lane* (one task per instrument with work queued; different instruments run in
-parallel). Acks are buffered and flushed in one XACK per burst; a dead letter and its ack go in
-one MULTI. Retries back off with full jitter; a run of transient failures, or one 401 / TLS
-refusal, opens the breaker, which stops reading until an attempt succeeds. Entries it holds are
-touched so other replicas do not reclaim them; entries idle on dead consumers are reclaimed with
-XAUTOCLAIM. ``stop()`` only flips a flag: the loop stops reading, lets lanes finish within the
+with XREADGROUP (BLOCK, so idle costs nothing), holds at most ``max_in_flight`` plus one batch
+of entries in memory, and delivers each instrument's signals in stream order through a *lane*
+(one task per instrument with work queued; different instruments run in parallel). A lane whose
+head is being retried keeps its later entries in Redis, not in memory (``bridge.lanes``), so
+reading goes on for the other instruments. Acks are buffered and flushed in one XACK per burst;
+a dead letter and its ack go in one script. Retries back off with full jitter; a run of
+transient failures, or one 401 / TLS refusal, opens the breaker, which stops reading until an
+attempt succeeds. Pending entries it owns are touched so other replicas do not reclaim them;
+entries idle on other consumers are claimed every tenth of BRIDGE_CLAIM_IDLE_MS. After any Redis
+error the worker re-reads its own pending entries before new ones, so a lost reply delays
+nothing. ``stop()`` only flips a flag: the loop stops reading, lets lanes finish within the
 grace period, cancels the rest (they stay pending for a replica) and flushes what finished.
 """
 
@@ -19,7 +22,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -38,6 +40,7 @@ from bridge.errors import (
     RejectedError,
     StreamError,
 )
+from bridge.lanes import CURRENT_LANE, Lane, Lanes, Offer, StreamId, format_id, next_id, parse_id
 from bridge.policy import Backoff, Breaker, BreakerState
 from bridge.signal import Signal, decode_signal, encode_canonical
 from bridge.stream import ORIGIN_FIELD, SIGNAL_FIELD, DeadLetter, Entry, SignalStream
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 # uuid5 namespace of idempotency keys: every replica derives the same key for an entry.
 IDEMPOTENCY_NAMESPACE: Final = uuid.NAMESPACE_URL
 _TOUCH_CHUNK: Final = 500
+# Own pending entries examined per XPENDING page when a lane, a re-read or the claim scan looks.
+_SCAN_PAGE: Final = 200
 _ACK_COALESCE_S: Final = 0.005
 
 
@@ -70,6 +75,15 @@ class _Job:
     attempts: int = 0
     parent: otel_context.Context | None = None
     done: bool = False
+
+
+@dataclass(slots=True)
+class _Scan:
+    """Where a lane's scan of own pending entries has got to, and what it found."""
+
+    cursor: StreamId
+    found: list[_Job] = field(default_factory=list)
+    exhausted: bool = False
 
 
 @dataclass
@@ -115,11 +129,19 @@ class Worker:
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._held: dict[str, _Job] = {}
-        self._lanes: dict[str, deque[tuple[_Job, Signal]]] = {}
+        self.lanes: Lanes[_Job] = Lanes(lambda job: job.entry.id)
+        self._seen_high: StreamId = (0, 0)  # highest id routed so far (read, claimed, adopted)
+        self._reread = False  # a Redis error happened: re-read own pending before new entries
+        self._reserved = 0  # window slots promised to a read or claim in progress
+        self._released: set[str] = set()  # let go after a lane's unexpected error: not touched
+        self._flushing: list[str] = []  # ids of the XACK in flight
+        self.redis_error = ""  # the last Redis error, while Redis is away (for /readyz)
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._critical: set[asyncio.Task[Any]] = set()
-        self._room = asyncio.Event()
+        self._room = asyncio.Event()  # set when a whole batch fits (the read loop waits)
         self._room.set()
+        self._some_room = asyncio.Event()  # set when one entry fits (a lane bringing back)
+        self._some_room.set()
         self._closed = asyncio.Event()
         self._acks: list[str] = []
         self._ack_wakeup = asyncio.Event()
@@ -127,8 +149,6 @@ class Worker:
         # Held entries = posts in flight + read-ahead; posts are bounded here.
         self._posting = asyncio.Semaphore(config.max_in_flight)
         self.posting = 0  # POSTs in flight right now (at most max_in_flight)
-        self._claim_cursor = "0-0"
-        self._next_claim = 0.0
         self._span_attrs = {
             msg_attrs.MESSAGING_SYSTEM: "redis",
             msg_attrs.MESSAGING_DESTINATION_NAME: stream.stream,
@@ -137,6 +157,7 @@ class Worker:
         }
         self._span_name = f"process {stream.stream}"
         self.metrics.observe_in_flight(stream.stream, lambda: len(self._held))
+        self.metrics.observe_lanes(stream.stream, self.lanes.blocked_for)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -161,6 +182,7 @@ class Worker:
         self._stopping = True
         self._stop_event.set()
         self._room.set()
+        self._some_room.set()
 
     async def wait_closed(self) -> None:
         """Wait until run() has finished its shutdown."""
@@ -171,6 +193,8 @@ class Worker:
         background = [
             asyncio.create_task(self._ack_loop(), name="ack-flusher"),
             asyncio.create_task(self._touch_loop(), name="touch"),
+            asyncio.create_task(self._claim_loop(), name="claim"),
+            asyncio.create_task(self._lane_watch_loop(), name="lane-watch"),
         ]
         for task in background:
             task.add_done_callback(self._background_done)
@@ -239,7 +263,11 @@ class Worker:
             self._dispatch_all(entries)
 
     async def _read_loop(self) -> None:
-        """Read new entries while running; pause while full, while the breaker is open."""
+        """Read new entries while running; pause while full, while the breaker is open.
+
+        After a Redis error, own pending entries are re-read first (a reply lost on the way may
+        have handed this consumer entries it never saw), so nothing is delayed or reordered.
+        """
         failures = 0
         while not self._stopping:
             if self.breaker.is_open:
@@ -248,10 +276,15 @@ class Worker:
             if not await self._wait_for_room():
                 break
             try:
-                await self._maybe_claim()
-                if self._free() < self.config.batch_size:
-                    continue  # the claim filled the window
-                entries = await self.stream.read(self.config.batch_size, self.config.block_ms)
+                if self._reread:
+                    await self._reread_own_pending()
+                    if self._free() < self.config.batch_size:
+                        continue  # the re-read filled the window
+                self._reserved += self.config.batch_size
+                try:
+                    entries = await self.stream.read(self.config.batch_size, self.config.block_ms)
+                finally:
+                    self._unreserve(self.config.batch_size)
             except StreamError as exc:
                 if exc.missing_group and await self._recreate_group():
                     continue
@@ -264,8 +297,39 @@ class Worker:
                 self._redis_outage_logged = False
             failures = 0
             self.redis_ok = True
+            self.redis_error = ""
             if entries:
                 self._dispatch_all(entries)
+
+    async def _reread_own_pending(self) -> None:
+        """Deliver own pending entries nobody here holds, in id order, before reading new ones.
+
+        A read or claim whose reply was lost (timeout, reset) left entries pending on this
+        consumer that it never saw. XPENDING + XRANGE find them without counting a delivery;
+        those a blocked lane will bring back, and those delivered and waiting for their XACK,
+        are left alone. Raises StreamError (the flag stays set: it is tried again).
+        """
+        self._reread = False
+        cursor = "-"
+        adopted = 0
+        try:
+            while True:
+                page = await self.stream.pending(cursor, "+", _SCAN_PAGE)
+                busy = self._busy_ids()
+                entries, gone = await self.stream.fetch([p for p in page if p.id not in busy])
+                self._ack_now(gone)
+                adopted += self._adopt(entries)
+                if len(page) < _SCAN_PAGE:
+                    break
+                cursor = f"({page[-1].id}"
+        except StreamError:
+            self._reread = True
+            raise
+        if adopted:
+            log.warning(
+                "after a Redis error: delivering own pending entries whose read reply was lost",
+                extra=log_fields(count=adopted, consumer=self.stream.consumer),
+            )
 
     async def _recreate_group(self) -> bool:
         """Recreate a group that vanished (Redis restarted without persistence).
@@ -284,28 +348,73 @@ class Worker:
         self.group_ready = self.redis_ok = True
         return True
 
-    async def _maybe_claim(self) -> None:
-        """Every half claim interval, XAUTOCLAIM entries idle on other (dead) consumers."""
-        now = time.monotonic()
-        if now < self._next_claim:
-            return
-        self._next_claim = now + max(0.05, self.config.claim_idle_ms / 2000)
-        cursor, entries, gone = await self.stream.claim_idle(
-            self.config.claim_idle_ms,
-            self._claim_cursor,
-            self.config.batch_size,
+    async def _claim_loop(self) -> None:
+        """Claim entries idle on other consumers soon after they pass BRIDGE_CLAIM_IDLE_MS.
+
+        A pass over the group's idle pending entries starts every tenth of the idle time, so a
+        dead consumer's entries are taken within 1.1x of it. This consumer's own entries are
+        never claimed (see :meth:`_claim_page`).
+        """
+        interval = max(0.05, self.config.claim_idle_ms / 10_000)
+        cursor = "-"
+        failures = 0
+        while not self._stopping:
+            if cursor == "-":
+                await self._pause(interval)
+            room = self._free()
+            if self._stopping or self.breaker.is_open or not self.group_ready or room < 1:
+                cursor = "-"
+                continue
+            count = min(room, _SCAN_PAGE)
+            self._reserved += count
+            try:
+                cursor = await self._claim_page(cursor, count)
+                failures = 0
+            except StreamError as exc:
+                cursor = "-"
+                failures += 1
+                self._redis_down(exc)
+                await self._pause(self.redis_backoff.delay(failures))
+            finally:
+                self._unreserve(count)
+
+    async def _claim_page(self, cursor: str, count: int) -> str:
+        """Claim one page of idle entries; return where the pass goes on (``-``: pass done).
+
+        Other consumers' entries are XCLAIMed (only while still idle: a live owner that touched
+        one keeps it). Own entries idle after an outage longer than the idle time are not
+        claimed: the held ones are being worked on and the touch loop freshens them; the rest
+        (a lost reply's, or let go after an error) are adopted, each delivered once.
+        """
+        page = await self.stream.pending(
+            cursor, "+", count, own=False, min_idle_ms=self.config.claim_idle_ms
         )
-        self._claim_cursor = cursor
-        if cursor != "0-0":
-            self._next_claim = now  # more to scan: continue on the next turn
-        self._ack_now(gone)
-        fresh = [e for e in entries if e.id not in self._held]
-        if fresh:
-            log.warning(
-                "reclaimed idle entries from another consumer",
-                extra=log_fields(count=len(fresh), consumer=self.stream.consumer),
-            )
-            self._dispatch_all(fresh)
+        mine = [p for p in page if p.consumer == self.stream.consumer]
+        theirs = [p for p in page if p.consumer != self.stream.consumer]
+        if mine:
+            busy = self._busy_ids()
+            entries, gone = await self.stream.fetch([p for p in mine if p.id not in busy])
+            self._ack_now(gone)
+            adopted = self._adopt(entries)
+            if adopted:
+                log.info(
+                    "own pending entries went idle unheld: delivering them",
+                    extra=log_fields(count=adopted, consumer=self.stream.consumer),
+                )
+        if theirs:
+            entries, gone = await self.stream.claim(theirs, self.config.claim_idle_ms)
+            self._ack_now(gone)
+            if entries:
+                log.warning(
+                    "reclaimed idle entries from another consumer",
+                    extra=log_fields(
+                        count=len(entries),
+                        consumer=self.stream.consumer,
+                        previous_consumers=sorted({p.consumer for p in theirs}),
+                    ),
+                )
+                self._dispatch_all(entries)
+        return f"({page[-1].id}" if len(page) == count else "-"
 
     async def _drain(self) -> None:
         """Let lanes finish within the grace period, then cancel what is left (stays pending)."""
@@ -355,43 +464,100 @@ class Worker:
     # --- dispatch ----------------------------------------------------------------------------
 
     def _free(self) -> int:
-        """How many more entries may be read: the posting window plus one batch of read-ahead."""
-        return max(0, self.config.max_in_flight + self.config.batch_size - len(self._held))
+        """How many more entries may be held: the posting window plus one batch of read-ahead."""
+        held = len(self._held) + self._reserved
+        return max(0, self.config.max_in_flight + self.config.batch_size - held)
 
-    async def _wait_for_room(self) -> bool:
-        """Wait until a whole batch fits (few, large reads); False once stopping."""
-        while not self._stopping and self._free() < self.config.batch_size:
-            self._room.clear()
-            await self._room.wait()
+    async def _wait_for_room(self, *, whole_batch: bool = True) -> bool:
+        """Wait until a whole batch (or one entry) fits; False once stopping.
+
+        The read loop waits for a whole batch (few, large reads); a lane bringing its entries
+        back from Redis takes what fits, so the read loop cannot starve it.
+        """
+        need, event = (self.config.batch_size, self._room) if whole_batch else (1, self._some_room)
+        while not self._stopping and self._free() < need:
+            event.clear()
+            await event.wait()
         return not self._stopping
+
+    def _room_changed(self) -> None:
+        """Wake whoever waits for room, once what they need fits."""
+        free = self._free()
+        if free >= self.config.batch_size:
+            self._room.set()
+        if free >= 1:
+            self._some_room.set()
+
+    def _unreserve(self, count: int) -> None:
+        """Give back window slots promised to a read or claim that has finished."""
+        self._reserved -= count
+        self._room_changed()
+
+    def _busy_ids(self) -> set[str]:
+        """Ids this worker holds or has delivered and not yet acked: never to be posted again."""
+        return {*self._held, *self._acks, *self._flushing}
+
+    def _note_seen(self, entry_id: str) -> None:
+        self._seen_high = max(self._seen_high, parse_id(entry_id))
 
     def _dispatch_all(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
             self._dispatch(entry)
 
     def _dispatch(self, entry: Entry) -> None:
-        """Hold an entry and route it: dead-letter at once, or queue it on its lane."""
-        job = self._prepare(entry)
-        self._held[entry.id] = job
+        """Route a new entry: dead-letter it at once, queue it on its lane, or leave it in Redis."""
+        self._note_seen(entry.id)
+        if entry.id not in self._held:  # a claim and a re-read may both return an entry
+            self._route(self._prepare(entry))
+
+    def _adopt(self, entries: Iterable[Entry]) -> int:
+        """Route own pending entries found unheld; those a blocked lane will fetch stay in Redis.
+
+        Returns how many were routed.
+        """
+        busy = self._busy_ids()
+        adopted = 0
+        for entry in entries:
+            self._note_seen(entry.id)
+            if entry.id in busy:
+                continue
+            job = self._prepare(entry)
+            if job.signal is not None and self.lanes.waits_in_redis(
+                job.signal.instrument, entry.id
+            ):
+                continue
+            self._route(job)
+            adopted += 1
+        return adopted
+
+    def _route(self, job: _Job) -> None:
+        """Hold a prepared entry on its lane (starting the lane), or leave it parked in Redis."""
+        self._released.discard(job.entry.id)
+        if self._dead_letter_at_once(job) or job.signal is None:
+            return
+        offer = self.lanes.offer(job.signal.instrument, job)
+        if offer is Offer.PARKED:
+            return
+        self._held[job.entry.id] = job
+        if offer is Offer.START:
+            self._spawn(self._run_lane(job.signal.instrument))
+
+    def _dead_letter_at_once(self, job: _Job) -> bool:
+        """Dead-letter a poison (delivered too often) or invalid entry without posting it."""
+        entry = job.entry
         if entry.deliveries > self.config.max_deliveries:
             letter = DeadLetter(
                 reason="max_deliveries",
                 error=f"delivered {entry.deliveries} times, limit {self.config.max_deliveries}",
             )
-            self._spawn(self._dead_letter_now(job, letter))
-            return
-        if job.signal is None:
+        elif job.signal is None:
             error = job.error or InvalidSignalError("entry could not be decoded")
             letter = DeadLetter(reason=error.reason, error=str(error))
-            self._spawn(self._dead_letter_now(job, letter))
-            return
-        instrument = job.signal.instrument
-        lane = self._lanes.get(instrument)
-        if lane is not None:
-            lane.append((job, job.signal))
-            return
-        self._lanes[instrument] = deque(((job, job.signal),))
-        self._spawn(self._run_lane(instrument))
+        else:
+            return False
+        self._held[entry.id] = job
+        self._spawn(self._dead_letter_now(job, letter))
+        return True
 
     def _prepare(self, entry: Entry) -> _Job:
         """Decode and encode once per entry; remember the producer's trace context."""
@@ -428,30 +594,110 @@ class Worker:
         task.add_done_callback(self._lane_tasks.discard)
 
     async def _run_lane(self, instrument: str) -> None:
-        """Deliver one instrument's entries in stream order, one at a time."""
-        lane = self._lanes[instrument]
+        """Deliver one instrument's entries in stream order, one at a time.
+
+        While the head is retried the rest waits in Redis (``_lane_waits``); once the head is
+        done, the lane brings its next entries back by id (``_refetch``) before anything newer.
+        """
+        lane = self.lanes.get(instrument)
+        if lane is None:
+            return
+        CURRENT_LANE.set(instrument)  # this task's context only: _pause knows whose retry waits
         try:
             # During shutdown, queued entries are still delivered while the grace period lasts;
             # an entry abandoned mid-retry stops its lane so the order holds for the next owner.
-            while lane and await self._deliver(*lane[0]):
-                lane.popleft()
+            while True:
+                if not lane.queue:
+                    if not lane.has_parked or self._stopping:
+                        break
+                    await self._refetch(lane)
+                    continue
+                job = lane.queue[0]
+                if job.signal is None or not await self._deliver(job, job.signal):
+                    break
+                if self.lanes.head_done(lane):
+                    log.info(
+                        "instrument moving again",
+                        extra=log_fields(instrument=instrument, stream=self.stream.stream),
+                    )
         except Exception as exc:  # a bug must not strand the lane's entries
             # Let go of the lane's entries: they stay pending, are no longer kept fresh, and are
-            # reclaimed after BRIDGE_CLAIM_IDLE_MS (by this replica or another). Newer entries of
-            # the instrument may go first meanwhile: order is not kept on this path.
+            # taken again once idle past BRIDGE_CLAIM_IDLE_MS (by this replica or another).
+            # Newer entries of the instrument may go first meanwhile: order is not kept here.
             log.error(
                 "unexpected error delivering; the instrument's entries will be reclaimed",
                 extra=log_fields(
                     instrument=instrument,
-                    entries=len(lane),
+                    entries=len(lane.queue),
+                    waiting_in_redis=lane.parked,
                     error=str(exc),
                     error_type=type(exc).__name__,
                 ),
             )
-            for job, _ in lane:
+            for job in lane.queue:
                 self._release(job)
+                self._released.add(job.entry.id)
         finally:
-            del self._lanes[instrument]
+            self.lanes.remove(lane)
+
+    def _lane_waits(self, instrument: str) -> None:
+        """Block a lane whose head waits for a retry: its queued entries go back to Redis."""
+        lane = self.lanes.get(instrument)
+        if lane is None or not lane.queue:
+            return
+        for job in self.lanes.block(lane):
+            self._held.pop(job.entry.id, None)  # still pending in Redis, owned by this consumer
+        self._room_changed()
+
+    async def _refetch(self, lane: Lane[_Job]) -> None:
+        """Bring a lane's next entries back from Redis, in id order, within the read window.
+
+        Scans this consumer's pending entries from where the lane's parked entries start, up to
+        the highest id routed so far, and keeps those of the lane's instrument. XPENDING +
+        XRANGE count no delivery, so waiting never pushes an entry toward max deliveries.
+        """
+        if not await self._wait_for_room(whole_batch=False):
+            return
+        want = max(1, min(self.config.batch_size, self._free()))
+        self._reserved += want  # other lanes and the read loop see the slots as taken
+        scan = _Scan(lane.begin_scan() or (0, 0))
+        failed = False
+        try:
+            while len(scan.found) < want and not scan.exhausted:
+                await self._scan_page(lane.instrument, scan, want)
+        except StreamError as exc:
+            failed = True
+            self._redis_down(exc)
+        finally:
+            lane.end_scan(scan.cursor, exhausted=scan.exhausted, taken=len(scan.found))
+            for job in scan.found:
+                if not self._dead_letter_at_once(job):
+                    self._held[job.entry.id] = job
+                    lane.queue.append(job)
+            self._unreserve(want)
+        if failed:
+            await self._pause(self.redis_backoff.delay(1))
+
+    async def _scan_page(self, instrument: str, scan: _Scan, want: int) -> None:
+        """Look at one page of own pending entries for the instrument's next ones."""
+        page = await self.stream.pending(
+            format_id(scan.cursor), format_id(self._seen_high), _SCAN_PAGE
+        )
+        busy = self._busy_ids()
+        entries, gone = await self.stream.fetch([p for p in page if p.id not in busy])
+        self._ack_now(gone)
+        by_id = {entry.id: entry for entry in entries}
+        for item in page:
+            scan.cursor = next_id(item.id)
+            entry = by_id.get(item.id)
+            if entry is None:
+                continue
+            job = self._prepare(entry)
+            if job.signal is not None and job.signal.instrument == instrument:
+                scan.found.append(job)
+                if len(scan.found) >= want:
+                    return
+        scan.exhausted = len(page) < _SCAN_PAGE
 
     # --- delivery ----------------------------------------------------------------------------
 
@@ -640,8 +886,8 @@ class Worker:
         if not job.done:
             job.done = True
             self._held.pop(job.entry.id, None)
-            if not self._room.is_set() and self._free() >= self.config.batch_size:
-                self._room.set()
+            if not (self._room.is_set() and self._some_room.is_set()):
+                self._room_changed()
 
     async def _dead_letter_now(self, job: _Job, letter: DeadLetter) -> None:
         """Dead-letter an entry that is never posted (invalid, poison), in its own span."""
@@ -726,38 +972,89 @@ class Worker:
             if not self._acks:
                 continue
             ids, self._acks = self._acks, []
+            self._flushing = ids
             flush = asyncio.ensure_future(self.stream.ack(ids))
             try:
                 await asyncio.shield(flush)
                 attempt = 0
+                self._flushing = []
             except asyncio.CancelledError:
                 # stop() cancelled the loop mid-XACK: give the ids back to _final_flush (XACK
                 # is idempotent) and collect the orphaned attempt's outcome.
                 self._acks = ids + self._acks
+                self._flushing = []
                 flush.add_done_callback(_collect)
                 raise
             except StreamError as exc:
                 self._acks = ids + self._acks
+                self._flushing = []
                 attempt += 1
                 self._redis_down(exc)
                 await asyncio.sleep(self.redis_backoff.delay(attempt))
                 self._ack_wakeup.set()
 
     async def _touch_loop(self) -> None:
-        """Keep the idle time of held entries fresh so no replica reclaims them."""
+        """Keep the idle time of owned entries fresh so no replica reclaims them."""
         interval = max(0.05, self.config.claim_idle_ms / 3000)
         while True:
             await asyncio.sleep(interval)
-            ids = list(self._held)
-            for start in range(0, len(ids), _TOUCH_CHUNK):
-                try:
-                    await self.stream.touch(ids[start : start + _TOUCH_CHUNK])
-                except StreamError as exc:
-                    self._redis_down(exc)
-                    break
+            try:
+                await self._touch_once()
+            except StreamError as exc:
+                self._redis_down(exc)
+
+    async def _touch_once(self) -> None:
+        """Touch held entries, and the pending entries blocked lanes keep waiting in Redis.
+
+        Waiting entries are not in memory: every own pending entry from the lowest parked id on
+        is touched (XPENDING pages), except those let go after an error.
+        """
+        ids = list(self._held)
+        for start in range(0, len(ids), _TOUCH_CHUNK):
+            await self.stream.touch(ids[start : start + _TOUCH_CHUNK])
+        low = self.lanes.lowest_parked()
+        if low is None:
+            return
+        held = set(ids)
+        cursor = format_id(low)
+        while True:
+            page = await self.stream.pending(cursor, "+", _TOUCH_CHUNK)
+            await self.stream.touch(
+                [p.id for p in page if p.id not in held and p.id not in self._released]
+            )
+            if len(page) < _TOUCH_CHUNK:
+                return
+            cursor = f"({page[-1].id}"
+
+    async def _lane_watch_loop(self) -> None:
+        """Warn once per episode about a lane blocked past BRIDGE_LANE_STALL_WARN_SECONDS."""
+        threshold = self.config.lane_stall_warn_s
+        interval = max(0.05, min(1.0, threshold / 4))
+        while True:
+            await asyncio.sleep(interval)
+            for lane in self.lanes.newly_stalled(threshold):
+                head = lane.queue[0] if lane.queue else None
+                log.warning(
+                    "instrument blocked: its later signals wait until this one is delivered",
+                    extra=log_fields(
+                        instrument=lane.instrument,
+                        blocked_over_s=threshold,
+                        entry_id=head.entry.id if head else None,
+                        attempts=head.attempts if head else None,
+                        waiting_in_redis=lane.parked,
+                        stream=self.stream.stream,
+                    ),
+                )
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake at once when stop() is called."""
+        """Sleep, but wake at once when stop() is called.
+
+        Called from a lane's task (a retry's backoff), it first marks the lane blocked, so the
+        instrument's later entries wait in Redis instead of holding the read window.
+        """
+        instrument = CURRENT_LANE.get()
+        if instrument is not None:
+            self._lane_waits(instrument)
         if seconds <= 0 or self._stopping:
             await asyncio.sleep(0)
             return
@@ -765,11 +1062,20 @@ class Worker:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     def _redis_down(self, exc: StreamError) -> None:
-        """Log the first failure of an outage (at start-up too), then stay quiet until back."""
+        """Log the first failure of an outage (at start-up too), then stay quiet until back.
+
+        Any Redis error may have eaten a reply that handed this consumer entries: own pending
+        entries are re-read before the next new read.
+        """
         if not self._redis_outage_logged:
-            log.error("redis unavailable, retrying", extra=log_fields(error=str(exc)))
+            log.error(
+                "redis unavailable, retrying",
+                extra=log_fields(error=str(exc), stream=self.stream.stream),
+            )
             self._redis_outage_logged = True
         self.redis_ok = False
+        self.redis_error = str(exc)
+        self._reread = True
 
     def _breaker_changed(self, state: BreakerState, reason: str) -> None:
         if state is BreakerState.OPEN:
