@@ -4,7 +4,8 @@
 count from Redis every few seconds (never per message) and hands them to the gauges in
 :class:`~bridge.telemetry.Metrics`.
 ``HealthServer`` answers ``/healthz`` (the process and its event loop are alive), ``/readyz``
-(Redis reachable, group present, breaker closed, not shutting down) and ``/metrics``
+(Redis answers a PING and the workers' own commands succeed, group present, breaker closed,
+not shutting down; the failing check says why) and ``/metrics``
 (Prometheus text) on ``BRIDGE_HEALTH_PORT``.
 """
 
@@ -104,8 +105,14 @@ class HealthServer:
         try:
             await asyncio.wait_for(self.workers[0].stream.ping(), _PING_TIMEOUT_S)
             checks["redis"] = "ok"
-        except (StreamError, TimeoutError) as exc:
+        except TimeoutError:
+            checks["redis"] = f"unreachable: no answer to PING within {_PING_TIMEOUT_S:g}s"
+        except StreamError as exc:
             checks["redis"] = f"unreachable: {exc}"
+        # PING may answer on a fresh connection while the workers' own commands fail (a stalled
+        # link): name their last Redis error until a read succeeds again.
+        errors = [w.redis_error for w in self.workers if not w.redis_ok and w.redis_error]
+        checks["consumer"] = f"redis error: {errors[0]}" if errors else "ok"
         groups_ready = all(w.group_ready for w in self.workers)
         group_check = "ok" if groups_ready else "not created yet"
         if groups_ready and checks["redis"] == "ok":
@@ -126,7 +133,13 @@ class HealthServer:
         checks["group"] = group_check
         checks["circuit"] = f"open: {', '.join(circuits_open)}" if circuits_open else "closed"
         checks["stopping"] = stopping
-        ready = checks["redis"] == "ok" and groups_ready and not circuits_open and not stopping
+        ready = (
+            checks["redis"] == "ok"
+            and checks["consumer"] == "ok"
+            and groups_ready
+            and not circuits_open
+            and not stopping
+        )
         return ready, checks
 
     async def _route(self, path: str) -> tuple[int, str, bytes]:

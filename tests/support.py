@@ -101,6 +101,7 @@ async def running(
     breaker: Breaker | None = None,
     metrics: Metrics | None = None,
     tracer: trace.Tracer | None = None,
+    backoff: Backoff = FAST,
 ) -> AsyncIterator[Worker]:
     """Run a Worker in the background for the body of the block, then stop it (bounded)."""
     cfg = config.stream
@@ -113,7 +114,7 @@ async def running(
     )
     async with HmacClient(config.outbound, metrics=metrics, tracer=tracer) as client:
         worker = Worker(
-            stream, client, cfg, metrics=metrics, tracer=tracer, backoff=FAST, breaker=breaker
+            stream, client, cfg, metrics=metrics, tracer=tracer, backoff=backoff, breaker=breaker
         )
         task = asyncio.create_task(worker.run())
         try:
