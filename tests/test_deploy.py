@@ -149,6 +149,8 @@ def test_prometheus_scrapes_the_replicas_and_loads_the_alerts(compose: dict[str,
     assert "signals_posted_total" in rules["SignalDeliveryFailureRateHigh"]["expr"]
     assert "0.05" in rules["SignalDeliveryFailureRateHigh"]["expr"]
     assert "signals_oldest_pending_age_seconds" in rules["SignalBacklogStale"]["expr"]
+    assert "by (instrument)" in rules["SignalInstrumentBlocked"]["expr"]
+    assert "signals_lane_blocked_seconds" in rules["SignalInstrumentBlocked"]["expr"]
 
 
 def test_dockerfile_runs_as_non_root_with_a_readiness_healthcheck() -> None:
