@@ -676,7 +676,7 @@ class Worker:
                     lane.queue.append(job)
             self._unreserve(want)
         if failed:
-            await self._pause(self.redis_backoff.delay(1))
+            await self._pause(self.redis_backoff.delay(1), retry=False)
 
     async def _scan_page(self, instrument: str, scan: _Scan, want: int) -> None:
         """Look at one page of own pending entries for the instrument's next ones."""
@@ -1014,6 +1014,7 @@ class Worker:
             await self.stream.touch(ids[start : start + _TOUCH_CHUNK])
         low = self.lanes.lowest_parked()
         if low is None:
+            self._released.clear()  # only kept out of the parked range's touches
             return
         held = set(ids)
         cursor = format_id(low)
@@ -1046,13 +1047,13 @@ class Worker:
                     ),
                 )
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, *, retry: bool = True) -> None:
         """Sleep, but wake at once when stop() is called.
 
-        Called from a lane's task (a retry's backoff), it first marks the lane blocked, so the
+        Called from a lane's task for a retry's backoff, it first marks the lane blocked, so the
         instrument's later entries wait in Redis instead of holding the read window.
         """
-        instrument = CURRENT_LANE.get()
+        instrument = CURRENT_LANE.get() if retry else None
         if instrument is not None:
             self._lane_waits(instrument)
         if seconds <= 0 or self._stopping:

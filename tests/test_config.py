@@ -371,6 +371,8 @@ def test_wrong_types_in_the_file_name_the_variable(
         ({"BRIDGE_SHUTDOWN_GRACE_SECONDS": "-0.5"}, "BRIDGE_SHUTDOWN_GRACE_SECONDS"),
         ({"BRIDGE_LOG_LEVEL": "LOUD"}, "BRIDGE_LOG_LEVEL"),
         ({"BRIDGE_HEALTH_PORT": "70000"}, "BRIDGE_HEALTH_PORT"),
+        ({"BRIDGE_LANE_STALL_WARN_SECONDS": "0"}, "BRIDGE_LANE_STALL_WARN_SECONDS"),
+        ({"BRIDGE_LANE_STALL_WARN_SECONDS": "soon"}, "BRIDGE_LANE_STALL_WARN_SECONDS"),
     ],
 )
 def test_stream_and_telemetry_settings_name_the_variable(
@@ -604,3 +606,10 @@ def test_sharded_streams_keep_their_dead_letters_in_their_slot() -> None:
         env=_env(BRIDGE_REDIS_CLUSTER="true", BRIDGE_STREAMS="signals:{0},signals:{1}")
     )
     assert config.stream.dlq_for("signals:{1}") == "signals:{1}:dlq"
+
+
+def test_the_lane_stall_warning_threshold_defaults_to_ten_seconds_and_can_be_set() -> None:
+    """BRIDGE_LANE_STALL_WARN_SECONDS: 10 s unless set."""
+    assert load_config(env=_env()).stream.lane_stall_warn_s == 10.0
+    config = load_config(env=_env(BRIDGE_LANE_STALL_WARN_SECONDS="2.5"))
+    assert config.stream.lane_stall_warn_s == 2.5
