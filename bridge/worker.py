@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -500,15 +500,13 @@ class Worker:
     def _note_seen(self, entry_id: str) -> None:
         self._seen_high = max(self._seen_high, parse_id(entry_id))
 
-    def _dispatch_all(self, entries: Iterable[Entry]) -> None:
+    def _dispatch_all(self, entries: Sequence[Entry]) -> None:
+        """Route entries just read or claimed (in id order, so the last is the highest)."""
+        if entries:
+            self._note_seen(entries[-1].id)
         for entry in entries:
-            self._dispatch(entry)
-
-    def _dispatch(self, entry: Entry) -> None:
-        """Route a new entry: dead-letter it at once, queue it on its lane, or leave it in Redis."""
-        self._note_seen(entry.id)
-        if entry.id not in self._held:  # a claim and a re-read may both return an entry
-            self._route(self._prepare(entry))
+            if entry.id not in self._held:  # a claim and a re-read may both return an entry
+                self._route(self._prepare(entry))
 
     def _adopt(self, entries: Iterable[Entry]) -> int:
         """Route own pending entries found unheld; those a blocked lane will fetch stay in Redis.
