@@ -122,6 +122,30 @@ async def test_publish_keeps_each_instrument_on_one_shard(
 
 
 @pytest.mark.redis
+async def test_pending_fetch_and_claim_work_on_a_cluster(cluster_client: RedisCluster) -> None:
+    """The lanes' and the claim scan's commands (XPENDING, pipelined XRANGE, XCLAIM) on a shard."""
+    [shard] = _shards(f"claim-{uuid.uuid4().hex[:8]}")[:1]
+    redis = cast("aioredis.Redis", cluster_client)
+    ids = [await publish_raw(redis, {"signal": f"s{i}"}, stream=shard) for i in range(3)]
+    await cluster_client.xgroup_create(shard, GROUP, id="0")
+    await cluster_client.xreadgroup(GROUP, "dead", {shard: ">"}, count=3)
+    await cluster_client.xdel(shard, ids[1])
+    stream = SignalStream(
+        redis, stream=shard, group=GROUP, consumer="c1", dlq_stream=f"{shard}:dlq"
+    )
+    idle = await stream.pending("-", "+", 10, own=False, min_idle_ms=0)
+    assert [(p.id, p.consumer) for p in idle] == [(i, "dead") for i in ids]
+    claimed, gone = await stream.claim(idle, 0)
+    assert ([e.id for e in claimed], gone) == ([ids[0], ids[2]], [ids[1]])
+    assert [e.deliveries for e in claimed] == [2, 2]
+    mine = await stream.pending("-", "+", 10)
+    fetched, gone = await stream.fetch(mine)
+    assert ([e.id for e in fetched], gone) == ([ids[0], ids[2]], [])
+    assert fetched[1].field("signal") == "s2"
+    await cluster_client.delete(shard)
+
+
+@pytest.mark.redis
 async def test_cluster_client_survives_concurrent_first_use(cluster_url: str) -> None:
     """Eight workers' first commands on one fresh cluster client all succeed (run_bridge's case)."""
     failures: list[str] = []

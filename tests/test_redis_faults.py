@@ -43,10 +43,15 @@ async def _drained(redis: aioredis.Redis, stream: str) -> bool:
     return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
 
 
-def test_a_silent_redis_is_noticed_within_about_five_seconds_by_default() -> None:
+async def test_a_silent_redis_is_noticed_within_about_five_seconds_by_default() -> None:
     """With the default 1 s BLOCK, a read that gets no answer fails after 5 s, not 30 s."""
     assert read_timeout_s(1000) <= 5.0
     assert read_timeout_s(20_000) > 20.0  # never shorter than the longest BLOCK allowed
+    async with connect("redis://127.0.0.1:1/0", block_ms=1000) as client:  # never connects
+        options = client.connection_pool.connection_kwargs
+        assert options["socket_timeout"] == read_timeout_s(1000)
+        assert options["socket_keepalive"] is True
+        assert options["socket_keepalive_options"]
 
 
 async def test_a_swallowed_read_reply_neither_delays_nor_reorders(
