@@ -156,3 +156,28 @@ async def test_memory_stays_bounded_whatever_one_instruments_backlog(
     received = [r.signal for r in server.app.received]
     assert len(received) == len(bad) + len(others)
     assert _order(received) == _order(bad + others)
+
+
+async def test_entries_waiting_in_redis_stay_with_their_replica(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """A blocked lane's entries wait in Redis, yet a second replica with a short claim idle time never takes them: the first keeps them fresh."""  # noqa: E501
+    bad = _bad(20)
+    heal_at = _fail_bad_until(server, stream_name, bad)
+    await _publish_all(redis, stream_name, bad)
+    config = _config(server, redis_url, stream_name, BRIDGE_CLAIM_IDLE_MS="150")
+    no_breaker = Breaker(failure_threshold=NO_BREAKER)
+    async with running(redis, config, consumer="a", breaker=no_breaker, backoff=Backoff(0.05, 0.1)):
+        await eventually(
+            lambda: server.app.refusals.get("fault injected", 0) >= 2, what="a retrying"
+        )
+        async with running(redis, config, consumer="b", breaker=Breaker(NO_BREAKER)) as b:
+            for _ in range(8):  # ~5 claim idle times
+                await asyncio.sleep(0.1)
+                pending = await redis.xpending_range(stream_name, "g", "-", "+", 50)
+                assert {p["consumer"] for p in pending} == {b"a"}
+                assert len(pending) == len(bad)
+            heal_at[0] = time.time()
+            await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+            assert b.stats.delivered == 0
+    assert [r.signal.signal_id for r in server.app.received] == [s.signal_id for s in bad]
