@@ -188,13 +188,17 @@ class Lanes(Generic[J]):
             del self._lanes[lane.instrument]
 
     def blocked_for(self) -> list[tuple[str, float]]:
-        """(instrument, seconds blocked) of every blocked lane, for the gauge."""
+        """(instrument, seconds blocked) of every blocked lane, for the gauge.
+
+        A metric reader may call this from its own thread: it works on a snapshot.
+        """
         now = self._monotonic()
-        return [
-            (lane.instrument, now - lane.blocked_since)
-            for lane in self._lanes.values()
-            if lane.blocked_since is not None
-        ]
+        blocked = []
+        for lane in tuple(self._lanes.values()):
+            since = lane.blocked_since
+            if since is not None:
+                blocked.append((lane.instrument, now - since))
+        return blocked
 
     def newly_stalled(self, threshold_s: float) -> list[Lane[J]]:
         """Lanes blocked longer than ``threshold_s`` not yet reported; each is reported once."""
