@@ -193,5 +193,5 @@ async def test_a_dead_consumers_entries_are_taken_within_1_1x_the_idle_time(
     async with running(redis, config):
         await eventually(lambda: len(server.app.received) == 5, what="takeover")
     taken = [r.received_at - read_at for r in server.app.received]
-    assert min(taken) >= 1.0
+    assert min(taken) >= 1.0 - 0.05  # read_at is taken a moment after Redis's delivery time
     assert max(taken) < 1.1 + 0.25, f"taken {max(taken):.2f}s after the read"
