@@ -172,7 +172,9 @@ def _outbound(url: str, **env: str) -> OutboundConfig:
 
 async def _post_once(config: OutboundConfig) -> IngestResponse:
     async with HmacClient(config) as client:
-        return await client.post_signal(make_signal(1))
+        answer = await client.post_signal(make_signal(1))
+    assert answer is not None
+    return answer
 
 
 def _assert_tls_auth_error(exc: AuthError, *needles: str) -> None:
