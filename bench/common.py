@@ -72,9 +72,15 @@ def sign(secret: bytes, timestamp: str, producer_id: str, body: bytes) -> str:
     return base64.b64encode(mac.digest()).decode("ascii")
 
 
+# Keys of entries without a signal_id live in their own uuid5 namespace (as in signal-bridge).
+_ENTRY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "signal-bridge:stream-entry")
+
+
 def idempotency_key(stream: str, entry_id: str, signal_id: str | None = None) -> str:
-    """Return uuid5(NAMESPACE_URL, signal_id), else uuid5(NAMESPACE_URL, "<stream>/<entry id>")."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, signal_id or f"{stream}/{entry_id}"))
+    """Return uuid5(NAMESPACE_URL, signal_id), else uuid5(entry namespace, "<stream>/<id>")."""
+    if signal_id is not None:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, signal_id))
+    return str(uuid.uuid5(_ENTRY_NAMESPACE, f"{stream}/{entry_id}"))
 
 
 def signed_headers(

@@ -474,8 +474,10 @@ class HmacClient:
         retry_after_s = parse_retry_after(headers.get("retry-after"), now=self._clock())
         details = _server_details(content)
         if issubclass(error_class, SystemicError):
+            location = headers.get("location")
+            moved = f" (Location: {location[:_MAX_WARNING_BODY_CHARS]!r})" if location else ""
             raise error_class(
-                f"ingest server answered {code}: likely cause: {verdict.cause}",
+                f"ingest server answered {code}{moved}: likely cause: {verdict.cause}",
                 http_code=code,
                 details=details,
                 retry_after_s=retry_after_s,

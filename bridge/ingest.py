@@ -235,8 +235,10 @@ async def _respond(send: Send, status: int, payload: object) -> None:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: IngestApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a background thread; yield its base URL; stop on exit."""
+def serve_in_thread(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]], host: str = "127.0.0.1", port: int = 0
+) -> Iterator[str]:
+    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL."""
     import uvicorn  # noqa: PLC0415 - the server is optional at import time of this module
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)

@@ -977,3 +977,19 @@ async def test_secret_never_leaks_through_deliveries(
         for form in forms:
             assert form not in text
         assert secret[:10] not in text
+
+
+@pytest.mark.parametrize("status", [301, 308, 404, 405])
+async def test_redirects_and_wrong_urls_are_systemic_naming_the_cause(
+    scripted_server: StartScripted, status: int
+) -> None:
+    """A redirect or a wrong URL is a SystemicError with the cause and the Location, no retry."""
+    answer = RawResponse(status, b"", ((b"Location", b"https://new.example.com/ingest"),))
+    server = await scripted_server(_verifying(answer))
+    async with HmacClient(make_outbound_config(server.base_url)) as client:
+        with pytest.raises(SystemicError) as info:
+            await client.post_signal(make_signal())
+    assert info.value.http_code == status
+    assert ("redirect" if status < 400 else "wrong URL") in info.value.cause
+    assert "https://new.example.com/ingest" in str(info.value)
+    assert len(server.requests) == 1
