@@ -1,8 +1,9 @@
 """Recovery after an outage: how soon signal-bridge resumes and drains once the server is back.
 
 Runs the real service (``.venv/bin/signal-bridge run``) against a private redis-server and an
-in-process sink whose answer the harness switches: healthy, then an outage of N seconds (500s,
-or 503 with ``Retry-After: 2``) while a producer keeps publishing, then healthy again. It
+in-process sink whose answer the harness switches: healthy, then an outage of N seconds plus a
+random fraction (500s, or 503 with ``Retry-After: 2``) while a producer keeps publishing, then
+healthy again. A baseline run publishes the same backlog at once to a healthy server. It
 reports, per run, the time from the server's return to the first accepted POST and to the last
 ack (group lag and pending both 0), the backlog size and the drain rate, and checks that every
 published signal reached the sink exactly once (unique idempotency keys) and none was
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -177,7 +179,7 @@ def one_run(rig: Rig, scenario: tuple[str, int, str | None]) -> RunResult:
         "OUTBOUND_SERVER_URL": url,
         "HMAC_PRODUCER_SECRET": SECRET,
         "PRODUCER_ID": "bench-recovery",
-        "BRIDGE_LOG_LEVEL": "ERROR",
+        "BRIDGE_LOG_LEVEL": args.log_level,
         "BRIDGE_HEALTH_PORT": "0",
         "OTEL_SDK_DISABLED": "true",
     }
@@ -186,16 +188,25 @@ def one_run(rig: Rig, scenario: tuple[str, int, str | None]) -> RunResult:
         sink.set_healthy()
         _publish(client, stream, 0, 100, prefix)
         _wait(lambda: _drained(client, stream), 30, "the warm-up to drain")
-        sink.set_outage(status, retry_after)
         published = 100
-        started = time.monotonic()
-        per_tick = max(1, round(args.rate * 0.05))
-        while time.monotonic() - started < args.outage_s:
-            _publish(client, stream, published, per_tick, prefix)
-            published += per_tick
-            time.sleep(0.05)
-        backlog = published - 100
-        sink.set_healthy()
+        if status == 201:  # the baseline: the same backlog at once, to a healthy server
+            backlog = round(args.rate * args.outage_s)
+            _publish(client, stream, published, backlog, prefix)
+            published += backlog
+            sink.set_healthy()
+        else:
+            sink.set_outage(status, retry_after)
+            # A random extra fraction of a second, so the server's return does not fall in step
+            # with the probe schedule (an outage of whole seconds would meet a probe at once).
+            outage_s = args.outage_s + random.random()  # noqa: S311 - timing jitter, not crypto
+            started = time.monotonic()
+            per_tick = max(1, round(args.rate * 0.05))
+            while time.monotonic() - started < outage_s:
+                _publish(client, stream, published, per_tick, prefix)
+                published += per_tick
+                time.sleep(0.05)
+            backlog = published - 100
+            sink.set_healthy()
         back = sink.returned_at
         done = _wait(lambda: _drained(client, stream), DRAIN_LIMIT_S, "the backlog to drain")
         first = sink.first_accept_after or done
@@ -245,13 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage-s", type=float, default=15.0, help="outage length (15)")
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (3)")
     parser.add_argument("--rate", type=float, default=200.0, help="signals/s published (200)")
+    parser.add_argument("--log-level", default="ERROR", help="the bridge's BRIDGE_LOG_LEVEL")
     parser.add_argument(
         "--bridge-cmd",
         default=str(REPO / ".venv/bin/signal-bridge"),
         help="the signal-bridge executable (another checkout's, to compare)",
     )
     args = parser.parse_args(argv)
-    scenarios = [("500", 500, None), ("503 + Retry-After: 2", 503, "2")]
+    scenarios = [
+        ("baseline: same backlog, no outage", 201, None),
+        ("500", 500, None),
+        ("503 + Retry-After: 2", 503, "2"),
+    ]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     procs = Processes()
     sink = SwitchSink()

@@ -113,6 +113,7 @@ class Breaker:
             )
             self._next_probe_at = self._clock() + wait_s
             self._set(BreakerState.OPEN, reason)
+            self.reason = reason  # while open: the latest failure's reason (/readyz shows it)
             self._notify()
 
     def try_admit(self) -> Admission | None:

@@ -153,6 +153,7 @@ class Worker:
         self._closed = asyncio.Event()
         self._acks: list[str] = []
         self._ack_wakeup = asyncio.Event()
+        self._systemic_alerted = False  # the one ERROR of a systemic refusal was logged
         # Held entries = posts in flight + read-ahead; posts are bounded here.
         self._posting = asyncio.Semaphore(config.max_in_flight)
         self.posting = 0  # POSTs in flight right now (at most max_in_flight)
@@ -619,8 +620,8 @@ class Worker:
     def _retry_after_failure(self, job: _Job, exc: DeliveryError) -> float:
         """Count a transient or systemic failure, log it, and return the entry's backoff.
 
-        A systemic answer opens the breaker at once and logs one ERROR naming the likely cause
-        when it opens; later refusals while it stays open are WARNINGs.
+        A systemic answer opens the breaker at once and logs one ERROR naming the likely cause;
+        later refusals until the breaker closes again are WARNINGs.
         """
         systemic = isinstance(exc, SystemicError)
         if isinstance(exc, AuthError):
@@ -629,7 +630,6 @@ class Worker:
             reason = "systemic"
         else:
             reason = str(exc.http_code) if exc.http_code else "network"
-        was_open = self.breaker.is_open
         self.breaker.failure(reason, systemic=systemic, retry_after_s=exc.retry_after_s)
         delay = self.backoff.delay(job.attempts, exc.retry_after_s)
         self.stats.retries += 1
@@ -643,7 +643,8 @@ class Worker:
             attempt=job.attempts,
             retry_in_s=round(self.breaker.next_probe_in_s if self.breaker.is_open else delay, 3),
         )
-        if systemic and not was_open:
+        if systemic and not self._systemic_alerted:
+            self._systemic_alerted = True  # once per outage: reset when the breaker closes
             cause = exc.cause if isinstance(exc, SystemicError) else ""
             log.error(
                 "ingest server refuses every signal alike: delivery paused (no ack, no dead "
@@ -836,6 +837,7 @@ class Worker:
                 extra=log_fields(reason=reason, probe_in_s=round(self.breaker.next_probe_in_s, 3)),
             )
         else:
+            self._systemic_alerted = False
             log.info("circuit breaker closed: delivery resumed, every lane woken")
 
 

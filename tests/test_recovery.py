@@ -253,3 +253,23 @@ async def test_no_post_starts_after_stop_against_a_server_that_never_answers(
         await asyncio.sleep(0.3)
     assert len(server.requests) == 1
     assert await _pending(rig.redis, rig.stream) == 5
+
+
+async def test_a_systemic_answer_during_an_outage_still_gets_its_one_error(
+    scripted_server: StartScripted, rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """500s open the breaker; a 404 that follows is still named once in an ERROR line."""
+    script = Script(RawResponse(500, b""))
+    server = await scripted_server(script)
+    await _publish(rig.redis, rig.stream, 5)
+    config = bridge_config(server.base_url, rig.url, rig.stream)
+    async with running(rig.redis, config, breaker=Breaker(2, probe_interval_s=0.02)) as worker:
+        await eventually(lambda: worker.breaker.is_open, what="breaker open on 500s")
+        script.answer = RawResponse(404, b"")
+        await eventually(lambda: worker.breaker.reason == "systemic", what="a probe gets 404")
+        await asyncio.sleep(0.2)  # more refused probes: still one ERROR
+        script.answer = RawResponse(201, ACCEPTED)
+        await eventually(lambda: _drained(rig.redis, rig.stream), what="drained")
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "bridge.worker"]
+    assert [("wrong URL" in r.getMessage()) for r in errors] == [True]
+    assert len(set(_keys(server))) == 5
