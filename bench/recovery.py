@@ -120,11 +120,13 @@ class RunResult:
 
 
 def _drained(client: redis.Redis, stream: str) -> bool:
+    """Everything read and acknowledged."""
     groups: Any = client.xinfo_groups(stream)
     return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
 
 
 def _publish(client: redis.Redis, stream: str, start: int, count: int, prefix: str) -> None:
+    """XADD ``count`` bench signals in one pipeline."""
     pipe = client.pipeline(transaction=False)
     for index in range(start, start + count):
         pipe.xadd(stream, stream_fields(make_signal(index, prefix), index))
@@ -164,7 +166,8 @@ def one_run(rig: Rig, scenario: tuple[str, int, str | None]) -> RunResult:
         rig.log_dir,
     )
     name, status, retry_after = scenario
-    client = server.client
+    # A generous socket timeout: on a shared 2-core machine Redis can stall for seconds.
+    client = redis.Redis.from_url(server.url, socket_timeout=60)
     stream = f"bench:recovery:{name}:{uuid.uuid4().hex[:6]}"
     prefix = uuid.uuid4().hex[:8]
     client.xgroup_create(stream, GROUP, id="0", mkstream=True)
@@ -213,6 +216,7 @@ def one_run(rig: Rig, scenario: tuple[str, int, str | None]) -> RunResult:
     finally:
         procs.stop(bridge)
     dead = int(client.xlen(f"{stream}:dlq"))
+    client.close()
     delivered = len(sink.keys)
     duplicates = sum(count - 1 for count in sink.keys.values())
     sink.keys.clear()
@@ -229,6 +233,7 @@ def one_run(rig: Rig, scenario: tuple[str, int, str | None]) -> RunResult:
 
 
 def _table(results: list[RunResult]) -> None:
+    """Print the runs as a Markdown table plus the medians per scenario."""
     print(
         "| scenario | run | backlog | resume (first 201) s | last ack s | drain /s "
         "| unique delivered / published | dead letters |"

@@ -157,6 +157,7 @@ class Breaker:
         self._notify()
 
     async def _wait_change(self, timeout: float | None) -> None:
+        """Sleep until the next state change (or ``timeout``); the event is never polled."""
         changed = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout)
@@ -167,6 +168,7 @@ class Breaker:
         self._changed = asyncio.Event()
 
     def _set(self, state: BreakerState, reason: str) -> None:
+        """Change state, wake every lane on closing, and tell ``on_change``."""
         if state is not self.state:
             self.state = state
             self.reason = reason

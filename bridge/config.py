@@ -266,6 +266,7 @@ def _parse_optional(variable: str, raw: str) -> str | None:
 
 
 def _parse_statuses(variable: str, raw: str) -> list[int]:
+    """Parse an OUTBOUND_*_STATUSES list (``200-299,304,4xx``), naming the variable on error."""
     try:
         return parse_statuses(raw)
     except ValueError as exc:
@@ -537,6 +538,7 @@ def _validate_outbound(cfg: OutboundConfig) -> None:
 
 
 def _validate_statuses(cfg: OutboundConfig) -> None:
+    """Check the outcome lists: real status codes, and no code in two lists that are set."""
     lists = (
         ("OUTBOUND_SUCCESS_STATUSES", cfg.success_statuses),
         ("OUTBOUND_SYSTEMIC_STATUSES", cfg.systemic_statuses),
@@ -628,6 +630,7 @@ def _validate_stream(cfg: StreamConfig) -> None:
 
 
 def _validate_recovery(cfg: StreamConfig) -> None:
+    """Check the probe interval, the backoff and the breaker settings."""
     _positive("BRIDGE_PROBE_INTERVAL_MS", cfg.probe_interval_ms)
     _positive("BRIDGE_BACKOFF_BASE_MS", cfg.backoff_base_ms)
     _positive("BRIDGE_BREAKER_THRESHOLD", cfg.breaker_threshold)

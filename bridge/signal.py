@@ -181,6 +181,7 @@ def _no_control(name: str, value: str, pattern: re.Pattern[str]) -> None:
 
 
 def _max_code_points(name: str, value: str, limit: int) -> None:
+    """Refuse text longer than ``limit`` Unicode code points (not bytes, not UTF-16 units)."""
     if len(value) > limit:
         raise InvalidSignalError(
             f"{name} must be at most {limit} Unicode code points, got {len(value)}", field=name

@@ -56,25 +56,30 @@ def rig(redis: aioredis.Redis, redis_url: str, stream_name: str) -> Rig:
 
 
 def _keys(server: ScriptedServer) -> list[str]:
+    """The idempotency keys the server received, in order."""
     return [r.headers["x-idempotency-key"] for r in server.requests]
 
 
 async def _publish(redis: aioredis.Redis, stream: str, count: int) -> None:
+    """Publish ``count`` valid signals over the test instruments."""
     for i in range(count):
         await publish(redis, make_signal(i), stream=stream)
 
 
 async def _pending(redis: aioredis.Redis, stream: str) -> int:
+    """Entries read by the group and not acknowledged."""
     groups = await redis.xinfo_groups(stream)
     return int(groups[0]["pending"]) if groups else 0
 
 
 async def _drained(redis: aioredis.Redis, stream: str) -> bool:
+    """Everything read and acknowledged."""
     groups = await redis.xinfo_groups(stream)
     return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
 
 
 async def _dlq_len(redis: aioredis.Redis, stream: str) -> int:
+    """Entries in the stream's dead-letter stream."""
     return int(await redis.xlen(f"{stream}:dlq"))
 
 

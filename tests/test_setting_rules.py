@@ -19,6 +19,7 @@ URL: Final = "http://127.0.0.1:9"
 
 
 def _env(**extra: str) -> dict[str, str]:
+    """A valid environment with some variables set."""
     return outbound_env(URL, extra)
 
 
