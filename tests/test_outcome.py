@@ -150,3 +150,18 @@ def test_a_status_list_from_the_file_is_checked_too(tmp_path: Path) -> None:
     path.write_text("[outbound]\nsuccess_statuses = [200, 201]\nreject_statuses = [201]\n")
     with pytest.raises(ConfigError, match="201 is in both"):
         load_config(path, env=outbound_env("http://127.0.0.1:9"))
+
+
+def test_the_table_refuses_bad_lists_and_lists_every_row() -> None:
+    """Direct construction checks codes and overlaps; rows() covers 500 codes and 5 failures."""
+    with pytest.raises(ValueError, match="not an HTTP status code"):
+        OutcomeTable(success=[200, 600])
+    with pytest.raises(ValueError, match="both the success and reject lists"):
+        OutcomeTable(success=[200], reject=[200])
+    rows = dict(DEFAULT_TABLE.rows())
+    assert len(rows) == 500 + len(TransportFailure)
+    assert (rows["202"], rows["409"], rows["tls"]) == (
+        Action.ACK,
+        Action.ACK_DUPLICATE,
+        Action.SYSTEMIC,
+    )
