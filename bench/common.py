@@ -73,8 +73,12 @@ def sign(secret: bytes, timestamp: str, producer_id: str, body: bytes) -> str:
 
 
 def idempotency_key(stream: str, entry_id: str, signal_id: str | None = None) -> str:
-    """Return uuid5(NAMESPACE_URL, signal_id), else uuid5(NAMESPACE_URL, "<stream>/<entry id>")."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, signal_id or f"{stream}/{entry_id}"))
+    """Return uuid5(NAMESPACE_URL, signal_id or "<stream>/<entry id>"), as signal-bridge does."""
+    return str(
+        uuid.uuid5(
+            uuid.NAMESPACE_URL, signal_id if signal_id is not None else f"{stream}/{entry_id}"
+        )
+    )
 
 
 def signed_headers(

@@ -483,7 +483,8 @@ def verify_delivery(
     Two independent checks, so that one failing does not hide the other: the *bodies* (the
     multiset of delivered bodies equals the canonical encodings of the entries: nothing lost,
     duplicated or altered) and the *keys* (each request's X-Idempotency-Key is
-    uuid5(NAMESPACE_URL, signal_id or "<stream>/<entry id>") of an entry whose body it
+    uuid5(NAMESPACE_URL, signal_id), else uuid5 of "<stream>/<entry id>" in the entry namespace,
+    of an entry whose body it
     carries). Header and signature violations found by the sink are in ``problems``.
     """
     by_key: dict[str, str] = {}

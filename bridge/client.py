@@ -1,9 +1,10 @@
 """``HmacClient``: one signed POST to the ingest server, and what its answer means.
 
 The client owns httpx: it signs each attempt afresh (new ``X-Timestamp``, new signature), sends
-it on one pooled connection set, and translates every answer into our error tree so the caller
-only sees an :class:`IngestResponse` or a :class:`~bridge.errors.DeliveryError` whose
-``outcome`` says success / duplicate / permanent / auth / transient.
+it on one pooled connection set, and translates every answer through the outcome table
+(:mod:`bridge.outcome`) so the caller only sees a :class:`Delivery` (any status the table acks:
+the server has the signal, whatever its body says) or a :class:`~bridge.errors.DeliveryError`
+whose class says duplicate / rejected / systemic / transient.
 """
 
 from __future__ import annotations
@@ -41,19 +42,28 @@ from bridge.errors import (
     DeliveryTimeoutError,
     InvalidSignalError,
     RejectedError,
+    SystemicError,
     TransientDeliveryError,
 )
 from bridge.http import FastTransport
+from bridge.outcome import Action, OutcomeTable, TransportFailure, Verdict
 from bridge.signal import Signal, encode_canonical
-from bridge.signing import Signer
+from bridge.signing import Signer, key_fingerprint
 from bridge.telemetry import Metrics, get_tracer, log_fields, trace_fields
 
-__all__ = ["Delivery", "HmacClient", "IngestResponse", "classify_status", "parse_retry_after"]
+__all__ = [
+    "Delivery",
+    "HmacClient",
+    "IngestResponse",
+    "classify_status",
+    "outcome_table",
+    "parse_retry_after",
+]
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT_CODES: Final = frozenset({408, 425, 429})
 _MAX_DETAIL_CHARS: Final = 2048
+_MAX_WARNING_BODY_CHARS: Final = 256
 
 
 class IngestResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,28 +77,56 @@ class IngestResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Delivery(msgspec.Struct, frozen=True):
-    """A successful POST: the server's answer, its status code and how long it took."""
+    """A successful POST: the server's answer, its status code and how long it took.
 
-    response: IngestResponse
+    ``response`` is None and ``warning`` says why when the server acknowledged the signal with
+    a body that is not the documented IngestResponse (empty, not JSON, odd types).
+    """
+
+    response: IngestResponse | None
     http_code: int
     duration_s: float
+    warning: str | None = None
 
 
 _RESPONSE_DECODER: Final = msgspec.json.Decoder(IngestResponse)
 _ANY_DECODER: Final = msgspec.json.Decoder()
 
 
-def classify_status(code: int) -> type[DeliveryError] | None:
-    """Map an HTTP status to the error class it raises; None for 200/201 (success)."""
-    if code in (200, 201):
+_ERROR_OF: Final[dict[Action, type[DeliveryError]]] = {
+    Action.ACK_DUPLICATE: AlreadyReceivedError,
+    Action.SYSTEMIC: SystemicError,
+    Action.DEAD_LETTER: RejectedError,
+    Action.TRANSIENT: TransientDeliveryError,
+}
+_AUTH_CODES: Final = frozenset({401, 403})
+
+
+def outcome_table(config: OutboundConfig) -> OutcomeTable:
+    """Build the outcome table from the OUTBOUND_*_STATUSES settings (validated at load)."""
+    return OutcomeTable(
+        success=config.success_statuses,
+        systemic=config.systemic_statuses,
+        reject=config.reject_statuses,
+    )
+
+
+def _error_class(code: int, verdict: Verdict) -> type[DeliveryError] | None:
+    """Return the error class an answer raises; None when the table acks it."""
+    if verdict.action is Action.ACK:
         return None
-    if code == 409:
-        return AlreadyReceivedError
-    if code == 401:
+    if verdict.action is Action.SYSTEMIC and code in _AUTH_CODES:
         return AuthError
-    if code in _TRANSIENT_CODES or code >= 500 or code < 200:
-        return TransientDeliveryError
-    return RejectedError
+    return _ERROR_OF[verdict.action]
+
+
+def classify_status(code: int, table: OutcomeTable | None = None) -> type[DeliveryError] | None:
+    """Map an HTTP status to the error class it raises; None when the table acks it."""
+    verdict = (table or _DEFAULT_TABLE).for_status(code)
+    return _error_class(code, verdict)
+
+
+_DEFAULT_TABLE: Final = OutcomeTable()
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -160,6 +198,7 @@ class HmacClient:
     ) -> None:
         self._config = config
         self._signer = Signer(config.secret_bytes(), config.producer_id, path=config.ingest_path)
+        self._table = outcome_table(config)
         self._url = config.ingest_url
         parts = urlsplit(self._url)
         self._server_address = parts.hostname or ""
@@ -217,6 +256,15 @@ class HmacClient:
             raise BridgeError("an HmacClient can be opened only once")
         self._state = _State.OPENED
         await self._client.__aenter__()
+        log.info(
+            "signing key loaded",
+            extra=log_fields(
+                producer_id=self._config.producer_id,
+                key_id=self._config.key_id,
+                key_fingerprint=key_fingerprint(self._config.secret_bytes()),
+                url=self._url,
+            ),
+        )
         return self
 
     async def __aexit__(
@@ -247,17 +295,24 @@ class HmacClient:
         headers["X-Idempotency-Key"] = idempotency_key
         return headers
 
+    @property
+    def table(self) -> OutcomeTable:
+        """The outcome table this client judges answers by."""
+        return self._table
+
     async def post_signal(
         self,
         signal: Signal,
         idempotency_key: str | None = None,
         timeout: float | None = None,
-    ) -> IngestResponse:
+    ) -> IngestResponse | None:
         """Validate, encode canonically, sign and POST one signal.
 
-        Returns the server's IngestResponse on 200/201. Raises InvalidSignalError before
-        sending anything when the body is too large; AlreadyReceivedError on 409; RejectedError,
-        AuthError or TransientDeliveryError (DeliveryTimeoutError on a timeout) otherwise.
+        Returns the server's IngestResponse on a status the table acks (None, with a WARNING
+        logged, when its body is not one). Raises InvalidSignalError before sending anything
+        when the body is too large; AlreadyReceivedError on 409; RejectedError, SystemicError
+        (AuthError for 401/403/TLS) or TransientDeliveryError (DeliveryTimeoutError on a
+        timeout) otherwise.
         """
         try:
             body = encode_canonical(signal, max_body_size=self._config.max_body_size)
@@ -289,7 +344,7 @@ class HmacClient:
         idempotency_key: str,
         timeout: float | None = None,
         signal_id: str | None = None,
-    ) -> IngestResponse:
+    ) -> IngestResponse | None:
         """POST an already canonical body; same results and errors as :meth:`post_signal`."""
         delivery = await self.send_body(
             body, idempotency_key=idempotency_key, timeout=timeout, signal_id=signal_id
@@ -326,13 +381,25 @@ class HmacClient:
             try:
                 status, response_headers, content = await self._exchange(body, headers, timeout)
                 span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
-                result = self._interpret(status, response_headers, content)
+                result, warning = self._interpret(status, response_headers, content)
             except DeliveryError as exc:
                 self._fail(span, exc, started, signal_id)
                 raise
             elapsed = time.perf_counter() - started
             self._record("success", status, elapsed)
-            return Delivery(result, status, elapsed)
+            if warning is not None:
+                log.warning(
+                    "ingest server accepted the signal with an unexpected answer body; acked, "
+                    "not posted again",
+                    extra=log_fields(
+                        **trace_fields(span),
+                        producer_id=self.producer_id,
+                        signal_id=signal_id,
+                        http_code=status,
+                        error=warning,
+                    ),
+                )
+            return Delivery(result, status, elapsed, warning)
         finally:
             span.end()
 
@@ -369,9 +436,11 @@ class HmacClient:
             ) from exc
         except httpx.ConnectError as exc:
             if _is_tls_verification_failure(exc):
+                verdict = self._table.for_failure(TransportFailure.TLS)
                 raise AuthError(
                     f"TLS verification of the ingest server failed: {exc}; check "
-                    "OUTBOUND_CA_BUNDLE and the server certificate"
+                    "OUTBOUND_CA_BUNDLE and the server certificate",
+                    cause=verdict.cause,
                 ) from exc
             raise TransientDeliveryError(f"cannot connect to the ingest server: {exc}") from exc
         except httpx.HTTPError as exc:
@@ -386,27 +455,40 @@ class HmacClient:
             ) from exc
         return exchanged
 
-    def _interpret(self, code: int, headers: Mapping[str, str], content: bytes) -> IngestResponse:
-        """Turn a response into an IngestResponse or the error its status calls for."""
-        error_class = classify_status(code)
+    def _interpret(
+        self, code: int, headers: Mapping[str, str], content: bytes
+    ) -> tuple[IngestResponse | None, str | None]:
+        """Judge a response by the outcome table: (answer, warning) when acked, else raise.
+
+        An acked status is final whatever the body: the server has the signal, so a body that
+        is not the documented IngestResponse is a warning, never a reason to post again.
+        """
+        verdict = self._table.for_status(code)
+        error_class = _error_class(code, verdict)
         if error_class is None:
             try:
-                return _RESPONSE_DECODER.decode(content)
+                return _RESPONSE_DECODER.decode(content), None
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise TransientDeliveryError(
-                    f"ingest server answered {code} with a malformed body: {exc}",
-                    http_code=code,
-                ) from exc
-        message = {
-            AlreadyReceivedError: "the server already has this idempotency key",
-            AuthError: "the server refused the signature (check the secret and the clock)",
-        }.get(error_class, f"ingest server answered {code}")
-        raise error_class(
-            message,
-            http_code=code,
-            details=_server_details(content),
-            retry_after_s=parse_retry_after(headers.get("retry-after"), now=self._clock()),
+                snippet = content[:_MAX_WARNING_BODY_CHARS].decode("utf-8", "replace")
+                return None, f"answer body is not an IngestResponse ({exc}): {snippet!r}"
+        retry_after_s = parse_retry_after(headers.get("retry-after"), now=self._clock())
+        details = _server_details(content)
+        if issubclass(error_class, SystemicError):
+            location = headers.get("location")
+            moved = f" (Location: {location[:_MAX_WARNING_BODY_CHARS]!r})" if location else ""
+            raise error_class(
+                f"ingest server answered {code}{moved}: likely cause: {verdict.cause}",
+                http_code=code,
+                details=details,
+                retry_after_s=retry_after_s,
+                cause=verdict.cause,
+            )
+        message = (
+            "the server already has this idempotency key"
+            if error_class is AlreadyReceivedError
+            else f"ingest server answered {code}"
         )
+        raise error_class(message, http_code=code, details=details, retry_after_s=retry_after_s)
 
     def _fail(
         self, span: trace.Span, exc: DeliveryError, started: float, signal_id: str | None

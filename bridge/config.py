@@ -22,6 +22,7 @@ import msgspec
 from redis.crc import key_slot
 
 from bridge.errors import ConfigError
+from bridge.outcome import OutcomeTable, parse_statuses
 from bridge.signal import DEFAULT_MAX_BODY_SIZE
 from bridge.signing import INGEST_PATH
 
@@ -34,6 +35,7 @@ __all__ = [
     "load_config",
     "load_ingest_secrets",
     "redact_url",
+    "secret_file_bytes",
 ]
 
 MIN_SECRET_BYTES: Final = 16
@@ -110,6 +112,9 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
     client_cert: str | None = None
     client_key: str | None = None
     max_connections: int = 32
+    success_statuses: list[int] | None = None
+    systemic_statuses: list[int] | None = None
+    reject_statuses: list[int] | None = None
 
     @property
     def ingest_url(self) -> str:
@@ -147,6 +152,11 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     streams: list[str] = msgspec.field(default_factory=list)
     cluster: bool = False
     lane_stall_warn_s: float = 10.0
+    probe_interval_ms: int = 1000
+    backoff_base_ms: int = 500
+    backoff_cap_ms: int = 30000
+    breaker_threshold: int = 5
+    retry_after_cap_s: float = 60.0
 
     def stream_names(self) -> list[str]:
         """Return the streams to consume: BRIDGE_STREAMS when set, else BRIDGE_STREAM."""
@@ -235,8 +245,10 @@ def _parse_float(variable: str, raw: str) -> float:
 
 
 def _parse_str(variable: str, raw: str) -> str:
+    # Text is used exactly as written: edge whitespace is refused after loading (see
+    # _check_text), whether the value came from the environment or the file.
     del variable
-    return raw.strip()
+    return raw
 
 
 def _parse_secret(variable: str, raw: str) -> Secret:
@@ -251,7 +263,15 @@ def _parse_list(variable: str, raw: str) -> list[str]:
 
 def _parse_optional(variable: str, raw: str) -> str | None:
     del variable
-    return raw.strip() or None
+    return raw or None
+
+
+def _parse_statuses(variable: str, raw: str) -> list[int]:
+    """Parse an OUTBOUND_*_STATUSES list (``200-299,304,4xx``), naming the variable on error."""
+    try:
+        return parse_statuses(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: {exc}", variable=variable) from None
 
 
 Parser = Callable[[str, str], Any]
@@ -291,6 +311,15 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "BRIDGE_STATUS_INTERVAL_SECONDS": ("telemetry", "status_interval_s", _parse_float),
     # issue 9: isolation, lost reads, detection
     "BRIDGE_LANE_STALL_WARN_SECONDS": ("stream", "lane_stall_warn_s", _parse_float),
+    # issue 10: outcomes and recovery
+    "OUTBOUND_SUCCESS_STATUSES": ("outbound", "success_statuses", _parse_statuses),
+    "OUTBOUND_SYSTEMIC_STATUSES": ("outbound", "systemic_statuses", _parse_statuses),
+    "OUTBOUND_REJECT_STATUSES": ("outbound", "reject_statuses", _parse_statuses),
+    "BRIDGE_PROBE_INTERVAL_MS": ("stream", "probe_interval_ms", _parse_int),
+    "BRIDGE_BACKOFF_BASE_MS": ("stream", "backoff_base_ms", _parse_int),
+    "BRIDGE_BACKOFF_CAP_MS": ("stream", "backoff_cap_ms", _parse_int),
+    "BRIDGE_BREAKER_THRESHOLD": ("stream", "breaker_threshold", _parse_int),
+    "BRIDGE_RETRY_AFTER_CAP_SECONDS": ("stream", "retry_after_cap_s", _parse_float),
 }
 
 # For messages about values that came from the file, name the variable an operator would set.
@@ -334,6 +363,19 @@ def _read_file(path: Path) -> dict[str, dict[str, Any]]:
     return sections
 
 
+def secret_file_bytes(raw: bytes) -> bytes:
+    r"""Apply the one rule for secret files: exactly one trailing ``\n`` or ``\r\n`` is dropped.
+
+    That is what ``echo secret > file``, ``kubectl create secret --from-file`` of such a file
+    and most editors leave; every other byte is part of the key.
+    """
+    if raw.endswith(b"\r\n"):
+        return raw[:-2]
+    if raw.endswith(b"\n"):
+        return raw[:-1]
+    return raw
+
+
 def _read_secret_file(variable: str, path: str) -> Secret:
     try:
         raw = Path(path).read_bytes()
@@ -341,7 +383,7 @@ def _read_secret_file(variable: str, path: str) -> Secret:
         raise ConfigError(
             f"{variable}: cannot read {path}: {exc.strerror}", variable=variable
         ) from None
-    return Secret(raw.rstrip(b"\r\n"))
+    return Secret(secret_file_bytes(raw))
 
 
 def default_consumer_name() -> str:
@@ -398,7 +440,25 @@ def load_config(
             if isinstance(value, float) and not math.isfinite(value):
                 env_name = _variable(section, name)
                 raise ConfigError(f"{env_name} must be a finite number", variable=env_name)
+            _check_text(section, name, value)
     return BridgeConfig(**built).validate()  # type: ignore[arg-type]
+
+
+def _check_text(section: str, name: str, value: object) -> None:
+    """Refuse text settings with edge whitespace: used exactly as written, never trimmed.
+
+    One rule for every source (environment, TOML file): a padded PRODUCER_ID would be signed
+    as is while servers strip header values, so every request would be refused.
+    """
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, str) and item != item.strip():
+            variable = _variable(section, name)
+            raise ConfigError(
+                f"{variable} has leading or trailing whitespace ({item!r}); settings are used "
+                "exactly as written, remove it",
+                variable=variable,
+            )
 
 
 def _translate(section: str, message: str) -> tuple[str | None, str]:
@@ -466,6 +526,7 @@ def _validate_outbound(cfg: OutboundConfig) -> None:
         raise ConfigError(
             "OUTBOUND_MAX_CONNECTIONS must be at least 1", variable="OUTBOUND_MAX_CONNECTIONS"
         )
+    _validate_statuses(cfg)
     if cfg.client_key is not None and cfg.client_cert is None:
         raise ConfigError(
             "OUTBOUND_CLIENT_KEY needs OUTBOUND_CLIENT_CERT", variable="OUTBOUND_CLIENT_CERT"
@@ -477,6 +538,32 @@ def _validate_outbound(cfg: OutboundConfig) -> None:
     ):
         if file is not None and not Path(file).is_file():
             raise ConfigError(f"{variable}: no such file {file}", variable=variable)
+
+
+def _validate_statuses(cfg: OutboundConfig) -> None:
+    """Check the outcome lists: real status codes, and no code in two lists that are set."""
+    lists = (
+        ("OUTBOUND_SUCCESS_STATUSES", cfg.success_statuses),
+        ("OUTBOUND_SYSTEMIC_STATUSES", cfg.systemic_statuses),
+        ("OUTBOUND_REJECT_STATUSES", cfg.reject_statuses),
+    )
+    for variable, codes in lists:
+        for code in codes or ():
+            if not 100 <= code <= 599:
+                raise ConfigError(
+                    f"{variable}: {code} is not an HTTP status code (100-599)", variable=variable
+                )
+    for i, (first, first_codes) in enumerate(lists):
+        for second, second_codes in lists[i + 1 :]:
+            both = sorted(set(first_codes or ()) & set(second_codes or ()))
+            if both:
+                raise ConfigError(
+                    f"status {both[0]} is in both {first} and {second}: a code has one meaning",
+                    variable=second,
+                )
+    OutcomeTable(
+        success=cfg.success_statuses, systemic=cfg.systemic_statuses, reject=cfg.reject_statuses
+    )
 
 
 def _positive(variable: str, value: float) -> None:
@@ -542,6 +629,20 @@ def _validate_stream(cfg: StreamConfig) -> None:
     if cfg.shutdown_grace_s < 0:
         raise ConfigError(
             "BRIDGE_SHUTDOWN_GRACE_SECONDS must be >= 0", variable="BRIDGE_SHUTDOWN_GRACE_SECONDS"
+        )
+    _validate_recovery(cfg)
+
+
+def _validate_recovery(cfg: StreamConfig) -> None:
+    """Check the probe interval, the backoff and the breaker settings."""
+    _positive("BRIDGE_PROBE_INTERVAL_MS", cfg.probe_interval_ms)
+    _positive("BRIDGE_BACKOFF_BASE_MS", cfg.backoff_base_ms)
+    _positive("BRIDGE_BREAKER_THRESHOLD", cfg.breaker_threshold)
+    _positive("BRIDGE_RETRY_AFTER_CAP_SECONDS", cfg.retry_after_cap_s)
+    if cfg.backoff_cap_ms < cfg.backoff_base_ms:
+        raise ConfigError(
+            "BRIDGE_BACKOFF_CAP_MS must be at least BRIDGE_BACKOFF_BASE_MS",
+            variable="BRIDGE_BACKOFF_CAP_MS",
         )
 
 

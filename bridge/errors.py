@@ -10,8 +10,9 @@
     +-- StreamError                                Redis unreachable or refused: reconnect
     +-- DeliveryError                              the POST did not land; see ``outcome``
         +-- AlreadyReceivedError                   409: the server has this key (ack)
-        +-- RejectedError                          400/403/404/413/422...: dead-letter
-        +-- AuthError                              401 or TLS refused: pause, alert
+        +-- RejectedError                          400/413/422 and other 4xx: dead-letter
+        +-- SystemicError                          3xx/404/405/407/421/426: breaker, alert
+        |   +-- AuthError                          401/403 or TLS refused: breaker, alert
         +-- TransientDeliveryError                 408/425/429/5xx, network: retry
             +-- DeliveryTimeoutError (also TimeoutError)
 
@@ -35,6 +36,7 @@ __all__ = [
     "RejectedError",
     "SigningError",
     "StreamError",
+    "SystemicError",
     "TransientDeliveryError",
 ]
 
@@ -46,6 +48,7 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     PERMANENT = "permanent"
     AUTH = "auth"
+    SYSTEMIC = "systemic"
     TRANSIENT = "transient"
     INVALID = "invalid"
 
@@ -130,13 +133,35 @@ class AlreadyReceivedError(DeliveryError):
 
 
 class RejectedError(DeliveryError):
-    """The server refused the signal for good (400, 403, 404, 413, 422 ...)."""
+    """The server refused this signal for good (400, 413, 422 and the other 4xx)."""
 
     outcome = Outcome.PERMANENT
 
 
-class AuthError(DeliveryError):
-    """401 or a TLS failure: systemic (wrong secret, skewed clock, bad certificate)."""
+class SystemicError(DeliveryError):
+    """An answer that would hit every signal alike (wrong URL, redirect, proxy, credentials).
+
+    Nothing is acked or dead-lettered: the breaker opens and probes until the server answers.
+    ``cause`` names the likely cause in plain words.
+    """
+
+    outcome = Outcome.SYSTEMIC
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_code: int | None = None,
+        details: object = None,
+        retry_after_s: float | None = None,
+        cause: str = "",
+    ) -> None:
+        super().__init__(message, http_code=http_code, details=details, retry_after_s=retry_after_s)
+        self.cause = cause
+
+
+class AuthError(SystemicError):
+    """401, 403 or a TLS failure: wrong secret or key, skewed clock, untrusted certificate."""
 
     outcome = Outcome.AUTH
 

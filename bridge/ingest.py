@@ -25,7 +25,7 @@ from opentelemetry.semconv.attributes import http_attributes, url_attributes
 
 from bridge.errors import BridgeError, InvalidSignalError
 from bridge.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal, format_timestamp
-from bridge.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
+from bridge.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, key_fingerprint, verify_request
 from bridge.telemetry import get_tracer, log_fields
 
 __all__ = ["IngestApp", "Received", "serve_in_thread"]
@@ -74,6 +74,14 @@ class IngestApp:
     # this a captured request could be replayed under a new key inside the replay window.
     _signatures: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        """Log each key id with its fingerprint, so both teams can compare keys without sharing."""
+        for key_id, secret in sorted(self.secrets.items()):
+            log.info(
+                "ingest key loaded",
+                extra=log_fields(key_id=key_id, key_fingerprint=key_fingerprint(secret)),
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI request (lifespan events are acknowledged and ignored)."""
@@ -227,8 +235,10 @@ async def _respond(send: Send, status: int, payload: object) -> None:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: IngestApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a background thread; yield its base URL; stop on exit."""
+def serve_in_thread(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]], host: str = "127.0.0.1", port: int = 0
+) -> Iterator[str]:
+    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL."""
     import uvicorn  # noqa: PLC0415 - the server is optional at import time of this module
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)

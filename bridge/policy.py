@@ -1,23 +1,28 @@
-"""Retry timing and the circuit breaker: pure decisions, no I/O, injected randomness.
+"""Retry timing: full-jitter exponential backoff for one entry's failures; pure, no I/O.
 
-Backoff is exponential with full jitter (base 0.5 s, cap 30 s) and never shorter than the
-server's Retry-After. The breaker opens after several consecutive transient failures (or at once
-on an auth failure) and closes on the first success; while open, the consumer stops reading new
-entries and lets one attempt at a time probe the server.
+Backoff is exponential with full jitter (base 0.5 s, cap 30 s by default; settings
+BRIDGE_BACKOFF_BASE_MS / BRIDGE_BACKOFF_CAP_MS). When the server sends Retry-After, that *sets*
+the wait (capped by BRIDGE_RETRY_AFTER_CAP_SECONDS) instead of a random one. The circuit
+breaker lives in :mod:`bridge.breaker` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["Backoff", "Breaker", "BreakerState"]
+from bridge.breaker import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_RETRY_AFTER_CAP_S,
+    Breaker,
+    BreakerState,
+)
+
+__all__ = ["DEFAULT_FAILURE_THRESHOLD", "Backoff", "Breaker", "BreakerState"]
 
 DEFAULT_BASE_S: Final = 0.5
 DEFAULT_CAP_S: Final = 30.0
-DEFAULT_FAILURE_THRESHOLD: Final = 5
 
 
 class Backoff:
@@ -28,57 +33,20 @@ class Backoff:
         base_s: float = DEFAULT_BASE_S,
         cap_s: float = DEFAULT_CAP_S,
         *,
+        retry_after_cap_s: float = DEFAULT_RETRY_AFTER_CAP_S,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.base_s = base_s
         self.cap_s = cap_s
+        self.retry_after_cap_s = retry_after_cap_s
         self._rand = rand
 
     def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (1 for the first retry)."""
-        ceiling = min(self.cap_s, self.base_s * float(1 << min(max(0, attempt - 1), 62)))
-        delay = float(self._rand()) * ceiling
+        """Seconds to wait before retry number ``attempt`` (1 for the first retry).
+
+        A Retry-After from the server sets the wait exactly (capped); otherwise full jitter.
+        """
         if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.cap_s * 10))
-        return delay
-
-
-class BreakerState(enum.StrEnum):
-    """Closed: normal. Open: the server is failing; probe, do not read new entries."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-
-
-class Breaker:
-    """Counts consecutive transient failures; opens at the threshold, closes on success."""
-
-    def __init__(self, failure_threshold: int = DEFAULT_FAILURE_THRESHOLD) -> None:
-        self.failure_threshold = failure_threshold
-        self.state = BreakerState.CLOSED
-        self.consecutive_failures = 0
-        self.reason = ""
-        self.on_change: Callable[[BreakerState, str], None] | None = None
-
-    @property
-    def is_open(self) -> bool:
-        """Tell whether reading should pause."""
-        return self.state is BreakerState.OPEN
-
-    def success(self) -> None:
-        """Record a delivery the server answered; closes an open breaker."""
-        self.consecutive_failures = 0
-        self._set(BreakerState.CLOSED, "")
-
-    def failure(self, reason: str, *, systemic: bool = False) -> None:
-        """Record a transient failure; ``systemic`` (auth, TLS) opens at once."""
-        self.consecutive_failures += 1
-        if systemic or self.consecutive_failures >= self.failure_threshold:
-            self._set(BreakerState.OPEN, reason)
-
-    def _set(self, state: BreakerState, reason: str) -> None:
-        if state is not self.state:
-            self.state = state
-            self.reason = reason
-            if self.on_change is not None:
-                self.on_change(state, reason)
+            return min(max(0.0, retry_after_s), self.retry_after_cap_s)
+        ceiling = min(self.cap_s, self.base_s * float(1 << min(max(0, attempt - 1), 62)))
+        return float(self._rand()) * ceiling

@@ -4,13 +4,21 @@ The canonical body is what gets hashed and signed: keys sorted, no whitespace, U
 JSON numbers in msgspec's shortest round-trip form, absent optionals as ``null``, and the
 timestamp as RFC 3339 UTC with microseconds and ``Z``. The same signal always gives the same
 bytes; ``tests/vectors`` pins them.
+
+A producer's data is never altered: a string is used exactly as written or refused (an
+``InvalidSignalError`` naming the field and why), never trimmed. ``signal_id``, ``instrument``
+and ``strategy_name`` refuse edge whitespace and control characters; ``comment`` is free text
+(tabs and newlines allowed, other control characters refused). Lengths count Unicode code points.
+Timestamps with more than 6 fractional digits are truncated (never rounded) to microseconds; a
+leap second (``:60``) is refused with that reason.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
@@ -22,6 +30,7 @@ __all__ = [
     "decode_signal",
     "encode_canonical",
     "format_timestamp",
+    "parse_timestamp",
 ]
 
 DEFAULT_MAX_BODY_SIZE: Final = 65536
@@ -31,10 +40,71 @@ MAX_STRATEGY_LEN: Final = 128
 MAX_SIGNAL_ID_LEN: Final = 128
 
 
+# Code points: \x00-\x1f, \x7f-\x9f are Unicode's control characters (category Cc).
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Free text (comment) keeps tab, line feed and carriage return.
+_CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# RFC 3339 date-time with ASCII digits only; any number of fractional digits.
+_RFC3339: Final = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]+))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_LEAP_SECOND: Final = 60
+
+
 class _UtcTimestamp(datetime):
     """A UTC datetime that encodes with microseconds always present (msgspec drops zeros)."""
 
     __slots__ = ()
+
+
+if TYPE_CHECKING:
+    _Timestamp = datetime
+else:  # msgspec reads the annotation at run time and decodes it through _dec_hook
+    _Timestamp = _UtcTimestamp
+
+
+def parse_timestamp(text: object) -> datetime:
+    """Parse an RFC 3339 timestamp with a zone; fractions past microseconds are truncated.
+
+    Truncated, never rounded: ``...:25.9999995Z`` stays in second 25. A leap second (``:60``)
+    cannot be represented exactly and is refused with that reason.
+    """
+    if not isinstance(text, str):
+        raise InvalidSignalError(
+            f"timestamp must be an RFC 3339 string, got {text!r}", field="timestamp"
+        )
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise InvalidSignalError(
+            f"timestamp {text!r} is not RFC 3339 with a time zone "
+            "(e.g. 2025-10-25T14:30:45.123456Z)",
+            field="timestamp",
+        )
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, zulu, sign, off_h, off_m = match.groups()[6:]
+    if second == _LEAP_SECOND:
+        raise InvalidSignalError(
+            f"timestamp {text!r} is a leap second (:60), which UTC timestamps here cannot "
+            "represent; refused rather than moved to another second",
+            field="timestamp",
+        )
+    micro = int((fraction or "")[:6].ljust(6, "0"))
+    zone = UTC
+    if not zulu:
+        hours, minutes = int(off_h), int(off_m)
+        if hours > 23 or minutes > 59:
+            raise InvalidSignalError(f"timestamp {text!r} has an invalid offset", field="timestamp")
+        delta = timedelta(hours=hours, minutes=minutes)
+        zone = timezone(-delta if sign == "-" else delta)
+    try:
+        value = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
+    except ValueError as exc:
+        raise InvalidSignalError(f"timestamp {text!r}: {exc}", field="timestamp") from None
+    try:
+        return _to_utc(value)
+    except OverflowError:
+        raise InvalidSignalError("timestamp is out of range in UTC", field="timestamp") from None
 
 
 def format_timestamp(value: datetime) -> str:
@@ -78,18 +148,48 @@ def _finite_positive(name: str, value: object) -> float:
     return number
 
 
-def _bounded_text(name: str, value: str, limit: int) -> str:
-    """Trim a required text field and check it is non-empty and at most ``limit`` chars."""
+# The tail of ``<stream>/<entry id>``, the key source of an entry without a signal_id.
+_ENTRY_REFERENCE: Final = re.compile(r"/[0-9]+-[0-9]+\Z")
+
+
+def _exact_text(name: str, value: object, limit: int) -> str:
+    """Check an identifier as written: non-empty, no edge whitespace or control characters.
+
+    Never trimmed or rewritten: the producer's bytes are what the server receives and what the
+    idempotency key is derived from. ``limit`` counts Unicode code points.
+    """
     if not isinstance(value, str):
         raise InvalidSignalError(f"{name} must be a string, got {value!r}", field=name)
-    trimmed = value.strip()
-    if not trimmed:
+    if not value:
         raise InvalidSignalError(f"{name} must be non-empty", field=name)
-    if len(trimmed) > limit:
+    if value != value.strip():
         raise InvalidSignalError(
-            f"{name} must be at most {limit} characters, got {len(trimmed)}", field=name
+            f"{name} {value!r} has leading or trailing whitespace; it is used exactly as "
+            "written, never trimmed",
+            field=name,
         )
-    return trimmed
+    _no_control(name, value, _CONTROL)
+    _max_code_points(name, value, limit)
+    return value
+
+
+def _no_control(name: str, value: str, pattern: re.Pattern[str]) -> None:
+    """Refuse a control character, naming its code point and position."""
+    found = pattern.search(value)
+    if found is not None:
+        raise InvalidSignalError(
+            f"{name} contains the control character U+{ord(found.group()):04X} at position "
+            f"{found.start()}",
+            field=name,
+        )
+
+
+def _max_code_points(name: str, value: str, limit: int) -> None:
+    """Refuse text longer than ``limit`` Unicode code points (not bytes, not UTF-16 units)."""
+    if len(value) > limit:
+        raise InvalidSignalError(
+            f"{name} must be at most {limit} Unicode code points, got {len(value)}", field=name
+        )
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -103,18 +203,14 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     risk_percent: float
     comment: str | None = None
     strategy_name: str
-    timestamp: Annotated[datetime, msgspec.Meta(tz=True)]
+    timestamp: _Timestamp
     signal_id: str | None = None
 
     def __post_init__(self) -> None:
-        """Check the domain rules that types alone cannot express, and normalise."""
+        """Check the domain rules that types alone cannot express; numbers become floats."""
         set_ = msgspec.structs.force_setattr
-        set_(self, "instrument", _bounded_text("instrument", self.instrument, MAX_INSTRUMENT_LEN))
-        set_(
-            self,
-            "strategy_name",
-            _bounded_text("strategy_name", self.strategy_name, MAX_STRATEGY_LEN),
-        )
+        _exact_text("instrument", self.instrument, MAX_INSTRUMENT_LEN)
+        _exact_text("strategy_name", self.strategy_name, MAX_STRATEGY_LEN)
         if self.side not in ("buy", "sell"):
             raise InvalidSignalError(
                 f"side must be 'buy' or 'sell', got {self.side!r}", field="side"
@@ -131,15 +227,22 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 f"risk_percent must be > 0 and <= 100, got {self.risk_percent!r}",
                 field="risk_percent",
             )
-        if self.comment is not None and (
-            not isinstance(self.comment, str) or len(self.comment) > MAX_COMMENT_LEN
-        ):
-            raise InvalidSignalError(
-                f"comment must be a string of at most {MAX_COMMENT_LEN} characters",
-                field="comment",
-            )
+        if self.comment is not None:
+            if not isinstance(self.comment, str):
+                raise InvalidSignalError(
+                    f"comment must be a string, got {self.comment!r}", field="comment"
+                )
+            _no_control("comment", self.comment, _CONTROL_IN_TEXT)
+            _max_code_points("comment", self.comment, MAX_COMMENT_LEN)
         if self.signal_id is not None:
-            set_(self, "signal_id", _bounded_text("signal_id", self.signal_id, MAX_SIGNAL_ID_LEN))
+            _exact_text("signal_id", self.signal_id, MAX_SIGNAL_ID_LEN)
+            if _ENTRY_REFERENCE.search(self.signal_id):
+                raise InvalidSignalError(
+                    f"signal_id {self.signal_id!r} ends like a stream entry reference "
+                    "('/<ms>-<seq>'), which names the idempotency key of an entry without a "
+                    "signal_id",
+                    field="signal_id",
+                )
         if not isinstance(self.timestamp, datetime):
             raise InvalidSignalError("timestamp must be a datetime", field="timestamp")
         if self.timestamp.tzinfo is None or self.timestamp.utcoffset() is None:
@@ -182,8 +285,15 @@ def _enc_hook(obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract takes 
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
+def _dec_hook(kind: type, obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract
+    """Decode the timestamp with our own RFC 3339 parser (truncates, refuses :60)."""
+    if kind is _UtcTimestamp:
+        return parse_timestamp(obj)
+    raise NotImplementedError(f"cannot decode {kind.__name__}")
+
+
 _ENCODER: Final = msgspec.json.Encoder(order="sorted", enc_hook=_enc_hook)
-_DECODER: Final = msgspec.json.Decoder(Signal)
+_DECODER: Final = msgspec.json.Decoder(Signal, dec_hook=_dec_hook)
 
 
 def encode_canonical(signal: Signal, *, max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> bytes:

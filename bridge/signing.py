@@ -36,6 +36,7 @@ __all__ = [
     "body_sha256",
     "build_signature",
     "canonical_request",
+    "key_fingerprint",
     "parse_timestamp",
     "verify_request",
     "verify_signature",
@@ -64,6 +65,11 @@ def parse_timestamp(timestamp: str) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError as exc:
         raise SigningError(f"timestamp is not a valid date: {timestamp[:64]!r}") from exc
+
+
+def key_fingerprint(secret: bytes) -> str:
+    """Return the first 8 hex digits of SHA-256 of the key: logged to compare, never the key."""
+    return hashlib.sha256(secret).hexdigest()[:8]
 
 
 def body_sha256(body: bytes) -> str:

@@ -6,12 +6,15 @@ of entries in memory, and delivers each instrument's signals in stream order thr
 (one task per instrument with work queued; different instruments run in parallel). A lane whose
 head is being retried keeps its later entries in Redis, not in memory (``bridge.lanes``), so
 reading goes on for the other instruments. Acks are buffered and flushed in one XACK per burst;
-a dead letter and its ack go in one script. Retries back off with full jitter; a run of
-transient failures, or one 401 / TLS refusal, opens the breaker, which stops reading until an
-attempt succeeds. Pending entries it owns are touched so other replicas do not reclaim them;
-entries idle on other consumers are claimed every tenth of BRIDGE_CLAIM_IDLE_MS. After any Redis
-error the worker re-reads its own pending entries before new ones, so a lost reply delays
-nothing. ``stop()`` only flips a flag: the loop stops reading, lets lanes finish within the
+a dead letter and its ack go in one Lua script. What an answer means comes from the outcome
+table (:mod:`bridge.outcome`). Retries of one entry back off with full jitter (Retry-After sets
+the wait); a run of transient failures, or one systemic answer, opens the breaker
+(:mod:`bridge.breaker`), which stops reading and lets one probe through at a time; the first
+success wakes every lane at once. No new POST starts after ``stop()``. Pending entries it owns
+are touched so other replicas do not reclaim them; entries idle on other consumers are claimed
+every tenth of BRIDGE_CLAIM_IDLE_MS. After any Redis error the worker re-reads its own pending
+entries before new ones, so a lost reply delays nothing. ``stop()`` only flips a flag: the loop
+stops reading, lets lanes finish within the
 grace period, cancels the rest (they stay pending for a replica) and flushes what finished.
 """
 
@@ -30,6 +33,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
+from bridge.breaker import Admission, Breaker, BreakerState
 from bridge.client import Delivery, HmacClient
 from bridge.config import StreamConfig
 from bridge.errors import (
@@ -39,9 +43,10 @@ from bridge.errors import (
     InvalidSignalError,
     RejectedError,
     StreamError,
+    SystemicError,
 )
 from bridge.lanes import CURRENT_LANE, Lane, Lanes, Offer, StreamId, format_id, next_id, parse_id
-from bridge.policy import Backoff, Breaker, BreakerState
+from bridge.policy import Backoff
 from bridge.signal import Signal, decode_signal, encode_canonical
 from bridge.stream import ORIGIN_FIELD, SIGNAL_FIELD, DeadLetter, Entry, SignalStream
 from bridge.telemetry import Metrics, get_tracer, log_fields
@@ -52,6 +57,8 @@ log = logging.getLogger(__name__)
 
 # uuid5 namespace of idempotency keys: every replica derives the same key for an entry.
 IDEMPOTENCY_NAMESPACE: Final = uuid.NAMESPACE_URL
+# Entries without a signal_id get keys from their own namespace, so no producer's signal_id
+# (which may be any text, "signals/1-0" included) can ever name the same key as an entry.
 _TOUCH_CHUNK: Final = 500
 # Own pending entries examined per XPENDING page when a lane, a re-read or the claim scan looks.
 _SCAN_PAGE: Final = 200
@@ -59,8 +66,16 @@ _ACK_COALESCE_S: Final = 0.005
 
 
 def idempotency_key(stream: str, entry_id: str, signal_id: str | None) -> str:
-    """uuid5 of the producer's signal_id, else of ``<stream>/<entry id>``: same on every retry."""
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, signal_id or f"{stream}/{entry_id}"))
+    """uuid5 of the producer's signal_id, else of ``<stream>/<entry id>``: same on every retry.
+
+    The signal_id is used byte for byte (never trimmed). A signal_id that ends like an entry
+    reference (``/<ms>-<seq>``) is refused at validation, so the two cases never share a key.
+    """
+    return str(
+        uuid.uuid5(
+            IDEMPOTENCY_NAMESPACE, signal_id if signal_id is not None else f"{stream}/{entry_id}"
+        )
+    )
 
 
 @dataclass(slots=True)
@@ -117,9 +132,25 @@ class Worker:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.tracer = tracer if tracer is not None else get_tracer()
-        self.backoff = backoff if backoff is not None else Backoff()
+        self.backoff = (
+            backoff
+            if backoff is not None
+            else Backoff(
+                config.backoff_base_ms / 1000,
+                config.backoff_cap_ms / 1000,
+                retry_after_cap_s=config.retry_after_cap_s,
+            )
+        )
         self.redis_backoff = redis_backoff if redis_backoff is not None else Backoff(0.1, 5.0)
-        self.breaker = breaker if breaker is not None else Breaker()
+        self.breaker = (
+            breaker
+            if breaker is not None
+            else Breaker(
+                config.breaker_threshold,
+                probe_interval_s=config.probe_interval_ms / 1000,
+                retry_after_cap_s=config.retry_after_cap_s,
+            )
+        )
         self.breaker.on_change = self._breaker_changed
         self.clock = clock
         self.stats = WorkerStats()
@@ -145,7 +176,7 @@ class Worker:
         self._closed = asyncio.Event()
         self._acks: list[str] = []
         self._ack_wakeup = asyncio.Event()
-        self._probe = asyncio.Lock()
+        self._systemic_alerted = False  # the one ERROR of a systemic refusal was logged
         # Held entries = posts in flight + read-ahead; posts are bounded here.
         self._posting = asyncio.Semaphore(config.max_in_flight)
         self.posting = 0  # POSTs in flight right now (at most max_in_flight)
@@ -183,6 +214,7 @@ class Worker:
         self._stop_event.set()
         self._room.set()
         self._some_room.set()
+        self.breaker.stop()  # lanes waiting for the probe or a backoff give up at once
 
     async def wait_closed(self) -> None:
         """Wait until run() has finished its shutdown."""
@@ -638,6 +670,12 @@ class Worker:
         finally:
             self.lanes.remove(lane)
 
+    def _retry_waits(self) -> None:
+        """From a lane's task, before a retry waits: block that lane (no-op elsewhere)."""
+        instrument = CURRENT_LANE.get()
+        if instrument is not None:
+            self._lane_waits(instrument)
+
     def _lane_waits(self, instrument: str) -> None:
         """Block a lane whose head waits for a retry: its queued entries go back to Redis."""
         lane = self.lanes.get(instrument)
@@ -702,7 +740,8 @@ class Worker:
     async def _deliver(self, job: _Job, signal: Signal) -> bool:
         """Deliver one entry: retry transient failures until delivered, expired or stopped.
 
-        Returns False when the entry was left pending (stop() during its retries).
+        Returns False when the entry was left pending (stop() before or between attempts: no
+        new POST starts after stop, the entry stays pending for a replica).
         """
         with self.tracer.start_as_current_span(
             self._span_name,
@@ -723,66 +762,78 @@ class Worker:
                         span,
                     )
                     return True
-                if self._stopping and job.attempts:
+                # After stop(): no retry, no probe, no wait for the breaker. A first attempt
+                # still goes within the grace period while the server answers well (checked
+                # again once a slot is free), so a healthy drain does not strand entries.
+                admission = None if self._stopping and job.attempts else await self.breaker.admit()
+                if admission is None:
                     span.set_attribute("bridge.outcome", "abandoned")
-                    return False  # a retry during shutdown: leave it pending for a replica
-                job.attempts += 1
-                if job.attempts > 1:
-                    span.add_event("retry", {"bridge.attempt": job.attempts})
+                    return False  # stopping: leave it pending for a replica
                 try:
-                    if self.breaker.is_open:
-                        async with self._probe:
-                            delivery = await self._post(job, signal)
-                    else:
-                        delivery = await self._post(job, signal)
-                except AlreadyReceivedError as exc:
-                    self.breaker.success()
-                    self._acked(
-                        job,
-                        signal,
-                        span,
-                        outcome="duplicate",
-                        delivery=None,
-                        http_code=exc.http_code,
-                    )
+                    result = await self._attempt(job, signal, span)
+                finally:
+                    if admission is Admission.PROBE:
+                        self.breaker.probe_done()
+                if result is None:
                     return True
-                except (RejectedError, InvalidSignalError) as exc:
-                    self.breaker.success()
-                    await self._dead_letter(job, self._rejection(job, exc), span)
-                    return True
-                except _ExpiredError as exc:
-                    # It aged past the limit while waiting for a posting slot or the probe.
-                    job.attempts -= 1
-                    await self._dead_letter(
-                        job,
-                        DeadLetter(reason="expired", error=str(exc), attempts=job.attempts),
-                        span,
-                    )
-                    return True
-                except DeliveryError as exc:
-                    delay = self._retry_after_failure(job, exc)
-                    await self._pause(delay)
-                    continue
-                except Exception as exc:  # our bug or a bad setting: systemic, like a 401
-                    log.error(
-                        "unexpected error posting a signal; paused and retrying",
-                        extra=log_fields(
-                            entry_id=job.entry.id, error=str(exc), error_type=type(exc).__name__
-                        ),
-                    )
-                    systemic = AuthError(f"unexpected {type(exc).__name__}: {exc}")
-                    await self._pause(self._retry_after_failure(job, systemic))
-                    continue
-                self.breaker.success()
-                self._acked(
-                    job,
-                    signal,
-                    span,
-                    outcome="success",
-                    delivery=delivery,
-                    http_code=delivery.http_code,
-                )
-                return True
+                if isinstance(result, _Abandoned):
+                    span.set_attribute("bridge.outcome", "abandoned")
+                    return False
+                # A retry is coming: the lane is blocked, its later entries wait in Redis.
+                self._retry_waits()
+                if not self.breaker.is_open:
+                    # One entry's failure while the server is otherwise healthy: its own
+                    # backoff, cut short when the breaker opens (then admit() waits for the
+                    # probe) or stop() is called.
+                    await self.breaker.wait(result)
+
+    async def _attempt(
+        self, job: _Job, signal: Signal, span: trace.Span
+    ) -> float | _Abandoned | None:
+        """Make one attempt; None when the entry is finished, else the backoff before the next."""
+        job.attempts += 1
+        if job.attempts > 1:
+            span.add_event("retry", {"bridge.attempt": job.attempts})
+        try:
+            delivery = await self._post(job, signal)
+        except AlreadyReceivedError as exc:
+            self.breaker.success()
+            self._acked(
+                job, signal, span, outcome="duplicate", delivery=None, http_code=exc.http_code
+            )
+            return None
+        except (RejectedError, InvalidSignalError) as exc:
+            self.breaker.success()  # the server answered and judged this signal
+            await self._dead_letter(job, self._rejection(job, exc), span)
+            return None
+        except _ExpiredError as exc:
+            # It aged past the limit while waiting for a posting slot.
+            job.attempts -= 1
+            await self._dead_letter(
+                job, DeadLetter(reason="expired", error=str(exc), attempts=job.attempts), span
+            )
+            return None
+        except _StoppedError:
+            job.attempts -= 1
+            return _Abandoned()
+        except DeliveryError as exc:
+            return self._retry_after_failure(job, exc)
+        except Exception as exc:  # our bug or a bad setting: systemic, like a 401
+            log.error(
+                "unexpected error posting a signal; paused and retrying",
+                extra=log_fields(
+                    entry_id=job.entry.id, error=str(exc), error_type=type(exc).__name__
+                ),
+            )
+            systemic = SystemicError(
+                f"unexpected {type(exc).__name__}: {exc}", cause="a bug or a bad setting"
+            )
+            return self._retry_after_failure(job, systemic)
+        self.breaker.success()
+        self._acked(
+            job, signal, span, outcome="success", delivery=delivery, http_code=delivery.http_code
+        )
+        return None
 
     def _too_old(self, signal: Signal) -> str | None:
         """Say why ``signal`` is too old to send now, or None while it is fresh enough."""
@@ -793,10 +844,13 @@ class Worker:
         return None
 
     async def _post(self, job: _Job, signal: Signal) -> Delivery:
+        """POST within a posting slot; after stop() only while the server's last answer was good."""
         async with self._posting:
             too_old = self._too_old(signal)  # the wait for a slot may have been long
             if too_old is not None:
                 raise _ExpiredError(too_old)
+            if self._stopping and (self.breaker.is_open or self.breaker.consecutive_failures):
+                raise _StoppedError  # a slot freed by a failure: the server is not draining
             self.posting += 1
             try:
                 return await self._send(job, signal)
@@ -817,10 +871,19 @@ class Worker:
         )
 
     def _retry_after_failure(self, job: _Job, exc: DeliveryError) -> float:
-        """Count a transient or auth failure, log it, and return how long to wait."""
-        systemic = isinstance(exc, AuthError)
-        reason = "auth" if systemic else (str(exc.http_code) if exc.http_code else "network")
-        self.breaker.failure(reason, systemic=systemic)
+        """Count a transient or systemic failure, log it, and return the entry's backoff.
+
+        A systemic answer opens the breaker at once and logs one ERROR naming the likely cause;
+        later refusals until the breaker closes again are WARNINGs.
+        """
+        systemic = isinstance(exc, SystemicError)
+        if isinstance(exc, AuthError):
+            reason = "auth"
+        elif systemic:
+            reason = "systemic"
+        else:
+            reason = str(exc.http_code) if exc.http_code else "network"
+        self.breaker.failure(reason, systemic=systemic, retry_after_s=exc.retry_after_s)
         delay = self.backoff.delay(job.attempts, exc.retry_after_s)
         self.stats.retries += 1
         self.metrics.retries_total.add(1, {"reason": reason})
@@ -831,12 +894,14 @@ class Worker:
             error=str(exc),
             error_type=type(exc).__name__,
             attempt=job.attempts,
-            retry_in_s=round(delay, 3),
+            retry_in_s=round(self.breaker.next_probe_in_s if self.breaker.is_open else delay, 3),
         )
-        if systemic:
+        if systemic and not self._systemic_alerted:
+            self._systemic_alerted = True  # once per outage: reset when the breaker closes
+            cause = exc.cause if isinstance(exc, SystemicError) else ""
             log.error(
-                "ingest server refused our credentials: paused; check HMAC_PRODUCER_SECRET / "
-                "HMAC_PRODUCER_KEY_ID match the server, the host clock (NTP), and TLS trust",
+                "ingest server refuses every signal alike: delivery paused (no ack, no dead "
+                f"letter), probing until it answers; likely cause: {cause}",
                 extra=fields,
             )
         else:
@@ -871,7 +936,9 @@ class Worker:
                 producer_id=self.client.producer_id,
                 entry_id=job.entry.id,
                 signal_id=signal.signal_id,
-                server_signal_id=delivery.response.signal_id if delivery else None,
+                server_signal_id=(
+                    delivery.response.signal_id if delivery and delivery.response else None
+                ),
                 instrument=signal.instrument,
                 http_code=http_code,
                 duration_ms=round(delivery.duration_s * 1000, 3) if delivery else None,
@@ -1051,9 +1118,8 @@ class Worker:
         Called from a lane's task for a retry's backoff, it first marks the lane blocked, so the
         instrument's later entries wait in Redis instead of holding the read window.
         """
-        instrument = CURRENT_LANE.get() if retry else None
-        if instrument is not None:
-            self._lane_waits(instrument)
+        if retry:
+            self._retry_waits()
         if seconds <= 0 or self._stopping:
             await asyncio.sleep(0)
             return
@@ -1077,17 +1143,29 @@ class Worker:
         self._reread = True
 
     def _breaker_changed(self, state: BreakerState, reason: str) -> None:
+        """Log the breaker's transitions (the systemic ERROR with its cause is logged apart)."""
         if state is BreakerState.OPEN:
-            log.error(
-                "circuit breaker open: reading paused, probing the ingest server",
-                extra=log_fields(reason=reason),
+            log.warning(
+                "circuit breaker open: reading paused, one probe at a time",
+                extra=log_fields(reason=reason, probe_in_s=round(self.breaker.next_probe_in_s, 3)),
             )
         else:
-            log.info("circuit breaker closed: reading resumed")
+            self._systemic_alerted = False
+            log.info("circuit breaker closed: delivery resumed, every lane woken")
 
 
 class _ExpiredError(Exception):
     """The signal passed its maximum age while waiting to be sent."""
+
+
+class _StoppedError(Exception):
+    """stop() was called while the attempt waited for a posting slot: nothing was sent."""
+
+
+class _Abandoned:
+    """An attempt that did not start because the worker is stopping."""
+
+    __slots__ = ()
 
 
 def _collect(task: asyncio.Future[Any]) -> None:

@@ -25,6 +25,13 @@ KEY_ID: Final = "k1"
 INSTRUMENTS: Final = ("XAUUSD", "EURUSD", "BTCUSD", "US500", "GBPJPY")
 # Backoff for tests: retries after a millisecond or so, so retry tests run in milliseconds.
 FAST: Final = Backoff(0.001, 0.01)
+# Probe interval of the breaker in tests: an open breaker probes every few milliseconds.
+FAST_PROBE_S: Final = 0.005
+
+
+def fast_breaker(threshold: int = 5) -> Breaker:
+    """A breaker that probes every few milliseconds, so outage tests run quickly."""
+    return Breaker(threshold, probe_interval_s=FAST_PROBE_S)
 
 
 def make_signal(i: int = 0, *, now: datetime | None = None, **overrides: Any) -> Signal:
@@ -114,7 +121,13 @@ async def running(
     )
     async with HmacClient(config.outbound, metrics=metrics, tracer=tracer) as client:
         worker = Worker(
-            stream, client, cfg, metrics=metrics, tracer=tracer, backoff=backoff, breaker=breaker
+            stream,
+            client,
+            cfg,
+            metrics=metrics,
+            tracer=tracer,
+            backoff=backoff,
+            breaker=breaker if breaker is not None else fast_breaker(),
         )
         task = asyncio.create_task(worker.run())
         try:

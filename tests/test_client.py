@@ -32,6 +32,7 @@ from bridge.errors import (
     InvalidSignalError,
     Outcome,
     RejectedError,
+    SystemicError,
     TransientDeliveryError,
 )
 from bridge.ingest import IngestApp
@@ -123,6 +124,7 @@ async def test_hmac_client_from_env_loads_config(
     config = load_config(env=outbound_env(base_url, {"PRODUCER_ID": "mt5-from-env"})).outbound
     async with HmacClient(config) as client:
         response = await client.post_signal(make_signal())
+        assert response is not None
     assert response.status == "received"
     assert [r.producer_id for r in app.received] == ["mt5-from-env"]
     assert app.received[0].key_id == KEY_ID
@@ -150,6 +152,7 @@ async def test_post_signal_success_201(
     signal = make_signal()
     async with HmacClient(outbound_config) as client:
         response = await client.post_signal(signal)
+        assert response is not None
     assert isinstance(response, IngestResponse)
     assert response.status == "received"
     assert [r.signal for r in app.received] == [signal]
@@ -218,6 +221,7 @@ async def test_post_signal_returns_server_response(
     server = await scripted_server(_verifying(RawResponse(status, ACCEPTED_BODY)))
     async with HmacClient(make_outbound_config(server.base_url)) as client:
         response = await client.post_signal(make_signal())
+        assert response is not None
     assert response.signal_id == "srv_scripted_1"
     assert response.status == "received"
     assert response.message == "queued for approval"
@@ -288,6 +292,7 @@ async def test_any_httpx_transport_carries_signed_posts() -> None:
     async with HmacClient(config, transport=httpx.MockTransport(handler)) as client:
         assert client.max_body_size == 65536
         response = await client.post_signal(make_signal())
+        assert response is not None
         with pytest.raises(TransientDeliveryError) as busy:
             await client.post_signal(make_signal())
         with pytest.raises(RejectedError) as refused:
@@ -440,22 +445,28 @@ async def test_post_signal_handles_http_500(
     ids=["broken", "empty", "missing-fields", "wrong-shape"],
 )
 async def test_post_signal_handles_invalid_response_json(
-    scripted_server: StartScripted, body: bytes
+    scripted_server: StartScripted, body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A 201 whose body is not a valid IngestResponse is a TransientDeliveryError (code 201)."""
+    """A 201 whose body is not a valid IngestResponse is still delivered, with a WARNING."""
     server = await scripted_server(_verifying(RawResponse(201, body)))
     async with HmacClient(make_outbound_config(server.base_url)) as client:
-        with pytest.raises(TransientDeliveryError, match="malformed") as info:
-            await client.post_signal(make_signal())
-    assert info.value.http_code == 201
+        delivery = await client.send_body(
+            encode_canonical(make_signal()), idempotency_key=str(uuid.uuid4())
+        )
+    assert (delivery.http_code, delivery.response) == (201, None)
+    assert delivery.warning is not None
+    assert len(server.requests) == 1
+    [warning] = [r for r in caplog.records if "unexpected answer body" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
 
 
 @pytest.mark.parametrize(
     ("status", "error_class", "outcome"),
     [
         (400, RejectedError, Outcome.PERMANENT),
-        (403, RejectedError, Outcome.PERMANENT),
-        (404, RejectedError, Outcome.PERMANENT),
+        (403, AuthError, Outcome.AUTH),
+        (404, SystemicError, Outcome.SYSTEMIC),
+        (405, SystemicError, Outcome.SYSTEMIC),
         (413, RejectedError, Outcome.PERMANENT),
         (422, RejectedError, Outcome.PERMANENT),
         (401, AuthError, Outcome.AUTH),
@@ -493,8 +504,10 @@ async def test_status_codes_are_classified(
         (200, None),
         (201, None),
         (100, TransientDeliveryError),
-        (202, RejectedError),
-        (302, RejectedError),
+        (202, None),
+        (204, None),
+        (302, SystemicError),
+        (404, SystemicError),
         (401, AuthError),
         (409, AlreadyReceivedError),
         (418, RejectedError),
@@ -514,6 +527,7 @@ async def test_repeated_idempotency_key_is_already_received(
     key = str(uuid.uuid4())
     async with HmacClient(outbound_config) as client:
         first = await client.post_signal(make_signal(), idempotency_key=key)
+        assert first is not None
         with pytest.raises(AlreadyReceivedError) as info:
             await client.post_signal(make_signal(), idempotency_key=key)
     assert info.value.outcome is Outcome.DUPLICATE
@@ -657,7 +671,9 @@ async def test_client_can_be_opened_only_once_even_while_open(
     async with HmacClient(outbound_config) as client:
         with pytest.raises(BridgeError, match="only once"):
             await client.__aenter__()
-        assert (await client.post_signal(make_signal())).status == "received"
+        answer = await client.post_signal(make_signal())
+        assert answer is not None
+        assert answer.status == "received"
 
 
 # --- tracing ---------------------------------------------------------------------------------
@@ -879,6 +895,7 @@ async def test_ca_bundle_and_client_certificate_are_used(
     }
     async with HmacClient(make_outbound_config(server.base_url, extra)) as client:
         response = await client.post_signal(make_signal())
+        assert response is not None
     assert response.signal_id == "srv_scripted_1"
     assert len(server.requests) == 1
 
@@ -960,3 +977,19 @@ async def test_secret_never_leaks_through_deliveries(
         for form in forms:
             assert form not in text
         assert secret[:10] not in text
+
+
+@pytest.mark.parametrize("status", [301, 308, 404, 405])
+async def test_redirects_and_wrong_urls_are_systemic_naming_the_cause(
+    scripted_server: StartScripted, status: int
+) -> None:
+    """A redirect or a wrong URL is a SystemicError with the cause and the Location, no retry."""
+    answer = RawResponse(status, b"", ((b"Location", b"https://new.example.com/ingest"),))
+    server = await scripted_server(_verifying(answer))
+    async with HmacClient(make_outbound_config(server.base_url)) as client:
+        with pytest.raises(SystemicError) as info:
+            await client.post_signal(make_signal())
+    assert info.value.http_code == status
+    assert ("redirect" if status < 400 else "wrong URL") in info.value.cause
+    assert "https://new.example.com/ingest" in str(info.value)
+    assert len(server.requests) == 1

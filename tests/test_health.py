@@ -32,7 +32,7 @@ from bridge.policy import Backoff, Breaker
 from bridge.signal import Signal
 from bridge.stream import SignalStream, connect, publish
 from bridge.worker import Worker
-from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal
+from tests.support import KEY_ID, SECRET, bridge_config, eventually, fast_breaker, make_signal
 
 pytestmark = pytest.mark.redis
 
@@ -100,7 +100,12 @@ async def probing(
     )
     async with HmacClient(config.outbound) as client:
         worker = Worker(
-            stream, client, cfg, backoff=FAST, redis_backoff=redis_backoff, breaker=breaker
+            stream,
+            client,
+            cfg,
+            backoff=FAST,
+            redis_backoff=redis_backoff,
+            breaker=breaker if breaker is not None else fast_breaker(),
         )
         async with (
             HealthServer(worker, host="127.0.0.1", port=0) as health,
@@ -266,7 +271,7 @@ async def test_readyz_is_503_while_the_breaker_is_open(
     """A 401 opens the breaker and /readyz says 503 with circuit=open until delivery succeeds."""
     await publish(redis, make_signal(1), stream=stream_name)
     server.app.fault = lambda headers: 401
-    breaker = Breaker()
+    breaker = fast_breaker()
     config = bridge_config(server.url, redis_url, stream_name)
     async with probing(redis, config, breaker=breaker) as probes:
         await eventually(lambda: breaker.is_open, timeout_s=WAIT_S, what="breaker open")

@@ -1,6 +1,7 @@
 import json
 import math
 import sys
+import unicodedata
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, Final, Literal
 
@@ -41,11 +42,11 @@ def _json(**overrides: Any) -> bytes:
 
 
 def test_valid_signal_is_normalised() -> None:
-    """Text is trimmed, int prices become floats and the timestamp is converted to UTC."""
+    """Text is kept as written, int prices become floats and the timestamp is converted to UTC."""
     signal = make_signal(
-        instrument="  XAUUSD ",
-        strategy_name=" gold ",
-        signal_id=" id-1 ",
+        instrument="XAUUSD",
+        strategy_name="gold",
+        signal_id="id-1",
         entry_price=2000,
         take_profit=2010,
         stop_loss=1990,
@@ -176,7 +177,7 @@ def test_decode_accepts_the_canonical_body() -> None:
 def test_decode_accepts_integers_and_offsets_and_missing_optionals() -> None:
     """Ints for prices, a +02:00 timestamp and absent optionals decode to the normalised signal."""
     body = (
-        b'{"instrument":" XAUUSD ","side":"buy","entry_price":2000,"risk_percent":1,'
+        b'{"instrument":"XAUUSD","side":"buy","entry_price":2000,"risk_percent":1,'
         b'"strategy_name":"s","timestamp":"2025-10-25T16:30:45+02:00"}'
     )
     signal = decode_signal(body)
@@ -334,7 +335,20 @@ def test_default_body_limit_is_64_kib() -> None:
 
 _MAX_PRICE: Final = 1e300
 _prices = st.floats(min_value=1e-300, max_value=_MAX_PRICE, allow_nan=False, allow_infinity=False)
-_trimmed = st.text(max_size=32).map(str.strip).filter(bool)
+# Identifiers as a producer in any language may write them: any code point but control
+# characters and surrogates, no edge whitespace (those are refused, never trimmed).
+_ident_chars = st.characters(exclude_categories=["Cc", "Cs"])
+_comment_chars = st.characters(exclude_categories=["Cs"]).filter(
+    lambda c: c in "\t\n\r" or unicodedata.category(c) != "Cc"
+)
+
+
+def _idents(max_size: int) -> st.SearchStrategy[str]:
+    """Valid identifiers of at most ``max_size`` code points."""
+    return st.text(_ident_chars, min_size=1, max_size=max_size).filter(lambda s: s == s.strip())
+
+
+_trimmed = _idents(32)
 _offsets = st.timedeltas(min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23))
 
 
@@ -356,10 +370,10 @@ def signals(draw: st.DrawFn) -> Signal:
         risk_percent=draw(
             st.floats(min_value=0, max_value=100, exclude_min=True, allow_subnormal=False)
         ),
-        comment=draw(st.none() | st.text(max_size=256)),
-        strategy_name=draw(st.text(max_size=128).map(str.strip).filter(bool)),
+        comment=draw(st.none() | st.text(_comment_chars, max_size=256)),
+        strategy_name=draw(_idents(128)),
         timestamp=naive.replace(tzinfo=timezone(draw(_offsets))),
-        signal_id=draw(st.none() | _trimmed),
+        signal_id=draw(st.none() | _idents(128)),
     )
 
 

@@ -17,7 +17,7 @@ from bridge.signal import Signal
 from bridge.stream import DLQ_PREFIX, SignalStream, publish, publish_raw
 from bridge.worker import Worker, idempotency_key
 from tests.fixtures_ingest import Server
-from tests.support import bridge_config, eventually, make_signal, running
+from tests.support import bridge_config, eventually, fast_breaker, make_signal, running
 
 pytestmark = pytest.mark.redis
 
@@ -144,7 +144,7 @@ async def test_auth_failure_pauses_without_dead_lettering(
     """401s open the breaker and keep entries pending; once fixed, everything is delivered."""
     server.app.fault = lambda h: 401
     published = await _publish_many(redis, stream_name, 10)
-    breaker = Breaker()
+    breaker = fast_breaker()
     async with running(redis, _config(server, redis_url, stream_name), breaker=breaker) as worker:
         await eventually(lambda: breaker.is_open, what="breaker open")
         assert not worker.ready()
