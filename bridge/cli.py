@@ -72,6 +72,27 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
+async def _serve_health(
+    stack: AsyncExitStack,
+    config: BridgeConfig,
+    workers: Sequence[Worker],
+    metrics_text: Callable[[], bytes],
+    *,
+    enabled: bool = True,
+) -> None:
+    """Start the probe endpoints on the exit stack, unless BRIDGE_HEALTH_PORT is 0."""
+    if config.telemetry.health_port:
+        await stack.enter_async_context(
+            HealthServer(
+                workers,
+                host=config.telemetry.health_host,
+                port=config.telemetry.health_port,
+                metrics_text=metrics_text,
+                delivery_enabled=enabled,
+            )
+        )
+
+
 async def run_bridge(config: BridgeConfig) -> None:
     """Run one replica until SIGTERM/SIGINT: telemetry, Redis, client, worker, probes."""
     log.info(
@@ -102,6 +123,9 @@ async def run_bridge(config: BridgeConfig) -> None:
                     "HMAC_PRODUCER_ENABLED is false: signal-bridge will NOT deliver anything; "
                     "entries stay in the stream until it is enabled"
                 )
+                # The probes stay up (a liveness failure would restart the pod in a loop);
+                # /readyz says why this replica takes no traffic.
+                await _serve_health(stack, config, [], telemetry.prometheus_text, enabled=False)
                 await _wait_for_signal()
                 return
             client = await stack.enter_async_context(
@@ -123,15 +147,7 @@ async def run_bridge(config: BridgeConfig) -> None:
                 )
                 task = asyncio.create_task(monitor.run(), name=f"group-monitor {stream.stream}")
                 stack.callback(task.cancel)
-            if config.telemetry.health_port:
-                await stack.enter_async_context(
-                    HealthServer(
-                        workers,
-                        host=config.telemetry.health_host,
-                        port=config.telemetry.health_port,
-                        metrics_text=telemetry.prometheus_text,
-                    )
-                )
+            await _serve_health(stack, config, workers, telemetry.prometheus_text)
             _install_stop(workers)
             tasks = [
                 asyncio.create_task(w.run(), name=f"worker {w.stream.stream}") for w in workers

@@ -5,7 +5,9 @@ count from Redis every few seconds (never per message) and hands them to the gau
 :class:`~bridge.telemetry.Metrics`.
 ``HealthServer`` answers ``/healthz`` (the process and its event loop are alive), ``/readyz``
 (Redis reachable, group present, breaker closed, not shutting down) and ``/metrics``
-(Prometheus text) on ``BRIDGE_HEALTH_PORT``.
+(Prometheus text) on ``BRIDGE_HEALTH_PORT``. With delivery switched off
+(``HMAC_PRODUCER_ENABLED=false``) it runs with no workers: ``/healthz`` and ``/metrics`` answer as
+usual, so no liveness probe restarts the pod, and ``/readyz`` is 503 "delivery disabled".
 """
 
 from __future__ import annotations
@@ -78,8 +80,10 @@ class HealthServer:
         host: str,
         port: int,
         metrics_text: Callable[[], bytes] = lambda: b"",
+        delivery_enabled: bool = True,
     ) -> None:
         self.workers = [worker] if isinstance(worker, Worker) else list(worker)
+        self.delivery_enabled = delivery_enabled
         self.host = host
         self.port = port
         self.metrics_text = metrics_text
@@ -133,6 +137,9 @@ class HealthServer:
         if path == "/healthz":
             body = {"status": "ok", "in_flight": sum(w.in_flight for w in self.workers)}
             return 200, "application/json", _ENCODER.encode(body)
+        if path == "/readyz" and not self.delivery_enabled:
+            body = {"status": "delivery disabled", "delivery": "HMAC_PRODUCER_ENABLED is false"}
+            return 503, "application/json", _ENCODER.encode(body)
         if path == "/readyz":
             ready, checks = await self.readiness()
             body = {"status": "ready" if ready else "not ready", **checks}
