@@ -137,7 +137,7 @@ async def test_publish_from_flags_file_and_samples(
 def test_publish_refuses_an_invalid_signal_with_a_clear_message(
     redis_url: str, stream_name: str
 ) -> None:
-    """A buy whose take-profit is below entry exits 1 naming the field; nothing is written."""
+    """A buy whose take-profit is below entry exits 2 naming the option; nothing is written."""
     result = cli(
         "publish",
         "--instrument",
@@ -152,8 +152,8 @@ def test_publish_refuses_an_invalid_signal_with_a_clear_message(
         "1",
         env=_env(redis_url, stream_name),
     )
-    assert result.returncode == 1
-    assert "take_profit" in result.stderr
+    assert result.returncode == 2
+    assert "--take-profit: take_profit must be above entry_price" in result.stderr
 
 
 def test_run_refuses_bad_settings_naming_the_variable(redis_url: str) -> None:
