@@ -24,11 +24,11 @@ import msgspec
 
 from bridge import __version__
 from bridge.client import HmacClient
-from bridge.config import BridgeConfig, load_config, load_ingest_secrets, redact_url
-from bridge.errors import BridgeError, ConfigError, InvalidSignalError, UsageError
+from bridge.config import BridgeConfig, load_config, load_ingest_secrets, redact_url, redis_db
+from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
 from bridge.health import GroupMonitor, HealthServer
 from bridge.signal import Signal, decode_signal
-from bridge.stream import DLQ_PREFIX, SignalStream, connect, publish
+from bridge.stream import DLQ_PREFIX, SignalStream, connect, probe_database, publish
 from bridge.telemetry import configure_logging, log_fields, setup_telemetry
 from bridge.worker import Worker
 
@@ -119,6 +119,10 @@ async def run_bridge(config: BridgeConfig) -> None:
             redis = await stack.enter_async_context(
                 connect(config.stream.redis_url, cluster=config.stream.cluster)
             )
+            # A database the server lacks is a settings error (exit 2); Redis being down at
+            # start is not: the workers wait for it with backoff.
+            with contextlib.suppress(StreamError):
+                await probe_database(redis, redis_db(config.stream.redis_url))
             streams = _streams_of(config, redis)
             if not config.outbound.enabled:
                 log.error(

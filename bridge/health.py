@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
 
-from bridge.errors import StreamError
+from bridge.errors import ConfigError, StreamError
 from bridge.stream import GroupStatus, SignalStream
 from bridge.telemetry import Metrics, log_fields
 from bridge.worker import Worker
@@ -90,7 +91,16 @@ class HealthServer:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> HealthServer:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            # A busy port or an address this host does not have is a settings error (exit 2).
+            in_use = exc.errno == errno.EADDRINUSE
+            variable = "BRIDGE_HEALTH_PORT" if in_use else "BRIDGE_HEALTH_HOST"
+            why = "is already in use" if in_use else f"cannot be listened on: {exc.strerror or exc}"
+            raise ConfigError(
+                f"{variable}: {self.host}:{self.port} {why}", variable=variable
+            ) from None
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])

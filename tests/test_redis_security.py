@@ -400,5 +400,6 @@ async def test_run_logs_and_spans_never_show_the_password(
     start = next(line for line in stdout.splitlines() if "signal-bridge starting" in line)
     assert redact_url(url) in start
     assert f"{USER}:***@" in start
-    assert f'"name": "process {stream_name}"' in stdout, "the console spans were printed"
+    assert f'"name": "process {stream_name}"' in stderr, "the console spans went to stderr"
+    assert '"name": "process' not in stdout, "no span in the JSON log stream"
     assert '"level":"DEBUG"' in stdout, "DEBUG lines were written"
