@@ -1,4 +1,4 @@
-"""The ``signal-bridge`` command: run, publish, status, dlq, demo, ingest-server.
+"""The ``signal-bridge`` command: run, check, publish, status, dlq, demo, ingest-server.
 
 This is the composition root: it loads the config, builds every resource as an async context
 manager on one ``AsyncExitStack``, and wires SIGTERM/SIGINT to ``Worker.stop``.
@@ -484,6 +484,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _command(sub, "run", "consume the stream and deliver (the service)")
+    _command(
+        sub,
+        "check",
+        "validate the settings, reach Redis and the ingest server, print the effective settings",
+    )
     _add_publish(sub)
     status = _command(sub, "status", "stream length, lag, pending, dead letters")
     status.add_argument("--json", action="store_true")
@@ -520,6 +525,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run_bridge(config))
         return 0
+    if args.command == "check":
+        from bridge.check import run_check  # noqa: PLC0415 - only this command needs it
+
+        return asyncio.run(run_check(load_config(env_path)))
     config = load_config(env_path, delivery=False)
     if args.command == "publish":
         return asyncio.run(_publish(config, args))

@@ -8,6 +8,7 @@ Secrets live in :class:`Secret`, whose ``repr`` and ``str`` never show the value
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import os
@@ -34,12 +35,15 @@ __all__ = [
     "Secret",
     "StreamConfig",
     "TelemetryConfig",
+    "effective_settings",
     "load_config",
     "load_ingest_secrets",
     "otel_exporter_names",
     "otlp_protocol",
     "redact_url",
     "redis_db",
+    "secret_fingerprint",
+    "setting_names",
 ]
 
 MIN_SECRET_BYTES: Final = 16
@@ -328,6 +332,44 @@ _SECTIONS: Final[dict[str, type[msgspec.Struct]]] = {
     "stream": StreamConfig,
     "telemetry": TelemetryConfig,
 }
+
+
+def setting_names() -> list[str]:
+    """Every environment variable the settings table reads, in table order."""
+    return list(_ENV)
+
+
+def secret_fingerprint(secret: Secret) -> str:
+    """First 8 hex digits of SHA-256 of the key: compare set-ups without showing the secret."""
+    return hashlib.sha256(secret.get()).hexdigest()[:8]
+
+
+def effective_settings(config: BridgeConfig) -> list[tuple[str, str]]:
+    """(variable, value) for every setting in the table and each OTEL_* variable, secrets hidden.
+
+    The secret shows as its fingerprint, Redis passwords as ``***``, OTLP headers (API keys) and
+    any OTEL_* value that may carry credentials as ``***``.
+    """
+    rows: list[tuple[str, str]] = []
+    for variable, (section, field, _) in _ENV.items():
+        value = getattr(getattr(config, section), field)
+        if isinstance(value, Secret):
+            shown = f"*** (sha256 {secret_fingerprint(value)})" if len(value) else "(empty)"
+        elif value is None:
+            shown = "(unset)"
+        elif isinstance(value, bool):
+            shown = str(value).lower()
+        elif isinstance(value, list):
+            shown = ",".join(value) or "(unset)"
+        elif field == "redis_url":
+            shown = redact_url(value)
+        else:
+            shown = str(value)
+        rows.append((variable, shown))
+    for variable, value in sorted(config.telemetry.otel_env.items()):
+        hidden = "HEADERS" in variable or "KEY" in variable or "PASSWORD" in variable
+        rows.append((variable, "***" if hidden else redact_url(value)))
+    return rows
 
 
 def _variable(section: str, field: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -17,6 +18,11 @@ import redis as sync_redis
 import bridge.cli
 from bridge import __version__
 from bridge.cli import main
+from bridge.ingest import IngestApp
+from tests.support import KEY_ID, SECRET, bridge_env
+from tests.test_tls import Pki, pki, serve_tls
+
+__all__ = ["pki"]  # the TLS module's certificate fixture, used here too
 
 ROOT = Path(__file__).resolve().parent.parent
 _SETTING_PREFIXES = ("BRIDGE_", "HMAC_", "OUTBOUND_", "OTEL_", "INGEST_", "PRODUCER_ID")
@@ -180,3 +186,84 @@ def test_closed_pipe_ends_quietly(redis_url: str, stream_name: str) -> None:
     assert "Traceback" not in result.stderr, result.stderr
     assert "BrokenPipe" not in result.stderr, result.stderr
     assert result.returncode == 1
+
+
+# --- signal-bridge check ------------------------------------------------------------------------
+
+
+def _check_env(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, server_url: str, **extra: str
+) -> None:
+    """Settings for `check`: the test Redis, the given server, the test secret."""
+    for name, value in bridge_env(server_url, redis_url, "check-stream", **extra).items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.redis
+def test_check_passes_over_tls_and_hides_the_secrets(
+    redis_url: str,
+    pki: Pki,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """All parts reachable: exit 0, the secret's fingerprint, the settings with secrets hidden."""
+    with serve_tls(
+        IngestApp(secrets={KEY_ID: SECRET.encode()}), pki.server_cert, pki.server_key
+    ) as url:
+        _check_env(
+            monkeypatch,
+            redis_url,
+            url,
+            OUTBOUND_CA_BUNDLE=str(pki.ca),
+            OTEL_EXPORTER_OTLP_HEADERS="api-key=otlp-token-123",
+        )
+        assert main(["check"]) == 0
+    out, err = capsys.readouterr()
+    fingerprint = hashlib.sha256(SECRET.encode()).hexdigest()[:8]
+    assert f"fingerprint {fingerprint}" in out
+    assert "ingest    ok: TLS to 127.0.0.1:" in out
+    assert "certificate verified" in out
+    assert "redis     ok: " in out
+    assert "stream    check-stream: 0 entries; group g not created yet" in out
+    assert "BRIDGE_STREAMS" in out
+    assert "BRIDGE_REDIS_CLUSTER" in out
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in out
+    assert SECRET not in out + err
+    assert "otlp-token-123" not in out + err
+    assert out.rstrip().endswith("check passed")
+
+
+@pytest.mark.redis
+def test_check_names_the_failing_part(
+    redis_url: str,
+    pki: Pki,
+    refused_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Untrusted certificate or no server: exit 1 naming ingest; no Redis: exit 1 naming redis."""
+    with serve_tls(
+        IngestApp(secrets={KEY_ID: SECRET.encode()}), pki.server_cert, pki.server_key
+    ) as url:
+        _check_env(monkeypatch, redis_url, url, OUTBOUND_CA_BUNDLE=str(pki.other_ca))
+        assert main(["check"]) == 1
+    err = capsys.readouterr().err
+    assert "check failed: ingest: " in err
+    assert "not trusted" in err
+    assert "OUTBOUND_CA_BUNDLE" in err
+
+    _check_env(monkeypatch, redis_url, refused_url)
+    assert main(["check"]) == 1
+    assert "check failed: ingest: " in capsys.readouterr().err
+
+    _check_env(monkeypatch, "redis://127.0.0.1:1/0", refused_url)
+    assert main(["check"]) == 1
+    assert "check failed: redis: " in capsys.readouterr().err
+
+    _check_env(monkeypatch, redis_url.rsplit("/", 1)[0] + "/99", refused_url)
+    assert main(["check"]) == 2
+    assert "BRIDGE_REDIS_URL selects database 99" in capsys.readouterr().err
+
+    _check_env(monkeypatch, redis_url, refused_url, BRIDGE_GROUP="")
+    assert main(["check"]) == 2
+    assert "BRIDGE_GROUP" in capsys.readouterr().err
