@@ -220,16 +220,20 @@ def _signals_from_file(name: str) -> list[Signal]:
     stripped = text.strip()
     if not stripped:
         raise UsageError(f"{where}: no signals (the input is empty)")
-    if stripped.startswith(b"["):
-        try:
-            items = msgspec.json.decode(stripped)
-        except msgspec.DecodeError as exc:
+    try:
+        whole = msgspec.json.decode(stripped)  # one object (perhaps pretty-printed) or a list
+    except msgspec.DecodeError as exc:
+        if stripped.startswith(b"["):
             raise UsageError(f"{where}: not valid JSON: {exc}") from None
-        raw = [msgspec.json.encode(item) for item in items]
+        whole = None  # JSON lines, one signal per line
+    if isinstance(whole, list):
+        raw = [msgspec.json.encode(item) for item in whole]
         label = "item"
+    elif whole is not None:
+        raw, label = [stripped], "signal"
     else:
         raw = [line for line in stripped.splitlines() if line.strip()]
-        label = "line" if len(raw) > 1 else "signal"
+        label = "line"
     if not raw:
         raise UsageError(f"{where}: no signals (the list is empty)")
     signals = []

@@ -89,6 +89,14 @@ def test_publish_file_errors_name_the_file_and_the_line(
     assert f"--file {lines} line 2: " in capsys.readouterr().err
     assert main(["publish", "--file", str(empty)]) == 2
     assert "no signals (the input is empty)" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"instrument": ')
+    assert main(["publish", "--file", str(broken)]) == 2
+    assert f"--file {broken}: not valid JSON" in capsys.readouterr().err
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(good.replace(",", ",\n  ").replace('"risk_percent":1', '"risk_percent":0'))
+    assert main(["publish", "--file", str(pretty)]) == 2
+    assert f"--file {pretty}: invalid signal: " in capsys.readouterr().err
     (tmp_path / "list.json").write_text("[]")
     assert main(["publish", "--file", str(tmp_path / "list.json")]) == 2
     assert "no signals (the list is empty)" in capsys.readouterr().err
