@@ -95,9 +95,13 @@ class HealthServer:
             self._server = await asyncio.start_server(self._handle, self.host, self.port)
         except OSError as exc:
             # A busy port or an address this host does not have is a settings error (exit 2).
-            in_use = exc.errno == errno.EADDRINUSE
-            variable = "BRIDGE_HEALTH_PORT" if in_use else "BRIDGE_HEALTH_HOST"
-            why = "is already in use" if in_use else f"cannot be listened on: {exc.strerror or exc}"
+            reasons = {
+                errno.EADDRINUSE: "is already in use",
+                errno.EACCES: "is not allowed (ports below 1024 need privileges)",
+            }
+            port_problem = reasons.get(exc.errno or 0)
+            variable = "BRIDGE_HEALTH_PORT" if port_problem else "BRIDGE_HEALTH_HOST"
+            why = port_problem or f"cannot be listened on: {exc.strerror or exc}"
             raise ConfigError(
                 f"{variable}: {self.host}:{self.port} {why}", variable=variable
             ) from None

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import load_config, otel_exporter_names, redis_db
 from bridge.errors import ConfigError
+from bridge.health import HealthServer
 from bridge.telemetry import setup_telemetry
 from tests.support import bridge_env
 
@@ -185,6 +186,21 @@ def test_bad_health_hosts_are_refused(host: str) -> None:
 def test_good_health_hosts_are_accepted(host: str) -> None:
     """Addresses and host names load unchanged."""
     assert load_config(env={**BASE_ENV, "BRIDGE_HEALTH_HOST": host}).telemetry.health_host == host
+
+
+async def test_health_server_bind_failures_name_the_setting() -> None:
+    """An address this host does not have names BRIDGE_HEALTH_HOST; a busy port, the port."""
+    with pytest.raises(ConfigError) as missing:
+        async with HealthServer([], host="192.0.2.1", port=0):  # TEST-NET-1: never local
+            pass
+    assert missing.value.variable == "BRIDGE_HEALTH_HOST"
+    assert str(missing.value).startswith("BRIDGE_HEALTH_HOST: 192.0.2.1:0 cannot be listened on")
+    async with HealthServer([], host="127.0.0.1", port=0) as first:
+        with pytest.raises(ConfigError) as busy:
+            async with HealthServer([], host="127.0.0.1", port=first.port):
+                pass
+    assert busy.value.variable == "BRIDGE_HEALTH_PORT"
+    assert "is already in use" in str(busy.value)
 
 
 # --- OTEL_* -------------------------------------------------------------------------------------
