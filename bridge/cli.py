@@ -515,6 +515,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; return its exit code (errors are raised, main maps them)."""
     if args.command == "demo":
         from bridge.demo import run_demo  # noqa: PLC0415 - demo-only dependencies
 
@@ -528,7 +529,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging(config.telemetry.log_level, config.telemetry.log_format)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run_bridge(config))
-        return 0
+        return EXIT_OK
     if args.command == "check":
         from bridge.check import run_check  # noqa: PLC0415 - only this command needs it
 
