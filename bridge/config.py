@@ -8,6 +8,7 @@ Secrets live in :class:`Secret`, whose ``repr`` and ``str`` never show the value
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import math
@@ -796,9 +797,15 @@ _SAMPLERS: Final = frozenset(
 )
 
 
-def _installed_exporters(signal: str) -> set[str]:
+@functools.cache
+def _entry_point_names(group: str) -> frozenset[str]:
+    """Names registered under an entry-point group (scanned once: installs do not change)."""
+    return frozenset(ep.name for ep in entry_points(group=group))
+
+
+def _installed_exporters(signal: str) -> frozenset[str]:
     """List the exporter names the installed OpenTelemetry packages register for ``signal``."""
-    return {ep.name for ep in entry_points(group=f"opentelemetry_{signal}_exporter")}
+    return _entry_point_names(f"opentelemetry_{signal}_exporter")
 
 
 def otlp_protocol(env: Mapping[str, str], signal: str) -> str:
@@ -895,13 +902,14 @@ def _validate_otel(env: Mapping[str, str]) -> None:
     for signal in OTEL_SIGNALS:
         otel_exporter_names(env, signal)
     sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
-    custom = {ep.name for ep in entry_points(group="opentelemetry_traces_sampler")}
-    if sampler and sampler not in _SAMPLERS | custom:
-        raise ConfigError(
-            f"OTEL_TRACES_SAMPLER: unknown sampler {sampler!r} "
-            f"(available: {', '.join(sorted(_SAMPLERS | custom))})",
-            variable="OTEL_TRACES_SAMPLER",
-        )
+    if sampler and sampler not in _SAMPLERS:
+        known = _SAMPLERS | _entry_point_names("opentelemetry_traces_sampler")
+        if sampler not in known:
+            raise ConfigError(
+                f"OTEL_TRACES_SAMPLER: unknown sampler {sampler!r} "
+                f"(available: {', '.join(sorted(known))})",
+                variable="OTEL_TRACES_SAMPLER",
+            )
     arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
     if arg and sampler.endswith("traceidratio"):
         try:
