@@ -1,4 +1,4 @@
-"""The ``signal-bridge`` command: run, publish, status, dlq, demo, ingest-server.
+"""The ``signal-bridge`` command: run, check, publish, status, dlq, demo, ingest-server.
 
 This is the composition root: it loads the config, builds every resource as an async context
 manager on one ``AsyncExitStack``, and wires SIGTERM/SIGINT to ``Worker.stop``.
@@ -10,23 +10,25 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import signal as os_signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from bridge import __version__
 from bridge.client import HmacClient
-from bridge.config import BridgeConfig, load_config, load_ingest_secrets, redact_url
-from bridge.errors import BridgeError, ConfigError, InvalidSignalError
+from bridge.config import BridgeConfig, load_config, load_ingest_secrets, redact_url, redis_db
+from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
 from bridge.health import GroupMonitor, HealthServer
 from bridge.signal import Signal, decode_signal
-from bridge.stream import DLQ_PREFIX, SignalStream, connect, publish
+from bridge.stream import DLQ_PREFIX, SignalStream, connect, probe_database, publish
 from bridge.telemetry import configure_logging, log_fields, setup_telemetry
 from bridge.worker import Worker
 
@@ -72,6 +74,27 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
+async def _serve_health(
+    stack: AsyncExitStack,
+    config: BridgeConfig,
+    workers: Sequence[Worker],
+    metrics_text: Callable[[], bytes],
+    *,
+    enabled: bool = True,
+) -> None:
+    """Start the probe endpoints on the exit stack, unless BRIDGE_HEALTH_PORT is 0."""
+    if config.telemetry.health_port:
+        await stack.enter_async_context(
+            HealthServer(
+                workers,
+                host=config.telemetry.health_host,
+                port=config.telemetry.health_port,
+                metrics_text=metrics_text,
+                delivery_enabled=enabled,
+            )
+        )
+
+
 async def run_bridge(config: BridgeConfig) -> None:
     """Run one replica until SIGTERM/SIGINT: telemetry, Redis, client, worker, probes."""
     log.info(
@@ -100,12 +123,19 @@ async def run_bridge(config: BridgeConfig) -> None:
                     block_ms=config.stream.block_ms,
                 )
             )
+            # A database the server lacks is a settings error (exit 2); Redis being down at
+            # start is not: the workers wait for it with backoff.
+            with contextlib.suppress(StreamError):
+                await probe_database(redis, redis_db(config.stream.redis_url))
             streams = _streams_of(config, redis)
             if not config.outbound.enabled:
                 log.error(
                     "HMAC_PRODUCER_ENABLED is false: signal-bridge will NOT deliver anything; "
                     "entries stay in the stream until it is enabled"
                 )
+                # The probes stay up (a liveness failure would restart the pod in a loop);
+                # /readyz says why this replica takes no traffic.
+                await _serve_health(stack, config, [], telemetry.prometheus_text, enabled=False)
                 await _wait_for_signal()
                 return
             client = await stack.enter_async_context(
@@ -127,15 +157,7 @@ async def run_bridge(config: BridgeConfig) -> None:
                 )
                 task = asyncio.create_task(monitor.run(), name=f"group-monitor {stream.stream}")
                 stack.callback(task.cancel)
-            if config.telemetry.health_port:
-                await stack.enter_async_context(
-                    HealthServer(
-                        workers,
-                        host=config.telemetry.health_host,
-                        port=config.telemetry.health_port,
-                        metrics_text=telemetry.prometheus_text,
-                    )
-                )
+            await _serve_health(stack, config, workers, telemetry.prometheus_text)
             _install_stop(workers)
             tasks = [
                 asyncio.create_task(w.run(), name=f"worker {w.stream.stream}") for w in workers
@@ -154,31 +176,108 @@ async def run_bridge(config: BridgeConfig) -> None:
 
 # --- publish ---------------------------------------------------------------------------------
 
+# Signal field -> the publish option that sets it, so an error names what the user typed.
+_FLAG_OF_FIELD: Final = {
+    "instrument": "--instrument",
+    "side": "--side",
+    "entry_price": "--entry-price",
+    "take_profit": "--take-profit",
+    "stop_loss": "--stop-loss",
+    "risk_percent": "--risk-percent",
+    "comment": "--comment",
+    "strategy_name": "--strategy",
+    "signal_id": "--signal-id",
+    "timestamp": "--timestamp",
+}
+
 
 def _signals_from_args(args: argparse.Namespace) -> list[Signal]:
-    """Build signals from --sample, --file (object, list or JSON lines) or from the flags."""
-    if args.sample:
-        from bridge.demo import sample_signal  # noqa: PLC0415 - demo data only
+    """Build signals from --sample, --file (object, list or JSON lines) or from the flags.
 
-        now = datetime.now(UTC)
-        return [sample_signal(i, now) for i in range(args.sample)]
+    Every mistake is a UsageError naming the option, the file or the item that is wrong.
+    """
+    if args.sample is not None:
+        return _samples(args.sample)
     if args.file:
-        text = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
-        stripped = text.strip()
+        return _signals_from_file(args.file)
+    return [_signal_from_flags(args)]
+
+
+def _samples(count: int) -> list[Signal]:
+    """``count`` sample signals stamped now, with signal_ids unique to this run."""
+    from bridge.demo import sample_signal  # noqa: PLC0415 - demo data only
+
+    if count < 1:
+        raise UsageError(f"--sample must be at least 1, got {count}")
+    now = datetime.now(UTC)
+    prefix = f"sample-{secrets.token_hex(4)}"
+    return [sample_signal(i, now, id_prefix=prefix) for i in range(count)]
+
+
+def _signals_from_file(name: str) -> list[Signal]:
+    """Decode a JSON object, a JSON list or JSON lines from ``name`` (``-``: stdin)."""
+    where = "stdin" if name == "-" else f"--file {name}"
+    try:
+        text = Path(name).read_bytes() if name != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    stripped = text.strip()
+    if not stripped:
+        raise UsageError(f"{where}: no signals (the input is empty)")
+    try:
+        whole = msgspec.json.decode(stripped)  # one object (perhaps pretty-printed) or a list
+    except msgspec.DecodeError as exc:
         if stripped.startswith(b"["):
-            return [decode_signal(msgspec.json.encode(item)) for item in msgspec.json.decode(text)]
-        return [decode_signal(line) for line in stripped.splitlines() if line.strip()]
-    if not (args.instrument and args.side and args.entry_price and args.risk_percent):
-        raise InvalidSignalError(
-            "publish needs --file, or --instrument, --side, --entry-price and --risk-percent"
+            raise UsageError(f"{where}: not valid JSON: {exc}") from None
+        whole = None  # JSON lines, one signal per line
+    if isinstance(whole, list):
+        raw = [msgspec.json.encode(item) for item in whole]
+        label = "item"
+    elif whole is not None:
+        raw, label = [stripped], "signal"
+    else:
+        raw = [line for line in stripped.splitlines() if line.strip()]
+        label = "line"
+    if not raw:
+        raise UsageError(f"{where}: no signals (the list is empty)")
+    signals = []
+    for number, item in enumerate(raw, 1):
+        try:
+            signals.append(decode_signal(item))
+        except InvalidSignalError as exc:
+            position = f" {label} {number}" if len(raw) > 1 else ""
+            raise UsageError(f"{where}{position}: {exc}") from None
+    return signals
+
+
+def _signal_from_flags(args: argparse.Namespace) -> Signal:
+    """One signal from --instrument, --side, --entry-price, --risk-percent and the other flags."""
+    missing = [
+        flag
+        for flag, value in (
+            ("--instrument", args.instrument),
+            ("--side", args.side),
+            ("--entry-price", args.entry_price),
+            ("--risk-percent", args.risk_percent),
         )
-    timestamp = (
-        datetime.fromisoformat(args.timestamp.replace("Z", "+00:00"))
-        if args.timestamp
-        else datetime.now(UTC)
-    )
-    return [
-        Signal(
+        if value is None
+    ]
+    if missing:
+        raise UsageError(f"publish needs {', '.join(missing)} (or --file FILE, or --sample N)")
+    if args.timestamp:
+        try:
+            timestamp = datetime.fromisoformat(args.timestamp.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(
+                f"--timestamp: {args.timestamp!r} is not an RFC 3339 time "
+                "(e.g. 2026-11-28T10:00:00Z)"
+            ) from None
+        if timestamp.tzinfo is None:
+            raise UsageError(f"--timestamp: {args.timestamp!r} needs a UTC offset or Z")
+    else:
+        timestamp = datetime.now(UTC)
+    try:
+        return Signal(
             instrument=args.instrument,
             side=args.side,
             entry_price=args.entry_price,
@@ -190,7 +289,9 @@ def _signals_from_args(args: argparse.Namespace) -> list[Signal]:
             timestamp=timestamp,
             signal_id=args.signal_id,
         )
-    ]
+    except InvalidSignalError as exc:
+        flag = _FLAG_OF_FIELD.get(exc.field or "", "publish")
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 async def _publish(config: BridgeConfig, args: argparse.Namespace) -> int:
@@ -296,19 +397,48 @@ def _ingest_server(args: argparse.Namespace) -> int:
 
 # --- argument parsing ----------------------------------------------------------------------
 
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="signal-bridge",
-        description="Deliver trade signals from a Redis Stream to the ingest API, HMAC-signed.",
+_EPILOG: Final = """exit codes:
+  0    success
+  1    runtime failure (Redis or the ingest server unreachable, a check failed, ...)
+  2    usage or settings error (a bad option, value, input file or setting)
+  130  interrupted (Ctrl-C)
+"""
+
+# Options every command accepts before or after its name (``--config f run`` or ``run --config
+# f``). SUPPRESS keeps a sub-command from overwriting a value given before its name.
+_COMMON: Final = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument(
+    "--config",
+    default=argparse.SUPPRESS,
+    metavar="FILE",
+    help="TOML config file (default: $BRIDGE_CONFIG)",
+)
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str | None = None,
+) -> argparse.ArgumentParser:
+    """Add one (sub-)command that takes the common options; every command goes through here."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, parents=[_COMMON], description=help_text
     )
-    parser.add_argument("--version", action="version", version=f"signal-bridge {__version__}")
-    parser.add_argument("--config", help="TOML config file (default: $BRIDGE_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="consume the stream and deliver (the service)")
-    pub = sub.add_parser("publish", help="XADD signals the way a producer should")
+    return parser
+
+
+def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the publish command and its signal flags."""
+    pub = _command(sub, "publish", "XADD signals the way a producer should")
     pub.add_argument("--file", help="JSON object, JSON list or JSON lines; - for stdin")
-    pub.add_argument("--sample", type=int, metavar="N", help="publish N sample signals (now)")
+    pub.add_argument(
+        "--sample", type=int, metavar="N", help="publish N sample signals (now, ids new per run)"
+    )
     pub.add_argument("--instrument")
     pub.add_argument("--side", choices=["buy", "sell"])
     pub.add_argument("--entry-price", type=float)
@@ -319,34 +449,66 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--comment")
     pub.add_argument("--signal-id")
     pub.add_argument("--timestamp", help="RFC 3339 (default: now)")
-    status = sub.add_parser("status", help="stream length, lag, pending, dead letters")
-    status.add_argument("--json", action="store_true")
-    dlq = sub.add_parser("dlq", help="inspect, replay or purge the dead-letter stream")
+
+
+def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the dlq commands; a new one is one more ``_command(dlq_sub, ...)`` line here."""
+    dlq = _command(sub, "dlq", "inspect, replay or purge the dead-letter stream")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_sub.add_parser("list")
+    dlq_list = _command(dlq_sub, "list")
     dlq_list.add_argument("--reason")
     dlq_list.add_argument("--count", type=int, default=1000)
     dlq_list.add_argument("--json", action="store_true")
-    replay = dlq_sub.add_parser("replay", help="re-publish to the source stream, then remove")
+    replay = _command(dlq_sub, "replay", "re-publish to the source stream, then remove")
     replay.add_argument("ids", nargs="*")
     replay.add_argument("--all", action="store_true")
     replay.add_argument("--reason", help="with --all: only this reason")
-    dlq_sub.add_parser("purge")
-    demo = sub.add_parser("demo", help="self-contained demo: embedded Redis and ingest server")
-    demo.add_argument("--signals", type=int, default=20)
-    ingest = sub.add_parser("ingest-server", help="run the reference ingest server")
+    _command(dlq_sub, "purge")
+
+
+def _add_ingest_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the reference ingest server command."""
+    ingest = _command(sub, "ingest-server", "run the reference ingest server")
     ingest.add_argument("--host", default="127.0.0.1")
     ingest.add_argument("--port", type=int, default=8000)
     ingest.add_argument("--tolerance", type=float, default=300.0)
     ingest.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     ingest.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Build the command line: common options, then one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="signal-bridge",
+        description="Deliver trade signals from a Redis Stream to the ingest API, HMAC-signed.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"signal-bridge {__version__}")
+    # Its own --config (default None): _COMMON's action is shared with every sub-command, so
+    # changing its default here would let each sub-command reset the value given before it.
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML config file (default: $BRIDGE_CONFIG)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _command(sub, "run", "consume the stream and deliver (the service)")
+    _command(
+        sub,
+        "check",
+        "validate the settings, reach Redis and the ingest server, print the effective settings",
+    )
+    _add_publish(sub)
+    status = _command(sub, "status", "stream length, lag, pending, dead letters")
+    status.add_argument("--json", action="store_true")
+    _add_dlq(sub)
+    demo = _command(sub, "demo", "self-contained demo: embedded Redis and ingest server")
+    demo.add_argument("--signals", type=int, default=20)
+    _add_ingest_server(sub)
     return parser
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """Pick uvloop when installed (its C transports cut the per-request I/O cost), else asyncio."""
-    import os  # noqa: PLC0415 - a test switch
-
     if os.environ.get("BRIDGE_EVENT_LOOP") == "asyncio":
         return None
     try:
@@ -357,6 +519,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; return its exit code (errors are raised, main maps them)."""
     if args.command == "demo":
         from bridge.demo import run_demo  # noqa: PLC0415 - demo-only dependencies
 
@@ -370,7 +533,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging(config.telemetry.log_level, config.telemetry.log_format)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run_bridge(config))
-        return 0
+        return EXIT_OK
+    if args.command == "check":
+        from bridge.check import run_check  # noqa: PLC0415 - only this command needs it
+
+        return asyncio.run(run_check(load_config(env_path)))
     config = load_config(env_path, delivery=False)
     if args.command == "publish":
         return asyncio.run(_publish(config, args))
@@ -380,17 +547,28 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``signal-bridge`` and ``python -m bridge``."""
-    args = _parser().parse_args(argv)
+    """Entry point of ``signal-bridge`` and ``python -m bridge``; returns the exit code."""
+    args = _parser().parse_args(argv)  # a usage error exits 2 with argparse's message
     if args.command != "run":
         configure_logging("WARNING", "text")
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
     except ConfigError as exc:
         print(f"signal-bridge: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"signal-bridge {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (``status | head``): no traceback. Point stdout at /dev/null so
+        # the interpreter's final flush does not fail again (Python docs, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
     except BridgeError as exc:
         print(f"signal-bridge: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    return code

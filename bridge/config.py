@@ -8,15 +8,20 @@ Secrets live in :class:`Secret`, whose ``repr`` and ``str`` never show the value
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
 import math
 import os
+import re
 import socket
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
 import msgspec
 from redis.crc import key_slot
@@ -32,10 +37,16 @@ __all__ = [
     "Secret",
     "StreamConfig",
     "TelemetryConfig",
+    "effective_settings",
     "load_config",
     "load_ingest_secrets",
+    "otel_exporter_names",
+    "otlp_protocol",
     "redact_url",
+    "redis_db",
     "secret_file_bytes",
+    "secret_fingerprint",
+    "setting_names",
 ]
 
 MIN_SECRET_BYTES: Final = 16
@@ -261,6 +272,29 @@ def _parse_list(variable: str, raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def _parse_name(variable: str, raw: str) -> str:
+    """Parse a stream, group or consumer name; set but empty is refused, never defaulted.
+
+    Kept exactly as written: edge whitespace is refused after loading (``_check_text``).
+    """
+    if not raw.strip():
+        raise ConfigError(
+            f"{variable} is set but empty: give a name, or unset it to use the default",
+            variable=variable,
+        )
+    return raw
+
+
+def _parse_names(variable: str, raw: str) -> list[str]:
+    """Parse a comma-separated list of names (a stray comma is fine); no name at all is refused."""
+    names = [part.strip() for part in raw.split(",") if part.strip()]
+    if not names:
+        raise ConfigError(
+            f"{variable} is set but lists no stream: list them, or unset it", variable=variable
+        )
+    return names
+
+
 def _parse_optional(variable: str, raw: str) -> str | None:
     del variable
     return raw or None
@@ -290,12 +324,12 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "OUTBOUND_CLIENT_KEY": ("outbound", "client_key", _parse_optional),
     "OUTBOUND_MAX_CONNECTIONS": ("outbound", "max_connections", _parse_int),
     "BRIDGE_REDIS_URL": ("stream", "redis_url", _parse_str),
-    "BRIDGE_STREAM": ("stream", "stream", _parse_str),
-    "BRIDGE_STREAMS": ("stream", "streams", _parse_list),
+    "BRIDGE_STREAM": ("stream", "stream", _parse_name),
+    "BRIDGE_STREAMS": ("stream", "streams", _parse_names),
     "BRIDGE_REDIS_CLUSTER": ("stream", "cluster", _parse_bool),
-    "BRIDGE_GROUP": ("stream", "group", _parse_str),
-    "BRIDGE_CONSUMER": ("stream", "consumer", _parse_str),
-    "BRIDGE_DLQ_STREAM": ("stream", "dlq_stream", _parse_str),
+    "BRIDGE_GROUP": ("stream", "group", _parse_name),
+    "BRIDGE_CONSUMER": ("stream", "consumer", _parse_name),
+    "BRIDGE_DLQ_STREAM": ("stream", "dlq_stream", _parse_name),
     "BRIDGE_START_ID": ("stream", "start_id", _parse_str),
     "BRIDGE_MAX_IN_FLIGHT": ("stream", "max_in_flight", _parse_int),
     "BRIDGE_CLAIM_IDLE_MS": ("stream", "claim_idle_ms", _parse_int),
@@ -322,6 +356,9 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "BRIDGE_RETRY_AFTER_CAP_SECONDS": ("stream", "retry_after_cap_s", _parse_float),
 }
 
+# Parsers that see a blank value instead of it meaning "unset".
+_SEES_BLANK: Final = frozenset({_parse_secret, _parse_name, _parse_names})
+
 # For messages about values that came from the file, name the variable an operator would set.
 _VARIABLE_OF: Final = {(section, field): env for env, (section, field, _) in _ENV.items()}
 
@@ -330,6 +367,44 @@ _SECTIONS: Final[dict[str, type[msgspec.Struct]]] = {
     "stream": StreamConfig,
     "telemetry": TelemetryConfig,
 }
+
+
+def setting_names() -> list[str]:
+    """Every environment variable the settings table reads, in table order."""
+    return list(_ENV)
+
+
+def secret_fingerprint(secret: Secret) -> str:
+    """First 8 hex digits of SHA-256 of the key: compare set-ups without showing the secret."""
+    return hashlib.sha256(secret.get()).hexdigest()[:8]
+
+
+def effective_settings(config: BridgeConfig) -> list[tuple[str, str]]:
+    """(variable, value) for every setting in the table and each OTEL_* variable, secrets hidden.
+
+    The secret shows as its fingerprint, Redis passwords as ``***``, OTLP headers (API keys) and
+    any OTEL_* value that may carry credentials as ``***``.
+    """
+    rows: list[tuple[str, str]] = []
+    for variable, (section, field, _) in _ENV.items():
+        value = getattr(getattr(config, section), field)
+        if isinstance(value, Secret):
+            shown = f"*** (sha256 {secret_fingerprint(value)})" if len(value) else "(empty)"
+        elif value is None:
+            shown = "(unset)"
+        elif isinstance(value, bool):
+            shown = str(value).lower()
+        elif isinstance(value, list):
+            shown = ",".join(value) or "(unset)"
+        elif field == "redis_url":
+            shown = redact_url(value)
+        else:
+            shown = str(value)
+        rows.append((variable, shown))
+    for variable, value in sorted(config.telemetry.otel_env.items()):
+        hidden = "HEADERS" in variable or "KEY" in variable or "PASSWORD" in variable
+        rows.append((variable, "***" if hidden else redact_url(value)))
+    return rows
 
 
 def _variable(section: str, field: str) -> str:
@@ -409,7 +484,9 @@ def load_config(
     sections = _read_file(Path(file_path)) if file_path else {}
     for variable, (section, field, parser) in _ENV.items():
         raw = environ.get(variable)
-        if raw is not None and (raw.strip() or field in ("secret",)):
+        # A blank value means "unset" (compose's ${VAR:-}), except for the names, which refuse
+        # it, and the secret, which is checked below.
+        if raw is not None and (raw.strip() or parser in _SEES_BLANK):
             sections.setdefault(section, {})[field] = parser(variable, raw)
     secret_file = environ.get("HMAC_PRODUCER_SECRET_FILE")
     if secret_file and not environ.get("HMAC_PRODUCER_SECRET"):
@@ -425,7 +502,7 @@ def load_config(
     if not outbound.get("producer_id"):
         outbound["producer_id"] = socket.gethostname()
     stream = sections.setdefault("stream", {})
-    if not stream.get("consumer"):
+    if "consumer" not in stream:
         stream["consumer"] = default_consumer_name()
     built: dict[str, msgspec.Struct] = {}
     for section, struct in _SECTIONS.items():
@@ -531,13 +608,77 @@ def _validate_outbound(cfg: OutboundConfig) -> None:
         raise ConfigError(
             "OUTBOUND_CLIENT_KEY needs OUTBOUND_CLIENT_CERT", variable="OUTBOUND_CLIENT_CERT"
         )
-    for variable, file in (
-        ("OUTBOUND_CA_BUNDLE", cfg.ca_bundle),
-        ("OUTBOUND_CLIENT_CERT", cfg.client_cert),
-        ("OUTBOUND_CLIENT_KEY", cfg.client_key),
-    ):
-        if file is not None and not Path(file).is_file():
-            raise ConfigError(f"{variable}: no such file {file}", variable=variable)
+    _validate_tls_files(cfg)
+
+
+_PEM_CERT: Final = b"-----BEGIN CERTIFICATE-----"
+_PEM_KEY: Final = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def _read_pem(variable: str, file: str, *, key: bool) -> bytes:
+    """Read a PEM file; ConfigError when it is missing, unreadable or holds no PEM block."""
+    if not Path(file).is_file():
+        raise ConfigError(f"{variable}: no such file {file}", variable=variable)
+    try:
+        data = Path(file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{variable}: cannot read {file}: {exc.strerror}", variable=variable
+        ) from None
+    if key and b"ENCRYPTED" in data:
+        raise ConfigError(
+            f"{variable}: {file} is an encrypted key; give an unencrypted one (mounted as a "
+            "secret)",
+            variable=variable,
+        )
+    found = _PEM_KEY.search(data) if key else _PEM_CERT in data
+    if not found:
+        kind = "private key" if key else "certificate"
+        raise ConfigError(
+            f"{variable}: {file} is not a PEM {kind} (no -----BEGIN ...{kind.upper()}----- block)",
+            variable=variable,
+        )
+    return data
+
+
+def _validate_tls_files(cfg: OutboundConfig) -> None:
+    """Load the CA bundle and the client certificate and key as the client will, or refuse."""
+    if cfg.ca_bundle is not None:
+        _read_pem("OUTBOUND_CA_BUNDLE", cfg.ca_bundle, key=False)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system store: only these files
+    if cfg.ca_bundle is not None:
+        try:
+            context.load_verify_locations(cafile=cfg.ca_bundle)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"OUTBOUND_CA_BUNDLE: {cfg.ca_bundle} holds no usable certificate "
+                f"({exc.reason or exc})",
+                variable="OUTBOUND_CA_BUNDLE",
+            ) from None
+    if cfg.client_cert is None:
+        return
+    cert = _read_pem("OUTBOUND_CLIENT_CERT", cfg.client_cert, key=False)
+    if cfg.client_key is not None:
+        _read_pem("OUTBOUND_CLIENT_KEY", cfg.client_key, key=True)
+    elif not _PEM_KEY.search(cert):
+        raise ConfigError(
+            f"OUTBOUND_CLIENT_CERT: {cfg.client_cert} holds no private key; set "
+            "OUTBOUND_CLIENT_KEY",
+            variable="OUTBOUND_CLIENT_CERT",
+        )
+    try:
+        # password=b"": an encrypted key fails here instead of prompting on a terminal.
+        context.load_cert_chain(cfg.client_cert, cfg.client_key, password=b"")
+    except ssl.SSLError as exc:
+        mismatch = "KEY_VALUES_MISMATCH" in str(exc)
+        variable = "OUTBOUND_CLIENT_KEY" if mismatch or cfg.client_key else "OUTBOUND_CLIENT_CERT"
+        what = (
+            "does not match OUTBOUND_CLIENT_CERT"
+            if mismatch
+            else f"could not be loaded ({exc.reason or exc})"
+        )
+        file = cfg.client_key if variable == "OUTBOUND_CLIENT_KEY" else cfg.client_cert
+        raise ConfigError(f"{variable}: {file} {what}", variable=variable) from None
 
 
 def _validate_statuses(cfg: OutboundConfig) -> None:
@@ -571,13 +712,58 @@ def _positive(variable: str, value: float) -> None:
         raise ConfigError(f"{variable} must be positive, got {value:g}", variable=variable)
 
 
-def _validate_stream(cfg: StreamConfig) -> None:
-    if urlsplit(cfg.redis_url).scheme not in ("redis", "rediss", "unix"):
+def redis_db(url: str) -> int:
+    """Return the database a Redis URL selects (path ``/N`` or ``?db=N``; default 0).
+
+    ConfigError when it is not a number: redis-py would quietly use database 0 for ``/abc``.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    raw = query.get("db")
+    where = "?db="
+    if raw is None and parts.scheme != "unix":
+        raw, where = unquote(parts.path).strip("/"), "path /"
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ConfigError(
+            f"BRIDGE_REDIS_URL: the database ({where}{raw}) must be a number, e.g. "
+            "redis://host:6379/0",
+            variable="BRIDGE_REDIS_URL",
+        )
+    return int(raw)
+
+
+def _validate_redis_url(cfg: StreamConfig) -> None:
+    parts = urlsplit(cfg.redis_url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             f"BRIDGE_REDIS_URL must be redis://, rediss:// or unix://, got "
             f"{redact_url(cfg.redis_url)!r}",
             variable="BRIDGE_REDIS_URL",
         )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(
+            f"BRIDGE_REDIS_URL has an invalid port: {redact_url(cfg.redis_url)!r}",
+            variable="BRIDGE_REDIS_URL",
+        ) from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(
+            f"BRIDGE_REDIS_URL needs a host: {redact_url(cfg.redis_url)!r}",
+            variable="BRIDGE_REDIS_URL",
+        )
+    del port
+    if redis_db(cfg.redis_url) != 0 and cfg.cluster:
+        raise ConfigError(
+            "BRIDGE_REDIS_URL: Redis Cluster has only database 0 (BRIDGE_REDIS_CLUSTER is true)",
+            variable="BRIDGE_REDIS_URL",
+        )
+
+
+def _validate_stream(cfg: StreamConfig) -> None:
+    _validate_redis_url(cfg)
     for variable, name in (
         ("BRIDGE_STREAM", cfg.stream),
         ("BRIDGE_GROUP", cfg.group),
@@ -667,6 +853,181 @@ def _validate_telemetry(cfg: TelemetryConfig) -> None:
         raise ConfigError(
             "BRIDGE_HEALTH_PORT must be 0..65535 (0 disables)", variable="BRIDGE_HEALTH_PORT"
         )
+    if not _is_host(cfg.health_host):
+        raise ConfigError(
+            f"BRIDGE_HEALTH_HOST must be an IP address or a host name, got {cfg.health_host!r}",
+            variable="BRIDGE_HEALTH_HOST",
+        )
+    _validate_otel(cfg.otel_env)
+
+
+_HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """Tell whether ``host`` is an IP address or a DNS name (999.1.1.1 is neither)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        return (
+            0 < len(host) <= 253
+            and all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not all(label.isdigit() for label in labels)
+        )
+    return True
+
+
+# --- OTEL_* ----------------------------------------------------------------------------------
+# The SDK's environment specification, checked the way its auto-configuration reads it: exporter
+# names are the SDK's entry points (groups ``opentelemetry_<signal>_exporter``), ``otlp`` picks
+# the gRPC or HTTP exporter by OTEL_EXPORTER_OTLP[_<SIGNAL>]_PROTOCOL. Where the SDK would log a
+# warning and fall back (or send to localhost), the bridge refuses to start instead.
+
+OTEL_SIGNALS: Final = ("traces", "metrics", "logs")
+OTLP_DEFAULT_PROTOCOL: Final = "http/protobuf"  # the specification's recommended default
+_OTLP_EXPORTER_OF: Final = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+_OTLP_NAMES: Final = frozenset({"otlp", *_OTLP_EXPORTER_OF.values()})
+# Exporters the SDK offers that the bridge does not run, and why.
+_UNSUPPORTED_EXPORTERS: Final = {
+    ("metrics", "prometheus"): "Prometheus text is served on /metrics of BRIDGE_HEALTH_PORT",
+}
+_SAMPLERS: Final = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
+
+
+@functools.cache
+def _entry_point_names(group: str) -> frozenset[str]:
+    """Names registered under an entry-point group (scanned once: installs do not change)."""
+    return frozenset(ep.name for ep in entry_points(group=group))
+
+
+def _installed_exporters(signal: str) -> frozenset[str]:
+    """List the exporter names the installed OpenTelemetry packages register for ``signal``."""
+    return _entry_point_names(f"opentelemetry_{signal}_exporter")
+
+
+def otlp_protocol(env: Mapping[str, str], signal: str) -> str:
+    """Return the OTLP protocol of ``signal``: its variable, the general one, or the default."""
+    for variable in (
+        f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ):
+        value = env.get(variable, "").strip()
+        if value:
+            if value not in _OTLP_EXPORTER_OF:
+                why = (
+                    "is not supported by the Python OTLP exporters"
+                    if value == "http/json"
+                    else "is not an OTLP protocol"
+                )
+                raise ConfigError(
+                    f"{variable}={value!r} {why}; use grpc or http/protobuf", variable=variable
+                )
+            return value
+    return OTLP_DEFAULT_PROTOCOL
+
+
+def otel_exporter_names(env: Mapping[str, str], signal: str) -> list[str]:
+    """Return the SDK exporter entry points to run for ``signal`` (``otlp_proto_http`` ...).
+
+    Empty for ``none`` and for OTLP without any endpoint configured (nothing is sent to a default
+    localhost collector). ConfigError for a name the SDK does not have or the bridge does not run.
+    """
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    # The specification's default is otlp (which, without an endpoint, exports nothing here).
+    # The bridge exports no logs through OpenTelemetry: unset means none for them.
+    raw = env.get(variable, "otlp" if signal != "logs" else "none").strip().lower()
+    if raw in ("", "none"):
+        return []
+    if signal == "logs":
+        raise ConfigError(
+            f"{variable}={raw!r} is not supported: signal-bridge writes its logs as JSON lines "
+            "on stdout (unset it or set none)",
+            variable=variable,
+        )
+    installed = _installed_exporters(signal)
+    names: list[str] = []
+    for name in (part.strip() for part in raw.split(",")):
+        if name == "none":
+            continue
+        reason = _UNSUPPORTED_EXPORTERS.get((signal, name))
+        if reason is not None:
+            raise ConfigError(f"{variable}={name!r} is not supported: {reason}", variable=variable)
+        if name not in installed:
+            offered = sorted(installed - {n for s, n in _UNSUPPORTED_EXPORTERS if s == signal})
+            raise ConfigError(
+                f"{variable}: unknown exporter {name!r} (available: {', '.join(offered)}, none)",
+                variable=variable,
+            )
+        if name in _OTLP_NAMES:
+            protocol = otlp_protocol(env, signal)
+            if not (
+                env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+            ):
+                continue
+            name = _OTLP_EXPORTER_OF[protocol] if name == "otlp" else name  # noqa: PLW2901
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _validate_otel(env: Mapping[str, str]) -> None:
+    """Refuse OTEL_* values the SDK would ignore, warn about, or quietly replace."""
+    disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower()
+    if disabled not in ("", "true", "false"):
+        raise ConfigError(
+            f"OTEL_SDK_DISABLED must be true or false, got {env['OTEL_SDK_DISABLED']!r}",
+            variable="OTEL_SDK_DISABLED",
+        )
+    for signal in OTEL_SIGNALS:
+        otlp_protocol(env, signal)
+        for variable in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT",
+        ):
+            endpoint = env.get(variable, "").strip()
+            if endpoint and (
+                urlsplit(endpoint).scheme not in ("http", "https")
+                or not urlsplit(endpoint).hostname
+            ):
+                raise ConfigError(
+                    f"{variable} must be an http(s) URL, got {redact_url(endpoint)!r}",
+                    variable=variable,
+                )
+    if disabled == "true":
+        return
+    for signal in OTEL_SIGNALS:
+        otel_exporter_names(env, signal)
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler and sampler not in _SAMPLERS:
+        known = _SAMPLERS | _entry_point_names("opentelemetry_traces_sampler")
+        if sampler not in known:
+            raise ConfigError(
+                f"OTEL_TRACES_SAMPLER: unknown sampler {sampler!r} "
+                f"(available: {', '.join(sorted(known))})",
+                variable="OTEL_TRACES_SAMPLER",
+            )
+    arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if arg and sampler.endswith("traceidratio"):
+        try:
+            ratio = float(arg)
+        except ValueError:
+            ratio = math.nan
+        if not 0.0 <= ratio <= 1.0:
+            raise ConfigError(
+                f"OTEL_TRACES_SAMPLER_ARG must be a ratio between 0 and 1, got {arg!r}",
+                variable="OTEL_TRACES_SAMPLER_ARG",
+            )
 
 
 def load_ingest_secrets(env: Mapping[str, str] | None = None) -> dict[str, bytes]:

@@ -32,8 +32,12 @@ _INSTRUMENTS: Final = (("XAUUSD", 2000.0), ("EURUSD", 1.08), ("BTCUSD", 65000.0)
 _DRAIN_TIMEOUT_S: Final = 60.0
 
 
-def sample_signal(i: int, now: datetime) -> Signal:
-    """Build a plausible signal: instruments, sides and prices vary with ``i``."""
+def sample_signal(i: int, now: datetime, *, id_prefix: str = "demo") -> Signal:
+    """Build a plausible signal: instruments, sides and prices vary with ``i``.
+
+    Its signal_id is ``<id_prefix>-<i>``; ``publish --sample`` passes a prefix unique per run, so a
+    second run is new signals rather than duplicates the server refuses with 409.
+    """
     instrument, price = _INSTRUMENTS[i % len(_INSTRUMENTS)]
     buy = i % 2 == 0
     return Signal(
@@ -45,7 +49,7 @@ def sample_signal(i: int, now: datetime) -> Signal:
         risk_percent=1.0,
         strategy_name="demo-breakout",
         timestamp=now,
-        signal_id=f"demo-{i}",
+        signal_id=f"{id_prefix}-{i}",
     )
 
 

@@ -1,12 +1,14 @@
 """A private Redis for the demo and the tests: a ``redis-server`` child on a free loopback port.
 
-Falls back to fakeredis's TCP server when the binary is missing (demo only; fakeredis is a
-development dependency). Nothing is persisted; port 6379 is never touched.
+Falls back to fakeredis's TCP server when the binary is missing (demo only; fakeredis with its
+Lua extra, ``fakeredis[lua]``, is a development dependency: the dead-letter script needs EVALSHA).
+Nothing is persisted; port 6379 is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -96,10 +98,13 @@ def embedded_redis() -> Iterator[tuple[str, str]]:
         return
     try:
         from fakeredis import TcpFakeServer  # noqa: PLC0415 - optional, demo fallback only
+
+        if importlib.util.find_spec("lupa") is None:  # fakeredis runs EVALSHA only with lupa
+            raise ImportError("lupa")  # noqa: TRY301 - one message for both missing pieces
     except ImportError:
         raise BridgeError(
             "the demo needs redis-server on PATH (apt-get install redis-server) or fakeredis "
-            "(uv sync installs it)"
+            "with Lua (pip install 'fakeredis[lua]'; uv sync installs it)"
         ) from None
     port = free_port()
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")

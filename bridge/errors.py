@@ -4,6 +4,7 @@
 
     BridgeError
     +-- ConfigError            (also ValueError)   bad settings: refuse to start
+    +-- UsageError             (also ValueError)   a bad command-line value or input file
     +-- SigningError           (also ValueError)   bad input to build_signature
     +-- InvalidSignalError     (also ValueError)   cannot decode / validate: dead-letter
     |   +-- BodyTooLargeError                      canonical body over max_body_size
@@ -38,6 +39,7 @@ __all__ = [
     "StreamError",
     "SystemicError",
     "TransientDeliveryError",
+    "UsageError",
 ]
 
 
@@ -63,6 +65,10 @@ class ConfigError(BridgeError, ValueError):
     def __init__(self, message: str, *, variable: str | None = None) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class UsageError(BridgeError, ValueError):
+    """A command-line value or an input file is wrong; the message names the option or file."""
 
 
 class SigningError(BridgeError, ValueError):

@@ -5,21 +5,24 @@ count from Redis every few seconds (never per message) and hands them to the gau
 :class:`~bridge.telemetry.Metrics`.
 ``HealthServer`` answers ``/healthz`` (the process and its event loop are alive), ``/readyz``
 (Redis answers a PING and the workers' own commands succeed, group present, breaker closed,
-not shutting down; the failing check says why) and ``/metrics``
-(Prometheus text) on ``BRIDGE_HEALTH_PORT``.
+not shutting down; the failing check says why) and ``/metrics`` (Prometheus text) on
+``BRIDGE_HEALTH_PORT``. With delivery switched off (``HMAC_PRODUCER_ENABLED=false``) it runs with
+no workers: ``/healthz`` and ``/metrics`` answer as usual, so no liveness probe restarts the pod,
+and ``/readyz`` is 503 "delivery disabled".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
 
-from bridge.errors import StreamError
+from bridge.errors import ConfigError, StreamError
 from bridge.stream import GroupStatus, SignalStream
 from bridge.telemetry import Metrics, log_fields
 from bridge.worker import Worker
@@ -79,15 +82,30 @@ class HealthServer:
         host: str,
         port: int,
         metrics_text: Callable[[], bytes] = lambda: b"",
+        delivery_enabled: bool = True,
     ) -> None:
         self.workers = [worker] if isinstance(worker, Worker) else list(worker)
+        self.delivery_enabled = delivery_enabled
         self.host = host
         self.port = port
         self.metrics_text = metrics_text
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> HealthServer:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            # A busy port or an address this host does not have is a settings error (exit 2).
+            reasons = {
+                errno.EADDRINUSE: "is already in use",
+                errno.EACCES: "is not allowed (ports below 1024 need privileges)",
+            }
+            port_problem = reasons.get(exc.errno or 0)
+            variable = "BRIDGE_HEALTH_PORT" if port_problem else "BRIDGE_HEALTH_HOST"
+            why = port_problem or f"cannot be listened on: {exc.strerror or exc}"
+            raise ConfigError(
+                f"{variable}: {self.host}:{self.port} {why}", variable=variable
+            ) from None
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
@@ -146,6 +164,9 @@ class HealthServer:
         if path == "/healthz":
             body = {"status": "ok", "in_flight": sum(w.in_flight for w in self.workers)}
             return 200, "application/json", _ENCODER.encode(body)
+        if path == "/readyz" and not self.delivery_enabled:
+            body = {"status": "delivery disabled", "delivery": "HMAC_PRODUCER_ENABLED is false"}
+            return 503, "application/json", _ENCODER.encode(body)
         if path == "/readyz":
             ready, checks = await self.readiness()
             body = {"status": "ready" if ready else "not ready", **checks}

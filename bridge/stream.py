@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from opentelemetry import propagate
 
-from bridge.errors import StreamError
+from bridge.errors import ConfigError, StreamError
 from bridge.signal import Signal, encode_canonical
 
 __all__ = [
@@ -118,6 +118,27 @@ async def _guard(awaitable: Awaitable[Any], what: str) -> Any:  # noqa: ANN401 -
         raise StreamError(f"redis refused {what}: {exc}", missing_group=missing) from exc
     except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
         raise StreamError(f"redis unavailable during {what}: {type(exc).__name__}: {exc}") from exc
+
+
+async def probe_database(client: aioredis.Redis, db: int) -> None:
+    """PING once at start; a database the server does not have is a ConfigError.
+
+    redis-py SELECTs the URL's database on every new connection, so ``/99`` on a server with 16
+    databases would otherwise fail every command, looking like "redis unavailable" forever.
+    Any other failure is a StreamError (the caller decides whether to wait for Redis).
+    """
+    try:
+        await client.ping()
+    except redis.exceptions.ResponseError as exc:
+        if "DB index is out of range" in str(exc):
+            raise ConfigError(
+                f"BRIDGE_REDIS_URL selects database {db}, which this Redis server does not have "
+                "(it has 16, 0-15, unless redis.conf raises `databases`)",
+                variable="BRIDGE_REDIS_URL",
+            ) from None
+        raise StreamError(f"redis refused PING: {exc}") from exc
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        raise StreamError(f"redis unavailable during PING: {type(exc).__name__}: {exc}") from exc
 
 
 def _text(value: bytes | str) -> str:

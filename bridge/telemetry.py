@@ -14,11 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import entry_points
 from typing import Any, Final
 
 import msgspec
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+
+from bridge.config import otel_exporter_names
 
 __all__ = [
     "AGE_BUCKETS_S",
@@ -328,25 +331,29 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 # --- SDK set-up ------------------------------------------------------------------------------
 
 
-def _exporter_wanted(env: Mapping[str, str], signal: str) -> str | None:
-    """Which exporter the OTEL_* variables ask for ("otlp", "console") or None for none."""
-    choice = env.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower()
-    if choice in ("", "none"):
-        return None
-    if choice == "otlp" and not (
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
-    ):
-        return None  # no endpoint configured: no export, and no error
-    return choice
+def _console_line(item: Any) -> str:  # noqa: ANN401 - a ReadableSpan or MetricsData
+    """One JSON object per line, like the logs (the SDK's default is indented, many lines)."""
+    return str(item.to_json(indent=None)) + "\n"
 
 
-def _protocol(env: Mapping[str, str], signal: str) -> str:
-    return (
-        env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
+def _span_exporter(name: str) -> Any:  # noqa: ANN401 - any SDK SpanExporter
+    """Build the SDK's exporter registered as ``name`` (``console``: one line each, on stderr)."""
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
+
+        return ConsoleSpanExporter(out=sys.stderr, formatter=_console_line)
+    (entry,) = entry_points(group="opentelemetry_traces_exporter", name=name)
+    return entry.load()()
+
+
+def _metric_exporter(name: str) -> Any:  # noqa: ANN401 - any SDK MetricExporter
+    """Build the SDK's metric exporter registered as ``name`` (``console``: stderr, one line)."""
+    if name == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
+
+        return ConsoleMetricExporter(out=sys.stderr, formatter=_console_line)
+    (entry,) = entry_points(group="opentelemetry_metrics_exporter", name=name)
+    return entry.load()()
 
 
 class TelemetryHandle:
@@ -365,7 +372,7 @@ class TelemetryHandle:
         self.tracer = get_tracer(tracer_provider)
 
     def prometheus_text(self) -> bytes:
-        """Render the current metrics in the Prometheus text format (empty when disabled)."""
+        """Render the metrics in the Prometheus text format (empty without a health port)."""
         if self.registry is None:
             return b""
         from prometheus_client import generate_latest  # noqa: PLC0415 - optional path
@@ -406,27 +413,26 @@ def setup_telemetry(
     """Build SDK providers from the OTEL_* variables and install them globally.
 
     ``service.name`` defaults to ``signal-bridge`` (OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES
-    win), ``service.instance.id`` is the consumer name. Without an endpoint nothing is exported;
-    trace ids still flow into logs and ``traceparent`` headers.
+    win), ``service.instance.id`` is the consumer name. Exporters are the SDK's own, by the names
+    OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER give (checked at load by bridge.config); OTLP
+    without an endpoint exports nothing; trace ids still flow into logs and ``traceparent``
+    headers. Console exporters write one JSON object per line to stderr, never into the log
+    stream on stdout. ``OTEL_SDK_DISABLED=true``: no tracing and no export at all, but
+    ``/metrics`` still serves every bridge metric from a local meter (scraping is not export).
     """
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415 - SDK only when set up
     from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
-        ConsoleMetricExporter,
         MetricReader,
         PeriodicExportingMetricReader,
     )
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
-    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
-        BatchSpanProcessor,
-        ConsoleSpanExporter,
-    )
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased  # noqa: PLC0415
 
     from bridge import __version__  # noqa: PLC0415 - the package imports this module
 
-    if otel_env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return TelemetryHandle(trace.get_tracer_provider(), metrics.get_meter_provider(), None)
+    disabled = otel_env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
     attributes: dict[str, str] = {
         "service.instance.id": instance_id,
         "service.version": __version__,
@@ -437,27 +443,8 @@ def setup_telemetry(
         attributes["service.name"] = INSTRUMENTATION_NAME
     resource = Resource.create(attributes)
 
-    span_exporter = _exporter_wanted(otel_env, "traces")
-    # With no exporter, recording root spans is pure cost (about 40 us a delivery): record only
-    # what the producer's traceparent marks as sampled, so the chain's decision is kept. Trace
-    # context still flows: ids for the logs and the traceparent header either way.
-    tracer_provider = TracerProvider(
-        resource=resource,
-        sampler=ParentBased(ALWAYS_OFF) if span_exporter is None else None,
-        shutdown_on_exit=False,  # TelemetryHandle.shutdown does it, with a bound
-    )
-    if span_exporter == "console":
-        tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    elif span_exporter is not None:
-        tracer_provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter(otel_env)))
-
-    readers: list[MetricReader] = []
-    metric_exporter = _exporter_wanted(otel_env, "metrics")
-    if metric_exporter == "console":
-        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
-    elif metric_exporter is not None:
-        readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter(otel_env)))
     registry = None
+    readers: list[MetricReader] = []
     if prometheus:
         from opentelemetry.exporter.prometheus import (  # noqa: PLC0415 - optional reader
             PrometheusMetricReader,
@@ -466,37 +453,34 @@ def setup_telemetry(
 
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
+    if disabled:
+        # No spans, no export: the API's no-op tracer. /metrics keeps its meaning (a local
+        # meter read only by the scrape); with no health port there is nothing to serve.
+        meter_provider: Any = (
+            MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+            if readers
+            else metrics.NoOpMeterProvider()
+        )
+        return TelemetryHandle(trace.NoOpTracerProvider(), meter_provider, registry)
+
+    span_exporters = otel_exporter_names(otel_env, "traces")
+    # With no exporter, recording root spans is pure cost (about 40 us a delivery): record only
+    # what the producer's traceparent marks as sampled, so the chain's decision is kept. Trace
+    # context still flows: ids for the logs and the traceparent header either way.
+    tracer_provider = TracerProvider(
+        resource=resource,
+        sampler=ParentBased(ALWAYS_OFF) if not span_exporters else None,
+        shutdown_on_exit=False,  # TelemetryHandle.shutdown does it, with a bound
+    )
+    for name in span_exporters:
+        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
+    readers.extend(
+        PeriodicExportingMetricReader(_metric_exporter(name))
+        for name in otel_exporter_names(otel_env, "metrics")
+    )
     meter_provider = MeterProvider(
         resource=resource, metric_readers=readers, shutdown_on_exit=False
     )
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return TelemetryHandle(tracer_provider, meter_provider, registry)
-
-
-def _otlp_span_exporter(env: Mapping[str, str]) -> Any:  # noqa: ANN401 - grpc or http exporter
-    if _protocol(env, "traces") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
-
-        return GrpcSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter as HttpSpanExporter,
-    )
-
-    return HttpSpanExporter()
-
-
-def _otlp_metric_exporter(env: Mapping[str, str]) -> Any:  # noqa: ANN401 - grpc or http exporter
-    if _protocol(env, "metrics") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
-            OTLPMetricExporter as GrpcMetricExporter,
-        )
-
-        return GrpcMetricExporter()
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
-        OTLPMetricExporter as HttpMetricExporter,
-    )
-
-    return HttpMetricExporter()

@@ -61,6 +61,21 @@ def test_demo_delivers_and_explains_every_sample() -> None:
     assert "delivered 8, duplicates 1, dead-lettered 3" in out
 
 
+@pytest.mark.slow
+def test_demo_runs_on_fakeredis_without_redis_server(tmp_path: Path) -> None:
+    """With no redis-server on PATH the demo falls back to fakeredis (with Lua) and still works."""
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    result = cli("demo", "--signals", "4", env={"PATH": str(empty_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert out.startswith("redis: fakeredis at redis://127.0.0.1:")
+    assert out.count("delivered as srv_") == 4
+    assert "dead-lettered: expired" in out
+    assert out.count("dead-lettered: invalid") == 2
+    assert "unknown command" not in result.stdout + result.stderr
+
+
 async def test_publish_from_flags_file_and_samples(
     redis: aioredis.Redis, redis_url: str, stream_name: str, tmp_path: Path
 ) -> None:
@@ -122,7 +137,7 @@ async def test_publish_from_flags_file_and_samples(
 def test_publish_refuses_an_invalid_signal_with_a_clear_message(
     redis_url: str, stream_name: str
 ) -> None:
-    """A buy whose take-profit is below entry exits 1 naming the field; nothing is written."""
+    """A buy whose take-profit is below entry exits 2 naming the option; nothing is written."""
     result = cli(
         "publish",
         "--instrument",
@@ -137,8 +152,8 @@ def test_publish_refuses_an_invalid_signal_with_a_clear_message(
         "1",
         env=_env(redis_url, stream_name),
     )
-    assert result.returncode == 1
-    assert "take_profit" in result.stderr
+    assert result.returncode == 2
+    assert "--take-profit: take_profit must be above entry_price" in result.stderr
 
 
 def test_run_refuses_bad_settings_naming_the_variable(redis_url: str) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+import trustme
 
 from bridge.config import (
     OutboundConfig,
@@ -300,10 +301,13 @@ def test_other_outbound_settings_name_the_variable(changes: dict[str, str], vari
 
 
 def test_tls_files_that_exist_are_accepted(tmp_path: Path) -> None:
-    """CA bundle, client certificate and key paths that exist pass validation."""
+    """A PEM CA bundle and a matching PEM client certificate and key pass validation."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("bridge.example")
     files = {name: tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem")}
-    for path in files.values():
-        path.write_text("placeholder", encoding="utf-8")
+    ca.cert_pem.write_to_path(str(files["ca.pem"]))
+    leaf.cert_chain_pems[0].write_to_path(str(files["cert.pem"]))
+    leaf.private_key_pem.write_to_path(str(files["key.pem"]))
     env = _env(
         OUTBOUND_CA_BUNDLE=str(files["ca.pem"]),
         OUTBOUND_CLIENT_CERT=str(files["cert.pem"]),
@@ -391,13 +395,14 @@ def test_empty_stream_names_are_refused(tmp_path: Path, name: str) -> None:
     assert error.variable == f"BRIDGE_{name.upper()}"
 
 
-def test_empty_consumer_falls_back_to_host_and_pid(
+def test_missing_consumer_defaults_but_an_empty_one_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An empty consumer name in the file is replaced by the <hostname>-<pid> default."""
+    """No consumer name: <hostname>-<pid>; an empty one in the file is refused, not replaced."""
     monkeypatch.setattr(socket, "gethostname", lambda: "replica-4")
-    config = load_config(_toml(tmp_path, '[stream]\nconsumer = ""\n'), env=BASE_ENV)
-    assert config.stream.consumer == f"replica-4-{os.getpid()}"
+    assert load_config(env=BASE_ENV).stream.consumer == f"replica-4-{os.getpid()}"
+    error = _config_error(BASE_ENV, _toml(tmp_path, '[stream]\nconsumer = ""\n'))
+    assert error.variable == "BRIDGE_CONSUMER"
 
 
 def test_valid_stream_settings_are_loaded() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from bridge.config import load_config, load_ingest_secrets
@@ -63,7 +64,7 @@ def test_every_bridge_environment_passes_the_config_loader(
     secret = tmp_path / "hmac_secret"
     secret.write_text("x" * 64)
     ca = tmp_path / "ca.pem"
-    ca.write_text("placeholder for the CA the certs service makes")
+    trustme.CA().cert_pem.write_to_path(str(ca))  # stands in for the CA the certs service makes
     for name, svc in _bridges(compose).items():
         env = {k: str(v) for k, v in svc["environment"].items()}
         assert "HMAC_PRODUCER_SECRET" not in env, f"{name}: secret must come from a file"

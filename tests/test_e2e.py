@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import httpx
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -389,13 +390,26 @@ async def test_sigterm_drains_and_leaves_the_group(
 async def test_disabled_delivery_posts_nothing_and_says_so(
     redis: aioredis.Redis, redis_url: str, stream_name: str, tmp_path: Path
 ) -> None:
-    """HMAC_PRODUCER_ENABLED=false: the bridge says so loudly, posts nothing, exits 0 on SIGTERM."""
+    """HMAC_PRODUCER_ENABLED=false: says so loudly, posts nothing, probes stay up, exits 0.
+
+    /healthz stays 200 and /metrics serves (a liveness probe must not restart the pod in a loop);
+    /readyz is 503 "delivery disabled".
+    """
     run = uuid.uuid4().hex[:8]
     app = _ingest()
     await _publish_signals(redis, stream_name, run, range(20))
+    health_port = free_port()
     with serve_in_thread(app) as url, Replicas(tmp_path) as replicas:
         details = _details(app, replicas)
-        env = _replica_env(url, redis_url, stream_name, "c1", HMAC_PRODUCER_ENABLED="false")
+        env = _replica_env(
+            url,
+            redis_url,
+            stream_name,
+            "c1",
+            HMAC_PRODUCER_ENABLED="false",
+            BRIDGE_HEALTH_PORT=str(health_port),
+            BRIDGE_HEALTH_HOST="127.0.0.1",
+        )
         del env["HMAC_PRODUCER_SECRET"], env["HMAC_PRODUCER_KEY_ID"]
         replica = replicas.start("c1", env)
 
@@ -415,6 +429,16 @@ async def test_disabled_delivery_posts_nothing_and_says_so(
             if "HMAC_PRODUCER_ENABLED" in line
         ]
         assert any(line["level"] in ("WARNING", "ERROR", "CRITICAL") for line in lines), lines
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{health_port}", timeout=5.0
+        ) as http:
+            healthz = await http.get("/healthz")
+            readyz = await http.get("/readyz")
+            scraped = await http.get("/metrics")
+        assert healthz.status_code == 200, replicas.output()
+        assert (readyz.status_code, readyz.json()["status"]) == (503, "delivery disabled")
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain")
         await _stop(replica, replicas)
 
 

@@ -359,6 +359,29 @@ async def test_status_errors_never_show_the_password(
         assert f"{USER}:***@" in result.stderr
 
 
+async def test_check_over_tls_with_an_acl_user_never_shows_the_password(
+    secure_redis: SecureRedis, ingest: tuple[IngestApp, str], stream_name: str
+) -> None:
+    """`check` logs in over TLS as the ACL user (exit 0); a refused login fails naming redis."""
+    url = secure_redis.tls_url(ca=secure_redis.ca)
+    await _group_with_consumer(url, stream_name)
+    env = bridge_env(ingest[1], url, stream_name)
+    result = _bridge_command(["check"], env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"redis     ok: rediss://{USER}:***@127.0.0.1:{secure_redis.tls_port}/0" in output
+    assert f"stream    {stream_name}: 1 entries; group g present, lag 0, pending 1" in output
+    assert PASSWORD not in output
+    refused = _bridge_command(
+        ["check"],
+        {**env, "BRIDGE_REDIS_URL": secure_redis.tls_url(WRONG_PASSWORD, ca=secure_redis.ca)},
+    )
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1, output
+    assert "check failed: redis: " in refused.stderr
+    assert WRONG_PASSWORD not in output
+
+
 @pytest.mark.slow
 async def test_run_logs_and_spans_never_show_the_password(
     secure_redis: SecureRedis,
@@ -400,5 +423,6 @@ async def test_run_logs_and_spans_never_show_the_password(
     start = next(line for line in stdout.splitlines() if "signal-bridge starting" in line)
     assert redact_url(url) in start
     assert f"{USER}:***@" in start
-    assert f'"name": "process {stream_name}"' in stdout, "the console spans were printed"
+    assert f'"name": "process {stream_name}"' in stderr, "the console spans went to stderr"
+    assert '"name": "process' not in stdout, "no span in the JSON log stream"
     assert '"level":"DEBUG"' in stdout, "DEBUG lines were written"
