@@ -14,7 +14,7 @@ import os
 import secrets
 import signal as os_signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +26,12 @@ from bridge import __version__
 from bridge.client import HmacClient
 from bridge.config import BridgeConfig, load_config, load_ingest_secrets, redact_url, redis_db
 from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
+from bridge.feedback import DrainReport, ProgressSummary
 from bridge.health import GroupMonitor, HealthServer
+from bridge.retention import Retention
 from bridge.signal import Signal, decode_signal
 from bridge.stream import DLQ_PREFIX, SignalStream, connect, probe_database, publish
-from bridge.telemetry import configure_logging, log_fields, setup_telemetry
+from bridge.telemetry import Metrics, configure_logging, log_fields, setup_telemetry
 from bridge.worker import Worker
 
 __all__ = ["main"]
@@ -52,17 +54,19 @@ def _streams_of(config: BridgeConfig, redis: Any) -> list[SignalStream]:  # noqa
     ]
 
 
-def _install_stop(workers: Sequence[Worker]) -> None:
-    """SIGTERM / SIGINT only flip the workers' stop flags."""
+def _install_stop(workers: Sequence[Worker], report: DrainReport | None = None) -> None:
+    """SIGTERM / SIGINT only flip the workers' stop flags (and say so in one line)."""
     loop = asyncio.get_running_loop()
 
-    def stop() -> None:
+    def stop(sig: os_signal.Signals) -> None:
+        if report is not None and not any(w.stopping for w in workers):
+            report.stopping(sig.name, sum(w.in_flight for w in workers))
         for worker in workers:
             worker.stop()
 
     for sig in (os_signal.SIGTERM, os_signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, stop, sig)
 
 
 async def _wait_for_signal() -> None:
@@ -93,6 +97,30 @@ async def _serve_health(
                 delivery_enabled=enabled,
             )
         )
+
+
+def _start_operator_loops(
+    config: BridgeConfig,
+    stack: AsyncExitStack,
+    *,
+    stream: SignalStream,
+    worker: Worker,
+    monitor: GroupMonitor,
+    metrics: Metrics,
+) -> None:
+    """Start one stream's retention and progress-summary loops, cancelled with the stack."""
+    loops: list[tuple[str, Coroutine[Any, Any, None]]] = []
+    if config.stream.trim_acked:
+        retention = Retention(stream, metrics, config.stream.trim_interval_s)
+        loops.append((f"retention {stream.stream}", retention.run()))
+    if config.telemetry.summary_interval_s:
+        summary = ProgressSummary(
+            stream.stream, worker.stats, lambda: monitor.status, config.telemetry.summary_interval_s
+        )
+        loops.append((f"summary {stream.stream}", summary.run()))
+    for name, coro in loops:
+        task = asyncio.create_task(coro, name=name)
+        stack.callback(task.cancel)
 
 
 async def run_bridge(config: BridgeConfig) -> None:
@@ -157,8 +185,17 @@ async def run_bridge(config: BridgeConfig) -> None:
                 )
                 task = asyncio.create_task(monitor.run(), name=f"group-monitor {stream.stream}")
                 stack.callback(task.cancel)
+                _start_operator_loops(
+                    config,
+                    stack,
+                    stream=stream,
+                    worker=worker,
+                    monitor=monitor,
+                    metrics=telemetry.metrics,
+                )
+            drain = DrainReport(config.stream.shutdown_grace_s)
             await _serve_health(stack, config, workers, telemetry.prometheus_text)
-            _install_stop(workers)
+            _install_stop(workers, drain)
             tasks = [
                 asyncio.create_task(w.run(), name=f"worker {w.stream.stream}") for w in workers
             ]
@@ -169,6 +206,7 @@ async def run_bridge(config: BridgeConfig) -> None:
                 for worker in workers:
                     worker.stop()
                 await asyncio.wait(tasks, timeout=config.stream.shutdown_grace_s + 5)
+                drain.finished([w.stats for w in workers], sum(w.in_flight for w in workers))
     finally:
         telemetry.shutdown()
     log.info("signal-bridge stopped")

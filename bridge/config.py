@@ -168,6 +168,8 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     backoff_cap_ms: int = 30000
     breaker_threshold: int = 5
     retry_after_cap_s: float = 60.0
+    trim_acked: bool = False
+    trim_interval_s: float = 10.0
 
     def stream_names(self) -> list[str]:
         """Return the streams to consume: BRIDGE_STREAMS when set, else BRIDGE_STREAM."""
@@ -199,13 +201,15 @@ class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     health_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet / compose network
     status_interval_s: float = 5.0
     otel_env: dict[str, str] = msgspec.field(default_factory=dict)
+    summary_interval_s: float = 10.0
 
     def __repr__(self) -> str:
         # OTEL_EXPORTER_OTLP_HEADERS often carries an API key: show variable names only.
         return (
             f"TelemetryConfig(log_level={self.log_level!r}, log_format={self.log_format!r}, "
             f"health_port={self.health_port}, health_host={self.health_host!r}, "
-            f"status_interval_s={self.status_interval_s}, otel_env=<{sorted(self.otel_env)}>)"
+            f"status_interval_s={self.status_interval_s}, otel_env=<{sorted(self.otel_env)}>, "
+            f"summary_interval_s={self.summary_interval_s})"
         )
 
 
@@ -354,6 +358,10 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "BRIDGE_BACKOFF_CAP_MS": ("stream", "backoff_cap_ms", _parse_int),
     "BRIDGE_BREAKER_THRESHOLD": ("stream", "breaker_threshold", _parse_int),
     "BRIDGE_RETRY_AFTER_CAP_SECONDS": ("stream", "retry_after_cap_s", _parse_float),
+    # issue 12: retention and feedback
+    "BRIDGE_TRIM_ACKED": ("stream", "trim_acked", _parse_bool),
+    "BRIDGE_TRIM_INTERVAL_SECONDS": ("stream", "trim_interval_s", _parse_float),
+    "BRIDGE_SUMMARY_INTERVAL_SECONDS": ("telemetry", "summary_interval_s", _parse_float),
 }
 
 # Parsers that see a blank value instead of it meaning "unset".
@@ -830,6 +838,7 @@ def _validate_recovery(cfg: StreamConfig) -> None:
             "BRIDGE_BACKOFF_CAP_MS must be at least BRIDGE_BACKOFF_BASE_MS",
             variable="BRIDGE_BACKOFF_CAP_MS",
         )
+    _positive("BRIDGE_TRIM_INTERVAL_SECONDS", cfg.trim_interval_s)
 
 
 def _is_stream_id(value: str) -> bool:
@@ -852,6 +861,11 @@ def _validate_telemetry(cfg: TelemetryConfig) -> None:
     if not 0 <= cfg.health_port <= 65535:
         raise ConfigError(
             "BRIDGE_HEALTH_PORT must be 0..65535 (0 disables)", variable="BRIDGE_HEALTH_PORT"
+        )
+    if cfg.summary_interval_s < 0:
+        raise ConfigError(
+            "BRIDGE_SUMMARY_INTERVAL_SECONDS must be >= 0 (0 disables)",
+            variable="BRIDGE_SUMMARY_INTERVAL_SECONDS",
         )
     if not _is_host(cfg.health_host):
         raise ConfigError(

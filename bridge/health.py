@@ -50,8 +50,13 @@ class GroupMonitor:
         metrics.observe_circuit(stream.stream, lambda: worker.breaker.is_open)
 
     async def poll_once(self) -> None:
-        """Read the status now and publish it to the gauges."""
-        status = await self.stream.status()
+        """Read the status now and publish it to the gauges (and whether Redis answered)."""
+        try:
+            status = await self.stream.status()
+        except StreamError:
+            self.metrics.observe_redis(self.stream.stream, up=False)
+            raise
+        self.metrics.observe_redis(self.stream.stream, up=True)
         self.status = status
         self.metrics.observe_group(
             status.stream,
@@ -60,6 +65,7 @@ class GroupMonitor:
             pending=status.pending,
             oldest_pending_age_s=(status.oldest_pending_age_ms or 0) / 1000,
             dead_letters=status.dead_letters,
+            dead_letter_oldest_age_s=(status.dead_letter_oldest_age_ms or 0) / 1000,
         )
 
     async def run(self) -> None:

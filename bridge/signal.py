@@ -30,6 +30,7 @@ __all__ = [
     "decode_signal",
     "encode_canonical",
     "format_timestamp",
+    "guess_signal_id",
     "parse_timestamp",
 ]
 
@@ -317,3 +318,23 @@ def decode_signal(data: bytes | str) -> Signal:
         raise InvalidSignalError(f"invalid signal: {exc}", field=field) from exc
     except msgspec.DecodeError as exc:
         raise InvalidSignalError(f"signal is not valid JSON: {exc}") from exc
+
+
+_LOOSE_DECODER: Final = msgspec.json.Decoder()
+
+
+def guess_signal_id(raw: bytes | None) -> str | None:
+    """Best effort: the ``signal_id`` of a signal that failed validation, for logs only.
+
+    An invalid signal's id still lets an operator find it; anything unusable gives None.
+    """
+    if not raw:
+        return None
+    try:
+        data = _LOOSE_DECODER.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    value = data.get("signal_id") if isinstance(data, dict) else None
+    if isinstance(value, str) and value and len(value) <= MAX_SIGNAL_ID_LEN and value.isprintable():
+        return value
+    return None

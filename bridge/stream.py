@@ -25,12 +25,14 @@ from bridge.signal import Signal, encode_canonical
 
 __all__ = [
     "DLQ_PREFIX",
+    "MAX_AGE_WAIVED_FIELD",
     "READ_MARGIN_S",
     "DeadLetter",
     "Entry",
     "GroupStatus",
     "Pending",
     "SignalStream",
+    "TrimResult",
     "connect",
     "publish",
     "publish_raw",
@@ -54,6 +56,63 @@ redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
 return 1
 """
 DLQ_PREFIX: Final = "dlq_"
+# Set by `dlq replay --allow-expired`: the worker posts the entry whatever its age. Its value
+# says when and by whom the operator waived the limit.
+MAX_AGE_WAIVED_FIELD: Final = b"replay_max_age_waived"
+# KEYS: stream. Finds the lowest id any consumer group of the stream still needs and trims
+# below it, in one script so no group can move back in between. Per group: its oldest pending
+# entry, else the entry after its last-delivered id; a group at 0-0 needs everything. No group:
+# no trim. Ids are compared as (length, text) pairs of their decimal parts, exact for 64 bits.
+# Returns {entries trimmed, the MINID used or ''}.
+_TRIM_ACKED_LUA: Final = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return ms, seq
+end
+local function less(a, b)
+  local ams, aseq = parse(a)
+  local bms, bseq = parse(b)
+  if #ams ~= #bms then return #ams < #bms end
+  if ams ~= bms then return ams < bms end
+  if #aseq ~= #bseq then return #aseq < #bseq end
+  return aseq < bseq
+end
+local function after(id)
+  local ms, seq = parse(id)
+  local n = tonumber(seq)
+  if #seq > 15 or n == nil then
+    return id
+  end
+  return ms .. '-' .. string.format('%d', n + 1)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {0, ''}
+end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then
+  return {0, ''}
+end
+local floor = nil
+for _, group in ipairs(groups) do
+  local info = {}
+  for i = 1, #group, 2 do
+    info[group[i]] = group[i + 1]
+  end
+  if info['last-delivered-id'] == '0-0' then
+    return {0, ''}
+  end
+  local need
+  if tonumber(info['pending']) > 0 then
+    need = redis.call('XPENDING', KEYS[1], info['name'])[2]
+  else
+    need = after(info['last-delivered-id'])
+  end
+  if floor == nil or less(need, floor) then
+    floor = need
+  end
+end
+return {redis.call('XTRIM', KEYS[1], 'MINID', floor), floor}
+"""
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -88,6 +147,13 @@ class Pending(msgspec.Struct, frozen=True):
     deliveries: int
 
 
+class TrimResult(msgspec.Struct, frozen=True):
+    """What one retention pass did: entries removed and the MINID used (None: nothing to do)."""
+
+    trimmed: int
+    min_id: str | None
+
+
 class ConsumerStatus(msgspec.Struct, frozen=True):
     """One consumer of the group: name, entries it holds, ms since it last acted."""
 
@@ -107,6 +173,7 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     oldest_pending_age_ms: int | None
     consumers: list[ConsumerStatus]
     dead_letters: int
+    dead_letter_oldest_age_ms: int | None = None
 
 
 async def _guard(awaitable: Awaitable[Any], what: str) -> Any:  # noqa: ANN401 - redis-py replies are loosely typed; callers convert
@@ -143,6 +210,21 @@ async def probe_database(client: aioredis.Redis, db: int) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_ms(entry_id: bytes | str) -> int:
+    """Return the millisecond part of a stream entry id."""
+    return int(_text(entry_id).partition("-")[0])
+
+
+def _is_entry_id(value: str) -> bool:
+    """Tell whether ``value`` is a full stream entry id (``<ms>-<seq>``)."""
+    ms, sep, seq = value.partition("-")
+    return bool(sep) and ms.isdigit() and seq.isdigit()
+
+
+# New entries a producer may add between XGROUP CREATE and the count of skipped ones.
+_NEWER_SCAN_LIMIT: Final = 10_000
 
 
 def _entries(
@@ -249,6 +331,7 @@ class SignalStream:
         self.consumer = consumer
         self.dlq_stream = dlq_stream
         self._dead_letter_script = redis.register_script(_DEAD_LETTER_LUA)
+        self._trim_script = redis.register_script(_TRIM_ACKED_LUA)
 
     def __repr__(self) -> str:
         return (
@@ -539,6 +622,11 @@ class SignalStream:
                     first_id = _text(first[0]["message_id"])
                     oldest = max(0, int(time.time() * 1000) - int(first_id.split("-")[0]))
         dead = int(await _guard(self.redis.xlen(self.dlq_stream), "XLEN"))
+        dead_oldest: int | None = None
+        if dead:
+            first_letter = await _guard(self.redis.xrange(self.dlq_stream, count=1), "XRANGE")
+            if first_letter:
+                dead_oldest = max(0, int(time.time() * 1000) - _id_ms(first_letter[0][0]))
         return GroupStatus(
             stream=self.stream,
             group=self.group,
@@ -548,31 +636,96 @@ class SignalStream:
             oldest_pending_age_ms=oldest,
             consumers=consumers,
             dead_letters=dead,
+            dead_letter_oldest_age_ms=dead_oldest,
         )
 
-    async def dead_letters(self, *, reason: str | None = None, count: int = 1000) -> list[Entry]:
-        """List dead-letter entries, oldest first, optionally only one reason."""
-        raw = await _guard(self.redis.xrange(self.dlq_stream, count=count), "XRANGE")
-        live, _ = _entries(raw)
-        if reason is None:
-            return live
-        return [e for e in live if e.field(f"{DLQ_PREFIX}reason") == reason]
+    async def trim_acked(self) -> TrimResult:
+        """XTRIM MINID below the lowest id any group of the stream still needs (one script).
 
-    async def replay(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        Works on Redis 7 (8.2's XTRIM ... ACKED does this natively). Another group, lagging or
+        idle, keeps everything it has not read: nothing unread or pending is ever trimmed.
+        """
+        reply = await _guard(self._trim_script(keys=[self.stream]), "XTRIM MINID (script)")
+        min_id = _text(reply[1])
+        return TrimResult(int(reply[0]), min_id or None)
+
+    async def skipped_by_new_group(self) -> int:
+        """Count entries at or below the group's last-delivered id: what a new ``$`` group skips."""
+        groups = await _guard(self.redis.xinfo_groups(self.stream), "XINFO GROUPS")
+        last = next(
+            (_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == self.group),
+            "0-0",
+        )
+        if last == "0-0":
+            return 0
+        length = int(await _guard(self.redis.xlen(self.stream), "XLEN"))
+        newer = await _guard(
+            self.redis.xrange(self.stream, min=f"({last}", count=_NEWER_SCAN_LIMIT), "XRANGE"
+        )
+        return max(0, length - len(newer))
+
+    async def dead_letter_entry(self, dlq_id: str) -> Entry | None:
+        """Return one dead letter by id, or None when the stream has no such entry."""
+        if not _is_entry_id(dlq_id):
+            return None
+        raw = await _guard(self.redis.xrange(self.dlq_stream, dlq_id, dlq_id), "XRANGE")
+        live, _ = _entries(raw)
+        return live[0] if live else None
+
+    async def scan_dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        since_ms: int | None = None,
+        limit: int | None = None,
+        page: int = 500,
+    ) -> AsyncIterator[Entry]:
+        """Yield dead letters oldest first over the WHOLE dead-letter stream, page by page.
+
+        ``since_ms`` starts at letters written at or after that Unix time (a dead letter's id
+        is its write time); ``reason`` keeps one reason; ``limit`` stops after that many matches.
+        """
+        start = f"{since_ms}-0" if since_ms is not None else "-"
+        found = 0
+        while limit is None or found < limit:
+            raw = await _guard(self.redis.xrange(self.dlq_stream, min=start, count=page), "XRANGE")
+            live, _ = _entries(raw)
+            for entry in live:
+                if reason is None or entry.field(f"{DLQ_PREFIX}reason") == reason:
+                    yield entry
+                    found += 1
+                    if limit is not None and found >= limit:
+                        return
+            if len(raw) < page:
+                return
+            start = f"({_text(raw[-1][0])}"
+
+    async def dead_letters(self, *, reason: str | None = None, count: int = 1000) -> list[Entry]:
+        """List up to ``count`` dead letters, oldest first, optionally only one reason.
+
+        The filter runs over the whole dead-letter stream, not only its first ``count`` entries.
+        """
+        return [e async for e in self.scan_dead_letters(reason=reason, limit=count)]
+
+    async def replay(
+        self, ids: Sequence[str], *, waive_max_age: str | None = None
+    ) -> list[tuple[str, str]]:
         """Re-publish dead letters to their source stream; delete each only after its XADD.
 
-        Returns (dead-letter id, new entry id) pairs.
+        ``waive_max_age`` (a note saying who waived it and when) marks each replayed entry so
+        the worker posts it whatever its age; without it any earlier waiver is dropped. Ids
+        not in the dead-letter stream are skipped. Returns (dead-letter id, new entry id) pairs.
         """
         done: list[tuple[str, str]] = []
         for dlq_id in ids:
-            raw = await _guard(self.redis.xrange(self.dlq_stream, dlq_id, dlq_id), "XRANGE")
-            live, _ = _entries(raw)
-            if not live:
+            entry = await self.dead_letter_entry(dlq_id)
+            if entry is None:
                 continue
-            entry = live[0]
             source = entry.field(f"{DLQ_PREFIX}source_stream") or self.stream
             original = {
-                k: v for k, v in entry.fields.items() if not k.startswith(DLQ_PREFIX.encode())
+                k: v
+                for k, v in entry.fields.items()
+                if not k.startswith(DLQ_PREFIX.encode()) and k != MAX_AGE_WAIVED_FIELD
             }
             # Keep the first delivery's identity: the replay carries the same idempotency key,
             # so a dead letter whose first attempt did land is dropped by the server as a repeat.
@@ -580,6 +733,8 @@ class SignalStream:
                 ORIGIN_FIELD,
                 f"{source}/{entry.field(f'{DLQ_PREFIX}source_id') or dlq_id}".encode(),
             )
+            if waive_max_age is not None:
+                original[MAX_AGE_WAIVED_FIELD] = waive_max_age.encode()
             new_id = await _guard(self.redis.xadd(source, original), "XADD")  # type: ignore[arg-type]
             await _guard(self.redis.xdel(self.dlq_stream, dlq_id), "XDEL")
             done.append((dlq_id, _text(new_id)))

@@ -110,6 +110,12 @@ class Metrics:
                 "1",
                 "Entries in the dead-letter stream",
             ),
+            (
+                "signals_dead_letter_oldest_age_seconds",
+                "dead_letter_oldest_age_s",
+                "s",
+                "Age of the oldest entry in the dead-letter stream (0 when it is empty)",
+            ),
         ):
             meter.create_observable_gauge(
                 name, [self._group_callback(key)], unit=unit, description=description
@@ -134,6 +140,19 @@ class Metrics:
             unit="1",
             description="1 while the circuit breaker is open (reading paused), else 0",
         )
+        # issue 12: retention and Redis reachability
+        self.trimmed_total = meter.create_counter(
+            "signals_trimmed_total",
+            unit="1",
+            description="Entries XTRIM MINID removed from the source stream (read and acked)",
+        )
+        self._redis_up: dict[str, int] = {}
+        meter.create_observable_gauge(
+            "signals_redis_up",
+            [self._redis_up_callback],
+            unit="1",
+            description="1 when the last status poll reached Redis, else 0",
+        )
 
     def observe_group(
         self,
@@ -144,6 +163,7 @@ class Metrics:
         pending: int,
         oldest_pending_age_s: float,
         dead_letters: int,
+        dead_letter_oldest_age_s: float = 0.0,
     ) -> None:
         """Store the latest group status for the gauges."""
         self._groups[(stream, group)] = {
@@ -151,7 +171,16 @@ class Metrics:
             "pending": pending,
             "oldest_pending_age_s": oldest_pending_age_s,
             "dead_letters": dead_letters,
+            "dead_letter_oldest_age_s": dead_letter_oldest_age_s,
         }
+
+    def observe_redis(self, stream: str, *, up: bool) -> None:
+        """Record whether the last status poll of ``stream`` reached Redis (signals_redis_up)."""
+        self._redis_up[stream] = 1 if up else 0
+
+    def _redis_up_callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        return [Observation(up, {"stream": stream}) for stream, up in self._redis_up.items()]
 
     def observe_circuit(self, stream: str, is_open: Callable[[], bool]) -> None:
         """Report a worker's breaker state as signals_circuit_open{stream}."""

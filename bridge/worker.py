@@ -45,10 +45,18 @@ from bridge.errors import (
     StreamError,
     SystemicError,
 )
+from bridge.feedback import report_new_group
 from bridge.lanes import CURRENT_LANE, Lane, Lanes, Offer, StreamId, format_id, next_id, parse_id
 from bridge.policy import Backoff
-from bridge.signal import Signal, decode_signal, encode_canonical
-from bridge.stream import ORIGIN_FIELD, SIGNAL_FIELD, DeadLetter, Entry, SignalStream
+from bridge.signal import Signal, decode_signal, encode_canonical, guess_signal_id
+from bridge.stream import (
+    MAX_AGE_WAIVED_FIELD,
+    ORIGIN_FIELD,
+    SIGNAL_FIELD,
+    DeadLetter,
+    Entry,
+    SignalStream,
+)
 from bridge.telemetry import Metrics, get_tracer, log_fields
 
 __all__ = ["IDEMPOTENCY_NAMESPACE", "Worker", "idempotency_key"]
@@ -90,6 +98,7 @@ class _Job:
     attempts: int = 0
     parent: otel_context.Context | None = None
     done: bool = False
+    age_waived: bool = False  # replayed with `dlq replay --allow-expired`
 
 
 @dataclass(slots=True)
@@ -261,7 +270,8 @@ class Worker:
         attempt = 0
         while not self._stopping:
             try:
-                await self.stream.ensure_group(self.config.start_id)
+                if await self.stream.ensure_group(self.config.start_id):
+                    await report_new_group(self.stream, self.config.start_id)
                 self.redis_ok = self.group_ready = True
                 self._redis_outage_logged = False
                 break
@@ -616,6 +626,17 @@ class Worker:
             else (self.stream.stream, "/", entry.id)
         )
         job.key = idempotency_key(stream_name, entry_id, job.signal.signal_id)
+        waiver = entry.fields.get(MAX_AGE_WAIVED_FIELD)
+        if waiver is not None:
+            job.age_waived = True
+            log.warning(
+                "replayed signal will be posted whatever its age: an operator waived the limit",
+                extra=log_fields(
+                    entry_id=entry.id,
+                    signal_id=job.signal.signal_id,
+                    waived_by=waiver.decode("utf-8", "replace"),
+                ),
+            )
         return job
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -754,7 +775,7 @@ class Worker:
             },
         ) as span:
             while True:
-                too_old = self._too_old(signal)
+                too_old = self._too_old(signal, waived=job.age_waived)
                 if too_old is not None:
                     await self._dead_letter(
                         job,
@@ -835,9 +856,9 @@ class Worker:
         )
         return None
 
-    def _too_old(self, signal: Signal) -> str | None:
-        """Say why ``signal`` is too old to send now, or None while it is fresh enough."""
-        max_age = self.config.signal_max_age_s
+    def _too_old(self, signal: Signal, *, waived: bool = False) -> str | None:
+        """Say why ``signal`` is too old to send now, or None while fresh enough (or waived)."""
+        max_age = 0.0 if waived else self.config.signal_max_age_s
         age_s = self.clock() - signal.timestamp.timestamp()
         if max_age and age_s > max_age:
             return f"signal is {age_s:.1f}s old, limit {max_age:g}s"
@@ -846,7 +867,7 @@ class Worker:
     async def _post(self, job: _Job, signal: Signal) -> Delivery:
         """POST within a posting slot; after stop() only while the server's last answer was good."""
         async with self._posting:
-            too_old = self._too_old(signal)  # the wait for a slot may have been long
+            too_old = self._too_old(signal, waived=job.age_waived)  # the wait may have been long
             if too_old is not None:
                 raise _ExpiredError(too_old)
             if self._stopping and (self.breaker.is_open or self.breaker.consecutive_failures):
@@ -998,7 +1019,11 @@ class Worker:
             "signal dead-lettered",
             extra=log_fields(
                 entry_id=job.entry.id,
-                signal_id=job.signal.signal_id if job.signal else None,
+                signal_id=(
+                    job.signal.signal_id
+                    if job.signal
+                    else guess_signal_id(job.entry.fields.get(SIGNAL_FIELD))
+                ),
                 reason=letter.reason,
                 error=letter.error,
                 http_code=letter.http_code,

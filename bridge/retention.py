@@ -1,0 +1,65 @@
+"""Retention that loses nothing: trim the source stream below what every group still needs.
+
+With ``BRIDGE_TRIM_ACKED=true`` each replica runs one :class:`Retention` per stream. Every
+``BRIDGE_TRIM_INTERVAL_SECONDS`` it asks Redis (one script, see
+:meth:`bridge.stream.SignalStream.trim_acked`) for the lowest id that any consumer group of the
+stream, ours or another, still needs, and XTRIMs MINID there. Replicas trimming at once is
+harmless: the same floor, or a higher one, is computed each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bridge.errors import StreamError
+from bridge.stream import SignalStream, TrimResult
+from bridge.telemetry import Metrics, log_fields
+
+__all__ = ["Retention"]
+
+log = logging.getLogger(__name__)
+
+
+class Retention:
+    """Trims one stream at an interval; errors are logged once per outage and retried."""
+
+    def __init__(self, stream: SignalStream, metrics: Metrics, interval_s: float = 10.0) -> None:
+        self.stream = stream
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.trimmed = 0
+        self._failing = False
+
+    async def trim_once(self) -> TrimResult:
+        """Run one pass now: trim, count, and log what was removed."""
+        result = await self.stream.trim_acked()
+        if result.trimmed:
+            self.trimmed += result.trimmed
+            self.metrics.trimmed_total.add(result.trimmed, {"stream": self.stream.stream})
+            log.debug(
+                "trimmed acknowledged entries",
+                extra=log_fields(
+                    stream=self.stream.stream, trimmed=result.trimmed, min_id=result.min_id
+                ),
+            )
+        return result
+
+    async def run(self) -> None:
+        """Trim every ``interval_s`` until cancelled."""
+        log.info(
+            "retention on: trimming entries every consumer group has read and acked",
+            extra=log_fields(stream=self.stream.stream, interval_s=self.interval_s),
+        )
+        while True:
+            try:
+                await self.trim_once()
+                self._failing = False
+            except StreamError as exc:
+                if not self._failing:
+                    log.warning(
+                        "could not trim the stream; retrying",
+                        extra=log_fields(stream=self.stream.stream, error=str(exc)),
+                    )
+                self._failing = True
+            await asyncio.sleep(self.interval_s)
