@@ -27,6 +27,7 @@ __all__ = [
     "DLQ_PREFIX",
     "MAX_AGE_WAIVED_FIELD",
     "READ_MARGIN_S",
+    "SIGNAL_FIELD",
     "DeadLetter",
     "Entry",
     "GroupStatus",
