@@ -482,6 +482,7 @@ def setup_telemetry(
 
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
+        _add_process_metrics(registry)
     if disabled:
         # No spans, no export: the API's no-op tracer. /metrics keeps its meaning (a local
         # meter read only by the scrape); with no health port there is nothing to serve.
@@ -513,3 +514,15 @@ def setup_telemetry(
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return TelemetryHandle(tracer_provider, meter_provider, registry)
+
+
+def _add_process_metrics(registry: Any) -> None:  # noqa: ANN401 - a prometheus_client registry
+    """Serve the standard ``process_*`` metrics (CPU, RSS, open fds, start time) on /metrics.
+
+    prometheus_client's process collector, not OTel's system-metrics instrumentation: it gives
+    the exact names every dashboard and alert expects (``process_resident_memory_bytes`` ...),
+    reads /proc at scrape time only, and needs no extra dependency (psutil).
+    """
+    from prometheus_client import ProcessCollector  # noqa: PLC0415 - optional path
+
+    ProcessCollector(registry=registry)

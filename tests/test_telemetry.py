@@ -551,6 +551,12 @@ async def test_metrics_endpoint_serves_prometheus_text_with_the_seed_names(
         "signals_oldest_pending_age_seconds",
         "signals_dead_letter_stream_length",
         "signals_circuit_open",
+        "signals_dead_letter_oldest_age_seconds",
+        "signals_redis_up",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+        "process_open_fds",
     ):
         assert sample_labels(name), f"{name} missing from /metrics"
     assert {lab["reason"] for lab in sample_labels("signals_retries_total")} == {"503"}
@@ -558,6 +564,10 @@ async def test_metrics_endpoint_serves_prometheus_text_with_the_seed_names(
     assert [(s.labels["stream"], s.labels["group"], s.value) for s in lag] == [(rig.stream, "g", 0)]
     [circuit] = [s for s in samples if s.name == "signals_circuit_open"]
     assert (circuit.labels["stream"], circuit.value) == (rig.stream, 0)
+    [redis_up] = [s for s in samples if s.name == "signals_redis_up"]
+    assert (redis_up.labels["stream"], redis_up.value) == (rig.stream, 1)
+    [rss] = [s for s in samples if s.name == "process_resident_memory_bytes"]
+    assert rss.value > 1_000_000
 
 
 async def test_without_an_endpoint_nothing_is_exported_and_nothing_fails(
