@@ -14,17 +14,26 @@ import os
 import secrets
 import signal as os_signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
 from bridge import __version__
 from bridge.client import HmacClient
-from bridge.config import BridgeConfig, load_config, load_ingest_secrets, redact_url, redis_db
+from bridge.config import (
+    BridgeConfig,
+    load_config,
+    load_ingest_secrets,
+    otel_environment,
+    redact_url,
+    redis_db,
+)
 from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
 from bridge.feedback import DrainReport, ProgressSummary
 from bridge.health import GroupMonitor, HealthServer
@@ -342,11 +351,40 @@ def _signal_from_flags(args: argparse.Namespace) -> Signal:
 
 async def _publish(config: BridgeConfig, args: argparse.Namespace) -> int:
     signals = _signals_from_args(args)
-    async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
-        for item in signals:
-            entry_id = await publish(redis, item, stream=config.stream.stream_names())
-            print(entry_id)
+    telemetry = setup_telemetry(
+        config.telemetry.otel_env, instance_id=config.stream.consumer, prometheus=False
+    )
+    try:
+        async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+            for item in signals:
+                with _producer_span(telemetry.tracer, config.stream.stream_names()):
+                    entry_id = await publish(redis, item, stream=config.stream.stream_names())
+                print(entry_id)
+    finally:
+        telemetry.shutdown()
     return 0
+
+
+@contextlib.contextmanager
+def _producer_span(tracer: trace.Tracer, streams: Sequence[str]) -> Iterator[None]:
+    """Make a PRODUCER span current so ``publish`` stores its traceparent in the entry.
+
+    Only a sampled span (an exporter is configured) is made current: an unsampled traceparent
+    would stop the bridge and the server from recording their part of the trace.
+    """
+    name = f"publish {streams[0]}" if len(streams) == 1 else "publish"
+    with tracer.start_as_current_span(
+        name,
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            msg_attrs.MESSAGING_SYSTEM: "redis",
+            msg_attrs.MESSAGING_OPERATION_TYPE: "send",
+        },
+    ) as span:
+        if span.get_span_context().trace_flags.sampled:
+            yield
+            return
+    yield
 
 
 # --- status and dlq ----------------------------------------------------------------------------
@@ -570,20 +608,53 @@ def _waiver_note() -> str:
 
 
 def _ingest_server(args: argparse.Namespace) -> int:
-    """Run the reference ingest server in the foreground."""
+    """Run the reference ingest server in the foreground, with JSON logs and OpenTelemetry."""
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     from bridge.ingest import IngestApp  # noqa: PLC0415 - server side only
 
-    app = IngestApp(secrets=load_ingest_secrets(), tolerance_s=args.tolerance)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        ssl_certfile=args.ssl_certfile,
-        ssl_keyfile=args.ssl_keyfile,
+    configure_logging("INFO", "json")
+    secrets = load_ingest_secrets()
+    telemetry = setup_telemetry(
+        otel_environment(),
+        instance_id=f"{args.host}:{args.port}",
+        prometheus=False,
+        service_name="signal-bridge-ingest",
+    )
+    app = IngestApp(secrets=secrets, tolerance_s=args.tolerance)
+    log.info(
+        "ingest server starting",
+        extra=log_fields(
+            version=__version__,
+            host=args.host,
+            port=args.port,
+            tls=bool(args.ssl_certfile),
+            key_ids=sorted(secrets),
+            tolerance_s=args.tolerance,
+        ),
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make
+    # that a no-op, so telemetry is flushed and the exit code is 0 rather than death by signal.
+    stopped_by: list[str] = []
+    previous = os_signal.signal(
+        os_signal.SIGTERM, lambda sig, frame: stopped_by.append(os_signal.Signals(sig).name)
+    )
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            log_config=None,  # keep our one-JSON-object-per-line handler
+            access_log=False,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+        )
+    finally:
+        os_signal.signal(os_signal.SIGTERM, previous)
+        telemetry.shutdown()
+    log.info(
+        "ingest server stopped", extra=log_fields(signal=stopped_by[0] if stopped_by else None)
     )
     return 0
 

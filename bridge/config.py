@@ -40,6 +40,7 @@ __all__ = [
     "effective_settings",
     "load_config",
     "load_ingest_secrets",
+    "otel_environment",
     "otel_exporter_names",
     "otlp_protocol",
     "redact_url",
@@ -1086,3 +1087,9 @@ def load_ingest_secrets(env: Mapping[str, str] | None = None) -> dict[str, bytes
                 variable="INGEST_SECRETS",
             )
     return secrets
+
+
+def otel_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the OTEL_* variables, for commands that set up telemetry without a BridgeConfig."""
+    environ = os.environ if env is None else env
+    return {k: v for k, v in environ.items() if k.startswith("OTEL_")}

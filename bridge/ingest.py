@@ -89,6 +89,12 @@ class IngestApp:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    log.info(
+                        "ingest server ready",
+                        extra=log_fields(
+                            key_ids=sorted(self.secrets), tolerance_s=self.tolerance_s
+                        ),
+                    )
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
@@ -96,6 +102,7 @@ class IngestApp:
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        started = time.perf_counter()
         tracer = self.tracer if self.tracer is not None else get_tracer()
         with tracer.start_as_current_span(
             f"{scope['method']} {scope['path']}",
@@ -110,6 +117,7 @@ class IngestApp:
             span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
             if status >= 500:
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
+            _log_outcome(scope, headers, status, payload, time.perf_counter() - started)
         await _respond(send, status, payload)
 
     async def _handle(
@@ -191,15 +199,38 @@ class IngestApp:
     def _refuse(
         self, status: int, reason: str, *, kind: str | None = None, **extra: object
     ) -> tuple[int, object]:
-        """Count (by a bounded kind) and log a refusal; the reason goes back to the client."""
+        """Count a refusal (by a bounded kind); the reason goes back to the client (and the log)."""
         self.refusals[kind or reason] = self.refusals.get(kind or reason, 0) + 1
-        log.info("ingest refused", extra=log_fields(http_code=status, reason=reason))
         return status, {"detail": reason, **extra}
 
     def keys(self) -> set[str]:
         """Return the idempotency keys accepted so far."""
         with self._lock:
             return set(self._keys)
+
+
+def _log_outcome(
+    scope: Scope, headers: Mapping[str, str], status: int, payload: object, duration_s: float
+) -> None:
+    """Log one request's outcome as one line: INFO when stored or a duplicate, else WARNING."""
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    outcome = {201: "accepted", 409: "duplicate"}.get(status, "refused")
+    log.log(
+        logging.INFO if outcome != "refused" else logging.WARNING,
+        f"ingest {outcome}",
+        extra=log_fields(
+            method=scope["method"],
+            path=scope["path"],
+            http_code=status,
+            outcome=outcome,
+            reason=detail,
+            producer_id=headers.get("x-producer-id"),
+            key_id=headers.get("x-key-id"),
+            idempotency_key=headers.get("x-idempotency-key"),
+            server_signal_id=(payload.get("signal_id") if isinstance(payload, dict) else None),
+            duration_ms=round(duration_s * 1000, 3),
+        ),
+    )
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

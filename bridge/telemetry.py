@@ -437,11 +437,15 @@ class TelemetryHandle:
 
 
 def setup_telemetry(
-    otel_env: Mapping[str, str], *, instance_id: str, prometheus: bool = True
+    otel_env: Mapping[str, str],
+    *,
+    instance_id: str,
+    prometheus: bool = True,
+    service_name: str = INSTRUMENTATION_NAME,
 ) -> TelemetryHandle:
     """Build SDK providers from the OTEL_* variables and install them globally.
 
-    ``service.name`` defaults to ``signal-bridge`` (OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES
+    ``service.name`` defaults to ``service_name`` (OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES
     win), ``service.instance.id`` is the consumer name. Exporters are the SDK's own, by the names
     OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER give (checked at load by bridge.config); OTLP
     without an endpoint exports nothing; trace ids still flow into logs and ``traceparent``
@@ -469,7 +473,7 @@ def setup_telemetry(
     if not otel_env.get("OTEL_SERVICE_NAME") and "service.name=" not in otel_env.get(
         "OTEL_RESOURCE_ATTRIBUTES", ""
     ):
-        attributes["service.name"] = INSTRUMENTATION_NAME
+        attributes["service.name"] = service_name
     resource = Resource.create(attributes)
 
     registry = None

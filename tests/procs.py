@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -93,14 +93,16 @@ class Replicas:
         self.log_dir = log_dir
         self.started: list[Replica] = []
 
-    def start(self, name: str, env: Mapping[str, str]) -> Replica:
-        """Start ``python -m bridge run`` with ``env`` over a cleaned copy of os.environ."""
+    def start(
+        self, name: str, env: Mapping[str, str], command: Sequence[str] = ("run",)
+    ) -> Replica:
+        """Start ``python -m bridge run`` (or another command) with ``env`` over a clean environ."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
         stdout_path = self.log_dir / f"{name}.stdout"
         stderr_path = self.log_dir / f"{name}.stderr"
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "run"],
+            proc = subprocess.Popen(  # noqa: S603 - our own module; the tests choose the command
+                [sys.executable, "-m", "bridge", *command],
                 env={**base, **env},
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
