@@ -127,6 +127,10 @@ async def test_new_group_at_dollar_warns_how_many_it_skips_and_dead_letters_name
     assert server.app.received == []
 
 
+async def _empty(redis: aioredis.Redis, stream: str) -> bool:
+    return bool(await redis.xlen(stream) == 0)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -140,9 +144,9 @@ def _json_lines(child: Replica) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 async def test_one_trace_from_publish_through_bridge_to_server_with_json_logs(
-    tmp_path: Path, redis_url: str, stream_name: str
+    tmp_path: Path, redis: aioredis.Redis, redis_url: str, stream_name: str
 ) -> None:
-    """Publish -> bridge -> ingest-server share one trace; the server logs JSON; SIGTERM is told."""
+    """Publish -> bridge -> server: one trace; JSON server logs; SIGTERM told; acked trimmed."""
     port = _free_port()
     with OtlpReceiver() as receiver, Replicas(tmp_path) as children:
         otel = {
@@ -165,6 +169,8 @@ async def test_one_trace_from_publish_through_bridge_to_server_with_json_logs(
             redis_url,
             stream_name,
             BRIDGE_SUMMARY_INTERVAL_SECONDS="0.2",
+            BRIDGE_TRIM_ACKED="true",
+            BRIDGE_TRIM_INTERVAL_SECONDS="0.2",
             **otel,
         )
         bridge = children.start("bridge", env)
@@ -192,6 +198,8 @@ async def test_one_trace_from_publish_through_bridge_to_server_with_json_logs(
         )
         assert chains() == [chain, chain], children.output()
         await eventually(lambda: "progress" in bridge.stdout(), what="a progress line")
+        # Retention is on and ours is the only group: once both are acked the stream is empty.
+        await eventually(lambda: _empty(redis, stream_name), what="acked entries trimmed")
         bridge.send(signal.SIGTERM)
         ingest.send(signal.SIGTERM)
         assert await bridge.wait(20) == 0, bridge.output()
