@@ -213,10 +213,13 @@ def _log_outcome(
     scope: Scope, headers: Mapping[str, str], status: int, payload: object, duration_s: float
 ) -> None:
     """Log one request's outcome as one line: INFO when stored or a duplicate, else WARNING."""
-    detail = payload.get("detail") if isinstance(payload, dict) else None
     outcome = {201: "accepted", 409: "duplicate"}.get(status, "refused")
+    level = logging.INFO if outcome != "refused" else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    detail = payload.get("detail") if isinstance(payload, dict) else None
     log.log(
-        logging.INFO if outcome != "refused" else logging.WARNING,
+        level,
         f"ingest {outcome}",
         extra=log_fields(
             method=scope["method"],

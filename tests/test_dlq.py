@@ -67,6 +67,10 @@ async def test_filters_cover_the_whole_dead_letter_stream(
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     later = await asyncio.to_thread(cli, "dlq", "list", "--since", future, "--json", env=env)
     assert json.loads(later.stdout) == []
+    status = await stream.status()
+    assert status.dead_letters == 9
+    assert status.dead_letter_oldest_age_ms is not None
+    assert 0 <= status.dead_letter_oldest_age_ms < 60_000
     bad = await asyncio.to_thread(cli, "dlq", "list", "--since", "yesterday", env=env)
     assert bad.returncode == 2
     assert "duration like 90s" in bad.stderr

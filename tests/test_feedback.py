@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -223,3 +224,21 @@ async def test_one_trace_from_publish_through_bridge_to_server_with_json_logs(
     assert "drain finished" in bridge_messages[stop:]
     progress = [line for line in _json_lines(bridge) if line["message"] == "progress"]
     assert sum(line["delivered"] for line in progress) == 2
+
+
+async def test_ingest_server_logs_each_refusal_with_its_reason(
+    ingest_server: tuple[Any, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unsigned POST is answered 401 and logged as one WARNING line saying why."""
+    caplog.set_level(logging.INFO, logger="bridge.ingest")
+    _, base_url = ingest_server
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        response = await http.post(
+            "/api/v1/signals/ingest", content=b"{}", headers={"X-Producer-Id": "p1"}
+        )
+    assert response.status_code == 401
+    (record,) = [r for r in caplog.records if r.getMessage() == "ingest refused"]
+    fields = dict(getattr(record, "fields", {}))
+    assert record.levelno == logging.WARNING
+    assert (fields["http_code"], fields["producer_id"]) == (401, "p1")
+    assert fields["reason"] == response.json()["detail"]
