@@ -60,10 +60,12 @@ DLQ_PREFIX: Final = "dlq_"
 # Set by `dlq replay --allow-expired`: the worker posts the entry whatever its age. Its value
 # says when and by whom the operator waived the limit.
 MAX_AGE_WAIVED_FIELD: Final = b"replay_max_age_waived"
-# KEYS: stream. Finds the lowest id any consumer group of the stream still needs and trims
-# below it, in one script so no group can move back in between. Per group: its oldest pending
-# entry, else the entry after its last-delivered id; a group at 0-0 needs everything. No group:
-# no trim. Ids are compared as (length, text) pairs of their decimal parts, exact for 64 bits.
+# KEYS: stream. ARGV: most entries to remove. Finds the lowest id any consumer group of the
+# stream still needs and trims below it, in one script so no group can move back in between.
+# Per group: its oldest pending entry, else the entry after its last-delivered id; a group at
+# 0-0 needs everything. No group: no trim. Ids are compared as (length, text) pairs of their
+# decimal parts, exact for 64 bits. The trim is approximate (whole radix-tree nodes, never an
+# entry at or above MINID) with a LIMIT, so one call blocks Redis for a bounded time.
 # Returns {entries trimmed, the MINID used or ''}.
 _TRIM_ACKED_LUA: Final = """
 local function parse(id)
@@ -112,7 +114,7 @@ for _, group in ipairs(groups) do
     floor = need
   end
 end
-return {redis.call('XTRIM', KEYS[1], 'MINID', floor), floor}
+return {redis.call('XTRIM', KEYS[1], 'MINID', '~', floor, 'LIMIT', ARGV[1]), floor}
 """
 
 
@@ -640,13 +642,17 @@ class SignalStream:
             dead_letter_oldest_age_ms=dead_oldest,
         )
 
-    async def trim_acked(self) -> TrimResult:
-        """XTRIM MINID below the lowest id any group of the stream still needs (one script).
+    async def trim_acked(self, limit: int = 10_000) -> TrimResult:
+        """XTRIM MINID ~ below the lowest id any group of the stream still needs (one script).
 
         Works on Redis 7 (8.2's XTRIM ... ACKED does this natively). Another group, lagging or
-        idle, keeps everything it has not read: nothing unread or pending is ever trimmed.
+        idle, keeps everything it has not read: nothing unread or pending is ever trimmed. At
+        most ``limit`` entries go per call, in whole nodes, so entries just below the floor
+        may stay until their node is wholly below it.
         """
-        reply = await _guard(self._trim_script(keys=[self.stream]), "XTRIM MINID (script)")
+        reply = await _guard(
+            self._trim_script(keys=[self.stream], args=[limit]), "XTRIM MINID (script)"
+        )
         min_id = _text(reply[1])
         return TrimResult(int(reply[0]), min_id or None)
 
