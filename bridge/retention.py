@@ -21,7 +21,7 @@ __all__ = ["Retention"]
 
 log = logging.getLogger(__name__)
 
-# Entries removed per script call (Redis is blocked while it runs: about 3 ms per 10,000 here,
+# Entries removed per script call (Redis is blocked while it runs: under 10 ms per call here,
 # see bench/README.md) and calls per pass (a pass trims at most 100 x 10,000 = 1 M entries).
 TRIM_CHUNK: Final = 10_000
 MAX_CALLS_PER_PASS: Final = 100
