@@ -75,7 +75,7 @@ async def test_one_instrument_in_retry_does_not_delay_the_others(  # noqa: PLR09
     metrics_capture: MetricsCapture,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """60 signals of one instrument answered 503 for ~3 s: the others reach the server within a second of publishing; the stuck one is named by a WARNING and a gauge, then follows in order."""  # noqa: E501
+    """60 signals of one instrument answered 503 for ~3 s: the others reach the server within 2 s of publishing; the stuck one is named by a WARNING and a gauge, then follows in order."""  # noqa: E501
     caplog.set_level(logging.WARNING, logger="bridge.worker")
     bad = _bad(60)
     heal_at = _fail_bad_until(server, stream_name, bad)
@@ -111,7 +111,9 @@ async def test_one_instrument_in_retry_does_not_delay_the_others(  # noqa: PLR09
         for r in received
         if r.signal.instrument != BAD
     ]
-    assert max(lateness) < 1.0, f"others waited up to {max(lateness):.2f}s"
+    # The BAD instrument is refused for >= 2.5 s (until healed after the others arrived): a
+    # bound below that proves the others never waited for it, with room for a loaded machine.
+    assert max(lateness) < 2.0, f"others waited up to {max(lateness):.2f}s"
     assert len(received) == len(bad) + len(others)
     assert len(server.app.keys()) == len(received)
     assert _order([r.signal for r in received]) == _order(bad + others)
@@ -165,7 +167,7 @@ async def test_entries_waiting_in_redis_stay_with_their_replica(
     bad = _bad(20)
     heal_at = _fail_bad_until(server, stream_name, bad)
     await _publish_all(redis, stream_name, bad)
-    config = _config(server, redis_url, stream_name, BRIDGE_CLAIM_IDLE_MS="150")
+    config = _config(server, redis_url, stream_name, BRIDGE_CLAIM_IDLE_MS="400")
     no_breaker = Breaker(failure_threshold=NO_BREAKER)
     async with running(redis, config, consumer="a", breaker=no_breaker, backoff=Backoff(0.05, 0.1)):
         await eventually(
@@ -173,7 +175,7 @@ async def test_entries_waiting_in_redis_stay_with_their_replica(
         )
         async with running(redis, config, consumer="b", breaker=Breaker(NO_BREAKER)) as b:
             for _ in range(8):  # ~5 claim idle times
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.25)
                 pending = await redis.xpending_range(stream_name, "g", "-", "+", 50)
                 assert {p["consumer"] for p in pending} == {b"a"}
                 assert len(pending) == len(bad)
