@@ -33,7 +33,7 @@ from opentelemetry.semconv.attributes import (
 )
 
 from bridge import __version__
-from bridge.config import OutboundConfig
+from bridge.config import OutboundConfig, redact_url
 from bridge.errors import (
     AlreadyReceivedError,
     AuthError,
@@ -42,27 +42,31 @@ from bridge.errors import (
     DeliveryTimeoutError,
     InvalidSignalError,
     RejectedError,
+    ResponseTooLargeError,
     SystemicError,
     TransientDeliveryError,
 )
-from bridge.http import FastTransport
+from bridge.http import OVERSIZED_EXTENSION, FastTransport, Limits, ProxyRefusedError
 from bridge.outcome import Action, OutcomeTable, TransportFailure, Verdict
 from bridge.signal import Signal, encode_canonical
 from bridge.signing import Signer, key_fingerprint
 from bridge.telemetry import Metrics, get_tracer, log_fields, trace_fields
 
 __all__ = [
+    "MAX_DETAIL_BYTES",
     "Delivery",
     "HmacClient",
     "IngestResponse",
     "classify_status",
+    "cut_detail",
     "outcome_table",
     "parse_retry_after",
 ]
 
 log = logging.getLogger(__name__)
 
-_MAX_DETAIL_CHARS: Final = 2048
+# Error bodies in logs, spans and dead letters: at most this many bytes of UTF-8.
+MAX_DETAIL_BYTES: Final = 2048
 _MAX_WARNING_BODY_CHARS: Final = 256
 
 
@@ -80,13 +84,15 @@ class Delivery(msgspec.Struct, frozen=True):
     """A successful POST: the server's answer, its status code and how long it took.
 
     ``response`` is None and ``warning`` says why when the server acknowledged the signal with
-    a body that is not the documented IngestResponse (empty, not JSON, odd types).
+    a body that is not the documented IngestResponse (empty, not JSON, odd types), or with an
+    answer past a read limit: then ``oversized`` names the limit and the body was never read.
     """
 
     response: IngestResponse | None
     http_code: int
     duration_s: float
     warning: str | None = None
+    oversized: str | None = None
 
 
 _RESPONSE_DECODER: Final = msgspec.json.Decoder(IngestResponse)
@@ -146,12 +152,31 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+def cut_detail(content: bytes | str, limit: int = MAX_DETAIL_BYTES) -> str:
+    """Return ``content`` as text of at most ``limit`` UTF-8 bytes, noting the original size.
+
+    The one place error bodies are cut for logs, spans and dead letters: a cut text ends with
+    ``... [cut: N bytes in all]`` and never splits a UTF-8 character.
+    """
+    raw = content.encode("utf-8", "replace") if isinstance(content, str) else content
+    if len(raw) <= limit:
+        return raw.decode("utf-8", "replace")
+    note = f"... [cut: {len(raw)} bytes in all]"
+    keep = max(0, limit - len(note.encode()))
+    head = raw[:keep].decode("utf-8", "ignore")
+    while len(head.encode("utf-8")) > keep:  # a replacement character can grow the text
+        head = head[:-1]
+    return head + note
+
+
 def _server_details(content: bytes) -> object:
-    """Return the server's error body: decoded JSON when it is JSON, else a bounded snippet."""
-    try:
-        return _ANY_DECODER.decode(content)
-    except msgspec.DecodeError:
-        return content[:_MAX_DETAIL_CHARS].decode("utf-8", "replace")
+    """Return the server's error body: small JSON decoded, anything else as cut text."""
+    if len(content) <= MAX_DETAIL_BYTES:
+        try:
+            return _ANY_DECODER.decode(content)
+        except msgspec.DecodeError:
+            pass
+    return cut_detail(content)
 
 
 def _is_tls_verification_failure(exc: BaseException) -> bool:
@@ -211,11 +236,20 @@ class HmacClient:
         }
         if config.key_id is not None:
             self._static_headers["X-Key-Id"] = config.key_id
+        self._proxy, self._proxy_source = config.proxy()
         if transport is None:
             transport = FastTransport(
                 self._url,
                 ssl_context=build_ssl_context(config) if parts.scheme == "https" else None,
                 max_connections=config.max_connections,
+                connect_timeout_s=config.connect_timeout_s,
+                limits=Limits(
+                    max_head_bytes=config.max_response_head_bytes,
+                    max_header_lines=config.max_response_headers,
+                    max_body_bytes=config.max_response_bytes,
+                ),
+                proxy=self._proxy,
+                tcp_user_timeout_s=config.tcp_user_timeout_s,
             )
         # The hot path talks to FastTransport directly; any other httpx transport (a test's
         # MockTransport, httpx's own) goes through the regular AsyncClient.
@@ -263,6 +297,16 @@ class HmacClient:
                 key_id=self._config.key_id,
                 key_fingerprint=key_fingerprint(self._config.secret_bytes()),
                 url=self._url,
+            ),
+        )
+        log.info(
+            "outbound proxy: %s",
+            f"{redact_url(self._proxy)} (from {self._proxy_source})"
+            if self._proxy
+            else f"none ({self._proxy_source})",
+            extra=log_fields(
+                proxy=redact_url(self._proxy) if self._proxy else None,
+                proxy_source=self._proxy_source,
             ),
         )
         return self
@@ -379,15 +423,21 @@ class HmacClient:
             propagate.inject(headers, context=trace.set_span_in_context(span, context))
             started = time.perf_counter()
             try:
-                status, response_headers, content = await self._exchange(body, headers, timeout)
+                status, response_headers, content, oversized = await self._exchange(
+                    body, headers, timeout
+                )
                 span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
-                result, warning = self._interpret(status, response_headers, content)
+                warning: str | None
+                if oversized is not None:
+                    result, warning = self._oversized(status, oversized, span, signal_id)
+                else:
+                    result, warning = self._interpret(status, response_headers, content)
             except DeliveryError as exc:
                 self._fail(span, exc, started, signal_id)
                 raise
             elapsed = time.perf_counter() - started
             self._record("success", status, elapsed)
-            if warning is not None:
+            if warning is not None and oversized is None:
                 log.warning(
                     "ingest server accepted the signal with an unexpected answer body; acked, "
                     "not posted again",
@@ -399,14 +449,14 @@ class HmacClient:
                         error=warning,
                     ),
                 )
-            return Delivery(result, status, elapsed, warning)
+            return Delivery(result, status, elapsed, warning, oversized)
         finally:
             span.end()
 
     async def _exchange(
         self, body: bytes, headers: dict[str, str], timeout: float | None
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """Send one request; return (status, headers, body). httpx errors become ours."""
+    ) -> tuple[int, Mapping[str, str], bytes, str | None]:
+        """Send one request; return (status, headers, body, oversized). httpx errors become ours."""
         timeout_s = self._config.timeout_s if timeout is None else timeout
         try:
             if self._fast is not None:
@@ -420,16 +470,29 @@ class HmacClient:
                 raw = await self._fast.post(
                     self._fast_head + dynamic.encode("latin-1") + b"\r\n" + body, timeout_s
                 )
-                exchanged: tuple[int, Mapping[str, str], bytes] = (
+                exchanged: tuple[int, Mapping[str, str], bytes, str | None] = (
                     raw.status,
                     raw.headers,
                     raw.body,
+                    raw.oversized,
                 )
             else:
                 response = await self._client.post(
                     self._url, content=body, headers=headers, timeout=httpx.Timeout(timeout_s)
                 )
-                exchanged = (response.status_code, response.headers, response.content)
+                oversized = response.extensions.get(OVERSIZED_EXTENSION)
+                exchanged = (
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    oversized if isinstance(oversized, str) else None,
+                )
+        except httpx.ConnectTimeout as exc:
+            raise DeliveryTimeoutError(
+                f"could not connect to the ingest server within "
+                f"{min(timeout_s, self._config.connect_timeout_s):g}s "
+                f"(OUTBOUND_CONNECT_TIMEOUT_SECONDS): {exc}"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise DeliveryTimeoutError(
                 f"no answer from the ingest server within {timeout_s}s"
@@ -443,6 +506,17 @@ class HmacClient:
                     cause=verdict.cause,
                 ) from exc
             raise TransientDeliveryError(f"cannot connect to the ingest server: {exc}") from exc
+        except ProxyRefusedError as exc:
+            verdict = self._table.for_status(exc.status)
+            if verdict.action is Action.SYSTEMIC:
+                raise SystemicError(
+                    f"the proxy refused the tunnel: {exc}; likely cause: {verdict.cause}",
+                    http_code=exc.status,
+                    cause=verdict.cause,
+                ) from exc
+            raise TransientDeliveryError(f"proxy failure: {exc}") from exc
+        except httpx.ProxyError as exc:
+            raise TransientDeliveryError(f"proxy failure: {exc}") from exc
         except httpx.HTTPError as exc:
             hint = (
                 " (over TLS this is also how a server refuses a missing or untrusted client "
@@ -454,6 +528,35 @@ class HmacClient:
                 f"ingest request failed: {type(exc).__name__}: {exc}{hint}"
             ) from exc
         return exchanged
+
+    def _oversized(
+        self, code: int, limit: str, span: trace.Span, signal_id: str | None
+    ) -> tuple[IngestResponse | None, str]:
+        """Decide on an answer past a read limit from its status line alone.
+
+        A status the outcome table acks (2xx by default): the server has the signal; say so
+        with a WARNING and return (None, warning). Anything else: ResponseTooLargeError, a
+        transient failure (the rest of the answer is unknown).
+        """
+        if self._table.for_status(code).action is not Action.ACK:
+            raise ResponseTooLargeError(
+                f"ingest server answered {code} past a read limit ({limit}); not read",
+                http_code=code,
+                limit=limit,
+            )
+        span.set_attribute("bridge.response_oversized", limit)
+        log.warning(
+            "ingest server accepted the signal but its answer is past a read limit; "
+            "acked without reading it",
+            extra=log_fields(
+                **trace_fields(span),
+                producer_id=self.producer_id,
+                signal_id=signal_id,
+                http_code=code,
+                error=limit,
+            ),
+        )
+        return None, f"answer not read: {limit}"
 
     def _interpret(
         self, code: int, headers: Mapping[str, str], content: bytes

@@ -47,6 +47,7 @@ __all__ = [
     "redis_db",
     "secret_file_bytes",
     "secret_fingerprint",
+    "select_proxy",
     "setting_names",
 ]
 
@@ -100,6 +101,98 @@ def redact_url(url: str) -> str:
     return urlunsplit(SplitResult(parts.scheme, f"{userinfo}@{host}", *parts[2:]))
 
 
+# issue 11: the proxy variables curl and httpx read, lower case first (as curl prefers it).
+PROXY_VARIABLES: Final = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+)
+
+
+def _redacted_field(name: str, value: object) -> str:
+    """Repr one OutboundConfig field, proxy URLs with their credentials redacted."""
+    if name == "proxy_url" and isinstance(value, str):
+        return repr(redact_url(value))
+    if name == "proxy_env" and isinstance(value, dict):
+        return repr({k: redact_url(v) for k, v in value.items()})
+    return repr(value)
+
+
+def _env_value(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    """Return (variable, value) of ``name`` in lower then upper case, if set and non-empty."""
+    for variable in (name.lower(), name.upper()):
+        value = env.get(variable, "").strip()
+        if value:
+            return variable, value
+    return None
+
+
+def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
+    """Tell whether one NO_PROXY entry (host, .domain, host:port, IP, CIDR or *) covers us."""
+    entry = entry.strip().lower()
+    if entry == "*":
+        return True
+    if "/" in entry:
+        try:
+            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
+            return ipaddress.ip_address(host) in network
+        except ValueError:
+            return False
+    want_port: int | None = None
+    if entry.startswith("["):  # [v6] or [v6]:port
+        address, _, rest = entry[1:].partition("]")
+        if rest.startswith(":") and rest[1:].isdigit():
+            want_port = int(rest[1:])
+        entry = address
+    elif entry.count(":") == 1:
+        name, _, port_text = entry.partition(":")
+        if port_text.isdigit():
+            entry, want_port = name, int(port_text)
+    if want_port is not None and want_port != port:
+        return False
+    entry = entry.lstrip(".").rstrip(".")
+    host = host.rstrip(".")
+    return bool(entry) and (host == entry or host.endswith("." + entry))
+
+
+def select_proxy(
+    target_url: str, explicit: str | None, env: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """Choose the proxy for ``target_url`` as curl and httpx do; return (url or None, source).
+
+    ``explicit`` is OUTBOUND_PROXY_URL: a URL wins over the environment, ``none`` ignores it.
+    Otherwise ``https_proxy`` / ``http_proxy`` (by the target's scheme), then ``all_proxy``,
+    either case, unless ``no_proxy`` covers the host.
+    """
+    if explicit is not None and explicit.strip():
+        if explicit.strip().lower() == "none":
+            return None, "OUTBOUND_PROXY_URL=none"
+        return _with_scheme(explicit.strip()), "OUTBOUND_PROXY_URL"
+    parts = urlsplit(target_url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    found = _env_value(env, f"{parts.scheme}_proxy") or _env_value(env, "all_proxy")
+    if found is None:
+        return None, "no proxy variable set"
+    no_proxy = _env_value(env, "no_proxy")
+    if no_proxy is not None and any(
+        _no_proxy_matches(entry, host, port) for entry in no_proxy[1].split(",") if entry.strip()
+    ):
+        return None, f"{no_proxy[0]} covers {host}"
+    variable, url = found
+    return _with_scheme(url), variable
+
+
+def _with_scheme(url: str) -> str:
+    """Read a bare ``host:port`` as ``http://host:port``, as curl does."""
+    return url if "://" in url else f"http://{url}"
+
+
 def is_loopback_host(host: str) -> bool:
     """Tell whether ``host`` is localhost or a loopback address (plain http is fine there)."""
     if host.lower() in ("localhost", "localhost."):
@@ -127,6 +220,26 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
     success_statuses: list[int] | None = None
     systemic_statuses: list[int] | None = None
     reject_statuses: list[int] | None = None
+    # issue 11: limits, proxies and timeouts of the HTTP edge
+    max_response_bytes: int = 1024 * 1024
+    max_response_head_bytes: int = 64 * 1024
+    max_response_headers: int = 100
+    connect_timeout_s: float = 10.0
+    tcp_user_timeout_s: float = 10.0
+    proxy_url: str | None = None
+    proxy_env: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Proxy URLs may carry credentials: show them redacted; the secret is a Secret.
+        fields = ", ".join(
+            f"{name}={_redacted_field(name, getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"OutboundConfig({fields})"
+
+    def proxy(self) -> tuple[str | None, str]:
+        """Return the proxy for the ingest URL (None for a direct connection) and its source."""
+        return select_proxy(self.ingest_url, self.proxy_url, self.proxy_env)
 
     @property
     def ingest_url(self) -> str:
@@ -363,6 +476,13 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "BRIDGE_TRIM_ACKED": ("stream", "trim_acked", _parse_bool),
     "BRIDGE_TRIM_INTERVAL_SECONDS": ("stream", "trim_interval_s", _parse_float),
     "BRIDGE_SUMMARY_INTERVAL_SECONDS": ("telemetry", "summary_interval_s", _parse_float),
+    # issue 11: limits, proxies and timeouts of the HTTP edge
+    "OUTBOUND_MAX_RESPONSE_BYTES": ("outbound", "max_response_bytes", _parse_int),
+    "OUTBOUND_MAX_RESPONSE_HEAD_BYTES": ("outbound", "max_response_head_bytes", _parse_int),
+    "OUTBOUND_MAX_RESPONSE_HEADERS": ("outbound", "max_response_headers", _parse_int),
+    "OUTBOUND_CONNECT_TIMEOUT_SECONDS": ("outbound", "connect_timeout_s", _parse_float),
+    "OUTBOUND_TCP_USER_TIMEOUT_SECONDS": ("outbound", "tcp_user_timeout_s", _parse_float),
+    "OUTBOUND_PROXY_URL": ("outbound", "proxy_url", _parse_optional),
 }
 
 # Parsers that see a blank value instead of it meaning "unset".
@@ -405,7 +525,7 @@ def effective_settings(config: BridgeConfig) -> list[tuple[str, str]]:
             shown = str(value).lower()
         elif isinstance(value, list):
             shown = ",".join(value) or "(unset)"
-        elif field == "redis_url":
+        elif field in ("redis_url", "proxy_url"):
             shown = redact_url(value)
         else:
             shown = str(value)
@@ -508,6 +628,8 @@ def load_config(
         k: v for k, v in environ.items() if k.startswith("OTEL_")
     }
     outbound = sections.setdefault("outbound", {})
+    # The proxy variables curl and httpx read; select_proxy picks one for the ingest URL.
+    outbound["proxy_env"] = {k: environ[k] for k in PROXY_VARIABLES if k in environ}
     if not outbound.get("producer_id"):
         outbound["producer_id"] = socket.gethostname()
     stream = sections.setdefault("stream", {})
@@ -617,6 +739,7 @@ def _validate_outbound(cfg: OutboundConfig) -> None:
         raise ConfigError(
             "OUTBOUND_CLIENT_KEY needs OUTBOUND_CLIENT_CERT", variable="OUTBOUND_CLIENT_CERT"
         )
+    _validate_edge(cfg)
     _validate_tls_files(cfg)
 
 
@@ -714,6 +837,37 @@ def _validate_statuses(cfg: OutboundConfig) -> None:
     OutcomeTable(
         success=cfg.success_statuses, systemic=cfg.systemic_statuses, reject=cfg.reject_statuses
     )
+
+
+def _validate_edge(cfg: OutboundConfig) -> None:
+    """Check the HTTP edge's limits, timeouts and the proxy that applies (issue 11)."""
+    _positive("OUTBOUND_MAX_RESPONSE_BYTES", cfg.max_response_bytes)
+    _positive("OUTBOUND_MAX_RESPONSE_HEAD_BYTES", cfg.max_response_head_bytes)
+    _positive("OUTBOUND_MAX_RESPONSE_HEADERS", cfg.max_response_headers)
+    _positive("OUTBOUND_CONNECT_TIMEOUT_SECONDS", cfg.connect_timeout_s)
+    if cfg.tcp_user_timeout_s < 0:
+        raise ConfigError(
+            "OUTBOUND_TCP_USER_TIMEOUT_SECONDS must be >= 0 (0 disables)",
+            variable="OUTBOUND_TCP_USER_TIMEOUT_SECONDS",
+        )
+    proxy, source = cfg.proxy()
+    if proxy is None:
+        return
+    variable = source
+    parts = urlsplit(proxy)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(
+            f"{variable}: bad port in {redact_url(proxy)!r}", variable=variable
+        ) from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(
+            f"{variable} must be an http:// proxy URL (https targets go through it with "
+            f"CONNECT), got {redact_url(proxy)!r}; set OUTBOUND_PROXY_URL=none to connect "
+            "directly",
+            variable=variable,
+        )
 
 
 def _positive(variable: str, value: float) -> None:

@@ -16,6 +16,10 @@
         |   +-- AuthError                          401/403 or TLS refused: breaker, alert
         +-- TransientDeliveryError                 408/425/429/5xx, network: retry
             +-- DeliveryTimeoutError (also TimeoutError)
+            +-- ResponseTooLargeError              a non-2xx answer past a read limit
+
+A 2xx answer past a read limit is not an error: the server has the signal, so the client returns
+its ``Delivery`` with ``oversized`` set (the caller acks; the client logs a WARNING).
 
 Every error carries its context as keyword-only attributes; none of them ever holds a secret.
 """
@@ -35,6 +39,7 @@ __all__ = [
     "InvalidSignalError",
     "Outcome",
     "RejectedError",
+    "ResponseTooLargeError",
     "SigningError",
     "StreamError",
     "SystemicError",
@@ -180,3 +185,14 @@ class TransientDeliveryError(DeliveryError):
 
 class DeliveryTimeoutError(TransientDeliveryError, TimeoutError):
     """The server did not answer within the timeout."""
+
+
+class ResponseTooLargeError(TransientDeliveryError):
+    """A non-2xx answer went past a read limit (head, header lines or body); retried.
+
+    ``limit`` says which limit and its size; the rest of the answer was never read.
+    """
+
+    def __init__(self, message: str, *, http_code: int | None = None, limit: str) -> None:
+        super().__init__(message, http_code=http_code)
+        self.limit = limit

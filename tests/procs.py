@@ -30,6 +30,15 @@ _SETTING_PREFIXES: Final = (
     "PRODUCER_ID",
     "INGEST_",
     "OTEL_",
+    # The proxy variables the bridge honours (issue 11): loopback tests connect directly.
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
 )
 _REAP_TIMEOUT_S: Final = 10.0
 _OUTPUT_TAIL: Final = 6000

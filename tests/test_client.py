@@ -19,7 +19,14 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 import bridge
-from bridge.client import HmacClient, IngestResponse, classify_status, parse_retry_after
+from bridge.client import (
+    MAX_DETAIL_BYTES,
+    HmacClient,
+    IngestResponse,
+    classify_status,
+    cut_detail,
+    parse_retry_after,
+)
 from bridge.config import OutboundConfig, load_config
 from bridge.errors import (
     AlreadyReceivedError,
@@ -32,6 +39,7 @@ from bridge.errors import (
     InvalidSignalError,
     Outcome,
     RejectedError,
+    ResponseTooLargeError,
     SystemicError,
     TransientDeliveryError,
 )
@@ -647,6 +655,85 @@ async def test_broken_responses_are_transient(scripted_server: StartScripted, ra
             await client.post_signal(make_signal())
     assert info.value.http_code is None
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"short", "short"),
+        ("é" * 10, "é" * 10),
+        (b"x" * 2048, "x" * 2048),
+    ],
+)
+def test_cut_detail_keeps_short_text_whole(content: bytes | str, expected: str) -> None:
+    """Text within the limit is returned as it is."""
+    assert cut_detail(content) == expected
+
+
+@pytest.mark.parametrize("content", [b"y" * 5_000_000, ("€" * 3000).encode(), b"\xff" * 9000])
+def test_cut_detail_bounds_long_text_and_notes_the_size(content: bytes) -> None:
+    """Long bodies, JSON or not, become at most 2 KiB of valid UTF-8 noting the original size."""
+    text = cut_detail(content)
+    assert len(text.encode("utf-8")) <= MAX_DETAIL_BYTES
+    assert text.endswith(f"[cut: {len(content)} bytes in all]")
+
+
+async def test_a_huge_json_error_body_is_cut_in_details_and_the_log(
+    scripted_server: StartScripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 with a 600 KB JSON body: details and the WARNING carry at most 2 KiB of it."""
+    body = b'{"detail":"' + b"z" * 600_000 + b'"}'
+    server = await scripted_server(lambda request: RawResponse(503, body))
+    async with HmacClient(make_outbound_config(server.base_url)) as client:
+        with pytest.raises(TransientDeliveryError) as info:
+            await client.post_signal(make_signal())
+    assert isinstance(info.value.details, str)
+    assert info.value.details.endswith(f"[cut: {len(body)} bytes in all]")
+    logged = [r for r in caplog.records if r.getMessage() == "Signal post failed"]
+    assert len(logged) == 1
+    assert len(repr(logged[0].__dict__)) < 8 * 1024
+
+
+async def test_a_2xx_past_the_body_limit_is_delivered_with_a_warning(
+    scripted_server: StartScripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server has the signal: a Delivery flagged oversized, one WARNING, no retry."""
+    server = await scripted_server(lambda request: RawResponse(201, b"[" * 5000))
+    config = make_outbound_config(server.base_url, {"OUTBOUND_MAX_RESPONSE_BYTES": "1000"})
+    async with HmacClient(config) as client:
+        delivery = await client.send_body(b'{"a":1}', idempotency_key=str(uuid.uuid4()))
+    assert delivery.http_code == 201
+    assert delivery.oversized == "response body over 1000 bytes"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "bridge.client"]
+    assert [r.getMessage() for r in warnings] == [
+        "ingest server accepted the signal but its answer is past a read limit; "
+        "acked without reading it"
+    ]
+    assert len(server.requests) == 1
+
+
+async def test_a_non_2xx_past_a_limit_is_transient(scripted_server: StartScripted) -> None:
+    """A 409 or 503 past a limit is not trusted: ResponseTooLargeError, a retry."""
+    server = await scripted_server(lambda request: RawResponse(409, b"{" * 5000))
+    config = make_outbound_config(server.base_url, {"OUTBOUND_MAX_RESPONSE_BYTES": "1000"})
+    async with HmacClient(config) as client:
+        with pytest.raises(ResponseTooLargeError) as info:
+            await client.post_signal(make_signal())
+    assert (info.value.http_code, info.value.limit) == (409, "response body over 1000 bytes")
+    assert info.value.outcome is Outcome.TRANSIENT
+
+
+async def test_the_start_line_says_no_proxy_is_used(
+    scripted_server: StartScripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without proxy variables one INFO line says the connection is direct."""
+    server = await scripted_server(lambda request: RawResponse(201, ACCEPTED_BODY))
+    caplog.set_level("INFO", logger="bridge.client")
+    async with HmacClient(make_outbound_config(server.base_url)):
+        pass
+    assert [r.getMessage() for r in caplog.records if "proxy" in r.getMessage()] == [
+        "outbound proxy: none (no proxy variable set)"
+    ]
 
 
 # --- client lifecycle ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from bridge.config import (
     load_config,
     load_ingest_secrets,
     redact_url,
+    select_proxy,
 )
 from bridge.errors import ConfigError
 
@@ -618,3 +619,139 @@ def test_the_lane_stall_warning_threshold_defaults_to_ten_seconds_and_can_be_set
     assert load_config(env=_env()).stream.lane_stall_warn_s == 10.0
     config = load_config(env=_env(BRIDGE_LANE_STALL_WARN_SECONDS="2.5"))
     assert config.stream.lane_stall_warn_s == 2.5
+
+
+# --- issue 11: limits, timeouts and proxies of the HTTP edge ------------------------------------
+
+
+def test_edge_defaults_and_overrides() -> None:
+    """Response limits and timeouts default safely and come from their variables."""
+    default = load_config(env=_env()).outbound
+    assert (default.max_response_bytes, default.max_response_head_bytes) == (1048576, 65536)
+    assert (default.max_response_headers, default.connect_timeout_s) == (100, 10.0)
+    assert default.tcp_user_timeout_s == 10.0
+    custom = load_config(
+        env=_env(
+            OUTBOUND_MAX_RESPONSE_BYTES="2048",
+            OUTBOUND_MAX_RESPONSE_HEAD_BYTES="4096",
+            OUTBOUND_MAX_RESPONSE_HEADERS="20",
+            OUTBOUND_CONNECT_TIMEOUT_SECONDS="2.5",
+            OUTBOUND_TCP_USER_TIMEOUT_SECONDS="0",
+        )
+    ).outbound
+    assert (custom.max_response_bytes, custom.max_response_head_bytes) == (2048, 4096)
+    assert (custom.max_response_headers, custom.connect_timeout_s) == (20, 2.5)
+    assert custom.tcp_user_timeout_s == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OUTBOUND_MAX_RESPONSE_BYTES", "0"),
+        ("OUTBOUND_MAX_RESPONSE_HEAD_BYTES", "-1"),
+        ("OUTBOUND_MAX_RESPONSE_HEADERS", "0"),
+        ("OUTBOUND_CONNECT_TIMEOUT_SECONDS", "0"),
+        ("OUTBOUND_TCP_USER_TIMEOUT_SECONDS", "-1"),
+        ("OUTBOUND_PROXY_URL", "socks5://127.0.0.1:1080"),
+        ("HTTPS_PROXY", "https://proxy:3128"),
+        ("OUTBOUND_PROXY_URL", "http://proxy:99999"),
+    ],
+)
+def test_bad_edge_settings_name_the_variable(variable: str, value: str) -> None:
+    """A bad limit, timeout or proxy stops the start naming the variable it came from."""
+    error = _config_error(_env(**{variable: value}))
+    assert error.variable == variable
+
+
+HTTPS_TARGET: Final = "https://ingest.example.com/api/v1/signals/ingest"
+HTTP_TARGET: Final = "http://127.0.0.1:8080/api/v1/signals/ingest"
+
+
+@pytest.mark.parametrize(
+    ("target", "explicit", "env", "expected"),
+    [
+        (HTTPS_TARGET, None, {}, None),
+        (HTTPS_TARGET, None, {"HTTPS_PROXY": "http://p:3128"}, "http://p:3128"),
+        (
+            HTTPS_TARGET,
+            None,
+            {"https_proxy": "http://low:1", "HTTPS_PROXY": "http://up:2"},
+            "http://low:1",
+        ),
+        (HTTPS_TARGET, None, {"HTTP_PROXY": "http://p:3128"}, None),
+        (HTTP_TARGET, None, {"http_proxy": "http://p:3128"}, "http://p:3128"),
+        (HTTP_TARGET, None, {"HTTP_PROXY": "http://p:3128"}, "http://p:3128"),
+        (HTTPS_TARGET, None, {"ALL_PROXY": "http://all:1"}, "http://all:1"),
+        (
+            HTTPS_TARGET,
+            None,
+            {"all_proxy": "http://all:1", "HTTPS_PROXY": "http://p:2"},
+            "http://p:2",
+        ),
+        (HTTPS_TARGET, None, {"HTTPS_PROXY": "p:3128"}, "http://p:3128"),
+        (HTTPS_TARGET, "http://explicit:1", {"HTTPS_PROXY": "http://p:2"}, "http://explicit:1"),
+        (HTTPS_TARGET, "explicit:1", {}, "http://explicit:1"),
+        (HTTPS_TARGET, "none", {"HTTPS_PROXY": "http://p:2"}, None),
+        (HTTPS_TARGET, "NONE", {"ALL_PROXY": "http://p:2"}, None),
+    ],
+)
+def test_proxy_selection_follows_curl_and_httpx(
+    target: str, explicit: str | None, env: dict[str, str], expected: str | None
+) -> None:
+    """Scheme-specific variables first, lower case first, then ALL_PROXY; explicit wins."""
+    assert select_proxy(target, explicit, env)[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "bypassed"),
+    [
+        ("*", True),
+        ("ingest.example.com", True),
+        ("example.com", True),
+        (".example.com", True),
+        ("other.com, example.com", True),
+        ("ample.com", False),
+        ("ingest.example.com:443", True),
+        ("ingest.example.com:8443", False),
+        ("10.0.0.0/8", False),
+        ("", False),
+    ],
+)
+def test_no_proxy_hosts_domains_and_ports(no_proxy: str, bypassed: bool) -> None:
+    """NO_PROXY (either case) matches the host, its parent domains, and host:port."""
+    for variable in ("NO_PROXY", "no_proxy"):
+        env = {"HTTPS_PROXY": "http://p:3128", variable: no_proxy}
+        assert (select_proxy(HTTPS_TARGET, None, env)[0] is None) is bypassed
+
+
+@pytest.mark.parametrize(
+    ("target", "no_proxy", "bypassed"),
+    [
+        ("http://10.1.2.3:80/x", "10.0.0.0/8", True),
+        ("http://10.1.2.3:80/x", "192.168.0.0/16", False),
+        ("http://10.1.2.3:80/x", "10.1.2.3", True),
+        ("http://[::1]:8080/x", "::1/128", True),
+        ("http://[::1]:8080/x", "[::1]:8080", True),
+        ("http://[::1]:8080/x", "[::1]:9", False),
+    ],
+)
+def test_no_proxy_addresses_and_cidrs(target: str, no_proxy: str, bypassed: bool) -> None:
+    """IP addresses and CIDR blocks in NO_PROXY cover literal-address targets."""
+    env = {"ALL_PROXY": "http://p:3128", "NO_PROXY": no_proxy}
+    assert (select_proxy(target, None, env)[0] is None) is bypassed
+
+
+def test_proxy_credentials_never_show_in_the_config_repr() -> None:
+    """The proxy URL's password is redacted in repr, from the setting and the environment."""
+    config = load_config(
+        env=_env(
+            OUTBOUND_PROXY_URL="http://user:hunter22@proxy:3128",
+            HTTPS_PROXY="http://env:pa55word@proxy:3128",
+        )
+    ).outbound
+    assert config.proxy() == ("http://user:hunter22@proxy:3128", "OUTBOUND_PROXY_URL")
+    text = repr(config)
+    assert "hunter22" not in text
+    assert "pa55word" not in text
+    assert SECRET_TEXT not in text
+    assert "user:***@proxy:3128" in text

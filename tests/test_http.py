@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
-from bridge.http import FastTransport
+from bridge.http import OVERSIZED_EXTENSION, FastTransport, Limits, RawResponse
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -301,3 +303,169 @@ async def test_a_late_answer_never_answers_the_next_request() -> None:
         finally:
             await transport.aclose()
     assert response.body == b"2"
+
+
+def _answering(answer: bytes, *, close: bool = False) -> Handler:
+    """A handler that answers every request on a connection with ``answer`` bytes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        del n
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await _read_request(reader)
+                writer.write(answer)
+                await writer.drain()
+                if close:
+                    return
+
+    return handler
+
+
+async def _post_once(url: str, **options: object) -> RawResponse:
+    transport = FastTransport(url, **options)  # type: ignore[arg-type]
+    try:
+        return await transport.post(_request(transport), 5)
+    finally:
+        await transport.aclose()
+
+
+async def test_a_close_delimited_body_ends_when_the_server_closes() -> None:
+    """No Content-Length, no chunking: the close ends the body (RFC 9112 6.3), not an error."""
+    answer = b'HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\r\n{"a":1}'
+    async with scripted(_answering(answer, close=True)) as (url, _):
+        response = await _post_once(url)
+    assert (response.status, response.body, response.oversized) == (201, b'{"a":1}', None)
+
+
+async def test_http_1_0_answers_are_read_and_their_connection_not_reused() -> None:
+    """An HTTP/1.0 answer with a length is complete; the next request uses a new connection."""
+    answer = b"HTTP/1.0 409 Conflict\r\nContent-Length: 2\r\n\r\n{}"
+    async with scripted(_answering(answer)) as (url, accepted):
+        transport = FastTransport(url)
+        try:
+            for _ in range(2):
+                response = await transport.post(_request(transport), 5)
+                assert (response.status, response.body) == (409, b"{}")
+        finally:
+            await transport.aclose()
+    assert len(accepted) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"HTTP/1.1 201 Created\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000, "body over 1000"),
+        (b"HTTP/1.1 201 Created\r\n" + b"X-A: b\r\n" * 11 + b"\r\n", "more than 10 response"),
+        (b"HTTP/1.1 201 Created\r\nX-Big: " + b"y" * 5000 + b"\r\n\r\n", "head over 4096"),
+    ],
+)
+async def test_a_2xx_past_a_limit_is_returned_flagged_and_unread(
+    answer: bytes, reason: str
+) -> None:
+    """Past the body, header-line or head limit: the status is known, the body is dropped."""
+    limits = Limits(max_head_bytes=4096, max_header_lines=10, max_body_bytes=1000)
+    async with scripted(_answering(answer)) as (url, _):
+        response = await _post_once(url, limits=limits)
+    assert response.status == 201
+    assert response.body == b""
+    assert response.oversized is not None
+    assert reason in response.oversized
+
+
+async def test_a_head_over_the_limit_before_the_status_line_is_a_protocol_error() -> None:
+    """Without a status line nothing is known: a protocol error (the caller retries)."""
+    async with scripted(_answering(b"HTTP/1.1 201 " + b"C" * 10_000)) as (url, _):
+        with pytest.raises(httpx.RemoteProtocolError, match="before a status line"):
+            await _post_once(url, limits=Limits(max_head_bytes=1024))
+
+
+async def test_a_limit_aborts_the_connection_and_the_next_request_uses_a_new_one() -> None:
+    """The rest of an oversized answer is never read: its connection is dropped at once."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"z" * 5000
+    async with scripted(_answering(answer)) as (url, accepted):
+        transport = FastTransport(url, limits=Limits(max_body_bytes=100))
+        try:
+            for _ in range(2):
+                assert (await transport.post(_request(transport), 5)).oversized
+        finally:
+            await transport.aclose()
+    assert len(accepted) == 2
+
+
+async def test_tcp_keepalive_and_user_timeout_are_set_on_connections() -> None:
+    """Each connection carries keepalive probes and TCP_USER_TIMEOUT from the setting."""
+    seen: list[tuple[int, int]] = []
+    answer = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+    async with scripted(_answering(answer)) as (url, _):
+        transport = FastTransport(url, tcp_user_timeout_s=6)
+        try:
+            await transport.post(_request(transport), 5)
+            for conn in transport._open:
+                assert conn.transport is not None
+                sock = conn.transport.get_extra_info("socket")
+                seen.append(
+                    (
+                        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                    )
+                )
+        finally:
+            await transport.aclose()
+    assert seen == [(1, 6000)]
+
+
+async def test_through_a_proxy_http_targets_go_in_absolute_form_with_credentials() -> None:
+    """The request line names the origin; Proxy-Authorization carries the URL's user."""
+    requests: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        del n
+        requests.append(await _read_request(reader))
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with scripted(proxy) as (proxy_url, _):
+        authed = proxy_url.replace("http://", "http://us%40er:p%3Ass@")
+        response = await _post_once("http://ingest.internal:8080", proxy=authed)
+    assert response.status == 201
+    head = requests[0].split(b"\r\n")
+    assert head[0] == b"POST http://ingest.internal:8080/x HTTP/1.1"
+    assert b"Host: ingest.internal:8080" in head
+    assert b"Proxy-Authorization: Basic " + base64.b64encode(b"us@er:p:ss") in head
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno!", "answered 403 to CONNECT"),
+        (b"HTTP/1.1 200 OK\r\n\r\nsurprise", "data before the tunnel"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed proxy answer"),
+        (b"", "closed the connection during CONNECT"),
+    ],
+)
+async def test_a_refused_or_broken_connect_is_a_proxy_error(reply: bytes, message: str) -> None:
+    """CONNECT answered with an error, garbage, early data or a close: ProxyError, no TLS."""
+    connects: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        del n
+        connects.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(reply)
+        await writer.drain()
+
+    async with scripted(proxy) as (proxy_url, _):
+        with pytest.raises(httpx.ProxyError, match=message):
+            await _post_once("https://ingest.internal", proxy=proxy_url)
+    assert connects[0].startswith(b"CONNECT ingest.internal:443 HTTP/1.1\r\n")
+
+
+async def test_an_oversized_answer_is_flagged_through_the_httpx_api() -> None:
+    """Through httpx.AsyncClient the flag is the response's ``bridge.oversized`` extension."""
+    answer = b"HTTP/1.1 201 Created\r\nContent-Length: 500\r\n\r\n" + b"q" * 500
+    async with scripted(_answering(answer)) as (url, _):
+        transport = FastTransport(url, limits=Limits(max_body_bytes=100))
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.post(f"{url}/x", content=b"{}")
+    assert response.status_code == 201
+    assert response.content == b""
+    assert response.extensions[OVERSIZED_EXTENSION] == "response body over 100 bytes"
