@@ -32,6 +32,7 @@ from bridge.signal import DEFAULT_MAX_BODY_SIZE
 from bridge.signing import INGEST_PATH
 
 __all__ = [
+    "PROXY_VARIABLES",
     "BridgeConfig",
     "OutboundConfig",
     "Secret",

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Final
 
-from bridge.config import setting_names
+from bridge.config import PROXY_VARIABLES, setting_names
 
 README: Final = Path(__file__).resolve().parent.parent / "README.md"
 # Read outside config's table (a file path, the secret's file, the reference server's keys).
@@ -15,6 +15,8 @@ OTHER_VARIABLES: Final = (
     "HMAC_PRODUCER_SECRET_FILE",
     "INGEST_SECRETS",
     "INGEST_SECRET_FILE",
+    # The proxy variables curl and httpx read (either case; the table names the upper case).
+    *(name for name in PROXY_VARIABLES if name.isupper()),
 )
 
 
