@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -46,9 +46,16 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes] | None) -
 
 @contextlib.contextmanager
 def redis_server(
-    port: int | None = None, *, appendonly: bool = False, data_dir: Path | None = None
+    port: int | None = None,
+    *,
+    appendonly: bool = False,
+    data_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run ``redis-server`` on 127.0.0.1; yield (url, process). BridgeError without the binary."""
+    """Run ``redis-server`` on 127.0.0.1; yield (url, process). BridgeError without the binary.
+
+    ``extra_args`` are more ``--option value`` pairs (fault tests: maxmemory, key-load-delay).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise BridgeError("redis-server is not installed (apt-get install redis-server)")
@@ -72,6 +79,7 @@ def redis_server(
                 "no",
                 "--loglevel",
                 "warning",
+                *extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -106,12 +106,23 @@ class StreamError(BridgeError):
     """Redis refused or dropped an operation; the consumer reconnects and goes on.
 
     ``missing_group`` is set when Redis answered NOGROUP (the group or the stream is gone, e.g.
-    after a restart without persistence): the consumer recreates the group.
+    after a restart without persistence): the consumer recreates the group. ``code`` is Redis's
+    error prefix (``OOM``, ``READONLY``, ``LOADING``, ``BUSY`` ...) when Redis answered with an
+    error, ``None`` when the connection failed; ``meaning`` says in words what it means.
     """
 
-    def __init__(self, message: str, *, missing_group: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing_group: bool = False,
+        code: str | None = None,
+        meaning: str = "",
+    ) -> None:
         super().__init__(message)
         self.missing_group = missing_group
+        self.code = code
+        self.meaning = meaning
 
 
 class DeliveryError(BridgeError):

@@ -27,6 +27,7 @@ __all__ = [
     "DLQ_PREFIX",
     "MAX_AGE_WAIVED_FIELD",
     "READ_MARGIN_S",
+    "REDIS_ERROR_MEANINGS",
     "SIGNAL_FIELD",
     "DeadLetter",
     "Entry",
@@ -39,6 +40,7 @@ __all__ = [
     "publish_raw",
     "read_timeout_s",
     "shard_for",
+    "translate",
 ]
 
 SIGNAL_FIELD: Final = b"signal"
@@ -179,15 +181,67 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     dead_letter_oldest_age_ms: int | None = None
 
 
+# What Redis's error prefixes mean to an operator, and why retrying can pass. Every one of them
+# refuses the whole command (nothing half-done), so retrying it never duplicates an entry.
+REDIS_ERROR_MEANINGS: Final = {
+    "OOM": "Redis is out of memory (maxmemory reached, policy noeviction): it refuses writes "
+    "that need memory until memory is freed or maxmemory raised",
+    "READONLY": "connected to a read-only replica (after a failover the old primary is a "
+    "replica now): point BRIDGE_REDIS_URL at the primary",
+    "LOADING": "Redis is loading its dataset into memory after a restart: it answers when done",
+    "BUSY": "Redis is busy running a long Lua script or function and answers nothing else "
+    "until it ends (SCRIPT KILL or FUNCTION KILL stops it)",
+    "MASTERDOWN": "this replica lost its link to the primary and serves no stale data",
+    "TRYAGAIN": "a cluster slot is migrating: the command can pass a moment later",
+    "CLUSTERDOWN": "the Redis Cluster is down (slots not covered)",
+    "NOGROUP": "the consumer group or the stream is missing (Redis restarted without data?)",
+    "NOPERM": "the Redis ACL user lacks a permission the bridge needs",
+}
+# Refusals of a moment: the command was not run and will pass once Redis recovers.
+_PASSING_CODES: Final = frozenset({"OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"})
+_CODES_BY_CLASS: Final = (
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+)
+
+
+def _error_code(exc: redis.exceptions.RedisError) -> str | None:
+    """Redis's error prefix of a reply error (``OOM``, ``BUSY`` ...), None for other failures."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, str) and status:
+        return status
+    for cls, code in _CODES_BY_CLASS:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, redis.exceptions.ResponseError):
+        first = str(exc).split(" ", 1)[0]
+        if first.isalpha() and first.isupper():
+            return first
+    return None
+
+
+def translate(exc: BaseException, what: str) -> StreamError:
+    """Turn a redis-py or socket error into a StreamError that names the error and its meaning."""
+    code = _error_code(exc) if isinstance(exc, redis.exceptions.RedisError) else None
+    meaning = REDIS_ERROR_MEANINGS.get(code or "", "")
+    text = str(exc)
+    if code is not None and not text.startswith(code):
+        text = f"{code} {text}"
+    suffix = f" ({meaning})" if meaning else ""
+    if code is not None and isinstance(exc, redis.exceptions.ResponseError):
+        message = f"redis refused {what}: {text}{suffix}"
+    else:
+        message = f"redis unavailable during {what}: {type(exc).__name__}: {text}{suffix}"
+    return StreamError(message, missing_group=code == "NOGROUP", code=code, meaning=meaning)
+
+
 async def _guard(awaitable: Awaitable[Any], what: str) -> Any:  # noqa: ANN401 - redis-py replies are loosely typed; callers convert
     """Await a Redis call, translating its errors into StreamError."""
     try:
         return await awaitable
-    except redis.exceptions.ResponseError as exc:
-        missing = str(exc).startswith("NOGROUP")
-        raise StreamError(f"redis refused {what}: {exc}", missing_group=missing) from exc
     except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-        raise StreamError(f"redis unavailable during {what}: {type(exc).__name__}: {exc}") from exc
+        raise translate(exc, what) from exc
 
 
 async def probe_database(client: aioredis.Redis, db: int) -> None:
@@ -353,19 +407,25 @@ class SignalStream:
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" in str(exc):
                 return False
-            raise StreamError(f"redis refused XGROUP CREATE: {exc}") from exc
+            # Out of memory, Redis refuses XGROUP CREATE before it looks for the group; an
+            # existing group can still be consumed (XREADGROUP, XACK need no new memory).
+            if _error_code(exc) == "OOM" and await self.group_exists():
+                return False
+            raise translate(exc, "XGROUP CREATE") from exc
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise StreamError(f"redis unavailable during XGROUP CREATE: {exc}") from exc
+            raise translate(exc, "XGROUP CREATE") from exc
         return True
 
     async def group_exists(self) -> bool:
         """Tell whether the consumer group exists on the stream."""
         try:
             groups = await self.redis.xinfo_groups(self.stream)
-        except redis.exceptions.ResponseError:
-            return False
+        except redis.exceptions.ResponseError as exc:
+            if _error_code(exc) in _PASSING_CODES:
+                raise translate(exc, "XINFO GROUPS") from exc
+            return False  # ERR no such key: no stream, so no group
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise StreamError(f"redis unavailable during XINFO GROUPS: {exc}") from exc
+            raise translate(exc, "XINFO GROUPS") from exc
         return any(_text(g["name"]) == self.group for g in groups)
 
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:

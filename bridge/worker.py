@@ -166,6 +166,7 @@ class Worker:
         self.redis_ok = False
         self.group_ready = False
         self._redis_outage_logged = False
+        self._redis_outage_code: str | None = None
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._held: dict[str, _Job] = {}
@@ -1152,17 +1153,26 @@ class Worker:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     def _redis_down(self, exc: StreamError) -> None:
-        """Log the first failure of an outage (at start-up too), then stay quiet until back.
+        """Log the first failure of an outage, and each change of its kind; quiet until back.
 
+        The line names Redis's error code (OOM, READONLY, LOADING, BUSY ...) and its meaning.
         Any Redis error may have eaten a reply that handed this consumer entries: own pending
         entries are re-read before the next new read.
         """
-        if not self._redis_outage_logged:
+        if not self._redis_outage_logged or exc.code != self._redis_outage_code:
             log.error(
-                "redis unavailable, retrying",
-                extra=log_fields(error=str(exc), stream=self.stream.stream),
+                "redis unavailable, retrying"
+                if exc.code is None
+                else f"redis refused a command ({exc.code}), retrying",
+                extra=log_fields(
+                    error=str(exc),
+                    stream=self.stream.stream,
+                    redis_error=exc.code,
+                    meaning=exc.meaning or None,
+                ),
             )
             self._redis_outage_logged = True
+            self._redis_outage_code = exc.code
         self.redis_ok = False
         self.redis_error = str(exc)
         self._reread = True

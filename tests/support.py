@@ -109,6 +109,7 @@ async def running(
     metrics: Metrics | None = None,
     tracer: trace.Tracer | None = None,
     backoff: Backoff = FAST,
+    redis_backoff: Backoff | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a Worker in the background for the body of the block, then stop it (bounded)."""
     cfg = config.stream
@@ -128,6 +129,7 @@ async def running(
             tracer=tracer,
             backoff=backoff,
             breaker=breaker if breaker is not None else fast_breaker(),
+            redis_backoff=redis_backoff,
         )
         task = asyncio.create_task(worker.run())
         try:
