@@ -459,6 +459,7 @@ def _ingest_server(args: argparse.Namespace) -> int:
             log_level="warning",
             log_config=None,  # keep our one-JSON-object-per-line handler
             access_log=False,
+            date_header=False,  # the app sends Date from its own clock
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
         )

@@ -33,6 +33,7 @@ from opentelemetry.semconv.attributes import (
 )
 
 from bridge import __version__
+from bridge.clockskew import SkewEstimator, describe_skew
 from bridge.config import OutboundConfig, redact_url
 from bridge.errors import (
     AlreadyReceivedError,
@@ -264,6 +265,8 @@ class HmacClient:
         self._metrics = metrics if metrics is not None else Metrics()
         self._tracer = tracer if tracer is not None else get_tracer()
         self._clock = clock
+        self._skew = SkewEstimator()
+        self._metrics.observe_clock_skew(self._server_address, lambda: self._skew.skew_s)
         self._state = _State.UNOPENED
         self._span_attributes: dict[str, str | int] = {
             http_attributes.HTTP_REQUEST_METHOD: "POST",
@@ -279,6 +282,16 @@ class HmacClient:
     def max_body_size(self) -> int:
         """The largest canonical body this client will send."""
         return self._config.max_body_size
+
+    @property
+    def clock_skew_s(self) -> float | None:
+        """The ingest server's clock minus ours (smoothed, from Date headers); None if unknown."""
+        return self._skew.skew_s
+
+    @property
+    def clock_skew_beyond_warning(self) -> bool:
+        """Tell whether the measured skew is over the 30 s warning threshold."""
+        return self._skew.beyond_warning
 
     @property
     def producer_id(self) -> str:
@@ -422,10 +435,12 @@ class HmacClient:
         try:
             propagate.inject(headers, context=trace.set_span_in_context(span, context))
             started = time.perf_counter()
+            sent_at = self._clock()
             try:
                 status, response_headers, content, oversized = await self._exchange(
                     body, headers, timeout
                 )
+                self._observe_clock(response_headers.get("date"), sent_at)
                 span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
                 warning: str | None
                 if oversized is not None:
@@ -558,6 +573,20 @@ class HmacClient:
         )
         return None, f"answer not read: {limit}"
 
+    def _observe_clock(self, date: str | None, sent_at: float) -> None:
+        """Feed the answer's Date header to the skew estimate; warn once when it is large."""
+        self._skew.observe(date, sent_at, self._clock())
+        skew = self._skew.take_warning()
+        if skew is not None:
+            log.warning(
+                f"{describe_skew(skew)}: signatures expire outside the server's replay window",
+                extra=log_fields(
+                    server_clock_skew_s=round(skew, 1),
+                    warn_above_s=self._skew.warn_s,
+                    server_address=self._server_address,
+                ),
+            )
+
     def _interpret(
         self, code: int, headers: Mapping[str, str], content: bytes
     ) -> tuple[IngestResponse | None, str | None]:
@@ -579,12 +608,16 @@ class HmacClient:
         if issubclass(error_class, SystemicError):
             location = headers.get("location")
             moved = f" (Location: {location[:_MAX_WARNING_BODY_CHARS]!r})" if location else ""
+            cause = verdict.cause
+            skew = self._skew.skew_s
+            if code == 401 and skew is not None and self._skew.beyond_warning:
+                cause = describe_skew(skew)  # measured, so more likely than the table's guess
             raise error_class(
-                f"ingest server answered {code}{moved}: likely cause: {verdict.cause}",
+                f"ingest server answered {code}{moved}: likely cause: {cause}",
                 http_code=code,
                 details=details,
                 retry_after_s=retry_after_s,
-                cause=verdict.cause,
+                cause=cause,
             )
         message = (
             "the server already has this idempotency key"

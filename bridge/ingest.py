@@ -1,14 +1,17 @@
 """The reference ingest server: the server side of the signing contract, as a small ASGI app.
 
 It verifies the signature with :func:`bridge.signing.verify_request` before parsing any JSON,
-refuses stale or future timestamps (401), validates the body as a :class:`~bridge.signal.Signal`
-(422), drops repeated idempotency keys (409) and answers 201 with an IngestResponse. The demo,
-the tests, the benchmark and docker compose run it; the server team can read it as a model.
+refuses stale or future timestamps (401, its JSON naming the failed ``check``: headers, window,
+key, signature or replayed_signature), validates the body as a
+:class:`~bridge.signal.Signal` (422), drops repeated idempotency keys (409) and answers 201
+with an IngestResponse. The demo, the tests, the benchmark and docker compose run it; the
+server team can read it as a model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
 import socket
 import threading
@@ -118,7 +121,9 @@ class IngestApp:
             if status >= 500:
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
             _log_outcome(scope, headers, status, payload, time.perf_counter() - started)
-        await _respond(send, status, payload)
+        await _respond(
+            send, status, payload, date=email.utils.formatdate(self.clock(), usegmt=True)
+        )
 
     async def _handle(
         self, scope: Scope, receive: Receive, headers: Mapping[str, str]
@@ -145,8 +150,8 @@ class IngestApp:
             path=INGEST_PATH,
         )
         if not verdict.ok:
-            kind = "timestamp outside window" if verdict.reason.startswith("timestamp ") else None
-            return self._refuse(401, verdict.reason, kind=kind)
+            kind = "timestamp outside window" if verdict.check == "window" else None
+            return self._refuse(401, verdict.reason, kind=kind, check=verdict.check)
         try:
             signal = decode_signal(body)
         except InvalidSignalError as exc:
@@ -178,7 +183,7 @@ class IngestApp:
         if existing is not None:
             return self._refuse(409, "duplicate idempotency key", signal_id=existing)
         if replayed:
-            return self._refuse(401, "replayed signature")
+            return self._refuse(401, "replayed signature", check="replayed_signature")
         return 201, {
             "signal_id": server_id,
             "status": "received",
@@ -252,8 +257,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, payload: object) -> None:
-    """Send a JSON response."""
+async def _respond(send: Send, status: int, payload: object, *, date: str) -> None:
+    """Send a JSON response with a ``Date`` header from the app's own (injectable) clock."""
     body = _ENCODER.encode(payload)
     await send(
         {
@@ -262,6 +267,7 @@ async def _respond(send: Send, status: int, payload: object) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                (b"date", date.encode("latin-1")),
             ],
         }
     )
@@ -282,7 +288,10 @@ def serve_in_thread(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    # The app writes its own Date header, from its clock (a test can set it 400 s off).
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", date_header=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="ingest-server", daemon=True

@@ -183,13 +183,19 @@ def verify_signature(
 
 
 class Verification(msgspec.Struct, frozen=True, kw_only=True):
-    """What :func:`verify_request` concluded; ``reason`` is safe to log and to return."""
+    """What :func:`verify_request` concluded; ``reason`` is safe to log and to return.
+
+    ``check`` names the check that failed, for machines: ``headers`` (missing or malformed),
+    ``window`` (timestamp outside the replay window), ``key`` (unknown key id) or
+    ``signature``; empty when ``ok``.
+    """
 
     ok: bool
     reason: str
     producer_id: str | None = None
     key_id: str | None = None
     timestamp: datetime | None = None
+    check: str = ""
 
 
 def _header(headers: Mapping[str, str], lowered: Mapping[str, str], name: str) -> str | None:
@@ -221,17 +227,23 @@ def verify_request(
     signature = _header(headers, lowered, "X-Signature")
     key_id = _header(headers, lowered, "X-Key-Id")
     if not producer_id:
-        return Verification(ok=False, reason="missing header X-Producer-Id")
+        return Verification(ok=False, reason="missing header X-Producer-Id", check="headers")
     if not timestamp:
-        return Verification(ok=False, reason="missing header X-Timestamp", producer_id=producer_id)
+        return Verification(
+            ok=False, reason="missing header X-Timestamp", producer_id=producer_id, check="headers"
+        )
     if not signature:
-        return Verification(ok=False, reason="missing header X-Signature", producer_id=producer_id)
+        return Verification(
+            ok=False, reason="missing header X-Signature", producer_id=producer_id, check="headers"
+        )
     if not body:
-        return Verification(ok=False, reason="empty body", producer_id=producer_id)
+        return Verification(ok=False, reason="empty body", producer_id=producer_id, check="headers")
     try:
         sent_at = parse_timestamp(timestamp)
     except SigningError:
-        return Verification(ok=False, reason="malformed X-Timestamp", producer_id=producer_id)
+        return Verification(
+            ok=False, reason="malformed X-Timestamp", producer_id=producer_id, check="headers"
+        )
     current = now if now is not None else datetime.now(UTC)
     skew_s = (current - sent_at).total_seconds()
     if abs(skew_s) > tolerance_s:
@@ -241,14 +253,19 @@ def verify_request(
             reason=f"timestamp {abs(skew_s):.0f}s {direction}, outside {tolerance_s:.0f}s window",
             producer_id=producer_id,
             timestamp=sent_at,
+            check="window",
         )
     provided = _decode_signature(signature)
     if provided is None:
-        return Verification(ok=False, reason="malformed X-Signature", producer_id=producer_id)
+        return Verification(
+            ok=False, reason="malformed X-Signature", producer_id=producer_id, check="signature"
+        )
     candidates: Iterable[tuple[str, bytes]]
     if key_id is not None:
         if key_id not in secrets:
-            return Verification(ok=False, reason="unknown X-Key-Id", producer_id=producer_id)
+            return Verification(
+                ok=False, reason="unknown X-Key-Id", producer_id=producer_id, check="key"
+            )
         candidates = ((key_id, secrets[key_id]),)
     else:
         candidates = secrets.items()
@@ -263,4 +280,6 @@ def verify_request(
                 key_id=candidate_id,
                 timestamp=sent_at,
             )
-    return Verification(ok=False, reason="signature mismatch", producer_id=producer_id)
+    return Verification(
+        ok=False, reason="signature mismatch", producer_id=producer_id, check="signature"
+    )

@@ -20,6 +20,7 @@ from typing import Any, Final
 import msgspec
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.semconv.attributes import server_attributes
 
 from bridge.config import otel_exporter_names
 
@@ -153,6 +154,14 @@ class Metrics:
             unit="1",
             description="1 when the last status poll reached Redis, else 0",
         )
+        # issue 14: the ingest server's clock, from the Date header of every answer.
+        self._clock_skews: dict[str, Callable[[], float | None]] = {}
+        meter.create_observable_gauge(
+            "signals_server_clock_skew_seconds",
+            [self._clock_skew_callback],
+            unit="s",
+            description="Ingest server clock minus local clock, from its Date headers (smoothed)",
+        )
 
     def observe_group(
         self,
@@ -202,6 +211,19 @@ class Metrics:
             Observation(seconds, {"stream": stream, "instrument": instrument})
             for stream, blocked in self._lanes.items()
             for instrument, seconds in blocked()
+        ]
+
+    def observe_clock_skew(self, server: str, skew_s: Callable[[], float | None]) -> None:
+        """Report a client's smoothed server clock skew as signals_server_clock_skew_seconds."""
+        self._clock_skews[server] = skew_s
+
+    def _clock_skew_callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        found = ((server, read()) for server, read in self._clock_skews.items())
+        return [
+            Observation(skew, {server_attributes.SERVER_ADDRESS: server})
+            for server, skew in found
+            if skew is not None
         ]
 
     def _in_flight_callback(self, options: CallbackOptions) -> Iterable[Observation]:

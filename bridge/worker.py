@@ -921,6 +921,9 @@ class Worker:
         if systemic and not self._systemic_alerted:
             self._systemic_alerted = True  # once per outage: reset when the breaker closes
             cause = exc.cause if isinstance(exc, SystemicError) else ""
+            skew = self.client.clock_skew_s
+            if skew is not None:
+                fields = log_fields(**fields["fields"], server_clock_skew_s=round(skew, 1))
             log.error(
                 "ingest server refuses every signal alike: delivery paused (no ack, no dead "
                 f"letter), probing until it answers; likely cause: {cause}",

@@ -84,7 +84,7 @@ async def test_bad_signature_gets_401(ingest_app: IngestApp, http: httpx.AsyncCl
     headers = _signed(secret=b"not-the-server-secret-000")
     response = await http.post(INGEST_PATH, content=BODY, headers=headers)
     assert response.status_code == 401
-    assert response.json() == {"detail": "signature mismatch"}
+    assert response.json() == {"detail": "signature mismatch", "check": "signature"}
     assert ingest_app.received == []
     assert ingest_app.refusals == {"signature mismatch": 1}
 
@@ -117,6 +117,7 @@ async def test_stale_and_future_timestamps_get_401(
     assert response.status_code == status
     if status == 401:
         assert word in response.json()["detail"]
+        assert response.json()["check"] == "window"
 
 
 async def test_tolerance_is_configurable(
@@ -142,7 +143,7 @@ async def test_missing_signature_headers_get_401(
     del headers[missing]
     response = await http.post(INGEST_PATH, content=BODY, headers=headers)
     assert response.status_code == 401
-    assert response.json() == {"detail": f"missing header {missing}"}
+    assert response.json() == {"detail": f"missing header {missing}", "check": "headers"}
     assert ingest_app.received == []
 
 
@@ -396,7 +397,7 @@ async def test_a_captured_request_cannot_be_replayed_under_a_new_key(
     replay = {**headers, "X-Idempotency-Key": str(uuid.uuid4())}
     replayed = await http.post(INGEST_PATH, content=BODY, headers=replay)
     assert replayed.status_code == 401
-    assert replayed.json()["detail"] == "replayed signature"
+    assert replayed.json() == {"detail": "replayed signature", "check": "replayed_signature"}
     assert len(ingest_app.received) == 1
 
 
