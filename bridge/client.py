@@ -175,8 +175,8 @@ def _server_details(content: bytes) -> object:
     if len(content) <= MAX_DETAIL_BYTES:
         try:
             return _ANY_DECODER.decode(content)
-        except msgspec.DecodeError:
-            pass
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass  # bad UTF-8 in a string, nesting past the recursion limit (found by fuzzing)
     return cut_detail(content)
 
 
@@ -600,7 +600,12 @@ class HmacClient:
         if error_class is None:
             try:
                 return _RESPONSE_DECODER.decode(content), None
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (
+                msgspec.DecodeError,
+                msgspec.ValidationError,
+                UnicodeDecodeError,  # bad UTF-8 inside a JSON string (found by fuzzing)
+                RecursionError,  # nesting past the interpreter's limit (found by fuzzing)
+            ) as exc:
                 snippet = content[:_MAX_WARNING_BODY_CHARS].decode("utf-8", "replace")
                 return None, f"answer body is not an IngestResponse ({exc}): {snippet!r}"
         retry_after_s = parse_retry_after(headers.get("retry-after"), now=self._clock())
