@@ -318,6 +318,8 @@ def decode_signal(data: bytes | str) -> Signal:
         raise InvalidSignalError(f"invalid signal: {exc}", field=field) from exc
     except msgspec.DecodeError as exc:
         raise InvalidSignalError(f"signal is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:  # msgspec's error for bad UTF-8 inside a string (fuzzing)
+        raise InvalidSignalError(f"signal is not valid UTF-8: {exc}") from exc
 
 
 _LOOSE_DECODER: Final = msgspec.json.Decoder()
@@ -332,7 +334,7 @@ def guess_signal_id(raw: bytes | None) -> str | None:
         return None
     try:
         data = _LOOSE_DECODER.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # any bytes come here
         return None
     value = data.get("signal_id") if isinstance(data, dict) else None
     if isinstance(value, str) and value and len(value) <= MAX_SIGNAL_ID_LEN and value.isprintable():

@@ -36,7 +36,7 @@ from bridge.stream import DLQ_PREFIX, Entry, SignalStream
 from bridge.telemetry import JsonFormatter
 from bridge.worker import Worker, idempotency_key
 from tests import support
-from tests.fixtures_ingest import KEY_ID, PRODUCER_ID, TEST_SECRET, make_outbound_config
+from tests.fixtures_ingest import KEY_ID, PRODUCER_ID, TEST_SECRET, Server, make_outbound_config
 
 # A failing example with a 100 kB body makes Hypothesis warn about its repr: keep the failure.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -107,7 +107,15 @@ mutated_bodies = st.builds(
     st.sampled_from([*SIGNAL_KEYS, "extra"]),
     json_values,
 )
+# Raw bytes (often invalid UTF-8) spliced into otherwise valid JSON, inside a string or not.
+spliced_bodies = st.builds(
+    lambda body, at, junk: body[: at % len(body)] + junk + body[at % len(body) :],
+    valid_bodies,
+    st.integers(0, 10_000),
+    st.binary(min_size=1, max_size=4),
+)
 signal_values = st.one_of(
+    spliced_bodies,
     valid_bodies,
     mutated_bodies,
     st.binary(max_size=200),
@@ -271,12 +279,20 @@ header_lines = st.lists(
     ),
     max_size=4,
 )
-response_bodies = signal_values | st.builds(
-    lambda sid, date: _json(
-        {"signal_id": sid, "status": "received", "server_timestamp": date, "message": None}
-    ),
-    any_text,
-    timestamps,
+response_bodies = (
+    signal_values
+    | st.builds(
+        lambda sid, junk: b'{"signal_id":"' + junk + b'","status":"received"}',
+        any_text,
+        st.binary(),
+    )
+    | st.builds(
+        lambda sid, date: _json(
+            {"signal_id": sid, "status": "received", "server_timestamp": date, "message": None}
+        ),
+        any_text,
+        timestamps,
+    )
 )
 
 
@@ -449,3 +465,42 @@ def test_deeply_nested_answers_found_by_fuzzing_are_delivery_errors(
         interpreting_client._interpret(422, {}, b"[" * 5000 + b"]" * 5000)
     assert isinstance(rejected.value.details, str)
     assert rejected.value.details.startswith("[[[")
+
+
+def test_bad_utf8_inside_json_strings_found_by_fuzzing_is_refused_with_a_reason(
+    interpreting_client: HmacClient,
+) -> None:
+    """Kept from atheris: raw non-UTF-8 bytes inside a JSON string, in an entry or an answer."""
+    with pytest.raises(InvalidSignalError, match="not valid UTF-8"):
+        decode_signal(b'{"comment":"\xe3"}')
+    answer, warning = interpreting_client._interpret(
+        201, {}, b'{"signal_id":"srv_\xe3","status":"received"}'
+    )
+    assert answer is None  # acked with a warning: a 201 is final whatever its body
+    assert warning is not None
+    assert "utf-8" in warning
+    with pytest.raises(DeliveryError) as rejected:
+        interpreting_client._interpret(422, {}, b'{"detail":"\xff"}')
+    assert rejected.value.details == '{"detail":"\ufffd"}'
+
+
+@pytest.mark.redis
+async def test_an_entry_with_bad_utf8_is_dead_lettered_and_the_worker_goes_on(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """Before the fix this entry crashed the read loop on every restart (a poison pill)."""
+    poison = _json(_valid_signal(1)).replace(b'"n=1"', b'"n=\xe3"')
+    await redis.xadd(stream_name, {"signal": poison})
+    await redis.xadd(stream_name, {"signal": _json(_valid_signal(2))})
+    config = support.bridge_config(server.url, redis_url, stream_name)
+    async with support.running(redis, config):
+
+        async def drained() -> bool:
+            groups = await redis.xinfo_groups(stream_name)
+            return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+
+        await support.eventually(drained, what="both entries handled")
+    dead: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(f"{stream_name}:dlq")  # type: ignore[assignment]
+    assert [fields[b"dlq_reason"] for _, fields in dead] == [b"invalid"]
+    assert b"not valid UTF-8" in dead[0][1][b"dlq_error"]
+    assert len(server.app.received) == 1
