@@ -184,6 +184,7 @@ async def run_bridge(config: BridgeConfig) -> None:
             client = await stack.enter_async_context(
                 HmacClient(config.outbound, metrics=telemetry.metrics, tracer=telemetry.tracer)
             )
+            telemetry.metrics.observe_event_loop(asyncio.get_running_loop())
             workers = [
                 Worker(
                     stream,

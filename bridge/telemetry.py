@@ -8,6 +8,7 @@ to a logger in the first place.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sys
@@ -162,6 +163,13 @@ class Metrics:
             unit="s",
             description="Ingest server clock minus local clock, from its Date headers (smoothed)",
         )
+        self._loops: list[asyncio.AbstractEventLoop] = []
+        meter.create_observable_gauge(
+            "signals_asyncio_tasks",
+            [self._tasks_callback],
+            unit="1",
+            description="asyncio tasks alive in the replica's event loop (constant when healthy)",
+        )
 
     def observe_group(
         self,
@@ -212,6 +220,14 @@ class Metrics:
             for stream, blocked in self._lanes.items()
             for instrument, seconds in blocked()
         ]
+
+    def observe_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Report the tasks alive in ``loop`` as signals_asyncio_tasks (a leak shows as growth)."""
+        self._loops.append(loop)
+
+    def _tasks_callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        return [Observation(len(asyncio.all_tasks(loop))) for loop in self._loops[-1:]]
 
     def observe_clock_skew(self, server: str, skew_s: Callable[[], float | None]) -> None:
         """Report a client's smoothed server clock skew as signals_server_clock_skew_seconds."""
