@@ -71,7 +71,7 @@ class Plan:
     kill_at_s: float
     sample_every_s: float
     warmup_s: float
-    drain_timeout_s: float = 120.0
+    drain_stall_s: float = 90.0
 
 
 # --- the server side ------------------------------------------------------------------------
@@ -198,6 +198,7 @@ class Sample:
     tasks: int | None
     redis_conns: int
     pending: int
+    backlog: int
 
 
 class Replica:
@@ -286,6 +287,7 @@ def sample(
     for entry in clients:
         conns[entry.get("name", "")] += 1
     pending = {_text(c["name"]): int(c["pending"]) for c in client.xinfo_consumers(STREAM, GROUP)}
+    backlog = _backlog(client)
     out = []
     for replica in replicas:
         rss, threads = _proc_status(replica.pid)
@@ -301,6 +303,7 @@ def sample(
                 tasks=_tasks(ports[replica.name]),
                 redis_conns=conns.get(replica.name, 0),
                 pending=pending.get(replica.name, 0),
+                backlog=backlog,
             )
         )
     return out
@@ -384,14 +387,26 @@ def _lives(samples: list[Sample], warmup_s: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _wait_drained(client: redis.Redis, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        groups = client.xinfo_groups(STREAM)
-        if groups and groups[0]["lag"] == 0 and groups[0]["pending"] == 0:
-            return True
+def _backlog(client: redis.Redis) -> int:
+    """Entries not yet acked by the group: lag (unread) plus pending (read, not acked)."""
+    groups = client.xinfo_groups(STREAM)
+    return int(groups[0]["lag"] or 0) + int(groups[0]["pending"]) if groups else 0
+
+
+def _wait_drained(client: redis.Redis, stall_s: float, limit_s: float) -> float | None:
+    """Wait until the backlog is 0; None if it stops shrinking for ``stall_s`` or after limit."""
+    started = last_progress = time.monotonic()
+    best = _backlog(client)
+    while time.monotonic() - started < limit_s:
+        left = _backlog(client)
+        if left == 0:
+            return time.monotonic() - started
+        if left < best:
+            best, last_progress = left, time.monotonic()
+        elif time.monotonic() - last_progress > stall_s:
+            return None
         time.sleep(0.5)
-    return False
+    return None
 
 
 def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
@@ -443,7 +458,8 @@ def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
                 time.sleep(0.1)
             stop_producing.set()
             producer.join(timeout=10)
-            drained = _wait_drained(client, plan.drain_timeout_s)
+            backlog_at_end = _backlog(client)
+            drain_s = _wait_drained(client, plan.drain_stall_s, plan.duration_s + 300)
             samples.extend(sample(client, replicas, ports, time.monotonic() - started))
             dead_letters = client.xlen(f"{STREAM}:dlq") if client.exists(f"{STREAM}:dlq") else 0
             for replica in replicas:
@@ -469,7 +485,10 @@ def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
         "injected_503": faulty.log.injected_503,
         "slowed": faulty.log.slowed,
         "dead_letters": dead_letters,
-        "drained": drained,
+        "drained": drain_s is not None,
+        "backlog_when_producing_stopped": backlog_at_end,
+        "drain_s": None if drain_s is None else round(drain_s, 1),
+        "max_backlog": max((s.backlog for s in samples), default=0),
         "inversions_total": sum(inversions.values()),
         "inversions_by_instrument": inversions,
         "latency_ms": {
@@ -491,14 +510,14 @@ def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
 
 
 def _plot(result: dict[str, Any], accepted: list[tuple[int, str, int, int]], path: Path) -> None:
-    """RSS, fds and latency (p50/p99 per 10 s) over time, with the restarts marked."""
+    """RSS, fds, latency (p50/p99 per 10 s) and backlog over time, with the restarts marked."""
     import matplotlib  # noqa: PLC0415 - bench group only, and only when plotting
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     samples = result["samples"]
-    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
     for name in ("soak-1", "soak-2"):
         mine = [s for s in samples if s["replica"] == name and s["rss_mb"] > 0]
         axes[0].plot([s["t_s"] for s in mine], [s["rss_mb"] for s in mine], ".-", label=name)
@@ -512,13 +531,16 @@ def _plot(result: dict[str, Any], accepted: list[tuple[int, str, int, int]], pat
         axes[2].plot(xs, [_percentile(windows[k], 0.5) for k in sorted(windows)], label="p50")
         axes[2].plot(xs, [_percentile(windows[k], 0.99) for k in sorted(windows)], label="p99")
         axes[2].set_yscale("log")
+    one = [s for s in samples if s["replica"] == "soak-1"]
+    axes[3].plot([s["t_s"] for s in one], [s["backlog"] for s in one], ".-", label="lag + pending")
     for t, what in result["events"]:
         for ax in axes:
             ax.axvline(t, color="red" if "KILL" in what else "grey", alpha=0.3, linewidth=1)
     axes[0].set_ylabel("RSS (MB)")
     axes[1].set_ylabel("open fds")
     axes[2].set_ylabel("XADD -> server (ms)")
-    axes[2].set_xlabel("seconds (grey: SIGTERM + restart of soak-1; red: SIGKILL of soak-2)")
+    axes[3].set_ylabel("backlog (entries)")
+    axes[3].set_xlabel("seconds (grey: SIGTERM + restart of soak-1; red: SIGKILL of soak-2)")
     for ax in axes:
         ax.legend(loc="upper right")
         ax.grid(alpha=0.3)
@@ -586,8 +608,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(plan, args.out, plot)
     print(_tables(result))
     print(
-        f"\nordering: {result['ordering']}; drained: {result['drained']}; producer max late: "
-        f"{result['producer_max_late_ms']} ms; plot: {plot}; record: {result['log_dir']}"
+        f"\nordering: {result['ordering']}; backlog when producing stopped: "
+        f"{result['backlog_when_producing_stopped']} (max {result['max_backlog']}), drained in "
+        f"{result['drain_s']} s; producer max late: {result['producer_max_late_ms']} ms; "
+        f"plot: {plot}; record: {result['log_dir']}"
     )
     return 0 if result["lost"] == 0 and result["drained"] else 1
 

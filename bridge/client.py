@@ -266,6 +266,7 @@ class HmacClient:
         self._tracer = tracer if tracer is not None else get_tracer()
         self._clock = clock
         self._skew = SkewEstimator()
+        self._signed_at = 0.0
         self._metrics.observe_clock_skew(self._server_address, lambda: self._skew.skew_s)
         self._state = _State.UNOPENED
         self._span_attributes: dict[str, str | int] = {
@@ -340,7 +341,8 @@ class HmacClient:
 
     def timestamp(self) -> str:
         """Return the current time as RFC 3339 UTC with microseconds and Z (X-Timestamp)."""
-        now = datetime.fromtimestamp(self._clock(), UTC).replace(tzinfo=None)
+        self._signed_at = self._clock()
+        now = datetime.fromtimestamp(self._signed_at, UTC).replace(tzinfo=None)
         return now.isoformat(timespec="microseconds") + "Z"
 
     def signed_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
@@ -435,12 +437,14 @@ class HmacClient:
         try:
             propagate.inject(headers, context=trace.set_span_in_context(span, context))
             started = time.perf_counter()
-            sent_at = self._clock()
+            sent_at = self._signed_at  # the clock reading the signature was made with
             try:
                 status, response_headers, content, oversized = await self._exchange(
                     body, headers, timeout
                 )
-                self._observe_clock(response_headers.get("date"), sent_at)
+                self._observe_clock(
+                    response_headers.get("date"), sent_at, time.perf_counter() - started
+                )
                 span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
                 warning: str | None
                 if oversized is not None:
@@ -573,9 +577,9 @@ class HmacClient:
         )
         return None, f"answer not read: {limit}"
 
-    def _observe_clock(self, date: str | None, sent_at: float) -> None:
+    def _observe_clock(self, date: str | None, sent_at: float, elapsed_s: float) -> None:
         """Feed the answer's Date header to the skew estimate; warn once when it is large."""
-        self._skew.observe(date, sent_at, self._clock())
+        self._skew.observe(date, sent_at, sent_at + elapsed_s)
         skew = self._skew.take_warning()
         if skew is not None:
             log.warning(

@@ -553,7 +553,7 @@ async def test_wrong_secret_is_an_auth_error(ingest_server: tuple[IngestApp, str
         with pytest.raises(AuthError, match="signature") as info:
             await client.post_signal(make_signal())
     assert info.value.http_code == 401
-    assert info.value.details == {"detail": "signature mismatch"}
+    assert info.value.details == {"detail": "signature mismatch", "check": "signature"}
     assert app.refusals == {"signature mismatch": 1}
 
 

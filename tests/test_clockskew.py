@@ -154,7 +154,7 @@ async def test_the_worker_error_line_names_the_measured_skew(
                 ),
                 what="401 ERROR line with the skew",
             )
-    assert '"server_clock_skew_s":4' in _log_text(caplog)
+    assert re.search(r'"server_clock_skew_s":(399|400|401)[.,}]', _log_text(caplog))
     assert skewed_app.received == []
     assert skewed_app.refusals == {"timestamp outside window": skewed_app.requests_total}
 
