@@ -363,8 +363,10 @@ def _lives(samples: list[Sample], warmup_s: float) -> list[dict[str, Any]]:
             by_life[(s.replica, s.life)].append(s)
     rows = []
     for (name, life), group in sorted(by_life.items()):
-        start = group[0].t_s
-        warm = [s for s in group if s.t_s - start >= warmup_s] or group[-1:]
+        # A life starts when the replica answers /metrics (imports and start-up done).
+        up = [s for s in group if s.tasks is not None] or group
+        start = up[0].t_s
+        warm = [s for s in up if s.t_s - start >= warmup_s] or up[-1:]
         tasks = [s.tasks for s in warm if s.tasks is not None]
         rows.append(
             {
@@ -566,7 +568,7 @@ def _tables(result: dict[str, Any]) -> str:
         f"{result['injected_503']} / {result['slowed']} | {result['inversions_total']} | "
         f"{lat['p50']} / {lat['p99']} / {lat['max']} |",
         "",
-        "| replica | life | seconds | RSS after warm-up -> end (MB) | growth MB | fds | tasks | "
+        "| replica | life | seconds up | RSS after warm-up -> end (MB) | growth MB | fds | tasks | "
         "Redis conns | threads |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
