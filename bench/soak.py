@@ -421,7 +421,7 @@ def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
     samples: list[Sample] = []
     events: list[tuple[float, str]] = []
     stop_producing = threading.Event()
-    with redis_server() as (redis_url, _), serve_in_thread(faulty) as server_url:  # type: ignore[arg-type]
+    with redis_server() as (redis_url, _), serve_in_thread(faulty) as server_url:
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         ports = {name: free_port() for name in ("soak-1", "soak-2")}
