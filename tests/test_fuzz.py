@@ -30,7 +30,7 @@ from bridge.clockskew import SkewEstimator
 from bridge.errors import DeliveryError, InvalidSignalError
 from bridge.http import RawResponse, _Connection
 from bridge.ingest import IngestApp, serve_in_thread
-from bridge.signal import decode_signal, encode_canonical, format_timestamp
+from bridge.signal import decode_signal, encode_canonical, format_timestamp, guess_signal_id
 from bridge.signing import Verification, build_signature, verify_request
 from bridge.stream import DLQ_PREFIX, Entry, SignalStream
 from bridge.telemetry import JsonFormatter
@@ -504,3 +504,10 @@ async def test_an_entry_with_bad_utf8_is_dead_lettered_and_the_worker_goes_on(
     assert [fields[b"dlq_reason"] for _, fields in dead] == [b"invalid"]
     assert b"not valid UTF-8" in dead[0][1][b"dlq_error"]
     assert len(server.app.received) == 1
+
+
+def test_the_signal_id_guess_for_logs_survives_deep_nesting() -> None:
+    """Kept from fuzzing: the best-effort signal_id of an invalid entry never raises."""
+    assert guess_signal_id(b"[" * 5000 + b"]" * 5000) is None
+    assert guess_signal_id(b'{"signal_id":"\xe3"}') is None
+    assert guess_signal_id(b'{"signal_id":"s-1","side":"up"}') == "s-1"
