@@ -112,7 +112,7 @@ def _http_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
         from bridge.clockskew import SkewEstimator  # noqa: PLC0415
         from bridge.config import load_config  # noqa: PLC0415
         from bridge.errors import DeliveryError  # noqa: PLC0415
-        from bridge.http import _Connection  # noqa: PLC0415
+        from bridge.http import Limits, _Connection  # noqa: PLC0415
 
     env = {
         "HMAC_PRODUCER_SECRET": _SECRET.decode(),
@@ -135,8 +135,11 @@ def _http_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
         def close(self) -> None:
             """Nothing to close."""
 
+        def abort(self) -> None:
+            """Nothing to abort."""
+
     async def parse(data: bytes) -> Any:  # noqa: ANN401 - a RawResponse or an exception
-        conn = _Connection()
+        conn = _Connection(Limits())
         conn.connection_made(Sink())
         waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n")
         half = len(data) // 2

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from bridge.client import HmacClient
 from bridge.clockskew import SkewEstimator
 from bridge.errors import DeliveryError, InvalidSignalError
-from bridge.http import RawResponse, _Connection
+from bridge.http import Limits, RawResponse, _Connection
 from bridge.ingest import IngestApp, serve_in_thread
 from bridge.signal import decode_signal, encode_canonical, format_timestamp, guess_signal_id
 from bridge.signing import Verification, build_signature, verify_request
@@ -264,6 +264,10 @@ class _Sink(asyncio.Transport):
         """Remember the close."""
         self.closing = True
 
+    def abort(self) -> None:
+        """Remember the abort (the transport aborts on a malformed answer)."""
+        self.closing = True
+
     def is_closing(self) -> bool:
         """Tell whether close() was called."""
         return self.closing
@@ -317,7 +321,7 @@ raw_answers = st.one_of(
 
 async def _parse(data: bytes, splits: list[int]) -> RawResponse | BaseException:
     """Feed ``data`` (in pieces) to one connection as the server's answer; return the outcome."""
-    conn = _Connection()
+    conn = _Connection(Limits())
     conn.connection_made(_Sink())
     waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n")
     start = 0
