@@ -620,6 +620,18 @@ class Worker:
             job.signal = None
             job.error = exc
             return job
+        except Exception as exc:  # a decoder bug must not stop the read loop on this entry
+            log.error(
+                "unexpected error decoding an entry; dead-lettering it as invalid",
+                extra=log_fields(
+                    entry_id=entry.id, error=str(exc)[:512], error_type=type(exc).__name__
+                ),
+            )
+            job.signal = None
+            job.error = InvalidSignalError(
+                f"entry could not be decoded ({type(exc).__name__}: {str(exc)[:256]})"
+            )
+            return job
         origin = entry.fields.get(ORIGIN_FIELD)  # a replayed dead letter keeps its first key
         stream_name, _, entry_id = (
             origin.decode("utf-8", "replace").rpartition("/")

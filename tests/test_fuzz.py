@@ -515,3 +515,36 @@ def test_the_signal_id_guess_for_logs_survives_deep_nesting() -> None:
     assert guess_signal_id(b"[" * 5000 + b"]" * 5000) is None
     assert guess_signal_id(b'{"signal_id":"\xe3"}') is None
     assert guess_signal_id(b'{"signal_id":"s-1","side":"up"}') == "s-1"
+
+
+@pytest.mark.redis
+async def test_a_decoder_bug_dead_letters_the_entry_and_the_worker_goes_on(
+    server: Server,
+    redis: aioredis.Redis,
+    redis_url: str,
+    stream_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any unexpected error while decoding (a bug, not bad input) dead-letters that entry as invalid, naming the error, and the next entry is still delivered."""  # noqa: E501
+    real_decode = decode_signal
+
+    def flaky_decode(raw: bytes) -> Any:
+        if b'"n=1"' in raw:
+            raise RuntimeError("decoder bug")
+        return real_decode(raw)
+
+    monkeypatch.setattr("bridge.worker.decode_signal", flaky_decode)
+    await redis.xadd(stream_name, {"signal": _json(_valid_signal(1))})
+    await redis.xadd(stream_name, {"signal": _json(_valid_signal(2))})
+    config = support.bridge_config(server.url, redis_url, stream_name)
+    async with support.running(redis, config):
+
+        async def drained() -> bool:
+            groups = await redis.xinfo_groups(stream_name)
+            return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+
+        await support.eventually(drained, what="both entries handled")
+    dead: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(f"{stream_name}:dlq")  # type: ignore[assignment]
+    assert [fields[b"dlq_reason"] for _, fields in dead] == [b"invalid"]
+    assert b"RuntimeError: decoder bug" in dead[0][1][b"dlq_error"]
+    assert len(server.app.received) == 1
