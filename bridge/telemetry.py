@@ -472,7 +472,7 @@ def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
     return {_FIELDS_ATTR: fields}
 
 
-_RESERVED: Final = ("timestamp", "level", "message", "logger")
+_RESERVED: Final = frozenset(("timestamp", "level", "message", "logger"))
 
 
 @functools.lru_cache(maxsize=4)
@@ -482,22 +482,29 @@ def _utc_second(seconds: int) -> str:
 
 
 def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
-    """Flatten a record into the JSON log line's fields."""
+    """Flatten a record into the JSON log line's fields (one dict, built once per line)."""
     created = record.created
     seconds = int(created)
-    micros = int((created - seconds) * 1_000_000)
     out: dict[str, Any] = {
-        "timestamp": f"{_utc_second(seconds)}.{micros:06d}Z",
+        "timestamp": f"{_utc_second(seconds)}.{int((created - seconds) * 1_000_000):06d}Z",
         "level": record.levelname,
         "message": record.getMessage(),
         "logger": record.name,
     }
     extra = getattr(record, _FIELDS_ATTR, None)
-    if not (isinstance(extra, Mapping) and "trace_id" in extra):
-        out.update(trace_fields(trace.get_current_span()))
-    if isinstance(extra, Mapping):
-        for key, value in extra.items():
-            out[f"field_{key}" if key in _RESERVED else key] = value
+    if extra is not None and type(extra) is not dict:
+        extra = dict(extra) if isinstance(extra, Mapping) else None
+    if extra is None or "trace_id" not in extra:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            out["trace_id"] = format(context.trace_id, "032x")
+            out["span_id"] = format(context.span_id, "016x")
+    if extra:
+        if _RESERVED.isdisjoint(extra):
+            out.update(extra)
+        else:
+            for key, value in extra.items():
+                out[f"field_{key}" if key in _RESERVED else key] = value
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
         out.setdefault("error_type", type(exc).__name__)
