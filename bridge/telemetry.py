@@ -750,7 +750,10 @@ def setup_telemetry(
         for name in otel_exporter_names(otel_env, "metrics")
     )
     meter_provider = MeterProvider(
-        resource=resource, metric_readers=readers, shutdown_on_exit=False
+        resource=resource,
+        metric_readers=readers,
+        shutdown_on_exit=False,
+        exemplar_filter=_exemplar_filter(otel_env, spans_exported=bool(span_exporters)),
     )
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
@@ -767,3 +770,17 @@ def _add_process_metrics(registry: Any) -> None:  # noqa: ANN401 - a prometheus_
     from prometheus_client import ProcessCollector  # noqa: PLC0415 - optional path
 
     ProcessCollector(registry=registry)
+
+
+def _exemplar_filter(env: Mapping[str, str], *, spans_exported: bool) -> Any:  # noqa: ANN401 - SDK
+    """No exemplars while no span is exported, unless OTEL_METRICS_EXEMPLAR_FILTER asks.
+
+    The SDK's default (trace_based) attaches the current span's ids to histogram points when
+    that span is sampled: about 3 us a record, pointing at spans no backend will ever have.
+    None lets the SDK read the variable as usual.
+    """
+    if spans_exported or env.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip():
+        return None
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter  # noqa: PLC0415 - SDK only here
+
+    return AlwaysOffExemplarFilter()
