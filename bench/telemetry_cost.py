@@ -31,13 +31,13 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 
 from bridge.telemetry import LeanTracer, Metrics, configure_logging, get_tracer, log_fields
 
-CONSUMER_ATTRS: Final = {
+CONSUMER_ATTRS: Final[dict[str, str]] = {
     "messaging.system": "redis",
     "messaging.destination.name": "signals",
     "messaging.consumer.group.name": "signal-bridge",
     "messaging.operation.type": "process",
 }
-CLIENT_ATTRS: Final = {
+CLIENT_ATTRS: Final[dict[str, str | int]] = {
     "http.request.method": "POST",
     "url.full": "http://127.0.0.1:8080/api/v1/signals/ingest",
     "server.address": "127.0.0.1",
