@@ -9,6 +9,9 @@ drops the bytes: the network is left out, the encoding is not.
 
     .venv/bin/python -m bench.telemetry_cost            # 20,000 deliveries per configuration
     .venv/bin/python -m bench.telemetry_cost -n 5000
+
+Run from another checkout (``PYTHONPATH=<checkout>``) it measures that version's ``bridge``:
+before ``LeanTracer`` existed, spans come from the SDK tracer directly, as the service then did.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
-from bridge.telemetry import LeanTracer, Metrics, configure_logging, get_tracer, log_fields
+from bridge import telemetry
+from bridge.telemetry import Metrics, configure_logging, get_tracer, log_fields
 
 CONSUMER_ATTRS: Final[dict[str, str]] = {
     "messaging.system": "redis",
@@ -60,11 +64,21 @@ class EncodingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def deliver(tracer: trace.Tracer, metrics: Metrics, log: logging.Logger, index: int) -> None:
-    """Do the telemetry of one successful delivery, as worker.py and client.py do it."""
+def deliver(
+    tracer: trace.Tracer, metrics: Metrics, log: logging.Logger, index: int, *, parents: bool
+) -> None:
+    """Do the telemetry of one successful delivery, as worker.py and client.py do it.
+
+    With ``parents`` every other entry carries a sampled producer ``traceparent`` (as in
+    ``bench.run``'s backlogs), extracted as the worker does.
+    """
+    parent = None
+    if parents and index % 2 == 0:
+        carrier = {"traceparent": f"00-{index + 1:032x}-{index + 1:016x}-01"}
+        parent = propagate.extract(carrier)
     attributes = {**CONSUMER_ATTRS, "messaging.message.id": f"{index}-0", "bridge.instrument": "X"}
     with tracer.start_as_current_span(
-        "process signals", kind=trace.SpanKind.CONSUMER, attributes=attributes
+        "process signals", context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
     ) as span:
         post = tracer.start_span("POST", kind=trace.SpanKind.CLIENT, attributes=CLIENT_ATTRS)
         headers: dict[str, str] = {}
@@ -92,7 +106,9 @@ def deliver(tracer: trace.Tracer, metrics: Metrics, log: logging.Logger, index: 
         )
 
 
-def measure(name: str, ratio: float | None, count: int) -> tuple[str, float, int]:
+def measure(
+    name: str, ratio: float | None, count: int, *, parents: bool = False
+) -> tuple[str, float, int]:
     """Return (name, CPU us per delivery, spans exported) for one configuration."""
     exporter = EncodingExporter()
     if ratio is None:  # as shipped without an endpoint: no processor, lean spans
@@ -102,20 +118,23 @@ def measure(name: str, ratio: float | None, count: int) -> tuple[str, float, int
             sampler=ParentBased(TraceIdRatioBased(ratio)), shutdown_on_exit=False
         )
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    tracer = LeanTracer(get_tracer(provider), provider)
+    tracer = get_tracer(provider)
+    lean = getattr(telemetry, "LeanTracer", None)  # absent before issue 13: the SDK's tracer
+    if lean is not None:
+        tracer = lean(tracer, provider)
     meters = MeterProvider(
         shutdown_on_exit=False,
-        exemplar_filter=AlwaysOffExemplarFilter() if ratio is None else None,
+        exemplar_filter=AlwaysOffExemplarFilter() if ratio is None and lean else None,
     )
     metrics = Metrics(meters)
     log = logging.getLogger("bridge.worker")
     for index in range(min(count, 2_000)):  # warm-up
-        deliver(tracer, metrics, log, index)
+        deliver(tracer, metrics, log, index, parents=parents)
     provider.force_flush()
     exporter.spans = 0
     started = time.process_time()
     for index in range(count):
-        deliver(tracer, metrics, log, index)
+        deliver(tracer, metrics, log, index, parents=parents)
     provider.force_flush()
     cpu = time.process_time() - started
     provider.shutdown()
@@ -134,13 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - the INFO lines go nowhere
     configure_logging("INFO", "json")
     rows = [
-        measure("no exporter (as shipped)", None, args.count),
+        measure("no exporter (as shipped), no producer context", None, args.count),
+        measure(
+            "no exporter, sampled producer context on half (as bench.run)",
+            None,
+            args.count,
+            parents=True,
+        ),
         measure("OTLP exporter, 0% sampled", 0.0, args.count),
         measure("OTLP exporter, 1% sampled", 0.01, args.count),
         measure("OTLP exporter, 10% sampled", 0.1, args.count),
         measure("OTLP exporter, 100% sampled", 1.0, args.count),
     ]
-    base = rows[1][1]
+    base = rows[2][1]
     print(
         f"| configuration ({args.count:,} deliveries) | CPU us/delivery | spans exported |",
         file=out,
