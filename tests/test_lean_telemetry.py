@@ -4,16 +4,19 @@
 (the ``traceparent`` the ingest server receives, the log line's ids) must be what the SDK would
 have produced, and spans must come back as soon as a processor is added. ``LocalCounter`` keeps
 counters in this process: readers (in-memory, Prometheus text) must see the same cumulative sums.
+Histogram exemplars are left out while no span is exported.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Final
 
 import msgspec
 import pytest
+from opentelemetry import metrics as otel_metrics
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -29,8 +32,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.client import HmacClient
 from bridge.config import OutboundConfig
 from bridge.ingest import IngestApp
-from bridge.telemetry import JsonFormatter, LeanTracer, Metrics, get_tracer, log_fields
+from bridge.telemetry import (
+    JsonFormatter,
+    LeanTracer,
+    Metrics,
+    get_tracer,
+    log_fields,
+    setup_telemetry,
+)
 from tests.fixtures_ingest import make_signal, metric_points
+from tests.otlp_receiver import OtlpReceiver
 
 PRODUCER_TRACE: Final = "0af7651916cd43dd8448eb211c80319c"
 PRODUCER_SPAN: Final = "b7ad6b7169203331"
@@ -201,3 +212,31 @@ def test_local_counters_reach_every_reader_as_cumulative_sums(
     dead = families["signals_dead_lettered"]
     assert [s.value for s in dead.samples if s.name.endswith("_total")] == [2.0]
     assert dead.documentation == "Entries moved to the dead-letter stream, by reason"
+
+
+@pytest.mark.parametrize(("filter_env", "exemplars"), [(None, 0), ("trace_based", 1)])
+def test_histogram_exemplars_only_when_spans_are_exported_or_asked_for(
+    monkeypatch: pytest.MonkeyPatch, filter_env: str | None, exemplars: int
+) -> None:
+    """Metrics exported without traces carry no exemplars, unless OTEL_METRICS_EXEMPLAR_FILTER."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda provider: None)
+    monkeypatch.setattr(otel_metrics, "set_meter_provider", lambda provider: None)
+    with OtlpReceiver() as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_TRACES_EXPORTER": "none"}
+        if filter_env is not None:
+            env["OTEL_METRICS_EXEMPLAR_FILTER"] = filter_env
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)  # the SDK's exporters read os.environ themselves
+        handle = setup_telemetry(env, instance_id="x", prometheus=False)
+        producer = trace.set_span_in_context(_producer("01"))
+        with handle.tracer.start_as_current_span("process s", context=producer):
+            handle.metrics.signal_age.record(0.25)
+        handle.shutdown()
+        ages = [m for m in receiver.metrics() if m.name == "signals_delivery_age_seconds"]
+    points = [point for age in ages for point in age.metric.histogram.data_points]
+    assert points[-1].count == 1  # cumulative; exemplars go out with the export after the record
+    found = [e.trace_id.hex() for point in points for e in point.exemplars]
+    assert found == [PRODUCER_TRACE] * exemplars
