@@ -82,6 +82,7 @@ class _CurrentSpan:
     def __init__(
         self, span: trace.Span, *, end: bool, record_exception: bool, set_status: bool
     ) -> None:
+        """Hold ``span`` until the block is entered."""
         self._span = span
         self._end = end
         self._record = record_exception
@@ -89,6 +90,7 @@ class _CurrentSpan:
         self._token: Token[otel_context.Context] | None = None
 
     def __enter__(self) -> trace.Span:
+        """Make the span current and return it."""
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
         return self._span
 
@@ -98,6 +100,7 @@ class _CurrentSpan:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Restore the previous context, record an escaping exception, end the span."""
         if self._token is not None:
             otel_context.detach(self._token)
         span = self._span
