@@ -19,6 +19,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import Token
 from importlib.metadata import entry_points
@@ -249,10 +250,23 @@ class LocalCounter:
 
     __slots__ = ("_lock", "_values")
 
+    # A meter registers an instrument name once (a second create returns the first instrument,
+    # with the first callback): counters of one name on one meter share their totals, as the
+    # SDK's own Counter objects do.
+    _shared: Final[weakref.WeakKeyDictionary[Any, dict[str, LocalCounter]]] = (
+        weakref.WeakKeyDictionary()
+    )
+    _shared_lock: Final = threading.Lock()
+
     def __init__(self, meter: metrics.Meter, name: str, *, unit: str, description: str) -> None:
-        """Create the observable counter ``name`` that reports this object's totals."""
+        """Create the observable counter ``name`` that reports the totals (shared per meter)."""
+        with LocalCounter._shared_lock:
+            first = LocalCounter._shared.setdefault(meter, {}).setdefault(name, self)
         self._values: dict[_AttributeKey, int | float] = {}
-        self._lock = threading.Lock()
+        self._lock: threading.Lock = threading.Lock()
+        if first is not self:
+            self._values, self._lock = first._values, first._lock
+            return
         meter.create_observable_counter(name, [self._observe], unit=unit, description=description)
 
     def add(
@@ -288,7 +302,15 @@ class Metrics:
     def __init__(self, provider: metrics.MeterProvider | None = None) -> None:
         meter = metrics.get_meter(INSTRUMENTATION_NAME, meter_provider=provider)
         self.meter = meter
-        self.posted_total = LocalCounter(
+        # Through the global provider the meter is a proxy whose instruments are re-created on
+        # the real meter once one is set, possibly beside another Metrics of that provider:
+        # there the SDK's own counters keep one total per name; LocalCounter needs its meter.
+        counter: Callable[..., Any] = (
+            LocalCounter
+            if provider is not None
+            else lambda m, name, **kw: m.create_counter(name, **kw)
+        )
+        self.posted_total = counter(
             meter,
             "signals_posted_total",
             unit="1",
@@ -300,19 +322,19 @@ class Metrics:
             description="Duration of one POST to the ingest server",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
-        self.dead_lettered_total = LocalCounter(
+        self.dead_lettered_total = counter(
             meter,
             "signals_dead_lettered_total",
             unit="1",
             description="Entries moved to the dead-letter stream, by reason",
         )
-        self.retries_total = LocalCounter(
+        self.retries_total = counter(
             meter,
             "signals_retries_total",
             unit="1",
             description="Delivery attempts that will be retried, by reason",
         )
-        self.acked_total = LocalCounter(
+        self.acked_total = counter(
             meter,
             "signals_acked_total",
             unit="1",
