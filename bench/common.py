@@ -158,7 +158,10 @@ def stream_fields(
     """Return the stream entry fields a producer stores (non-canonical JSON, like a real one)."""
     fields: dict[FieldT, EncodableT] = {"signal": json.dumps(signal, ensure_ascii=False)}
     if index % 2 == 0:
-        fields["traceparent"] = f"00-{index + 1:032x}-{index + 1:016x}-01"
+        # Spread trace ids over the whole range, as a producer's random ids are: ratio samplers
+        # look at the low 64 bits, and small ids would all fall under any ratio.
+        trace_id = ((index + 1) * 0x9E3779B97F4A7C15F39CC0605CEDC835) % (1 << 128) or 1
+        fields["traceparent"] = f"00-{trace_id:032x}-{index + 1:016x}-01"
     if sent_ns is not None:
         fields["bench_sent_ns"] = str(sent_ns)
     return fields

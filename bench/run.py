@@ -311,6 +311,14 @@ def wait_drained(
         time.sleep(POLL_S)
 
 
+def _sampler_env(spec: str) -> dict[str, str]:
+    """OTEL_TRACES_SAMPLER(_ARG) for ``--sampler NAME[:ARG]`` (empty: the bridge's default)."""
+    if not spec:
+        return {}
+    name, _, arg = spec.partition(":")
+    return {"OTEL_TRACES_SAMPLER": name, **({"OTEL_TRACES_SAMPLER_ARG": arg} if arg else {})}
+
+
 def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str) -> dict[str, str]:
     """Return the environment a bridge runs with (signal-bridge's variables)."""
     env = {k: v for k, v in os.environ.items() if k != "OTEL_SDK_DISABLED"}
@@ -333,6 +341,7 @@ def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str
             else {}
         ),
         **({"OTEL_SDK_DISABLED": "true"} if ctx.args.telemetry_off else {}),
+        **_sampler_env(ctx.args.sampler),
         BRIDGE_HEALTH_PORT="0",
     )
     return env
@@ -833,6 +842,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--otlp",
         action="store_true",
         help="signal-bridge exports spans and metrics over OTLP/HTTP (to the nginx sink's stub)",
+    )
+    add(
+        "--sampler",
+        default="",
+        help="signal-bridge's OTEL_TRACES_SAMPLER[:ARG] with --otlp, e.g. traceidratio:0.1",
     )
     add(
         "--log-level",

@@ -4,6 +4,12 @@ Instruments are created once per process (``Metrics``) through the OpenTelemetry
 are no-ops until an SDK provider is installed (``setup_telemetry``). Log lines are one JSON
 object each, carrying ``trace_id``/``span_id`` when a span is active; secrets are never handed
 to a logger in the first place.
+
+The delivery path pays for telemetry on every signal, so its cost is kept near zero when nothing
+looks and small when something does: counters are plain numbers in this process that the SDK
+reads when it collects (``LocalCounter``), a tracer whose provider has no span processor makes
+no span objects, only the ids a ``traceparent`` and a log line need (``LeanTracer``), and a JSON
+log line is one dict encoded once by msgspec.
 """
 
 from __future__ import annotations
@@ -14,14 +20,19 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import Token
 from importlib.metadata import entry_points
+from types import TracebackType
 from typing import Any, Final
 
 import msgspec
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.semconv.attributes import server_attributes
+from opentelemetry.util.types import Attributes
 
 from bridge.config import otel_exporter_names
 
@@ -29,6 +40,8 @@ __all__ = [
     "AGE_BUCKETS_S",
     "DURATION_BUCKETS_S",
     "JsonFormatter",
+    "LeanTracer",
+    "LocalCounter",
     "Metrics",
     "TelemetryHandle",
     "TextFormatter",
@@ -55,13 +68,252 @@ def get_tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
     return trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=provider)
 
 
+_FLAGS: Final = tuple(trace.TraceFlags(bits) for bits in range(4))  # sampled | random-id bits
+_SAMPLED_BITS: Final = 0x03
+
+
+class _CurrentSpan:
+    """``start_as_current_span``'s context manager as a plain object (no generator frames).
+
+    Same behaviour as the API's ``use_span(..., end_on_exit=True)``: the span is current inside
+    the block; an ``Exception`` leaving it is recorded and sets an ERROR status on a recording
+    span; the span ends on exit.
+    """
+
+    __slots__ = ("_end", "_record", "_set_status", "_span", "_token")
+
+    def __init__(
+        self, span: trace.Span, *, end: bool, record_exception: bool, set_status: bool
+    ) -> None:
+        """Hold ``span`` until the block is entered."""
+        self._span = span
+        self._end = end
+        self._record = record_exception
+        self._set_status = set_status
+        self._token: Token[otel_context.Context] | None = None
+
+    def __enter__(self) -> trace.Span:
+        """Make the span current and return it."""
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Restore the previous context, record an escaping exception, end the span."""
+        if self._token is not None:
+            otel_context.detach(self._token)
+        span = self._span
+        if isinstance(exc, Exception) and span.is_recording():
+            if self._record:
+                span.record_exception(exc)
+            if self._set_status:
+                span.set_status(
+                    trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+                )
+        if self._end:
+            span.end()
+
+
+class LeanTracer(trace.Tracer):
+    """A tracer that makes no span objects while its provider has no span processor.
+
+    Without a processor a span is seen only through its ids (the ``traceparent`` header, the
+    log line's ``trace_id``/``span_id``), so then only those are made: a ``NonRecordingSpan``
+    with the ids and flags the SDK would have given it (a new span id; the parent's trace id,
+    or a new one for a root; the sampler's decision; a ParentBased sampler follows the parent
+    without being asked). The moment a processor is added, spans are the SDK's again.
+    """
+
+    def __init__(self, delegate: trace.Tracer, provider: Any) -> None:  # noqa: ANN401 - SDK
+        """Wrap ``delegate`` (a tracer of ``provider``)."""
+        from opentelemetry.sdk.trace.sampling import ParentBased  # noqa: PLC0415 - SDK only here
+
+        self._delegate = delegate
+        # The SDK's own list of span processors, read on each span so a later
+        # add_span_processor() takes effect; no SDK provider: always delegate.
+        self._processors = getattr(provider, "_active_span_processor", None)
+        self._sampler = getattr(provider, "sampler", None)
+        self._ids = getattr(provider, "id_generator", None)
+        usable = (
+            self._sampler is not None
+            and self._ids is not None
+            and hasattr(self._processors, "_span_processors")
+            and not getattr(provider, "_disabled", False)
+        )
+        self._usable = usable
+        self._parent_based = isinstance(self._sampler, ParentBased)
+        self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr]
+
+    def _lean(self) -> bool:
+        """Say whether no span processor would receive a span now."""
+        return self._usable and not self._processors._span_processors  # type: ignore[union-attr]
+
+    def _ids_only(
+        self,
+        name: str,
+        context: otel_context.Context | None,
+        kind: trace.SpanKind,
+        attributes: Attributes,
+        links: Sequence[trace.Link] | None,
+    ) -> trace.Span:
+        """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
+        parent = trace.get_current_span(context).get_span_context()
+        span_id = self._ids.generate_span_id()  # type: ignore[union-attr]
+        if parent.is_valid and self._parent_based:
+            flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
+            return trace.NonRecordingSpan(
+                trace.SpanContext(parent.trace_id, span_id, False, flags, parent.trace_state)
+            )
+        if parent.is_valid:
+            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+        else:
+            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr]
+        result = self._sampler.should_sample(  # type: ignore[union-attr]
+            context, trace_id, name, kind, attributes, links
+        )
+        bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
+        return trace.NonRecordingSpan(
+            trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
+        )
+
+    def start_span(  # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        """Start a span (see the class docstring for when it is only ids)."""
+        if self._lean():
+            return self._ids_only(name, context, kind, attributes, links)
+        return self._delegate.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+
+    # The API types this as its generator-based context manager; ours is a plain one, used alike.
+    def start_as_current_span(  # type: ignore[override] # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> _CurrentSpan:
+        """Start a span and make it current for a ``with`` block."""
+        span = self.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        return _CurrentSpan(
+            span,
+            end=end_on_exit,
+            record_exception=record_exception,
+            set_status=set_status_on_exception,
+        )
+
+
+_AttributeKey = tuple[tuple[str, str | bool | int | float], ...]
+
+
+class LocalCounter:
+    """A counter kept as plain numbers in this process, reported when the SDK collects.
+
+    ``add`` has the API ``Counter.add`` signature, costs a dict update instead of the SDK's
+    measurement pipeline (about 2.7 us), and the totals reach every reader through an
+    observable counter of the same name, unit and description: the same cumulative sums in
+    Prometheus and OTLP. Attributes are keyed by their items in call order, so a call site
+    passes them in one order (each of ours builds the same literal dict every time).
+    """
+
+    __slots__ = ("_lock", "_values")
+
+    # A meter registers an instrument name once (a second create returns the first instrument,
+    # with the first callback): counters of one name on one meter share their totals, as the
+    # SDK's own Counter objects do.
+    _shared: Final[weakref.WeakKeyDictionary[Any, dict[str, LocalCounter]]] = (
+        weakref.WeakKeyDictionary()
+    )
+    _shared_lock: Final = threading.Lock()
+
+    def __init__(self, meter: metrics.Meter, name: str, *, unit: str, description: str) -> None:
+        """Create the observable counter ``name`` that reports the totals (shared per meter)."""
+        with LocalCounter._shared_lock:
+            first = LocalCounter._shared.setdefault(meter, {}).setdefault(name, self)
+        self._values: dict[_AttributeKey, int | float] = {}
+        self._lock: threading.Lock = threading.Lock()
+        if first is not self:
+            self._values, self._lock = first._values, first._lock
+            return
+        meter.create_observable_counter(name, [self._observe], unit=unit, description=description)
+
+    def add(
+        self,
+        amount: float,
+        attributes: Attributes = None,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        """Add ``amount`` (>= 0, as for any counter; a negative one is dropped)."""
+        del context  # counters carry no exemplars here
+        if amount < 0:
+            return
+        key: _AttributeKey = tuple(attributes.items()) if attributes else ()  # type: ignore[arg-type]
+        with self._lock:
+            values = self._values
+            values[key] = values.get(key, 0) + amount
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        """Report every attribute set's total (called by the SDK when a reader collects)."""
+        del options
+        with self._lock:
+            items = list(self._values.items())
+        return [Observation(total, dict(key)) for key, total in items]
+
+
 class Metrics:
-    """Every instrument the bridge records, created once from one meter."""
+    """Every instrument the bridge records, created once from one meter.
+
+    Counters are ``LocalCounter`` (plain numbers, read at collection); the two histograms are
+    the SDK's, one record each per delivery.
+    """
 
     def __init__(self, provider: metrics.MeterProvider | None = None) -> None:
         meter = metrics.get_meter(INSTRUMENTATION_NAME, meter_provider=provider)
         self.meter = meter
-        self.posted_total = meter.create_counter(
+        # Through the global provider the meter is a proxy whose instruments are re-created on
+        # the real meter once one is set, possibly beside another Metrics of that provider:
+        # there the SDK's own counters keep one total per name; LocalCounter needs its meter.
+        counter: Callable[..., Any] = (
+            LocalCounter
+            if provider is not None
+            else lambda m, name, **kw: m.create_counter(name, **kw)
+        )
+        self.posted_total = counter(
+            meter,
             "signals_posted_total",
             unit="1",
             description="POSTs to the ingest server by result and HTTP code",
@@ -72,17 +324,20 @@ class Metrics:
             description="Duration of one POST to the ingest server",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
-        self.dead_lettered_total = meter.create_counter(
+        self.dead_lettered_total = counter(
+            meter,
             "signals_dead_lettered_total",
             unit="1",
             description="Entries moved to the dead-letter stream, by reason",
         )
-        self.retries_total = meter.create_counter(
+        self.retries_total = counter(
+            meter,
             "signals_retries_total",
             unit="1",
             description="Delivery attempts that will be retried, by reason",
         )
-        self.acked_total = meter.create_counter(
+        self.acked_total = counter(
+            meter,
             "signals_acked_total",
             unit="1",
             description="Entries acknowledged in the consumer group, by outcome",
@@ -280,7 +535,7 @@ def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
     return {_FIELDS_ATTR: fields}
 
 
-_RESERVED: Final = ("timestamp", "level", "message", "logger")
+_RESERVED: Final = frozenset(("timestamp", "level", "message", "logger"))
 
 
 @functools.lru_cache(maxsize=4)
@@ -290,22 +545,29 @@ def _utc_second(seconds: int) -> str:
 
 
 def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
-    """Flatten a record into the JSON log line's fields."""
+    """Flatten a record into the JSON log line's fields (one dict, built once per line)."""
     created = record.created
     seconds = int(created)
-    micros = int((created - seconds) * 1_000_000)
     out: dict[str, Any] = {
-        "timestamp": f"{_utc_second(seconds)}.{micros:06d}Z",
+        "timestamp": f"{_utc_second(seconds)}.{int((created - seconds) * 1_000_000):06d}Z",
         "level": record.levelname,
         "message": record.getMessage(),
         "logger": record.name,
     }
     extra = getattr(record, _FIELDS_ATTR, None)
-    if not (isinstance(extra, Mapping) and "trace_id" in extra):
-        out.update(trace_fields(trace.get_current_span()))
-    if isinstance(extra, Mapping):
-        for key, value in extra.items():
-            out[f"field_{key}" if key in _RESERVED else key] = value
+    if extra is not None and type(extra) is not dict:
+        extra = dict(extra) if isinstance(extra, Mapping) else None
+    if extra is None or "trace_id" not in extra:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            out["trace_id"] = format(context.trace_id, "032x")
+            out["span_id"] = format(context.span_id, "016x")
+    if extra:
+        if _RESERVED.isdisjoint(extra):
+            out.update(extra)
+        else:
+            for key, value in extra.items():
+                out[f"field_{key}" if key in _RESERVED else key] = value
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
         out.setdefault("error_type", type(exc).__name__)
@@ -436,7 +698,7 @@ class TelemetryHandle:
         self.meter_provider = meter_provider
         self.registry = registry
         self.metrics = Metrics(meter_provider)
-        self.tracer = get_tracer(tracer_provider)
+        self.tracer: trace.Tracer = LeanTracer(get_tracer(tracer_provider), tracer_provider)
 
     def prometheus_text(self) -> bytes:
         """Render the metrics in the Prometheus text format (empty without a health port)."""
@@ -551,7 +813,10 @@ def setup_telemetry(
         for name in otel_exporter_names(otel_env, "metrics")
     )
     meter_provider = MeterProvider(
-        resource=resource, metric_readers=readers, shutdown_on_exit=False
+        resource=resource,
+        metric_readers=readers,
+        shutdown_on_exit=False,
+        exemplar_filter=_exemplar_filter(otel_env, spans_exported=bool(span_exporters)),
     )
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
@@ -568,3 +833,17 @@ def _add_process_metrics(registry: Any) -> None:  # noqa: ANN401 - a prometheus_
     from prometheus_client import ProcessCollector  # noqa: PLC0415 - optional path
 
     ProcessCollector(registry=registry)
+
+
+def _exemplar_filter(env: Mapping[str, str], *, spans_exported: bool) -> Any:  # noqa: ANN401 - SDK
+    """No exemplars while no span is exported, unless OTEL_METRICS_EXEMPLAR_FILTER asks.
+
+    The SDK's default (trace_based) attaches the current span's ids to histogram points when
+    that span is sampled: about 3 us a record, pointing at spans no backend will ever have.
+    None lets the SDK read the variable as usual.
+    """
+    if spans_exported or env.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip():
+        return None
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter  # noqa: PLC0415 - SDK only here
+
+    return AlwaysOffExemplarFilter()
