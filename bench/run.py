@@ -332,6 +332,9 @@ def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str
         HMAC_PRODUCER_SECRET=SECRET,
         PRODUCER_ID=PRODUCER_ID,
         BRIDGE_LOG_LEVEL=ctx.args.log_level,
+        # One shared stream, like the references: the group is shared (bench/strict.py measures
+        # strict ordering over shards).
+        BRIDGE_ORDERING="parallel",
         **(
             {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.fast_sink.url,

@@ -38,6 +38,7 @@ from bridge.dlq import parse_since, run_dlq_command
 from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
 from bridge.feedback import DrainReport, ProgressSummary
 from bridge.health import GroupMonitor, HealthServer
+from bridge.ownership import run_strict
 from bridge.retention import Retention
 from bridge.signal import Signal, decode_signal
 from bridge.stream import (
@@ -185,6 +186,10 @@ async def run_bridge(config: BridgeConfig) -> None:
                 HmacClient(config.outbound, metrics=telemetry.metrics, tracer=telemetry.tracer)
             )
             telemetry.metrics.observe_event_loop(asyncio.get_running_loop())
+            if config.stream.ordering == "strict":
+                await run_strict(config, redis, client, telemetry)
+                log.info("signal-bridge stopped")
+                return
             workers = [
                 Worker(
                     stream,

@@ -55,6 +55,7 @@ __all__ = [
 MIN_SECRET_BYTES: Final = 16
 MIN_TIMEOUT_S: Final = 5.0
 MAX_BLOCK_MS: Final = 20_000
+MIN_LEASE_TTL_MS: Final = 300
 
 
 class Secret:
@@ -285,6 +286,11 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_cap_s: float = 60.0
     trim_acked: bool = False
     trim_interval_s: float = 10.0
+    # issue 9: strict ordering across replicas (shard leases)
+    ordering: Literal["strict", "parallel"] = "strict"
+    lease_ttl_ms: int = 10000
+    lease_renew_ms: int = 2000
+    heartbeat_ttl_ms: int = 10000
 
     def stream_names(self) -> list[str]:
         """Return the streams to consume: BRIDGE_STREAMS when set, else BRIDGE_STREAM."""
@@ -484,6 +490,11 @@ _ENV: Final[dict[str, tuple[str, str, Parser]]] = {
     "OUTBOUND_CONNECT_TIMEOUT_SECONDS": ("outbound", "connect_timeout_s", _parse_float),
     "OUTBOUND_TCP_USER_TIMEOUT_SECONDS": ("outbound", "tcp_user_timeout_s", _parse_float),
     "OUTBOUND_PROXY_URL": ("outbound", "proxy_url", _parse_optional),
+    # issue 9: strict ordering across replicas (shard leases)
+    "BRIDGE_ORDERING": ("stream", "ordering", _parse_str),
+    "BRIDGE_LEASE_TTL_MS": ("stream", "lease_ttl_ms", _parse_int),
+    "BRIDGE_LEASE_RENEW_MS": ("stream", "lease_renew_ms", _parse_int),
+    "BRIDGE_HEARTBEAT_TTL_MS": ("stream", "heartbeat_ttl_ms", _parse_int),
 }
 
 # Parsers that see a blank value instead of it meaning "unset".
@@ -981,6 +992,38 @@ def _validate_stream(cfg: StreamConfig) -> None:
             "BRIDGE_SHUTDOWN_GRACE_SECONDS must be >= 0", variable="BRIDGE_SHUTDOWN_GRACE_SECONDS"
         )
     _validate_recovery(cfg)
+    _validate_leases(cfg)
+
+
+def _validate_leases(cfg: StreamConfig) -> None:
+    """Lease timings of strict ordering: renewals well inside the TTL, heartbeats outliving one."""
+    _positive("BRIDGE_LEASE_TTL_MS", cfg.lease_ttl_ms)
+    _positive("BRIDGE_LEASE_RENEW_MS", cfg.lease_renew_ms)
+    _positive("BRIDGE_HEARTBEAT_TTL_MS", cfg.heartbeat_ttl_ms)
+    if cfg.lease_ttl_ms < MIN_LEASE_TTL_MS:
+        raise ConfigError(
+            f"BRIDGE_LEASE_TTL_MS must be at least {MIN_LEASE_TTL_MS}, got {cfg.lease_ttl_ms}",
+            variable="BRIDGE_LEASE_TTL_MS",
+        )
+    if cfg.lease_renew_ms * 3 > cfg.lease_ttl_ms:
+        raise ConfigError(
+            "BRIDGE_LEASE_RENEW_MS must be at most a third of BRIDGE_LEASE_TTL_MS (a lease must "
+            f"survive two failed renewals), got {cfg.lease_renew_ms} for {cfg.lease_ttl_ms}",
+            variable="BRIDGE_LEASE_RENEW_MS",
+        )
+    if cfg.ordering == "strict" and cfg.block_ms * 4 > cfg.lease_ttl_ms:
+        raise ConfigError(
+            "with BRIDGE_ORDERING=strict, BRIDGE_BLOCK_MS must be at most a quarter of "
+            "BRIDGE_LEASE_TTL_MS (a read started before the fence must end before the lease "
+            f"can expire), got {cfg.block_ms} for {cfg.lease_ttl_ms}",
+            variable="BRIDGE_BLOCK_MS",
+        )
+    if cfg.heartbeat_ttl_ms < 2 * cfg.lease_renew_ms:
+        raise ConfigError(
+            "BRIDGE_HEARTBEAT_TTL_MS must be at least twice BRIDGE_LEASE_RENEW_MS (heartbeats "
+            f"are sent at each renewal), got {cfg.heartbeat_ttl_ms} for {cfg.lease_renew_ms}",
+            variable="BRIDGE_HEARTBEAT_TTL_MS",
+        )
 
 
 def _validate_recovery(cfg: StreamConfig) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import errno
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -41,13 +41,18 @@ class GroupMonitor:
     """Polls one group's status at a modest interval and hands it to the gauges."""
 
     def __init__(
-        self, stream: SignalStream, metrics: Metrics, worker: Worker, interval_s: float = 5.0
+        self,
+        stream: SignalStream,
+        metrics: Metrics,
+        worker: Worker | None,
+        interval_s: float = 5.0,
     ) -> None:
         self.stream = stream
         self.metrics = metrics
         self.interval_s = interval_s
         self.status: GroupStatus | None = None
-        metrics.observe_circuit(stream.stream, lambda: worker.breaker.is_open)
+        if worker is not None:  # strict ordering: the shard's owner reports its breaker
+            metrics.observe_circuit(stream.stream, lambda: worker.breaker.is_open)
 
     async def poll_once(self) -> None:
         """Read the status now and publish it to the gauges (and whether Redis answered)."""
@@ -89,13 +94,27 @@ class HealthServer:
         port: int,
         metrics_text: Callable[[], bytes] = lambda: b"",
         delivery_enabled: bool = True,
+        ping: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.workers = [worker] if isinstance(worker, Worker) else list(worker)
+        # A list is kept as given: with strict ordering its owner adds and removes workers as
+        # shards move, and ``ping`` checks Redis while this replica holds none.
+        self.workers = (
+            [worker]
+            if isinstance(worker, Worker)
+            else worker
+            if isinstance(worker, list)
+            else list(worker)
+        )
         self.delivery_enabled = delivery_enabled
+        self.ping = ping if ping is not None else self._first_worker_ping
         self.host = host
         self.port = port
         self.metrics_text = metrics_text
         self._server: asyncio.Server | None = None
+
+    async def _first_worker_ping(self) -> None:
+        """PING Redis through the first worker's stream."""
+        await self.workers[0].stream.ping()
 
     async def __aenter__(self) -> HealthServer:
         try:
@@ -127,7 +146,7 @@ class HealthServer:
         """Check Redis (a PING with a short timeout), the groups, the breakers, shutdown."""
         checks: dict[str, object] = {}
         try:
-            await asyncio.wait_for(self.workers[0].stream.ping(), _PING_TIMEOUT_S)
+            await asyncio.wait_for(self.ping(), _PING_TIMEOUT_S)
             checks["redis"] = "ok"
         except TimeoutError:
             checks["redis"] = f"unreachable: no answer to PING within {_PING_TIMEOUT_S:g}s"

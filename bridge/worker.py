@@ -135,6 +135,7 @@ class Worker:
         redis_backoff: Backoff | None = None,
         breaker: Breaker | None = None,
         clock: Callable[[], float] = time.time,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.stream = stream
         self.client = client
@@ -162,6 +163,12 @@ class Worker:
         )
         self.breaker.on_change = self._breaker_changed
         self.clock = clock
+        # Strict ordering: False once this replica may no longer post or read for the stream
+        # (its shard lease is lost or about to expire). Checked right before each POST, read,
+        # claim and touch; see ownership.py.
+        self.fence = fence
+        self.fenced = False
+        self._abandoned: set[str] = set()  # instruments whose lane stopped with entries left
         self.stats = WorkerStats()
         self.redis_ok = False
         self.group_ready = False
@@ -318,6 +325,9 @@ class Worker:
                 continue
             if not await self._wait_for_room():
                 break
+            if self._fence_closed():
+                self._fenced()  # a read now could take entries from the shard's next owner
+                break
             try:
                 if self._reread:
                     await self._reread_own_pending()
@@ -408,6 +418,9 @@ class Worker:
             if self._stopping or self.breaker.is_open or not self.group_ready or room < 1:
                 cursor = "-"
                 continue
+            if self._fence_closed():
+                self._fenced()  # a claim now could take entries from the shard's next owner
+                break
             count = min(room, _SCAN_PAGE)
             self._reserved += count
             try:
@@ -576,6 +589,8 @@ class Worker:
         self._released.discard(job.entry.id)
         if self._dead_letter_at_once(job) or job.signal is None:
             return
+        if job.signal.instrument in self._abandoned:
+            return  # an earlier entry of it was left pending (stopping, fenced): this one too
         offer = self.lanes.offer(job.signal.instrument, job)
         if offer is Offer.PARKED:
             return
@@ -678,6 +693,8 @@ class Worker:
                     continue
                 job = lane.queue[0]
                 if job.signal is None or not await self._deliver(job, job.signal):
+                    # Later entries of it (a read racing with stop()) stay pending behind it.
+                    self._abandoned.add(instrument)
                     break
                 if self.lanes.head_done(lane):
                     log.info(
@@ -885,6 +902,9 @@ class Worker:
                 raise _ExpiredError(too_old)
             if self._stopping and (self.breaker.is_open or self.breaker.consecutive_failures):
                 raise _StoppedError  # a slot freed by a failure: the server is not draining
+            if self._fence_closed():
+                self._fenced()
+                raise _StoppedError  # the shard's lease is lost or expiring: leave it pending
             self.posting += 1
             try:
                 return await self._send(job, signal)
@@ -1104,6 +1124,8 @@ class Worker:
         interval = max(0.05, self.config.claim_idle_ms / 3000)
         while True:
             await asyncio.sleep(interval)
+            if self._fence_closed():
+                return  # a fenced worker must not pull entries back from the shard's new owner
             try:
                 await self._touch_once()
             except StreamError as exc:
@@ -1191,6 +1213,21 @@ class Worker:
         self.redis_ok = False
         self.redis_error = str(exc)
         self._reread = True
+
+    def _fence_closed(self) -> bool:
+        """Tell whether the fence forbids posting and reading (never without a fence)."""
+        return self.fence is not None and (self.fenced or not self.fence())
+
+    def _fenced(self) -> None:
+        """Stop posting and reading at once: this replica no longer owns the stream's shard."""
+        if not self.fenced:
+            self.fenced = True
+            log.warning(
+                "shard lease lost or expiring: stopped posting, entries left pending for the "
+                "next owner",
+                extra=log_fields(stream=self.stream.stream, held=len(self._held)),
+            )
+        self.stop()
 
     def _breaker_changed(self, state: BreakerState, reason: str) -> None:
         """Log the breaker's transitions (the systemic ERROR with its cause is logged apart)."""

@@ -14,7 +14,7 @@ import json
 import signal
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,15 @@ from redis.crc import key_slot
 from bridge.config import load_config
 from bridge.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
 from bridge.signal import Signal
-from bridge.stream import DLQ_PREFIX, SignalStream, connect, publish, publish_raw, shard_for
+from bridge.stream import (
+    DLQ_PREFIX,
+    LeaseStore,
+    SignalStream,
+    connect,
+    publish,
+    publish_raw,
+    shard_for,
+)
 from bridge.worker import idempotency_key
 from tests.cluster_support import RedisProcess, redis_cluster
 from tests.procs import Replica, Replicas
@@ -43,6 +51,13 @@ PER_INSTRUMENT: Final = 6
 EXIT_TIMEOUT_S: Final = 15.0
 # In the order test replica-1's first deliveries are held this long (a slow replica).
 STALL_S: Final = 1.0
+# Strict mode with short leases, so the second replica gets its half of the shards quickly.
+STRICT: Final = {
+    "BRIDGE_ORDERING": "strict",
+    "BRIDGE_LEASE_TTL_MS": "2000",
+    "BRIDGE_LEASE_RENEW_MS": "400",
+    "BRIDGE_HEARTBEAT_TTL_MS": "2000",
+}
 
 
 def _shards(prefix: str) -> list[str]:
@@ -197,6 +212,14 @@ async def _all_reading(client: RedisCluster, shards: Sequence[str], names: set[s
     return True
 
 
+async def _leases_split(client: RedisCluster, shards: Sequence[str], names: Sequence[str]) -> bool:
+    """Every shard's lease is held, and each replica holds at least two of them."""
+    store = LeaseStore(client, group=GROUP, members_key="unused")  # type: ignore[arg-type]
+    holders = [await store.holder(shard) for shard in shards]
+    owners = Counter(value.split(" ")[1] for value in holders if value)
+    return sum(owners.values()) == len(shards) and all(owners[n] >= 2 for n in names)
+
+
 async def _drained(client: RedisCluster, shards: Sequence[str]) -> bool:
     for shard in shards:
         groups = await client.xinfo_groups(shard)
@@ -277,13 +300,13 @@ async def _run_two_replicas(
     log_dir: Path,
     *,
     stall_first_s: float = 0.0,
-    split_shards: bool = False,
+    strict: bool = False,
 ) -> ClusterRun:
     """Start two cluster replicas on eight shards, publish while both read, drain, stop them.
 
     Every instrument gets PER_INSTRUMENT signals, published round by round; one invalid entry
     goes to shard 3 half-way. ``stall_first_s`` holds replica-1's first deliveries that long.
-    ``split_shards`` gives each replica its own half of the shards (one consumer per shard).
+    ``strict`` runs BRIDGE_ORDERING=strict (shard leases, one owner per shard), else parallel.
     Returns once the server has every signal, every shard is drained and both replicas have
     exited 0 after SIGTERM.
     """
@@ -307,13 +330,14 @@ async def _run_two_replicas(
                     server_url,
                     cluster_url,
                     "signals",
-                    BRIDGE_STREAMS=",".join(shards[i * 4 : i * 4 + 4] if split_shards else shards),
+                    BRIDGE_STREAMS=",".join(shards),
                     BRIDGE_REDIS_CLUSTER="true",
                     BRIDGE_CONSUMER=name,
                     PRODUCER_ID=f"producer-{name}",
+                    **(STRICT if strict else {"BRIDGE_ORDERING": "parallel"}),
                 ),
             )
-            for i, name in enumerate(names)
+            for name in names
         ]
 
         def all_alive() -> bool:
@@ -322,10 +346,8 @@ async def _run_two_replicas(
         async def reading_or_dead() -> bool:
             if not all_alive():
                 return True
-            if split_shards:
-                return await _all_reading(client, shards[:4], {names[0]}) and await _all_reading(
-                    client, shards[4:], {names[1]}
-                )
+            if strict:
+                return await _leases_split(client, shards, names)
             return await _all_reading(client, shards, set(names))
 
         try:
@@ -409,13 +431,14 @@ async def test_two_replicas_deliver_every_signal_once_and_dead_letter_per_shard(
 async def test_two_replicas_keep_per_instrument_order_at_the_server(
     cluster_client: RedisCluster, cluster_url: str, tmp_path: Path
 ) -> None:
-    """With one consumer per shard (replicas split the shards), each instrument stays in order.
+    """Strict ordering on a cluster: leases split the shards; each instrument stays in order.
 
-    Replicas that share a shard read its entries in parallel, so cross-replica order needs each
-    shard consumed by one replica (README: "Order across replicas").
+    The lease keys carry the shard's hash tag, so each lease script runs on the shard's node.
+    Replicas that share a shard in parallel mode read its entries in parallel; strict mode gives
+    each shard one owner at a time (README: "Order across replicas").
     """
     result = await _run_two_replicas(
-        cluster_client, cluster_url, tmp_path, stall_first_s=STALL_S, split_shards=True
+        cluster_client, cluster_url, tmp_path, stall_first_s=STALL_S, strict=True
     )
     try:
         assert len(result.app.received) == len(result.expected)

@@ -179,7 +179,9 @@ def _replica_env(url: str, redis_url: str, stream: str, name: str, **extra: str)
         PRODUCER_ID=f"producer-{name}",
         BRIDGE_LOG_LEVEL="WARNING",
         BRIDGE_SIGNAL_MAX_AGE_SECONDS="0",
-        **extra,
+        # These tests are about replicas sharing one stream's group (test_strict_e2e.py covers
+        # shard leases); an explicit BRIDGE_ORDERING in ``extra`` wins.
+        **{"BRIDGE_ORDERING": "parallel", **extra},
     )
 
 
