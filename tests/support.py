@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -137,3 +137,17 @@ async def running(
         finally:
             worker.stop()
             await asyncio.wait_for(task, 30)
+
+
+async def drained(redis: aioredis.Redis, stream: str) -> bool:
+    """Everything read by the (only) group and acked or dead-lettered: lag 0, pending 0."""
+    groups = await redis.xinfo_groups(stream)
+    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+
+
+def order_by_instrument(signals: Iterable[Signal]) -> dict[str, list[str | None]]:
+    """The signal_ids of each instrument in the order given (compare sent with received)."""
+    order: dict[str, list[str | None]] = {}
+    for signal in signals:
+        order.setdefault(signal.instrument, []).append(signal.signal_id)
+    return order

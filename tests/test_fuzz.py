@@ -403,12 +403,9 @@ async def _run_entries(
         ids = [str(await client.xadd(stream, fields), "ascii") for fields in entries]  # type: ignore[arg-type]
         config = support.bridge_config(server_url, redis_url, stream)
         async with support.running(client, config):
-
-            async def drained() -> bool:
-                groups = await client.xinfo_groups(stream)
-                return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
-
-            await support.eventually(drained, what="fuzzed entries handled")
+            await support.eventually(
+                lambda: support.drained(client, stream), what="fuzzed entries handled"
+            )
         dead: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange(f"{stream}:dlq")  # type: ignore[assignment]
         reasons = {
             fields[f"{DLQ_PREFIX}source_id".encode()].decode(): fields[
@@ -498,12 +495,9 @@ async def test_an_entry_with_bad_utf8_is_dead_lettered_and_the_worker_goes_on(
     await redis.xadd(stream_name, {"signal": _json(_valid_signal(2))})
     config = support.bridge_config(server.url, redis_url, stream_name)
     async with support.running(redis, config):
-
-        async def drained() -> bool:
-            groups = await redis.xinfo_groups(stream_name)
-            return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
-
-        await support.eventually(drained, what="both entries handled")
+        await support.eventually(
+            lambda: support.drained(redis, stream_name), what="both entries handled"
+        )
     dead: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(f"{stream_name}:dlq")  # type: ignore[assignment]
     assert [fields[b"dlq_reason"] for _, fields in dead] == [b"invalid"]
     assert b"not valid UTF-8" in dead[0][1][b"dlq_error"]
@@ -538,12 +532,9 @@ async def test_a_decoder_bug_dead_letters_the_entry_and_the_worker_goes_on(
     await redis.xadd(stream_name, {"signal": _json(_valid_signal(2))})
     config = support.bridge_config(server.url, redis_url, stream_name)
     async with support.running(redis, config):
-
-        async def drained() -> bool:
-            groups = await redis.xinfo_groups(stream_name)
-            return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
-
-        await support.eventually(drained, what="both entries handled")
+        await support.eventually(
+            lambda: support.drained(redis, stream_name), what="both entries handled"
+        )
     dead: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(f"{stream_name}:dlq")  # type: ignore[assignment]
     assert [fields[b"dlq_reason"] for _, fields in dead] == [b"invalid"]
     assert b"RuntimeError: decoder bug" in dead[0][1][b"dlq_error"]

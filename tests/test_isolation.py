@@ -17,7 +17,15 @@ from bridge.signal import Signal
 from bridge.stream import publish
 from bridge.worker import idempotency_key
 from tests.fixtures_ingest import MetricsCapture, Server, metric_points
-from tests.support import INSTRUMENTS, bridge_config, eventually, make_signal, running
+from tests.support import (
+    INSTRUMENTS,
+    bridge_config,
+    drained,
+    eventually,
+    make_signal,
+    order_by_instrument,
+    running,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -49,18 +57,6 @@ def _fail_bad_until(server: Server, stream: str, bad: list[Signal]) -> list[floa
 async def _publish_all(redis: aioredis.Redis, stream: str, signals: list[Signal]) -> None:
     for signal in signals:
         await publish(redis, signal, stream=stream)
-
-
-def _order(signals: list[Signal]) -> dict[str, list[str | None]]:
-    order: dict[str, list[str | None]] = {}
-    for signal in signals:
-        order.setdefault(signal.instrument, []).append(signal.signal_id)
-    return order
-
-
-async def _drained(redis: aioredis.Redis, stream: str) -> bool:
-    groups = await redis.xinfo_groups(stream)
-    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
 
 
 def _config(server: Server, redis_url: str, stream: str, **extra: str) -> BridgeConfig:
@@ -104,7 +100,7 @@ async def test_one_instrument_in_retry_does_not_delay_the_others(  # noqa: PLR09
         assert [p.attributes["instrument"] for p in blocked] == [BAD]
         assert blocked[0].value >= 1.0
         heal_at[0] = time.time()
-        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+        await eventually(lambda: drained(redis, stream_name), what="stream drained")
     received = server.app.received
     lateness = [
         r.received_at - r.signal.timestamp.timestamp()
@@ -116,7 +112,7 @@ async def test_one_instrument_in_retry_does_not_delay_the_others(  # noqa: PLR09
     assert max(lateness) < 2.0, f"others waited up to {max(lateness):.2f}s"
     assert len(received) == len(bad) + len(others)
     assert len(server.app.keys()) == len(received)
-    assert _order([r.signal for r in received]) == _order(bad + others)
+    assert order_by_instrument([r.signal for r in received]) == order_by_instrument(bad + others)
     stalls = [r for r in caplog.records if r.getMessage().startswith("instrument blocked")]
     assert [r.fields["instrument"] for r in stalls] == [BAD]  # type: ignore[attr-defined]
 
@@ -154,10 +150,10 @@ async def test_memory_stays_bounded_whatever_one_instruments_backlog(
         await eventually(only_the_backlog_pending, what="the others acked")
         assert {p["times_delivered"] for p in pending} == {1}
         heal_at[0] = time.time()
-        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+        await eventually(lambda: drained(redis, stream_name), what="stream drained")
     received = [r.signal for r in server.app.received]
     assert len(received) == len(bad) + len(others)
-    assert _order(received) == _order(bad + others)
+    assert order_by_instrument(received) == order_by_instrument(bad + others)
 
 
 async def test_entries_waiting_in_redis_stay_with_their_replica(
@@ -180,6 +176,6 @@ async def test_entries_waiting_in_redis_stay_with_their_replica(
                 assert {p["consumer"] for p in pending} == {b"a"}
                 assert len(pending) == len(bad)
             heal_at[0] = time.time()
-            await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+            await eventually(lambda: drained(redis, stream_name), what="stream drained")
             assert b.stats.delivered == 0
     assert [r.signal.signal_id for r in server.app.received] == [s.signal_id for s in bad]

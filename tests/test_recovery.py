@@ -20,7 +20,7 @@ from bridge.policy import Backoff
 from bridge.stream import SignalStream, publish
 from bridge.worker import Worker
 from tests.fixtures_ingest import RawRequest, RawResponse, ScriptedServer, StartScripted
-from tests.support import bridge_config, eventually, fast_breaker, make_signal, running
+from tests.support import bridge_config, drained, eventually, fast_breaker, make_signal, running
 
 pytestmark = pytest.mark.redis
 
@@ -72,12 +72,6 @@ async def _pending(redis: aioredis.Redis, stream: str) -> int:
     return int(groups[0]["pending"]) if groups else 0
 
 
-async def _drained(redis: aioredis.Redis, stream: str) -> bool:
-    """Everything read and acknowledged."""
-    groups = await redis.xinfo_groups(stream)
-    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
-
-
 async def _dlq_len(redis: aioredis.Redis, stream: str) -> int:
     """Entries in the stream's dead-letter stream."""
     return int(await redis.xlen(f"{stream}:dlq"))
@@ -94,7 +88,7 @@ async def test_any_2xx_is_acked_once(
     server = await scripted_server(script)
     await _publish(rig.redis, rig.stream, 5)
     async with running(rig.redis, bridge_config(server.base_url, rig.url, rig.stream)) as worker:
-        await eventually(lambda: _drained(rig.redis, rig.stream), what="drained")
+        await eventually(lambda: drained(rig.redis, rig.stream), what="drained")
         assert worker.stats.delivered == 5
     assert len(_keys(server)) == len(set(_keys(server))) == 5
     assert await _dlq_len(rig.redis, rig.stream) == 0
@@ -120,7 +114,7 @@ async def test_a_201_with_an_odd_body_is_acked_once_with_a_warning(
     server = await scripted_server(Script(RawResponse(201, body)))
     await _publish(rig.redis, rig.stream, 3)
     async with running(rig.redis, bridge_config(server.base_url, rig.url, rig.stream)) as worker:
-        await eventually(lambda: _drained(rig.redis, rig.stream), what="drained")
+        await eventually(lambda: drained(rig.redis, rig.stream), what="drained")
         assert (worker.stats.delivered, worker.stats.duplicates) == (3, 0)
     assert len(server.requests) == 3
     warnings = [r for r in caplog.records if "unexpected answer body" in r.getMessage()]
@@ -163,7 +157,7 @@ async def test_systemic_answers_hold_everything_behind_the_breaker(
         assert worker.stats.delivered == 0
         assert len(server.requests) < 20  # one probe per interval, not full speed
         script.answer = RawResponse(201, ACCEPTED)
-        await eventually(lambda: _drained(rig.redis, rig.stream), what="drained once fixed")
+        await eventually(lambda: drained(rig.redis, rig.stream), what="drained once fixed")
         assert worker.ready()
     assert len(set(_keys(server))) == 10
     assert await _dlq_len(rig.redis, rig.stream) == 0
@@ -206,7 +200,7 @@ async def test_lanes_resume_on_the_servers_return_not_after_their_backoff(
             await asyncio.sleep(0.3)
             script.answer = RawResponse(201, ACCEPTED)
             back = time.monotonic()
-            await eventually(lambda: _drained(rig.redis, rig.stream), timeout_s=10, what="drained")
+            await eventually(lambda: drained(rig.redis, rig.stream), timeout_s=10, what="drained")
             assert time.monotonic() - back < 8  # well under one 20 s backoff
         finally:
             worker.stop()
@@ -274,7 +268,7 @@ async def test_a_systemic_answer_during_an_outage_still_gets_its_one_error(
         await eventually(lambda: worker.breaker.reason == "systemic", what="a probe gets 404")
         await asyncio.sleep(0.2)  # more refused probes: still one ERROR
         script.answer = RawResponse(201, ACCEPTED)
-        await eventually(lambda: _drained(rig.redis, rig.stream), what="drained")
+        await eventually(lambda: drained(rig.redis, rig.stream), what="drained")
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "bridge.worker"]
     assert [("wrong URL" in r.getMessage()) for r in errors] == [True]
     assert len(set(_keys(server))) == 5

@@ -22,25 +22,20 @@ from bridge.stream import connect, publish, read_timeout_s
 from bridge.worker import idempotency_key
 from tests.fault_proxy import fault_proxy
 from tests.fixtures_ingest import Server
-from tests.support import bridge_config, eventually, make_signal, running
+from tests.support import (
+    bridge_config,
+    drained,
+    eventually,
+    make_signal,
+    order_by_instrument,
+    running,
+)
 
 pytestmark = pytest.mark.redis
 
 # The read timeout the tests give the worker's Redis client (the service derives it from
 # BRIDGE_BLOCK_MS: BLOCK + 4 s); short, so a lost reply costs the tests about a second.
 READ_TIMEOUT_S: Final = 1.0
-
-
-def _order(signals: list[Signal]) -> dict[str, list[str | None]]:
-    order: dict[str, list[str | None]] = {}
-    for signal in signals:
-        order.setdefault(signal.instrument, []).append(signal.signal_id)
-    return order
-
-
-async def _drained(redis: aioredis.Redis, stream: str) -> bool:
-    groups = await redis.xinfo_groups(stream)
-    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
 
 
 async def test_a_silent_redis_is_noticed_within_about_five_seconds_by_default() -> None:
@@ -76,12 +71,12 @@ async def test_a_swallowed_read_reply_neither_delays_nor_reorders(
                 await publish(redis, signal, stream=stream_name)
                 published.append(signal)
                 await asyncio.sleep(0.02 if i % 10 else 0.2)
-            await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+            await eventually(lambda: drained(redis, stream_name), what="stream drained")
     assert proxy.swallowed == 1
     received = server.app.received
     assert len(received) == len(published)
     assert len(server.app.keys()) == len(published)
-    assert _order([r.signal for r in received]) == _order(published)
+    assert order_by_instrument([r.signal for r in received]) == order_by_instrument(published)
     late = max(r.received_at - r.signal.timestamp.timestamp() for r in received)
     assert late < READ_TIMEOUT_S + 1.0, f"a signal arrived {late:.2f}s after it was published"
 
@@ -170,13 +165,13 @@ async def test_own_entries_idle_after_an_ack_outage_are_not_reclaimed_or_posted_
         await asyncio.sleep(0.9)  # several claim scans (every 60 ms) see them
         proxy.heal()
         heal_at[0] = time.time()
-        await eventually(lambda: _drained(redis, stream_name), what="stream drained")
+        await eventually(lambda: drained(redis, stream_name), what="stream drained")
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "from another consumer" in m]
     assert server.app.refusals.get("duplicate idempotency key", 0) == 0
     received = [r.signal for r in server.app.received]
     assert len(received) == len(stuck) + len(flowing)
-    assert _order(received) == _order(flowing + stuck)
+    assert order_by_instrument(received) == order_by_instrument(flowing + stuck)
 
 
 async def test_a_dead_consumers_entries_are_taken_within_1_1x_the_idle_time(

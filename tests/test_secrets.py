@@ -47,7 +47,7 @@ from bridge.telemetry import JsonFormatter, Metrics, TextFormatter, get_tracer
 from bridge.worker import Worker, idempotency_key
 from tests.otlp_receiver import OtlpReceiver
 from tests.procs import Replicas
-from tests.support import KEY_ID, bridge_config, bridge_env, eventually, make_signal
+from tests.support import KEY_ID, bridge_config, bridge_env, drained, eventually, make_signal
 
 pytestmark = pytest.mark.redis
 
@@ -219,11 +219,6 @@ def _record_texts(records: Iterable[logging.LogRecord]) -> Iterator[str]:
         yield text_formatter.format(record)
 
 
-async def _drained(redis: aioredis.Redis, stream: str) -> bool:
-    groups = await redis.xinfo_groups(stream)
-    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
-
-
 # --- in process ------------------------------------------------------------------------------
 
 
@@ -312,7 +307,7 @@ async def test_a_worker_run_with_failures_never_exposes_the_hmac_secret(
         )
         task = asyncio.create_task(worker.run())
         try:
-            await eventually(lambda: _drained(redis, stream_name), timeout_s=WAIT_S, what="drained")
+            await eventually(lambda: drained(redis, stream_name), timeout_s=WAIT_S, what="drained")
         finally:
             worker.stop()
             await asyncio.wait_for(task, 30)
@@ -469,12 +464,12 @@ async def test_run_logs_and_exports_neither_the_secret_nor_the_redis_password(
         )
         child = replicas.start("c1", env)
 
-        async def drained() -> bool:
+        async def alive_and_drained() -> bool:
             if not child.alive:
                 raise AssertionError(f"the bridge exited early\n{child.output()}")
-            return await _drained(redis, stream_name)
+            return await drained(redis, stream_name)
 
-        await eventually(drained, timeout_s=30, interval_s=0.05, what="drained")
+        await eventually(alive_and_drained, timeout_s=30, interval_s=0.05, what="drained")
         child.send(signal.SIGTERM)
         assert await child.wait(WAIT_S) == 0, child.output()
 
