@@ -3,7 +3,8 @@
 A private ``redis-server`` and the reference ingest server (in this process, behind a fault
 layer answering 1% of POSTs 503 and holding 1% for 100-500 ms) on loopback; a paced producer
 XADDs a steady rate over many instruments (each signal's ``comment`` carries its XADD time and
-sequence number); two ``signal-bridge run`` processes consume the stream. Replica ``soak-1`` is
+sequence number); two ``signal-bridge run`` processes consume it (with strict ordering, the
+default, the stream is split into eight shards by ``shard_for``). Replica ``soak-1`` is
 stopped with SIGTERM every minute and started again; ``soak-2`` is SIGKILLed half-way and started
 again. Every ten seconds, per replica: RSS, open file descriptors, threads, asyncio tasks (the
 ``signals_asyncio_tasks`` gauge on its /metrics), Redis connections (CLIENT LIST by client name)
@@ -44,12 +45,15 @@ from bench.procstat import die_with_parent
 from bridge.config import _ENV
 from bridge.embedded import redis_server
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.stream import shard_for
 
 __all__ = ["main"]
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 SECRET: Final = "soak-secret-0123456789abcdef"
 STREAM: Final = "soak"
+# Strict ordering shards the stream (BRIDGE_STREAMS): each shard is owned by one replica.
+SHARDS: Final = [f"{STREAM}:{{{i}}}" for i in range(8)] if "BRIDGE_ORDERING" in _ENV else [STREAM]
 GROUP: Final = "soak"
 _SENT: Final = re.compile(r"sent_ns=(\d+);seq=(\d+)")
 _TASKS: Final = re.compile(r"^signals_asyncio_tasks\S*\s+([0-9.e+]+)$", re.MULTILINE)
@@ -145,9 +149,9 @@ class FaultyIngest:
 
 @dataclass
 class Produced:
-    """Every XADD: entry id and signal_id, to derive the idempotency keys the server must hold."""
+    """Every XADD: shard, entry id and signal_id, to derive the keys the server must hold."""
 
-    entries: list[tuple[str, str | None]] = field(default_factory=list)
+    entries: list[tuple[str, str, str | None]] = field(default_factory=list)
     max_late_s: float = 0.0
 
 
@@ -171,8 +175,9 @@ def produce(url: str, plan: Plan, out: Produced, stop: threading.Event) -> None:
                 comment=f"sent_ns={time.time_ns()};seq={index}",
                 instruments=plan.instruments,
             )
-            entry_id = client.xadd(STREAM, stream_fields(signal_dict, index))
-            out.entries.append((_text(entry_id), signal_dict["signal_id"]))
+            shard = shard_for(str(signal_dict["instrument"]), SHARDS)
+            entry_id = client.xadd(shard, stream_fields(signal_dict, index))
+            out.entries.append((shard, _text(entry_id), signal_dict["signal_id"]))
     finally:
         client.close()
 
@@ -286,7 +291,10 @@ def sample(
     conns: dict[str, int] = defaultdict(int)
     for entry in clients:
         conns[entry.get("name", "")] += 1
-    pending = {_text(c["name"]): int(c["pending"]) for c in client.xinfo_consumers(STREAM, GROUP)}
+    pending: dict[str, int] = defaultdict(int)
+    for shard in SHARDS:
+        for consumer in client.xinfo_consumers(shard, GROUP):
+            pending[_text(consumer["name"])] += int(consumer["pending"])
     backlog = _backlog(client)
     out = []
     for replica in replicas:
@@ -324,7 +332,7 @@ def _replica_env(name: str, redis_url: str, server_url: str, health_port: int) -
         "PRODUCER_ID": "soak-producer",
         "OUTBOUND_SERVER_URL": server_url,
         "BRIDGE_REDIS_URL": f"{redis_url}?client_name={name}",
-        "BRIDGE_STREAM": STREAM,
+        "BRIDGE_STREAMS": ",".join(SHARDS),
         "BRIDGE_GROUP": GROUP,
         "BRIDGE_CONSUMER": name,
         "BRIDGE_START_ID": "0",
@@ -391,8 +399,11 @@ def _lives(samples: list[Sample], warmup_s: float) -> list[dict[str, Any]]:
 
 def _backlog(client: redis.Redis) -> int:
     """Entries not yet acked by the group: lag (unread) plus pending (read, not acked)."""
-    groups = client.xinfo_groups(STREAM)
-    return int(groups[0]["lag"] or 0) + int(groups[0]["pending"]) if groups else 0
+    total = 0
+    for shard in SHARDS:
+        groups = client.xinfo_groups(shard)
+        total += int(groups[0]["lag"] or 0) + int(groups[0]["pending"]) if groups else 0
+    return total
 
 
 def _wait_drained(client: redis.Redis, stall_s: float, limit_s: float) -> float | None:
@@ -423,7 +434,8 @@ def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
     stop_producing = threading.Event()
     with redis_server() as (redis_url, _), serve_in_thread(faulty) as server_url:
         client = redis.Redis.from_url(redis_url, decode_responses=True)
-        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        for shard in SHARDS:
+            client.xgroup_create(shard, GROUP, id="0", mkstream=True)
         ports = {name: free_port() for name in ("soak-1", "soak-2")}
         replicas = [
             Replica(name, _replica_env(name, redis_url, server_url, ports[name]), log_dir)
@@ -463,7 +475,7 @@ def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
             backlog_at_end = _backlog(client)
             drain_s = _wait_drained(client, plan.drain_stall_s, plan.duration_s + 300)
             samples.extend(sample(client, replicas, ports, time.monotonic() - started))
-            dead_letters = client.xlen(f"{STREAM}:dlq") if client.exists(f"{STREAM}:dlq") else 0
+            dead_letters = sum(client.xlen(f"{s}:dlq") for s in SHARDS if client.exists(f"{s}:dlq"))
             for replica in replicas:
                 replica.stop(signal.SIGTERM)
         finally:
@@ -472,7 +484,7 @@ def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
                     replica.proc.kill()
                     replica.proc.wait(timeout=10)
             client.close()
-    expected = {idempotency_key(STREAM, entry_id, sid) for entry_id, sid in produced.entries}
+    expected = {idempotency_key(s, entry_id, sid) for s, entry_id, sid in produced.entries}
     accepted_keys = app.keys()
     latencies_ms = [(arrival - sent) / 1e6 for arrival, _, _, sent in faulty.log.accepted]
     inversions = _inversions(faulty.log.accepted)
