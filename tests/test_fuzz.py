@@ -485,23 +485,32 @@ def test_bad_utf8_inside_json_strings_found_by_fuzzing_is_refused_with_a_reason(
     assert rejected.value.details == '{"detail":"\ufffd"}'
 
 
+async def _first_dead_second_delivered(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream: str, first: bytes
+) -> bytes:
+    """XADD ``first`` and a valid signal; only ``first`` is dead-lettered; return its error.
+
+    Runs a Worker until the stream is drained and checks the second entry reached the server.
+    """
+    await redis.xadd(stream, {"signal": first})
+    await redis.xadd(stream, {"signal": _json(_valid_signal(2))})
+    config = support.bridge_config(server.url, redis_url, stream)
+    async with support.running(redis, config):
+        await support.eventually(lambda: support.drained(redis, stream), what="both handled")
+    dead: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(f"{stream}:dlq")  # type: ignore[assignment]
+    assert [fields[b"dlq_reason"] for _, fields in dead] == [b"invalid"]
+    assert len(server.app.received) == 1
+    return dead[0][1][b"dlq_error"]
+
+
 @pytest.mark.redis
 async def test_an_entry_with_bad_utf8_is_dead_lettered_and_the_worker_goes_on(
     server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
 ) -> None:
     """Before the fix this entry crashed the read loop on every restart (a poison pill)."""
     poison = _json(_valid_signal(1)).replace(b'"n=1"', b'"n=\xe3"')
-    await redis.xadd(stream_name, {"signal": poison})
-    await redis.xadd(stream_name, {"signal": _json(_valid_signal(2))})
-    config = support.bridge_config(server.url, redis_url, stream_name)
-    async with support.running(redis, config):
-        await support.eventually(
-            lambda: support.drained(redis, stream_name), what="both entries handled"
-        )
-    dead: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(f"{stream_name}:dlq")  # type: ignore[assignment]
-    assert [fields[b"dlq_reason"] for _, fields in dead] == [b"invalid"]
-    assert b"not valid UTF-8" in dead[0][1][b"dlq_error"]
-    assert len(server.app.received) == 1
+    error = await _first_dead_second_delivered(server, redis, redis_url, stream_name, poison)
+    assert b"not valid UTF-8" in error
 
 
 def test_the_signal_id_guess_for_logs_survives_deep_nesting() -> None:
@@ -528,14 +537,6 @@ async def test_a_decoder_bug_dead_letters_the_entry_and_the_worker_goes_on(
         return real_decode(raw)
 
     monkeypatch.setattr("bridge.worker.decode_signal", flaky_decode)
-    await redis.xadd(stream_name, {"signal": _json(_valid_signal(1))})
-    await redis.xadd(stream_name, {"signal": _json(_valid_signal(2))})
-    config = support.bridge_config(server.url, redis_url, stream_name)
-    async with support.running(redis, config):
-        await support.eventually(
-            lambda: support.drained(redis, stream_name), what="both entries handled"
-        )
-    dead: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(f"{stream_name}:dlq")  # type: ignore[assignment]
-    assert [fields[b"dlq_reason"] for _, fields in dead] == [b"invalid"]
-    assert b"RuntimeError: decoder bug" in dead[0][1][b"dlq_error"]
-    assert len(server.app.received) == 1
+    first = _json(_valid_signal(1))
+    error = await _first_dead_second_delivered(server, redis, redis_url, stream_name, first)
+    assert b"RuntimeError: decoder bug" in error
