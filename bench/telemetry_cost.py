@@ -9,9 +9,6 @@ drops the bytes: the network is left out, the encoding is not.
 
     .venv/bin/python -m bench.telemetry_cost            # 20,000 deliveries per configuration
     .venv/bin/python -m bench.telemetry_cost -n 5000
-
-Run from another checkout (``PYTHONPATH=<checkout>``) it measures that version's ``bridge``:
-before ``LeanTracer`` existed, spans come from the SDK tracer directly, as the service then did.
 """
 
 from __future__ import annotations
@@ -32,8 +29,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
-from bridge import telemetry
-from bridge.telemetry import Metrics, configure_logging, get_tracer, log_fields
+from bridge.instruments import Metrics
+from bridge.logs import configure_logging, log_fields
+from bridge.tracing import LeanTracer, get_tracer
 
 CONSUMER_ATTRS: Final[dict[str, str]] = {
     "messaging.system": "redis",
@@ -118,13 +116,10 @@ def measure(
             sampler=ParentBased(TraceIdRatioBased(ratio)), shutdown_on_exit=False
         )
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    tracer = get_tracer(provider)
-    lean = getattr(telemetry, "LeanTracer", None)  # absent before issue 13: the SDK's tracer
-    if lean is not None:
-        tracer = lean(tracer, provider)
+    tracer = LeanTracer(get_tracer(provider), provider)
     meters = MeterProvider(
         shutdown_on_exit=False,
-        exemplar_filter=AlwaysOffExemplarFilter() if ratio is None and lean else None,
+        exemplar_filter=AlwaysOffExemplarFilter() if ratio is None else None,
     )
     metrics = Metrics(meters)
     log = logging.getLogger("bridge.worker")

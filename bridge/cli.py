@@ -38,6 +38,8 @@ from bridge.dlq import parse_since, run_dlq_command
 from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
 from bridge.feedback import DrainReport, ProgressSummary
 from bridge.health import GroupMonitor, HealthServer
+from bridge.instruments import Metrics
+from bridge.logs import configure_logging, log_fields
 from bridge.ownership import run_strict
 from bridge.retention import Retention
 from bridge.signal import Signal, decode_signal
@@ -47,7 +49,7 @@ from bridge.stream import (
     probe_database,
     publish,
 )
-from bridge.telemetry import Metrics, configure_logging, log_fields, setup_telemetry
+from bridge.telemetry import setup_telemetry
 from bridge.worker import Worker
 
 __all__ = ["main"]

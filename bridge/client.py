@@ -48,10 +48,12 @@ from bridge.errors import (
     TransientDeliveryError,
 )
 from bridge.http import OVERSIZED_EXTENSION, FastTransport, Limits, ProxyRefusedError
+from bridge.instruments import Metrics
+from bridge.logs import log_fields, trace_fields
 from bridge.outcome import Action, OutcomeTable, TransportFailure, Verdict
 from bridge.signal import Signal, encode_canonical
 from bridge.signing import Signer, key_fingerprint
-from bridge.telemetry import Metrics, get_tracer, log_fields, trace_fields
+from bridge.tracing import get_tracer
 
 __all__ = [
     "MAX_DETAIL_BYTES",

@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 
 from bridge.errors import InvalidSignalError
+from bridge.logs import log_fields
 from bridge.signal import decode_signal, encode_canonical, guess_signal_id
 from bridge.stream import DLQ_PREFIX, SIGNAL_FIELD, Entry, SignalStream
-from bridge.telemetry import log_fields
 
 __all__ = ["parse_since", "run_dlq_command"]
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from bridge.errors import StreamError
+from bridge.logs import log_fields
 from bridge.stream import GroupStatus, SignalStream
-from bridge.telemetry import log_fields
 
 __all__ = ["Counts", "DrainReport", "ProgressSummary", "report_new_group"]
 

@@ -2,7 +2,7 @@
 
 ``GroupMonitor`` reads the group's lag, pending count, oldest pending age and dead-letter
 count from Redis every few seconds (never per message) and hands them to the gauges in
-:class:`~bridge.telemetry.Metrics`.
+:class:`~bridge.instruments.Metrics`.
 ``HealthServer`` answers ``/healthz`` (the process and its event loop are alive), ``/readyz``
 (Redis answers a PING and the workers' own commands succeed, group present, breaker closed,
 not shutting down; the failing check says why) and ``/metrics`` (Prometheus text) on
@@ -23,8 +23,9 @@ from typing import Final
 import msgspec
 
 from bridge.errors import ConfigError, StreamError
+from bridge.instruments import Metrics
+from bridge.logs import log_fields
 from bridge.stream import GroupStatus, SignalStream
-from bridge.telemetry import Metrics, log_fields
 from bridge.worker import Worker
 
 __all__ = ["GroupMonitor", "HealthServer"]

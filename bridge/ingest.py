@@ -27,9 +27,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.semconv.attributes import http_attributes, url_attributes
 
 from bridge.errors import BridgeError, InvalidSignalError
+from bridge.logs import log_fields
 from bridge.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal, format_timestamp
 from bridge.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, key_fingerprint, verify_request
-from bridge.telemetry import get_tracer, log_fields
+from bridge.tracing import get_tracer
 
 __all__ = ["IngestApp", "Received", "serve_in_thread"]
 

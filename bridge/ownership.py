@@ -35,9 +35,11 @@ from bridge.config import BridgeConfig, StreamConfig
 from bridge.errors import StreamError
 from bridge.feedback import DrainReport, ProgressSummary
 from bridge.health import GroupMonitor, HealthServer
+from bridge.instruments import Metrics
+from bridge.logs import log_fields
 from bridge.retention import Retention
 from bridge.stream import GroupStatus, LeaseStore, SignalStream, hash_tagged, take_pending
-from bridge.telemetry import Metrics, TelemetryHandle, log_fields
+from bridge.telemetry import TelemetryHandle
 from bridge.worker import Worker, WorkerStats
 
 __all__ = [

@@ -14,8 +14,9 @@ import logging
 from typing import Final
 
 from bridge.errors import StreamError
+from bridge.instruments import Metrics
+from bridge.logs import log_fields
 from bridge.stream import SignalStream, TrimResult
-from bridge.telemetry import Metrics, log_fields
 
 __all__ = ["Retention"]
 

@@ -46,7 +46,9 @@ from bridge.errors import (
     SystemicError,
 )
 from bridge.feedback import report_new_group
+from bridge.instruments import Metrics
 from bridge.lanes import CURRENT_LANE, Lane, Lanes, Offer, StreamId, format_id, next_id, parse_id
+from bridge.logs import log_fields
 from bridge.policy import Backoff
 from bridge.signal import Signal, decode_signal, encode_canonical, guess_signal_id
 from bridge.stream import (
@@ -57,7 +59,7 @@ from bridge.stream import (
     Entry,
     SignalStream,
 )
-from bridge.telemetry import Metrics, get_tracer, log_fields
+from bridge.tracing import get_tracer
 
 __all__ = ["IDEMPOTENCY_NAMESPACE", "Worker", "idempotency_key"]
 

@@ -31,8 +31,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import bridge.ingest
 from bridge.config import OutboundConfig, load_config
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.instruments import Metrics
 from bridge.signal import Signal
-from bridge.telemetry import Metrics
 from tests import support
 
 __all__ = [
@@ -143,7 +143,7 @@ class Tracing:
 def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
     """Give the client a tracer, and make the reference server trace into the same exporter.
 
-    IngestApp takes its tracer from ``bridge.telemetry.get_tracer()`` (the global provider); the
+    IngestApp takes its tracer from ``bridge.tracing.get_tracer()`` (the global provider); the
     global provider can be set only once per process, so the server's lookup is patched instead.
     """
     exporter = InMemorySpanExporter()

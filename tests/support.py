@@ -14,10 +14,10 @@ from opentelemetry import trace
 
 from bridge.client import HmacClient
 from bridge.config import BridgeConfig, load_config
+from bridge.instruments import Metrics
 from bridge.policy import Backoff, Breaker
 from bridge.signal import Signal
 from bridge.stream import SignalStream
-from bridge.telemetry import Metrics
 from bridge.worker import Worker
 
 SECRET: Final = "test-secret-0123456789abcdef"

@@ -44,9 +44,10 @@ from bridge.errors import (
     TransientDeliveryError,
 )
 from bridge.ingest import IngestApp
+from bridge.instruments import DURATION_BUCKETS_S
+from bridge.logs import JsonFormatter, TextFormatter
 from bridge.signal import encode_canonical
 from bridge.signing import INGEST_PATH, build_signature, verify_request
-from bridge.telemetry import DURATION_BUCKETS_S, JsonFormatter, TextFormatter
 from tests.fixtures_ingest import (
     KEY_ID,
     PRODUCER_ID,

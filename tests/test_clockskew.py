@@ -15,8 +15,8 @@ from bridge.client import HmacClient
 from bridge.clockskew import SkewEstimator, describe_skew, parse_http_date
 from bridge.errors import AuthError
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.logs import JsonFormatter
 from bridge.stream import publish
-from bridge.telemetry import JsonFormatter
 from tests import support
 from tests.fixtures_ingest import (
     KEY_ID,

@@ -30,10 +30,10 @@ from bridge.clockskew import SkewEstimator
 from bridge.errors import DeliveryError, InvalidSignalError
 from bridge.http import Limits, RawResponse, _Connection
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.logs import JsonFormatter
 from bridge.signal import decode_signal, encode_canonical, format_timestamp, guess_signal_id
 from bridge.signing import Verification, build_signature, verify_request
 from bridge.stream import DLQ_PREFIX, Entry, SignalStream
-from bridge.telemetry import JsonFormatter
 from bridge.worker import Worker, idempotency_key
 from tests import support
 from tests.fixtures_ingest import KEY_ID, PRODUCER_ID, TEST_SECRET, Server, make_outbound_config

@@ -32,14 +32,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.client import HmacClient
 from bridge.config import OutboundConfig
 from bridge.ingest import IngestApp
-from bridge.telemetry import (
-    JsonFormatter,
-    LeanTracer,
-    Metrics,
-    get_tracer,
-    log_fields,
-    setup_telemetry,
-)
+from bridge.instruments import Metrics
+from bridge.logs import JsonFormatter, log_fields
+from bridge.telemetry import setup_telemetry
+from bridge.tracing import LeanTracer, get_tracer
 from tests.fixtures_ingest import make_signal, metric_points
 from tests.otlp_receiver import OtlpReceiver
 

@@ -35,9 +35,9 @@ from bridge.config import BridgeConfig, redact_url
 from bridge.embedded import free_port
 from bridge.errors import StreamError
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.logs import JsonFormatter
 from bridge.policy import Backoff
 from bridge.stream import SignalStream, connect, publish
-from bridge.telemetry import JsonFormatter
 from bridge.worker import Worker
 from tests.cluster_support import redis_process
 from tests.procs import ROOT, Replicas

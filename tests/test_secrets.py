@@ -41,9 +41,11 @@ from bridge.client import HmacClient
 from bridge.config import BridgeConfig, load_config, redact_url
 from bridge.errors import ConfigError, DeliveryError
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.instruments import Metrics
+from bridge.logs import JsonFormatter, TextFormatter
 from bridge.policy import Backoff
 from bridge.stream import SignalStream, publish, publish_raw
-from bridge.telemetry import JsonFormatter, Metrics, TextFormatter, get_tracer
+from bridge.tracing import get_tracer
 from bridge.worker import Worker, idempotency_key
 from tests.otlp_receiver import OtlpReceiver
 from tests.procs import Replicas

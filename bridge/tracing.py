@@ -1,0 +1,197 @@
+"""Spans for the delivery path: the bridge's tracer, and one that makes no span objects unseen.
+
+A tracer whose provider has no span processor makes no span objects, only the ids a
+``traceparent`` and a log line need (``LeanTracer``): with no exporter configured, tracing costs
+a span id and a context switch per delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextvars import Token
+from types import TracebackType
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.util.types import Attributes
+
+__all__ = ["INSTRUMENTATION_NAME", "LeanTracer", "get_tracer"]
+
+INSTRUMENTATION_NAME: Final = "signal-bridge"
+
+
+def get_tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
+    """Return the bridge's tracer from ``provider`` or the global one."""
+    from bridge import __version__  # noqa: PLC0415 - the package imports this module
+
+    return trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=provider)
+
+
+_FLAGS: Final = tuple(trace.TraceFlags(bits) for bits in range(4))  # sampled | random-id bits
+_SAMPLED_BITS: Final = 0x03
+
+
+class _CurrentSpan:
+    """``start_as_current_span``'s context manager as a plain object (no generator frames).
+
+    Same behaviour as the API's ``use_span(..., end_on_exit=True)``: the span is current inside
+    the block; an ``Exception`` leaving it is recorded and sets an ERROR status on a recording
+    span; the span ends on exit.
+    """
+
+    __slots__ = ("_end", "_record", "_set_status", "_span", "_token")
+
+    def __init__(
+        self, span: trace.Span, *, end: bool, record_exception: bool, set_status: bool
+    ) -> None:
+        """Hold ``span`` until the block is entered."""
+        self._span = span
+        self._end = end
+        self._record = record_exception
+        self._set_status = set_status
+        self._token: Token[otel_context.Context] | None = None
+
+    def __enter__(self) -> trace.Span:
+        """Make the span current and return it."""
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Restore the previous context, record an escaping exception, end the span."""
+        if self._token is not None:
+            otel_context.detach(self._token)
+        span = self._span
+        if isinstance(exc, Exception) and span.is_recording():
+            if self._record:
+                span.record_exception(exc)
+            if self._set_status:
+                span.set_status(
+                    trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+                )
+        if self._end:
+            span.end()
+
+
+class LeanTracer(trace.Tracer):
+    """A tracer that makes no span objects while its provider has no span processor.
+
+    Without a processor a span is seen only through its ids (the ``traceparent`` header, the
+    log line's ``trace_id``/``span_id``), so then only those are made: a ``NonRecordingSpan``
+    with the ids and flags the SDK would have given it (a new span id; the parent's trace id,
+    or a new one for a root; the sampler's decision; a ParentBased sampler follows the parent
+    without being asked). The moment a processor is added, spans are the SDK's again.
+    """
+
+    def __init__(self, delegate: trace.Tracer, provider: Any) -> None:  # noqa: ANN401 - SDK
+        """Wrap ``delegate`` (a tracer of ``provider``)."""
+        from opentelemetry.sdk.trace.sampling import ParentBased  # noqa: PLC0415 - SDK only here
+
+        self._delegate = delegate
+        # The SDK's own list of span processors, read on each span so a later
+        # add_span_processor() takes effect; no SDK provider: always delegate.
+        self._processors = getattr(provider, "_active_span_processor", None)
+        self._sampler = getattr(provider, "sampler", None)
+        self._ids = getattr(provider, "id_generator", None)
+        usable = (
+            self._sampler is not None
+            and self._ids is not None
+            and hasattr(self._processors, "_span_processors")
+            and not getattr(provider, "_disabled", False)
+        )
+        self._usable = usable
+        self._parent_based = isinstance(self._sampler, ParentBased)
+        self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr]
+
+    def _lean(self) -> bool:
+        """Say whether no span processor would receive a span now."""
+        return self._usable and not self._processors._span_processors  # type: ignore[union-attr]
+
+    def _ids_only(
+        self,
+        name: str,
+        context: otel_context.Context | None,
+        kind: trace.SpanKind,
+        attributes: Attributes,
+        links: Sequence[trace.Link] | None,
+    ) -> trace.Span:
+        """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
+        parent = trace.get_current_span(context).get_span_context()
+        span_id = self._ids.generate_span_id()  # type: ignore[union-attr]
+        if parent.is_valid and self._parent_based:
+            flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
+            return trace.NonRecordingSpan(
+                trace.SpanContext(parent.trace_id, span_id, False, flags, parent.trace_state)
+            )
+        if parent.is_valid:
+            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+        else:
+            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr]
+        result = self._sampler.should_sample(  # type: ignore[union-attr]
+            context, trace_id, name, kind, attributes, links
+        )
+        bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
+        return trace.NonRecordingSpan(
+            trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
+        )
+
+    def start_span(  # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        """Start a span (see the class docstring for when it is only ids)."""
+        if self._lean():
+            return self._ids_only(name, context, kind, attributes, links)
+        return self._delegate.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+
+    # The API types this as its generator-based context manager; ours is a plain one, used alike.
+    def start_as_current_span(  # type: ignore[override] # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> _CurrentSpan:
+        """Start a span and make it current for a ``with`` block."""
+        span = self.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        return _CurrentSpan(
+            span,
+            end=end_on_exit,
+            record_exception=record_exception,
+            set_status=set_status_on_exception,
+        )
