@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.semconv.attributes import (
     error_attributes,
     http_attributes,
@@ -51,8 +51,9 @@ from bridge.http import OVERSIZED_EXTENSION, FastTransport, Limits, ProxyRefused
 from bridge.instruments import Metrics
 from bridge.logs import log_fields, trace_fields
 from bridge.outcome import Action, OutcomeTable, TransportFailure, Verdict
+from bridge.propagation import inject_trace
 from bridge.signal import Signal, encode_canonical
-from bridge.signing import Signer, key_fingerprint
+from bridge.signing import Signer, format_timestamp, key_fingerprint
 from bridge.tracing import get_tracer
 
 __all__ = [
@@ -343,18 +344,21 @@ class HmacClient:
 
     def timestamp(self) -> str:
         """Return the current time as RFC 3339 UTC with microseconds and Z (X-Timestamp)."""
-        self._signed_at = self._clock()
-        now = datetime.fromtimestamp(self._signed_at, UTC).replace(tzinfo=None)
-        return now.isoformat(timespec="microseconds") + "Z"
+        self._signed_at = at = self._clock()
+        return format_timestamp(at)
 
     def signed_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
         """Build the headers of one attempt, signed now."""
+        return {**self._static_headers, **self._attempt_headers(body, idempotency_key)}
+
+    def _attempt_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
+        """Build the headers that change with each attempt (the static ones are built once)."""
         timestamp = self.timestamp()
-        headers = dict(self._static_headers)
-        headers["X-Timestamp"] = timestamp
-        headers["X-Signature"] = self._signer.sign(body, timestamp)
-        headers["X-Idempotency-Key"] = idempotency_key
-        return headers
+        return {
+            "X-Timestamp": timestamp,
+            "X-Signature": self._signer.sign(body, timestamp),
+            "X-Idempotency-Key": idempotency_key,
+        }
 
     @property
     def table(self) -> OutcomeTable:
@@ -432,12 +436,12 @@ class HmacClient:
             raise InvalidSignalError(
                 f"body is {len(body)} bytes, over the limit of {self._config.max_body_size}"
             )
-        headers = self.signed_headers(body, idempotency_key)
+        headers = self._attempt_headers(body, idempotency_key)
         span = self._tracer.start_span(
             "POST", context=context, kind=trace.SpanKind.CLIENT, attributes=self._span_attributes
         )
         try:
-            propagate.inject(headers, context=trace.set_span_in_context(span, context))
+            inject_trace(headers, span, context)
             started = time.perf_counter()
             sent_at = self._signed_at  # the clock reading the signature was made with
             try:
@@ -477,19 +481,20 @@ class HmacClient:
     async def _exchange(
         self, body: bytes, headers: dict[str, str], timeout: float | None
     ) -> tuple[int, Mapping[str, str], bytes, str | None]:
-        """Send one request; return (status, headers, body, oversized). httpx errors become ours."""
+        """Send one request; return (status, headers, body, oversized). httpx errors become ours.
+
+        ``headers`` are the attempt's own (signature, trace context); the static ones are added
+        here.
+        """
         timeout_s = self._config.timeout_s if timeout is None else timeout
         try:
             if self._fast is not None:
-                headers["Content-Length"] = str(len(body))
                 # The request line and the static headers were serialised once, at start-up.
-                dynamic = "".join(
-                    f"{name}: {value}\r\n"
-                    for name, value in headers.items()
-                    if name not in self._static_headers
-                )
+                dynamic = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
                 raw = await self._fast.post(
-                    self._fast_head + dynamic.encode("latin-1") + b"\r\n" + body, timeout_s
+                    b"%b%bContent-Length: %d\r\n\r\n%b"
+                    % (self._fast_head, dynamic.encode("latin-1"), len(body), body),
+                    timeout_s,
                 )
                 exchanged: tuple[int, Mapping[str, str], bytes, str | None] = (
                     raw.status,
@@ -499,7 +504,10 @@ class HmacClient:
                 )
             else:
                 response = await self._client.post(
-                    self._url, content=body, headers=headers, timeout=httpx.Timeout(timeout_s)
+                    self._url,
+                    content=body,
+                    headers={**self._static_headers, **headers},
+                    timeout=httpx.Timeout(timeout_s),
                 )
                 oversized = response.extensions.get(OVERSIZED_EXTENSION)
                 exchanged = (

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
+import math
 import re
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Final
@@ -36,6 +39,7 @@ __all__ = [
     "body_sha256",
     "build_signature",
     "canonical_request",
+    "format_timestamp",
     "key_fingerprint",
     "parse_timestamp",
     "verify_request",
@@ -65,6 +69,29 @@ def parse_timestamp(timestamp: str) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError as exc:
         raise SigningError(f"timestamp is not a valid date: {timestamp[:64]!r}") from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    """Format one whole UTC second; consecutive requests share it."""
+    t = time.gmtime(seconds)  # strftime's %Y is not zero-padded before the year 1000
+    date = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+    return f"{date}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+
+
+def format_timestamp(epoch_s: float) -> str:
+    """Format epoch seconds as X-Timestamp: RFC 3339 UTC, six fractional digits, ``Z``.
+
+    The same text as ``datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="microseconds")``
+    with ``Z`` (microseconds rounded half to even, as datetime rounds), at a fraction of its cost.
+    """
+    fraction, whole = math.modf(epoch_s)
+    micros = round(fraction * 1e6)
+    if micros < 0:  # before 1970: modf keeps the sign
+        whole, micros = whole - 1, micros + 1_000_000
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return f"{_utc_second(int(whole))}.{micros:06d}Z"
 
 
 def key_fingerprint(secret: bytes) -> str:

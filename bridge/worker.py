@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
 from bridge.breaker import Admission, Breaker, BreakerState
@@ -50,6 +51,7 @@ from bridge.instruments import Metrics
 from bridge.lanes import CURRENT_LANE, Lane, Lanes, Offer, StreamId, format_id, next_id, parse_id
 from bridge.logs import log_fields
 from bridge.policy import Backoff
+from bridge.propagation import extract_parent
 from bridge.signal import Signal, decode_signal, encode_canonical, guess_signal_id
 from bridge.stream import (
     MAX_AGE_WAIVED_FIELD,
@@ -67,6 +69,10 @@ log = logging.getLogger(__name__)
 
 # uuid5 namespace of idempotency keys: every replica derives the same key for an entry.
 IDEMPOTENCY_NAMESPACE: Final = uuid.NAMESPACE_URL
+_NAMESPACE_BYTES: Final = IDEMPOTENCY_NAMESPACE.bytes
+# uuid.UUID(..., version=5): variant bits 10 (RFC 4122), version nibble 5.
+_UUID5_CLEAR: Final = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID5_SET: Final = (0x8000 << 48) | (5 << 76)
 # Entries without a signal_id get keys from their own namespace, so no producer's signal_id
 # (which may be any text, "signals/1-0" included) can ever name the same key as an entry.
 _TOUCH_CHUNK: Final = 500
@@ -81,11 +87,13 @@ def idempotency_key(stream: str, entry_id: str, signal_id: str | None) -> str:
     The signal_id is used byte for byte (never trimmed). A signal_id that ends like an entry
     reference (``/<ms>-<seq>``) is refused at validation, so the two cases never share a key.
     """
-    return str(
-        uuid.uuid5(
-            IDEMPOTENCY_NAMESPACE, signal_id if signal_id is not None else f"{stream}/{entry_id}"
-        )
-    )
+    name = signal_id if signal_id is not None else f"{stream}/{entry_id}"
+    # uuid.uuid5 (RFC 4122 section 4.3, SHA-1 by definition) written out: the same text for a
+    # third of its cost.
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()
+    value = int.from_bytes(digest[:16])
+    text = f"{value & _UUID5_CLEAR | _UUID5_SET:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(slots=True)
@@ -622,11 +630,11 @@ class Worker:
         job = _Job(entry)
         traceparent = entry.fields.get(b"traceparent")
         if traceparent:
-            carrier = {"traceparent": traceparent.decode("ascii", "replace")}
             tracestate = entry.fields.get(b"tracestate")
-            if tracestate:
-                carrier["tracestate"] = tracestate.decode("ascii", "replace")
-            job.parent = propagate.extract(carrier)
+            job.parent = extract_parent(
+                traceparent.decode("ascii", "replace"),
+                tracestate.decode("ascii", "replace") if tracestate else None,
+            )
         raw = entry.fields.get(SIGNAL_FIELD)
         try:
             if raw is None:
@@ -818,7 +826,10 @@ class Worker:
                 # After stop(): no retry, no probe, no wait for the breaker. A first attempt
                 # still goes within the grace period while the server answers well (checked
                 # again once a slot is free), so a healthy drain does not strand entries.
-                admission = None if self._stopping and job.attempts else await self.breaker.admit()
+                if self._stopping and job.attempts:
+                    admission = None
+                else:  # a closed breaker admits at once: no coroutine for the common case
+                    admission = self.breaker.try_admit() or await self.breaker.admit()
                 if admission is None:
                     span.set_attribute("bridge.outcome", "abandoned")
                     return False  # stopping: leave it pending for a replica
