@@ -82,8 +82,9 @@ def parse_timestamp(text: object) -> datetime:
             "(e.g. 2025-10-25T14:30:45.123456Z)",
             field="timestamp",
         )
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    fraction, zulu, sign, off_h, off_m = match.groups()[6:]
+    groups = match.groups()
+    year, month, day, hour, minute, second = map(int, groups[:6])
+    fraction, zulu, sign, off_h, off_m = groups[6:]
     if second == _LEAP_SECOND:
         raise InvalidSignalError(
             f"timestamp {text!r} is a leap second (:60), which UTC timestamps here cannot "
@@ -91,13 +92,16 @@ def parse_timestamp(text: object) -> datetime:
             field="timestamp",
         )
     micro = int((fraction or "")[:6].ljust(6, "0"))
-    zone = UTC
-    if not zulu:
-        hours, minutes = int(off_h), int(off_m)
-        if hours > 23 or minutes > 59:
-            raise InvalidSignalError(f"timestamp {text!r} has an invalid offset", field="timestamp")
-        delta = timedelta(hours=hours, minutes=minutes)
-        zone = timezone(-delta if sign == "-" else delta)
+    if zulu:  # already UTC, the producers' usual form: no conversion
+        try:
+            return _UtcTimestamp(year, month, day, hour, minute, second, micro, tzinfo=UTC)
+        except ValueError as exc:
+            raise InvalidSignalError(f"timestamp {text!r}: {exc}", field="timestamp") from None
+    hours, minutes = int(off_h), int(off_m)
+    if hours > 23 or minutes > 59:
+        raise InvalidSignalError(f"timestamp {text!r} has an invalid offset", field="timestamp")
+    delta = timedelta(hours=hours, minutes=minutes)
+    zone = timezone(-delta if sign == "-" else delta)
     try:
         value = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
     except ValueError as exc:
@@ -281,8 +285,8 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 def _enc_hook(obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract takes and returns Any
     """Encode the canonical timestamp; anything else is a programming error."""
-    if type(obj) is _UtcTimestamp:
-        return obj.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if type(obj) is _UtcTimestamp:  # always tzinfo=UTC: swap isoformat's "+00:00" for "Z"
+        return obj.isoformat(timespec="microseconds")[:-6] + "Z"
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
