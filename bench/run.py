@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import redis
 
@@ -86,6 +86,18 @@ class BridgeSpec:
     name: str
     argv: list[str]
     missing: str | None = None
+    # signal-bridge variants: export spans and metrics over OTLP with this sampler spec
+    # (``--sampler`` syntax; "" is the bridge's default, every span of a sampled trace).
+    otlp_sampler: str | None = None
+
+
+# signal-bridge with OTLP export on, as separate bridges so one run measures them beside the
+# references: every span, and the ratios the README recommends.
+OTLP_VARIANTS: Final = {
+    "signal-bridge-otlp": "",
+    "signal-bridge-otlp-10pct": "traceidratio:0.1",
+    "signal-bridge-otlp-1pct": "traceidratio:0.01",
+}
 
 
 def bridge_specs(signal_bridge_cmd: str) -> dict[str, BridgeSpec]:
@@ -117,6 +129,8 @@ def bridge_specs(signal_bridge_cmd: str) -> dict[str, BridgeSpec]:
             last = (probe.stderr.strip().splitlines() or ["?"])[-1]
             missing = f"bridge.cli:main is not importable ({last})"
     specs["signal-bridge"] = BridgeSpec("signal-bridge", argv, missing)
+    for name, sampler in OTLP_VARIANTS.items():
+        specs[name] = BridgeSpec(name, argv, missing, otlp_sampler=sampler)
     return specs
 
 
@@ -319,9 +333,20 @@ def _sampler_env(spec: str) -> dict[str, str]:
     return {"OTEL_TRACES_SAMPLER": name, **({"OTEL_TRACES_SAMPLER_ARG": arg} if arg else {})}
 
 
-def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str) -> dict[str, str]:
+def bridge_env(
+    ctx: Context,
+    stream: str,
+    consumer: str,
+    start_id: str,
+    url: str,
+    *,
+    spec: BridgeSpec | None = None,
+) -> dict[str, str]:
     """Return the environment a bridge runs with (signal-bridge's variables)."""
     env = {k: v for k, v in os.environ.items() if k != "OTEL_SDK_DISABLED"}
+    variant = spec.otlp_sampler if spec is not None else None
+    otlp = ctx.args.otlp or variant is not None
+    sampler = variant if variant is not None else ctx.args.sampler
     env.update(
         BRIDGE_REDIS_URL=ctx.redis.url,
         BRIDGE_STREAM=stream,
@@ -340,11 +365,11 @@ def bridge_env(ctx: Context, stream: str, consumer: str, start_id: str, url: str
                 "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.fast_sink.url,
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             }
-            if ctx.args.otlp
+            if otlp
             else {}
         ),
         **({"OTEL_SDK_DISABLED": "true"} if ctx.args.telemetry_off else {}),
-        **_sampler_env(ctx.args.sampler),
+        **_sampler_env(sampler),
         BRIDGE_HEALTH_PORT="0",
     )
     return env
@@ -375,7 +400,7 @@ def start_bridges(
     """Start ``replicas`` processes of a bridge with distinct consumer names."""
     procs = []
     for k in range(replicas):
-        env = bridge_env(ctx, stream, f"bench-{k + 1}", start_id, url)
+        env = bridge_env(ctx, stream, f"bench-{k + 1}", start_id, url, spec=spec)
         log = ctx.log_dir / f"{stream.replace(':', '_')}-{k + 1}.log"
         procs.append(ctx.procs.spawn(spec.argv, log, env))
     return procs
@@ -726,10 +751,12 @@ def report(results: dict[str, Any]) -> None:
     rows = []
     for name, med in drain.items():
         check = results["contract"].get(name, {})
+        rates = sorted(run["signals_per_s"] for run in results.get("drain_runs", {}).get(name, []))
         rows.append(
             [
                 name,
                 f"{med['signals_per_s']:,.0f}",
+                f"{rates[0]:,.0f}-{rates[-1]:,.0f}" if rates else "-",
                 f"{med['cpu_us_per_signal']:,.0f}",
                 f"{med['peak_rss_mb']:.1f}",
                 ratio(med["signals_per_s"], ref.get("signals_per_s")),
@@ -748,6 +775,7 @@ def report(results: dict[str, Any]) -> None:
     headers = [
         "bridge",
         "signals/s",
+        "spread",
         "CPU us/signal",
         "peak RSS MB",
         "rate vs aiohttp",
@@ -814,7 +842,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the harness CLI."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     add = parser.add_argument
-    add("--bridges", default="naive,aiohttp,signal-bridge", help="comma-separated bridges")
+    add(
+        "--bridges",
+        default="naive,aiohttp,signal-bridge,signal-bridge-otlp",
+        help="comma-separated bridges (also: aiohttp-asyncio, signal-bridge-otlp-10pct, "
+        "signal-bridge-otlp-1pct)",
+    )
     add("--signals", "-n", type=int, default=20_000, help="backlog size of a drain run")
     add("--repeat", type=int, default=3, help="drain runs per bridge (median reported)")
     add("--quick", action="store_true", help="5,000 signals, 1 repeat, 2 s latency runs")
