@@ -280,7 +280,7 @@ def test_console_export_of_local_histograms_matches_the_sdk_histogram(
             },
             "exponential_histogram",
         ),
-        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXEMPLAR_FILTER": "trace_based"}, ""),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, ""),
     ],
     ids=["delta", "exponential", "spans-exported"],
 )
