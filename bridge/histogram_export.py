@@ -59,11 +59,7 @@ def with_local_histograms(data: MetricsData, local: LocalHistograms) -> MetricsD
                 scope_metrics=[
                     replace(
                         scope,
-                        metrics=[
-                            replaced
-                            for metric in scope.metrics
-                            if (replaced := _replace(metric, scope.scope.name, local)) is not None
-                        ],
+                        metrics=[_replace(m, scope.scope.name, local) for m in scope.metrics],
                     )
                     for scope in resource.scope_metrics
                 ],
@@ -73,8 +69,11 @@ def with_local_histograms(data: MetricsData, local: LocalHistograms) -> MetricsD
     )
 
 
-def _replace(metric: Metric, scope: str, local: LocalHistograms) -> Metric | None:
-    """Turn our placeholder gauge into the histogram's metric, timed as the gauge's point."""
+def _replace(metric: Metric, scope: str, local: LocalHistograms) -> Metric:
+    """Turn our placeholder gauge into the histogram's metric, timed as the gauge's point.
+
+    The gauge reports a point only once the histogram holds one (cells are never removed).
+    """
     histogram = local.get(scope, metric.name)
     if histogram is None or not isinstance(metric.data, Gauge) or not metric.data.data_points:
         return metric
@@ -94,8 +93,6 @@ def _replace(metric: Metric, scope: str, local: LocalHistograms) -> Metric | Non
         )
         for point in histogram.points()
     ]
-    if not points:
-        return None
     return Metric(
         name=metric.name,
         description=metric.description,
