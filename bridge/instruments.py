@@ -3,14 +3,22 @@
 Counters are plain numbers in this process that the SDK reads when it collects
 (``LocalCounter``): a dict update per delivery instead of the SDK's measurement pipeline. Gauges
 are observable: values are stored by whoever knows them and read only at collection.
+Histograms are plain numbers too (``LocalHistogram``) on providers whose readers add them to
+what they collect (``LocalHistograms``, wired by ``bridge.telemetry``), else the SDK's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import math
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -21,13 +29,37 @@ from opentelemetry.util.types import Attributes
 
 from bridge.tracing import INSTRUMENTATION_NAME
 
-__all__ = ["AGE_BUCKETS_S", "DURATION_BUCKETS_S", "LocalCounter", "Metrics"]
+__all__ = [
+    "AGE_BUCKETS_S",
+    "CARDINALITY_LIMIT",
+    "DURATION_BUCKETS_S",
+    "HistogramPoint",
+    "LocalCounter",
+    "LocalHistogram",
+    "LocalHistograms",
+    "Metrics",
+]
 
 DURATION_BUCKETS_S: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0)
 AGE_BUCKETS_S: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
 
 
 _AttributeKey = tuple[tuple[str, str | bool | int | float], ...]
+_Items = tuple[tuple[str, Any], ...]  # a histogram's attribute items (any attribute value)
+
+# The SDK's default cardinality limit (MetricReader): attribute sets past it share one point.
+CARDINALITY_LIMIT: Final = 2000
+_OVERFLOW_KEY: Final[_Items] = (("otel.metric.overflow", True),)
+_OVERFLOW_IDENTITY: Final = frozenset(_OVERFLOW_KEY)
+_ALIASES_LIMIT: Final = 4 * CARDINALITY_LIMIT
+_INF: Final = math.inf
+
+_logger = logging.getLogger(__name__)
+
+
+def _frozen(value: Any) -> Any:  # noqa: ANN401 - any attribute value
+    """Turn a sequence attribute value into a tuple (hashable; exported as the same sequence)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 class LocalCounter:
@@ -84,11 +116,200 @@ class LocalCounter:
         return [Observation(total, dict(key)) for key, total in items]
 
 
+@dataclass(frozen=True, slots=True)
+class HistogramPoint:
+    """One attribute set's cumulative state, as a reader collects it from a LocalHistogram."""
+
+    attributes: dict[str, Any]
+    start_time_unix_nano: int
+    count: int
+    sum: int | float
+    bucket_counts: tuple[int, ...]
+    min: float
+    max: float
+
+
+class _Cell:
+    """The running state of one attribute set (bucket counts, sum, min, max, first record)."""
+
+    __slots__ = ("attributes", "counts", "max", "min", "start_time_unix_nano", "sum")
+
+    def __init__(self, attributes: dict[str, Any], buckets: int) -> None:
+        self.attributes = attributes
+        self.start_time_unix_nano = time.time_ns()
+        self.counts = [0] * buckets
+        self.sum: int | float = 0
+        self.min = math.inf
+        self.max = -math.inf
+
+
+class LocalHistogram:
+    """An explicit-bucket histogram kept as plain numbers in this process, read when collected.
+
+    ``record`` has the API ``Histogram.record`` signature and costs a dict look-up, a bisect and
+    a few increments under a lock (the SDK's measurement pipeline is about 2.7 us a record, per
+    reader). ``LocalHistograms`` puts the points into what every reader collects: the same
+    cumulative points the SDK's histogram gives (bounds, counts, sum, min, max, start time).
+    Like the SDK it drops negative and non-finite amounts, files a value equal to a boundary
+    in the bucket that boundary closes, and folds attribute sets beyond the SDK's cardinality
+    limit into one ``otel.metric.overflow`` point. It carries no exemplars.
+    """
+
+    __slots__ = ("_aliases", "_bounds", "_cells", "_lock", "description", "name", "unit")
+
+    def __init__(
+        self, name: str, *, unit: str, description: str, boundaries: Sequence[float]
+    ) -> None:
+        """Keep ``name``'s points with the explicit bucket ``boundaries`` (strictly increasing)."""
+        bounds = tuple(float(bound) for bound in boundaries)
+        if any(not math.isfinite(b) for b in bounds) or any(
+            low >= high for low, high in itertools.pairwise(bounds)
+        ):
+            raise ValueError(f"{name}: boundaries must be finite and strictly increasing")
+        self.name = name
+        self.unit = unit
+        self.description = description
+        self._bounds: Final = bounds
+        self._lock: Final = threading.Lock()
+        # Attribute items in call order -> cell; _cells holds each attribute set once, so the
+        # same set passed in another order lands in the same cell (the SDK ignores order too).
+        self._aliases: dict[_Items, _Cell] = {}
+        self._cells: dict[frozenset[tuple[str, Any]], _Cell] = {}
+
+    @property
+    def boundaries(self) -> tuple[float, ...]:
+        """The explicit bucket boundaries (the upper bounds of every bucket but the last)."""
+        return self._bounds
+
+    def record(
+        self,
+        amount: float,
+        attributes: Attributes = None,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        """Record ``amount`` (>= 0 and finite, as the SDK requires; others are dropped)."""
+        del context  # no exemplars: the SDK histogram is kept whenever they are enabled
+        if not 0 <= amount < _INF:  # NaN fails both comparisons
+            _logger.warning("Histogram %s: dropped %r (negative or not finite)", self.name, amount)
+            return
+        key: _Items = tuple(attributes.items()) if attributes else ()
+        with self._lock:
+            try:
+                cell = self._aliases.get(key)
+            except TypeError:  # a sequence value (a list): key it by a tuple of its items
+                key = tuple((name, _frozen(value)) for name, value in key)
+                cell = self._aliases.get(key)
+            if cell is None:
+                cell = self._cell(key)
+            cell.counts[bisect_left(self._bounds, amount)] += 1
+            cell.sum += amount
+            if amount < cell.min:  # noqa: PLR1730 - cheaper than calling min() per record
+                cell.min = amount
+            if amount > cell.max:  # noqa: PLR1730 - cheaper than calling max() per record
+                cell.max = amount
+
+    def _cell(self, key: _Items) -> _Cell:
+        """Find or create the cell of an attribute order not seen yet (the lock is held)."""
+        identity = frozenset(key)
+        cell = self._cells.get(identity)
+        if cell is None:
+            attributes = key
+            if len(self._cells) >= CARDINALITY_LIMIT:  # as the SDK: one overflow point
+                identity, attributes = _OVERFLOW_IDENTITY, _OVERFLOW_KEY
+                cell = self._cells.get(identity)
+            if cell is None:
+                cell = _Cell(dict(attributes), len(self._bounds) + 1)
+                self._cells[identity] = cell
+        if len(self._aliases) < _ALIASES_LIMIT:  # past it, unseen orders take this slow path
+            self._aliases[key] = cell
+        return cell
+
+    def has_points(self) -> bool:
+        """Whether anything was recorded (a collection then reports this histogram)."""
+        return bool(self._cells)
+
+    def points(self) -> list[HistogramPoint]:
+        """Every attribute set's cumulative point, copied under the lock (the reader's side)."""
+        with self._lock:
+            return [
+                HistogramPoint(
+                    dict(cell.attributes),
+                    cell.start_time_unix_nano,
+                    sum(cell.counts),
+                    cell.sum,
+                    tuple(cell.counts),
+                    cell.min,
+                    cell.max,
+                )
+                for cell in self._cells.values()
+            ]
+
+
+class LocalHistograms:
+    """The local histograms of one SDK MeterProvider, found by its readers when they collect.
+
+    ``setup_telemetry`` attaches one to a provider whose every reader adds these points to what
+    it collects (``bridge.histogram_export``); ``Metrics`` on that provider then records into
+    ``LocalHistogram`` and elsewhere into the SDK's histograms. Each local histogram also has an
+    observable gauge of its name that reports one point while it holds data: the SDK then
+    collects (and names the scope, resource and timestamp) exactly when it would for its own
+    histogram, and the readers put the histogram in that gauge's place.
+    """
+
+    _attached: Final[weakref.WeakKeyDictionary[Any, LocalHistograms]] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self._lock: Final = threading.Lock()
+        self._histograms: dict[tuple[str, str], LocalHistogram] = {}
+
+    def attach(self, provider: metrics.MeterProvider) -> None:
+        """Make ``Metrics(provider)`` record its histograms here."""
+        LocalHistograms._attached[provider] = self
+
+    @staticmethod
+    def of(provider: metrics.MeterProvider | None) -> LocalHistograms | None:
+        """Return the local histograms attached to ``provider``, if any."""
+        return None if provider is None else LocalHistograms._attached.get(provider)
+
+    def histogram(
+        self,
+        meter: metrics.Meter,
+        scope: str,
+        name: str,
+        *,
+        unit: str,
+        description: str,
+        boundaries: Sequence[float],
+    ) -> LocalHistogram:
+        """Return the histogram ``name`` of ``meter`` (scope named ``scope``), made once."""
+        with self._lock:
+            found = self._histograms.get((scope, name))
+            if found is not None:  # a meter registers a name once, as for LocalCounter
+                return found
+            histogram = LocalHistogram(
+                name, unit=unit, description=description, boundaries=boundaries
+            )
+            self._histograms[(scope, name)] = histogram
+
+        def present(options: CallbackOptions) -> Iterable[Observation]:
+            """One point while the histogram holds data, none before (as the SDK's)."""
+            del options
+            return [Observation(0)] if histogram.has_points() else []
+
+        meter.create_observable_gauge(name, [present], unit=unit, description=description)
+        return histogram
+
+    def get(self, scope: str, name: str) -> LocalHistogram | None:
+        """Return our histogram whose gauge a reader found as ``name`` in scope ``scope``."""
+        return self._histograms.get((scope, name))
+
+
 class Metrics:
     """Every instrument the bridge records, created once from one meter.
 
     Counters are ``LocalCounter`` (plain numbers, read at collection); the two histograms are
-    the SDK's, one record each per delivery.
+    ``LocalHistogram`` where the provider's readers report them (see ``LocalHistograms``), else
+    the SDK's: one record each per delivery.
     """
 
     def __init__(self, provider: metrics.MeterProvider | None = None) -> None:
@@ -108,11 +329,33 @@ class Metrics:
             unit="1",
             description="POSTs to the ingest server by result and HTTP code",
         )
-        self.posted_duration = meter.create_histogram(
+        local = LocalHistograms.of(provider)
+
+        def histogram(
+            name: str, *, unit: str, description: str, boundaries: Sequence[float]
+        ) -> metrics.Histogram | LocalHistogram:
+            """Make a local histogram where the readers report them, else the SDK's."""
+            if local is not None:
+                return local.histogram(
+                    meter,
+                    INSTRUMENTATION_NAME,
+                    name,
+                    unit=unit,
+                    description=description,
+                    boundaries=boundaries,
+                )
+            return meter.create_histogram(
+                name,
+                unit=unit,
+                description=description,
+                explicit_bucket_boundaries_advisory=boundaries,
+            )
+
+        self.posted_duration = histogram(
             "signals_posted_duration_seconds",
             unit="s",
             description="Duration of one POST to the ingest server",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+            boundaries=DURATION_BUCKETS_S,
         )
         self.dead_lettered_total = counter(
             meter,
@@ -132,11 +375,11 @@ class Metrics:
             unit="1",
             description="Entries acknowledged in the consumer group, by outcome",
         )
-        self.signal_age = meter.create_histogram(
+        self.signal_age = histogram(
             "signals_delivery_age_seconds",
             unit="s",
             description="Age of a signal (now - its timestamp) when the server accepted it",
-            explicit_bucket_boundaries_advisory=AGE_BUCKETS_S,
+            boundaries=AGE_BUCKETS_S,
         )
         # Group-level gauges: values are read from Redis every few seconds by the group
         # monitor (never per message) and served from here when a reader collects.

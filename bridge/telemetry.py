@@ -17,7 +17,7 @@ from typing import Any, Final
 from opentelemetry import metrics, trace
 
 from bridge.config import otel_exporter_names
-from bridge.instruments import Metrics
+from bridge.instruments import LocalHistograms, Metrics
 from bridge.tracing import INSTRUMENTATION_NAME, LeanTracer, get_tracer
 
 __all__ = ["TelemetryHandle", "setup_telemetry"]
@@ -144,16 +144,23 @@ def setup_telemetry(
         attributes["service.name"] = service_name
     resource = Resource.create(attributes)
 
+    from bridge.histogram_export import (  # noqa: PLC0415 - imports the SDK
+        LocalHistogramExporter,
+        LocalHistogramPrometheusReader,
+        reports_local_histograms,
+    )
+
+    # Histograms are kept in-process and added to what each reader collects (one bisect per
+    # record instead of the SDK's pipeline per reader), unless exemplars may be attached to them
+    # or an exporter wants other than cumulative explicit buckets: then they stay the SDK's.
+    local = LocalHistograms()
     registry = None
     readers: list[MetricReader] = []
     if prometheus:
-        from opentelemetry.exporter.prometheus import (  # noqa: PLC0415 - optional reader
-            PrometheusMetricReader,
-        )
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - optional reader
 
         registry = CollectorRegistry(auto_describe=True)
-        readers.append(PrometheusMetricReader(registry=registry))
+        readers.append(LocalHistogramPrometheusReader(local, registry=registry))
         _add_process_metrics(registry)
     if disabled:
         # No spans, no export: the API's no-op tracer. /metrics keeps its meaning (a local
@@ -163,6 +170,8 @@ def setup_telemetry(
             if readers
             else metrics.NoOpMeterProvider()
         )
+        if readers and _exemplar_filter(otel_env, spans_exported=False) is not None:
+            local.attach(meter_provider)
         return TelemetryHandle(trace.NoOpTracerProvider(), meter_provider, registry)
 
     span_exporters = otel_exporter_names(otel_env, "traces")
@@ -176,16 +185,23 @@ def setup_telemetry(
     )
     for name in span_exporters:
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
+    exporters = [_metric_exporter(name) for name in otel_exporter_names(otel_env, "metrics")]
+    exemplar_filter = _exemplar_filter(otel_env, spans_exported=bool(span_exporters))
+    use_local = exemplar_filter is not None and all(map(reports_local_histograms, exporters))
     readers.extend(
-        PeriodicExportingMetricReader(_metric_exporter(name))
-        for name in otel_exporter_names(otel_env, "metrics")
+        PeriodicExportingMetricReader(
+            LocalHistogramExporter(exporter, local) if use_local else exporter
+        )
+        for exporter in exporters
     )
     meter_provider = MeterProvider(
         resource=resource,
         metric_readers=readers,
         shutdown_on_exit=False,
-        exemplar_filter=_exemplar_filter(otel_env, spans_exported=bool(span_exporters)),
+        exemplar_filter=exemplar_filter,
     )
+    if use_local:
+        local.attach(meter_provider)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return TelemetryHandle(tracer_provider, meter_provider, registry)
