@@ -87,6 +87,7 @@ class SpanRecorder:
         "limits",
         "max_attributes",
         "scope",
+        "span_attributes_limit",
     )
 
     def __init__(self, tracer: Any, multi: Any, limits: Any) -> None:  # noqa: ANN401 - SDK objects
@@ -101,7 +102,8 @@ class SpanRecorder:
         self.info: InstrumentationInfo | None = getattr(tracer, "instrumentation_info", None)
         self.scope: InstrumentationScope | None = getattr(tracer, "_instrumentation_scope", None)
         limit = getattr(limits, "max_span_attributes", 0)
-        self.max_attributes: int = sys.maxsize if limit is None else limit
+        self.span_attributes_limit: int | None = limit  # for BoundedAttributes, as the SDK's
+        self.max_attributes: int = sys.maxsize if limit is None else limit  # for len() checks
         self._static_ok = (
             type(multi) is SynchronousMultiSpanProcessor
             and isinstance(limits, SpanLimits)
@@ -193,7 +195,7 @@ class LeanSpan(trace.Span):
             self._attributes = dict(attributes)
         else:
             self._attributes = BoundedAttributes(
-                recorder.max_attributes, attributes, immutable=False, max_value_len=None
+                recorder.span_attributes_limit, attributes, immutable=False, max_value_len=None
             )
         self._events: BoundedList[Event] | None = None
         self._links: BoundedList[trace.Link] | None = None
@@ -213,7 +215,7 @@ class LeanSpan(trace.Span):
         if isinstance(attributes, BoundedAttributes):
             return attributes
         bounded = BoundedAttributes(
-            self._recorder.max_attributes, attributes, immutable=False, max_value_len=None
+            self._recorder.span_attributes_limit, attributes, immutable=False, max_value_len=None
         )
         self._attributes = bounded
         return bounded

@@ -318,6 +318,13 @@ SAMPLERS: Final = {
 }
 LIMITS: Final = {
     "default": None,
+    "unlimited": SpanLimits(
+        max_events=SpanLimits.UNSET,
+        max_links=SpanLimits.UNSET,
+        max_span_attributes=SpanLimits.UNSET,
+        max_event_attributes=SpanLimits.UNSET,
+        max_link_attributes=SpanLimits.UNSET,
+    ),
     "small": SpanLimits(
         max_span_attributes=4,
         max_events=3,
