@@ -18,6 +18,8 @@ from typing import Any, Final
 import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -446,3 +448,27 @@ def test_without_a_processor_a_parent_based_with_other_delegates_is_asked() -> N
     reference = get_tracer(provider).start_span("process signals", context=producer)
     assert not reference.get_span_context().trace_flags.sampled
     assert span.get_span_context().trace_flags == reference.get_span_context().trace_flags
+
+
+def test_with_the_sdks_span_metrics_on_spans_are_the_sdks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED: the SDK makes the span, so its metrics count it."""
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    provider = TracerProvider(meter_provider=meters, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    lean = LeanTracer(get_tracer(provider), provider)
+    with lean.start_as_current_span("counted") as span:
+        assert not isinstance(span, LeanSpan)
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {
+        metric.name
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert "otel.sdk.span.started" in names
+    meters.shutdown()
