@@ -1,20 +1,24 @@
-"""Spans for the delivery path: the bridge's tracer, and one that makes no span objects unseen.
+"""Spans for the delivery path: the bridge's tracer, cheap whether spans are exported or not.
 
 A tracer whose provider has no span processor makes no span objects, only the ids a
 ``traceparent`` and a log line need (``LeanTracer``): with no exporter configured, tracing costs
-a span id and a context switch per delivery.
+a span id and a context switch per delivery. With the SDK's Simple/Batch span processors a
+recorded span is a ``bridge.spans.LeanSpan``: slots and a dict until it ends, then the SDK's
+``ReadableSpan`` handed to the processors, as the SDK's own span would hand it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import Token
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import Attributes
+
+from bridge.spans import LeanSpan, SpanRecorder
 
 __all__ = ["INSTRUMENTATION_NAME", "LeanTracer", "get_tracer"]
 
@@ -28,6 +32,45 @@ def get_tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
     return trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=provider)
 
 
+def _recorder(delegate: trace.Tracer, provider: Any) -> SpanRecorder | None:  # noqa: ANN401 - SDK
+    """Make the SpanRecorder for ``delegate`` if it is the SDK's tracer (else: always the SDK)."""
+    from opentelemetry.sdk.trace import Tracer as SdkTracer  # noqa: PLC0415 - SDK only here
+
+    # The same processors, sampler and ids the LeanTracer reads from the provider.
+    if type(delegate) is not SdkTracer or (
+        delegate.span_processor is not getattr(provider, "_active_span_processor", None)
+        or delegate.sampler is not getattr(provider, "sampler", None)
+        or delegate.id_generator is not getattr(provider, "id_generator", None)
+    ):
+        return None
+    return SpanRecorder(delegate, delegate.span_processor, getattr(delegate, "_span_limits", None))
+
+
+def _follows_parent(sampler: Any) -> bool:  # noqa: ANN401 - any sampler
+    """Say whether ``sampler`` is a ParentBased whose answer under a valid parent is its flag.
+
+    That is the SDK's ParentBased (or a subclass that changes only the root, such as
+    ParentBasedTraceIdRatio) with the stock delegates: ALWAYS_ON for a sampled parent,
+    ALWAYS_OFF for an unsampled one, remote or local. Those return the parent's trace state and,
+    when sampled, the caller's attributes; asking them changes nothing else.
+    """
+    from opentelemetry.sdk.trace.sampling import (  # noqa: PLC0415 - SDK only here
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        ParentBased,
+    )
+
+    return (
+        isinstance(sampler, ParentBased)
+        and type(sampler).should_sample is ParentBased.should_sample
+        and getattr(sampler, "_remote_parent_sampled", None) is ALWAYS_ON
+        and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
+        and getattr(sampler, "_remote_parent_not_sampled", None) is ALWAYS_OFF
+        and getattr(sampler, "_local_parent_not_sampled", None) is ALWAYS_OFF
+    )
+
+
+_NO_ATTRIBUTES: Final[Mapping[str, Any]] = MappingProxyType({})
 _FLAGS: Final = tuple(trace.TraceFlags(bits) for bits in range(4))  # sampled | random-id bits
 _SAMPLED_BITS: Final = 0x03
 
@@ -79,19 +122,26 @@ class _CurrentSpan:
 
 
 class LeanTracer(trace.Tracer):
-    """A tracer that makes no span objects while its provider has no span processor.
+    """A tracer that makes no span objects unseen, and cheap ones when spans are exported.
 
     Without a processor a span is seen only through its ids (the ``traceparent`` header, the
     log line's ``trace_id``/``span_id``), so then only those are made: a ``NonRecordingSpan``
     with the ids and flags the SDK would have given it (a new span id; the parent's trace id,
-    or a new one for a root; the sampler's decision; a ParentBased sampler follows the parent
-    without being asked). The moment a processor is added, spans are the SDK's again.
+    or a new one for a root; the sampler's decision; a ParentBased sampler with the stock
+    parent delegates follows the parent without being asked, as it would answer).
+
+    With processors, a span is made as the SDK's tracer makes it (trace id for a root, the
+    sampler asked with the same arguments, then the span id; the sampler's trace state and
+    attributes; DROP gives a ``NonRecordingSpan``; a stock ParentBased under a valid parent is
+    answered for, as above: the parent's decision and trace state, the caller's attributes),
+    but a recording one is a ``LeanSpan`` when ``SpanRecorder.applies``: only the SDK's
+    SimpleSpanProcessor/BatchSpanProcessor in the SDK's synchronous processor, the tracer
+    enabled, no internal SDK span metrics, no attribute length limit. A span started with
+    links, or on any other set-up, is the SDK's.
     """
 
     def __init__(self, delegate: trace.Tracer, provider: Any) -> None:  # noqa: ANN401 - SDK
         """Wrap ``delegate`` (a tracer of ``provider``)."""
-        from opentelemetry.sdk.trace.sampling import ParentBased  # noqa: PLC0415 - SDK only here
-
         self._delegate = delegate
         # The SDK's own list of span processors, read on each span so a later
         # add_span_processor() takes effect; no SDK provider: always delegate.
@@ -105,12 +155,9 @@ class LeanTracer(trace.Tracer):
             and not getattr(provider, "_disabled", False)
         )
         self._usable = usable
-        self._parent_based = isinstance(self._sampler, ParentBased)
+        self._follows_parent = _follows_parent(self._sampler)
         self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr]
-
-    def _lean(self) -> bool:
-        """Say whether no span processor would receive a span now."""
-        return self._usable and not self._processors._span_processors  # type: ignore[union-attr]
+        self._recorder = _recorder(delegate, provider) if usable else None
 
     def _ids_only(
         self,
@@ -123,7 +170,7 @@ class LeanTracer(trace.Tracer):
         """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
         parent = trace.get_current_span(context).get_span_context()
         span_id = self._ids.generate_span_id()  # type: ignore[union-attr]
-        if parent.is_valid and self._parent_based:
+        if parent.is_valid and self._follows_parent:
             flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
             return trace.NonRecordingSpan(
                 trace.SpanContext(parent.trace_id, span_id, False, flags, parent.trace_state)
@@ -140,6 +187,61 @@ class LeanTracer(trace.Tracer):
             trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
         )
 
+    def _recorded(
+        self,
+        recorder: SpanRecorder,
+        name: str,
+        context: otel_context.Context | None,
+        *,
+        kind: trace.SpanKind,
+        attributes: Attributes,
+        start_time: int | None,
+        record_exception: bool,
+        set_status_on_exception: bool,
+    ) -> trace.Span:
+        """Make the span the SDK's tracer would, recording into a LeanSpan (no links given)."""
+        parent: trace.SpanContext | None = trace.get_current_span(context).get_span_context()
+        if parent is not None and not isinstance(parent, trace.SpanContext):
+            raise TypeError("parent_span_context must be a SpanContext or None.")
+        if parent is None or not parent.is_valid:
+            parent = None
+            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr]
+        else:
+            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+        if parent is not None and self._follows_parent:
+            # What the stock ParentBased answers: ALWAYS_ON / ALWAYS_OFF by the parent's flag.
+            sampled = recording = parent.trace_flags.sampled
+            span_attributes: Mapping[str, Any] = (
+                _NO_ATTRIBUTES if attributes is None else attributes
+            )
+            trace_state = parent.trace_state
+        else:
+            result = self._sampler.should_sample(  # type: ignore[union-attr]
+                context, trace_id, name, kind, attributes, ()
+            )
+            sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
+            span_attributes, trace_state = result.attributes, result.trace_state
+        span_context = trace.SpanContext(
+            trace_id,
+            self._ids.generate_span_id(),  # type: ignore[union-attr]
+            False,
+            _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)],
+            trace_state,
+        )
+        if not recording:
+            return trace.NonRecordingSpan(span_context)
+        return LeanSpan(
+            recorder,
+            name,
+            span_context,
+            parent=parent,
+            kind=kind,
+            attributes=span_attributes,
+            start_time=start_time,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        )
+
     def start_span(  # noqa: PLR0917 - the API's signature
         self,
         name: str,
@@ -151,9 +253,23 @@ class LeanTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        """Start a span (see the class docstring for when it is only ids)."""
-        if self._lean():
-            return self._ids_only(name, context, kind, attributes, links)
+        """Start a span (see the class docstring for when it is only ids, when a LeanSpan)."""
+        if self._usable:
+            processors = self._processors._span_processors  # type: ignore[union-attr]
+            if not processors:
+                return self._ids_only(name, context, kind, attributes, links)
+            recorder = self._recorder
+            if not links and recorder is not None and recorder.applies(processors):
+                return self._recorded(
+                    recorder,
+                    name,
+                    context,
+                    kind=kind,
+                    attributes=attributes,
+                    start_time=start_time,
+                    record_exception=record_exception,
+                    set_status_on_exception=set_status_on_exception,
+                )
         return self._delegate.start_span(
             name,
             context,
