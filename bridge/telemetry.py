@@ -170,6 +170,10 @@ def setup_telemetry(
             if readers
             else metrics.NoOpMeterProvider()
         )
+        if getattr(meter_provider, "_disabled", False):
+            # The SDK's provider reads OTEL_SDK_DISABLED from the process environment too and
+            # would hand out no-op meters: this one exports nothing, it only answers scrapes.
+            meter_provider._disabled = False
         if readers and _exemplar_filter(otel_env, spans_exported=False) is not None:
             local.attach(meter_provider)
         return TelemetryHandle(trace.NoOpTracerProvider(), meter_provider, registry)

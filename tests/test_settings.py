@@ -279,8 +279,15 @@ def test_console_exporters_write_one_line_each_to_stderr(
     assert any("resource_metrics" in r for r in records), err
 
 
-def test_sdk_disabled_still_serves_metrics_but_records_no_spans() -> None:
-    """OTEL_SDK_DISABLED=true: spans are not recorded, /metrics still has every bridge metric."""
+def test_sdk_disabled_still_serves_metrics_but_records_no_spans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_SDK_DISABLED=true: spans are not recorded, /metrics still has every bridge metric.
+
+    Set in the process environment, as an operator sets it: the SDK's own providers read it
+    there too.
+    """
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     handle = setup_telemetry({"OTEL_SDK_DISABLED": "true"}, instance_id="off", prometheus=True)
     try:
         with handle.tracer.start_as_current_span("process off") as span:
