@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
-from bridge.instruments import Metrics
+from bridge.instruments import LocalHistograms, Metrics
 from bridge.logs import configure_logging, log_fields
 from bridge.tracing import LeanTracer, get_tracer
 
@@ -121,6 +121,8 @@ def measure(
         shutdown_on_exit=False,
         exemplar_filter=AlwaysOffExemplarFilter() if ratio is None else None,
     )
+    if ratio is None:  # as shipped without an exporter: histograms kept in-process
+        LocalHistograms().attach(meters)
     metrics = Metrics(meters)
     log = logging.getLogger("bridge.worker")
     for index in range(min(count, 2_000)):  # warm-up
