@@ -126,6 +126,9 @@ class _Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time; bounded reads."""
 
     def __init__(self, limits: Limits, user_timeout_s: float = DEFAULT_TCP_USER_TIMEOUT_S) -> None:
+        # Made by the running loop's create_connection. Kept: on Python 3.11 every
+        # get_running_loop() is a getpid() system call, and a request needs the loop twice.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -293,7 +296,7 @@ class _Connection(asyncio.Protocol):
             raise _StaleConnectionError("connection is closed")
         self._reset()
         self._received = False
-        waiter: asyncio.Future[RawResponse] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[RawResponse] = self.loop.create_future()
         self._waiter = waiter
         self.transport.write(data)
         return waiter
@@ -544,7 +547,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             self._discard(conn)
             raise
         # A timer on the waiter costs a fraction of asyncio.timeout() per request.
-        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, waiter)
+        timer = conn.loop.call_later(timeout_s, _expire, waiter)
         try:
             response = await waiter
         except _TimedOutError as exc:
