@@ -7,8 +7,11 @@ bridge/client.py make them) with the SDK's encoder (``encode_spans(...)
 ``bridge.otlp.encode_spans``, in batches of the BatchSpanProcessor's sizes, and reports process
 CPU per span. Part 2 ends spans through a ``BatchSpanProcessor`` at several settings
 (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE) into an
-exporter that encodes with ``bridge.otlp`` and drops the bytes, and reports process CPU (all
-threads) per span over the cost of the same spans with no processor at all.
+OTLP/HTTP exporter posting to a real receiver (tests/otlp_receiver.py, in a child process),
+and reports process CPU (all threads: the exporter's thread encodes and sends) per span over
+the cost of the same spans with no processor at all. Part 3 is the whole telemetry of one
+delivery (bench.telemetry_cost's ``deliver``: spans, metrics, the INFO line) at 1%, 10% and
+100% sampling, exported to that receiver by the SDK's exporter and by the bridge's.
 
     .venv/bin/python -m bench.otlp_cost            # 20,000 spans per measurement
     .venv/bin/python -m bench.otlp_cost -n 5000
@@ -17,17 +20,30 @@ threads) per span over the cost of the same spans with no processor at all.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Final
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from bridge.otlp import encode_spans
+from bench.telemetry_cost import deliver
+from bridge.instruments import Metrics
+from bridge.logs import configure_logging
+from bridge.otlp import OtlpHttpSpanExporter, encode_spans
+from bridge.tracing import LeanTracer, get_tracer
 
 CONSUMER_ATTRS: Final[dict[str, str]] = {
     "messaging.system": "redis",
@@ -74,22 +90,6 @@ class Collect(SpanProcessor):
         self.spans.append(span)
 
 
-class EncodeAndDrop(SpanExporter):
-    """Encodes each batch with bridge.otlp (what OtlpHttpSpanExporter sends) and drops it."""
-
-    def __init__(self) -> None:
-        """Start counting."""
-        self.spans = 0
-        self.exports = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Encode ``spans`` as one request body."""
-        self.spans += len(spans)
-        self.exports += 1
-        encode_spans(spans)
-        return SpanExportResult.SUCCESS
-
-
 def encoding_cost(spans: list[ReadableSpan], batch: int, encode: Callable[..., object]) -> float:
     """Process CPU us per span to encode ``spans`` in batches of ``batch`` (best of 3)."""
     batches = [spans[i : i + batch] for i in range(0, len(spans), batch)]
@@ -120,8 +120,72 @@ def processor_cost(count: int, processor: SpanProcessor | None) -> float:
     return cpu / count * 1e6
 
 
+def delivery_cost(count: int, ratio: float, exporter: SpanExporter) -> float:
+    """Process CPU us per delivery of bench.telemetry_cost's delivery at a sampling ``ratio``."""
+    provider = TracerProvider(
+        resource=RESOURCE,
+        sampler=ParentBased(TraceIdRatioBased(ratio)),
+        shutdown_on_exit=False,
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer = LeanTracer(get_tracer(provider), provider)
+    meters = MeterProvider(shutdown_on_exit=False)
+    metrics = Metrics(meters)
+    log = logging.getLogger("bridge.worker")
+    for index in range(min(count, 2_000)):  # warm-up
+        deliver(tracer, metrics, log, index, parents=False)
+    provider.force_flush()
+    started = time.process_time()
+    for index in range(count):
+        deliver(tracer, metrics, log, index, parents=False)
+    provider.force_flush()
+    cpu = time.process_time() - started
+    provider.shutdown()
+    meters.shutdown()
+    return cpu / count * 1e6
+
+
+@contextlib.contextmanager
+def receiver() -> Iterator[str]:
+    """Run a real OTLP/HTTP receiver (tests/otlp_receiver.py) in a child; yield its traces URL.
+
+    In another process, so its decoding is not counted in this process's CPU time.
+    """
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", RECEIVER_CODE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        yield f"http://127.0.0.1:{port}/v1/traces"
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+
+
+RECEIVER_CODE: Final = """
+import sys
+from tests.otlp_receiver import OtlpReceiver
+with OtlpReceiver() as receiver:
+    print(receiver.port, flush=True)
+    sys.stdin.read()
+"""
+
+# (label, BatchSpanProcessor keyword arguments): the SDK's defaults, then other settings.
+BSP_SETTINGS: Final[list[tuple[str, dict[str, int]]]] = [
+    ("SDK defaults: queue 2048, batch 512, delay 5000 ms", {}),
+    ("batch 128", {"max_export_batch_size": 128}),
+    ("delay 500 ms", {"schedule_delay_millis": 500}),
+    ("queue 8192, batch 2048", {"max_queue_size": 8192, "max_export_batch_size": 2048}),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the encoding table and the batch processor table (Markdown)."""
+    """Print the encoding, batch processor and sampling tables (Markdown)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--count", type=int, default=20_000, help="spans per measurement")
     args = parser.parse_args(argv)
@@ -134,32 +198,45 @@ def main(argv: list[str] | None = None) -> int:
     make_spans(provider.get_tracer("signal-bridge"), args.count // 2)
     spans = collect.spans
 
-    print(f"| encoding ({len(spans):,} spans) | batch | SDK us/span | bridge.otlp us/span | x |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        f"| encoding ({len(spans):,} spans, two a delivery) | SDK us/span | bridge.otlp us/span |"
+    )
+    print("| --- | --- | --- |")
     for batch in (32, 512, 2048):
         sdk = encoding_cost(spans, batch, lambda part: sdk_encode(part).SerializePartialToString())
         ours = encoding_cost(spans, batch, encode_spans)
-        print(f"| two spans a delivery | {batch} | {sdk:.2f} | {ours:.2f} | {sdk / ours:.1f} |")
+        print(f"| batches of {batch} | {sdk:.2f} | {ours:.2f} ({sdk / ours:.1f}x less) |")
 
-    base = processor_cost(args.count, None)
-    print(f"\nspans with no processor: {base:.2f} us/span (subtracted below)\n")
-    print("| BatchSpanProcessor setting | us/span over none | exports |")
+    with receiver() as url:
+        base = processor_cost(args.count, None)
+        print(f"\nspans with no processor: {base:.2f} us/span (subtracted below)\n")
+        print("| BatchSpanProcessor -> OTLP/HTTP receiver | exporter | us/span over none |")
+        print("| --- | --- | --- |")
+        exporters: list[tuple[str, Callable[[], SpanExporter]]] = [
+            ("SDK OTLPSpanExporter", lambda: OTLPSpanExporter(endpoint=url)),
+            ("bridge OtlpHttpSpanExporter", lambda: OtlpHttpSpanExporter(endpoint=url)),
+        ]
+        for name, kwargs in BSP_SETTINGS:
+            for label, make in exporters if not kwargs else exporters[1:]:
+                processor = BatchSpanProcessor(make(), **kwargs)  # type: ignore[arg-type]
+                cost = processor_cost(args.count, processor)
+                print(f"| {name} | {label} | {cost - base:.2f} |")
+
+        out = sys.stdout
+        sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - the INFO lines go nowhere
+        configure_logging("INFO", "json")
+        rows = []
+        for ratio in (0.01, 0.1, 1.0):
+            for label, make in exporters:
+                rows.append((ratio, label, delivery_cost(args.count // 2, ratio, make())))
+        sys.stdout.close()
+        sys.stdout = out
+    print(
+        f"\n| whole delivery telemetry ({args.count // 2:,} deliveries) | exporter | us/delivery |"
+    )
     print("| --- | --- | --- |")
-    settings = [
-        ("SDK defaults (queue 2048, batch 512, delay 5000 ms)", {}),
-        ("batch 64", {"max_export_batch_size": 64}),
-        ("batch 128", {"max_export_batch_size": 128}),
-        ("delay 500 ms", {"schedule_delay_millis": 500}),
-        (
-            "delay 1000 ms, batch 1024, queue 4096",
-            {"schedule_delay_millis": 1000, "max_export_batch_size": 1024, "max_queue_size": 4096},
-        ),
-        ("queue 8192, batch 2048", {"max_queue_size": 8192, "max_export_batch_size": 2048}),
-    ]
-    for name, kwargs in settings:
-        exporter = EncodeAndDrop()
-        cost = processor_cost(args.count, BatchSpanProcessor(exporter, **kwargs))  # type: ignore[arg-type]
-        print(f"| {name} | {cost - base:.2f} | {exporter.exports:,} |")
+    for ratio, label, cost in rows:
+        print(f"| {ratio:.0%} sampled | {label} | {cost:.1f} |")
     return 0
 
 

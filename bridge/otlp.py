@@ -11,7 +11,6 @@ encoding replaced: settings, sending, retries, size limit and shutdown stay the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import struct
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 __all__ = ["OtlpHttpSpanExporter", "encode_spans", "missing_sdk_parts"]
 
@@ -44,11 +44,13 @@ _LINK_FLAGS_LOCAL: Final = b"\x35" + struct.pack("<I", _FLAG_HAS_IS_REMOTE)  # L
 _LINK_FLAGS_REMOTE: Final = b"\x35" + struct.pack("<I", _FLAG_HAS_IS_REMOTE | _FLAG_IS_REMOTE)
 
 # Span.kind (field 6): OTLP numbers the SDK's kinds from 1 (0 is UNSPECIFIED).
-_KIND_FIELD: Final[dict[SpanKind, bytes]] = {
-    kind: bytes((0x30, kind.value + 1)) for kind in SpanKind
+# Keyed by id(): an Enum member hashes in Python code, id() and int hashing do not.
+_KIND_FIELD: Final[dict[int, bytes]] = {
+    id(kind): bytes((0x30, kind.value + 1)) for kind in SpanKind
 }
 _EMPTY_STATUS: Final = b"\x7a\x00"  # field 15, an empty Status (the SDK always sets one)
 _UNSET: Final = StatusCode.UNSET
+_DEFAULT_TRACE_STATE: Final = DEFAULT_TRACE_STATE  # the empty state most span contexts share
 _STATUS_CODE_FIELD: Final = {code: bytes((0x18, code.value)) for code in StatusCode}  # Status.code
 _ANY_TRUE: Final = b"\x10\x01"
 _ANY_FALSE: Final = b"\x10\x00"
@@ -169,8 +171,10 @@ class _AttributeField:
             return
         # A mappingproxy over the SDK's BoundedAttributes: its copy() is one C-level dict copy,
         # cheaper than items() through the Mapping mixins (a Python call per key).
-        with contextlib.suppress(AttributeError):
+        try:  # noqa: SIM105 - contextlib.suppress would cost more than the copy saves
             attributes = attributes.copy()  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
         cache = self.cache
         for key, value in attributes.items():
             kind = type(value)
@@ -279,11 +283,11 @@ def _span(span: ReadableSpan) -> bytes:
     trace_id = context.trace_id
     parts = [
         _SPAN_IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _M64, b"\x12\x08", context.span_id),
-        _name_field(span.name),
-        _KIND_FIELD[span.kind],
+        _NAMES.get(span.name) or _name_field(span.name),
+        _KIND_FIELD[id(span.kind)],
     ]
     trace_state = context.trace_state
-    if trace_state is not None and len(trace_state):
+    if trace_state is not None and trace_state is not _DEFAULT_TRACE_STATE and len(trace_state):
         parts.append(
             _field(b"\x1a", ",".join([f"{k}={v}" for k, v in trace_state.items()]).encode())
         )
@@ -410,16 +414,23 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """
     groups: list[_ResourceGroup] = []
     by_id: dict[int, _ResourceGroup] = {}
+    last_resource: object = None
+    last_scope: object = None
+    last_spans: list[bytes] = []
     for span in spans:
         resource = span.resource
-        group = by_id.get(id(resource))
-        if group is None:
-            group = next((g for g in groups if g.resource == resource), None)
+        scope = span.instrumentation_scope
+        if resource is not last_resource or scope is not last_scope:
+            group = by_id.get(id(resource))
             if group is None:
-                group = _ResourceGroup(resource)
-                groups.append(group)
-            by_id[id(resource)] = group
-        group.scope_group(span.instrumentation_scope).spans.append(_span(span))
+                group = next((g for g in groups if g.resource == resource), None)
+                if group is None:
+                    group = _ResourceGroup(resource)
+                    groups.append(group)
+                by_id[id(resource)] = group
+            last_resource, last_scope = resource, scope
+            last_spans = group.scope_group(scope).spans
+        last_spans.append(_span(span))
     return b"".join([_field(b"\x0a", group.encode()) for group in groups])
 
 
