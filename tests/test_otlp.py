@@ -224,15 +224,20 @@ def test_values_equal_across_types_are_not_confused_by_the_cache() -> None:
 def test_unencodable_attributes_are_skipped_as_the_sdk_skips_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An int beyond int64 is left out (the rest is kept) and logged by key, never by value."""
+    """Ints beyond int64 and lone surrogates are left out (the rest kept), logged by key only."""
     context = SpanContext(1, 2, is_remote=False)
-    attributes: dict[str, Any] = {"ok": "yes", "huge": 2**64 + 12345, "huge_array": (1, -(2**70))}
+    attributes: dict[str, Any] = {
+        "ok": "yes",
+        "huge": 2**64 + 12345,
+        "huge_array": (1, -(2**70)),
+        "surrogate": "12345\ud800",
+    }
     span = ReadableSpan("s", context, attributes=attributes)
     with caplog.at_level(logging.WARNING, logger="bridge.otlp"):
         body = encode_spans([span])
     assert ExportTraceServiceRequest.FromString(body) == sdk_encode([span])
     lines = [r.getMessage() for r in caplog.records if r.name == "bridge.otlp"]
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert "huge" in lines[0]
     assert "12345" not in "\n".join(lines)
 
