@@ -211,6 +211,7 @@ def test_spans_from_the_sdk_tracer_encode_as_the_sdk_does() -> None:
     assert any(span.dropped_links for span in spans)
     for _ in range(3):
         assert_same_request(spans)
+    assert_same_request(spans * 300)  # lengths past the varint table (ScopeSpans of ~1 MB)
 
 
 def test_values_equal_across_types_are_not_confused_by_the_cache() -> None:
@@ -331,6 +332,29 @@ def test_exporter_refuses_batches_after_shutdown() -> None:
         exporter.shutdown()  # type: ignore[no-untyped-call]
         assert exporter.export(_tracer_spans()) is SpanExportResult.FAILURE
     assert receiver.trace_requests == []
+
+
+def test_exporter_fails_a_batch_as_the_sdk_does(caplog: pytest.LogCaptureFixture) -> None:
+    """Too large for max_request_size, refused by the receiver, or unencodable: FAILURE."""
+    spans = _tracer_spans()
+    unencodable = ReadableSpan("bad \ud800", SpanContext(1, 2, is_remote=False))
+    with OtlpReceiver() as receiver:
+        traces = f"{receiver.endpoint}/v1/traces"
+        small = OtlpHttpSpanExporter(endpoint=traces, max_request_size=100)
+        refused = OtlpHttpSpanExporter(endpoint=f"{receiver.endpoint}/v1/unknown")
+        fine = OtlpHttpSpanExporter(endpoint=traces)
+        with caplog.at_level(logging.WARNING):
+            assert small.export(spans) is SpanExportResult.FAILURE
+            assert refused.export(spans) is SpanExportResult.FAILURE
+            assert fine.export([unencodable]) is SpanExportResult.FAILURE
+            assert fine.export(spans) is SpanExportResult.SUCCESS
+        for exporter in (small, refused, fine):
+            exporter.shutdown()  # type: ignore[no-untyped-call]
+    assert receiver.bad_requests == ["unknown path /v1/unknown"]
+    (request,) = receiver.trace_requests
+    assert request == sdk_encode(spans)
+    assert any("max_request_size" in r.getMessage() for r in caplog.records)
+    assert any("Failed to encode span batch" in r.getMessage() for r in caplog.records)
 
 
 def test_setup_uses_the_bridge_exporter_for_http_protobuf_only(
