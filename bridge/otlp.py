@@ -59,7 +59,6 @@ _DOUBLE: Final = struct.Struct("<Bd")  # AnyValue.double_value: tag 0x21, little
 _FIXED64: Final = struct.Struct("<BQ")
 _TIMES: Final = struct.Struct("<BQBQ")  # Span start (0x39) and end (0x41) time, fixed64 each
 _SPAN_IDS: Final = struct.Struct(">2sQQ2sQ")  # trace_id (0x0a, 16 bytes) and span_id (0x12, 8)
-_LINK_IDS = _SPAN_IDS
 
 
 def _varint_slow(value: int) -> bytes:
@@ -249,7 +248,7 @@ def _link(link: Link) -> bytes:
     """One Span.Link message (no trace_state, as the SDK encodes it)."""
     context = link.context
     parts = [
-        _LINK_IDS.pack(
+        _SPAN_IDS.pack(
             b"\x0a\x10",
             context.trace_id >> 64,
             context.trace_id & _M64,
@@ -438,8 +437,11 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
 
 # What the replaced ``export`` uses of the installed SDK's OTLP/HTTP exporter (private names).
 _EXPORTER_ATTRIBUTES: Final = ("_shutdown", "_metrics", "_max_request_size", "_client")
-_COMMON_MODULE: Final = "opentelemetry.exporter.otlp.proto.http._common"
-_COMMON_NAMES: Final = ("_is_request_too_large", "RequestPayloadTooLargeError")
+_SDK_MODULE_NAMES: Final = (
+    ("opentelemetry.exporter.otlp.proto.http._common", "_is_request_too_large"),
+    ("opentelemetry.exporter.otlp.proto.http._common", "RequestPayloadTooLargeError"),
+    ("opentelemetry.exporter.otlp.proto.common._internal", "_encode_value"),  # rare values
+)
 
 
 def missing_sdk_parts(exporter: object) -> list[str]:
@@ -452,12 +454,14 @@ def missing_sdk_parts(exporter: object) -> list[str]:
             missing.append("_client.export")
         if not callable(getattr(exporter._metrics, "export_operation", None)):  # type: ignore[attr-defined]
             missing.append("_metrics.export_operation")
-    try:
-        common = importlib.import_module(_COMMON_MODULE)
-    except ImportError:
-        missing.append(_COMMON_MODULE)
-    else:
-        missing.extend(f"{_COMMON_MODULE}.{n}" for n in _COMMON_NAMES if not hasattr(common, n))
+    for module_name, name in _SDK_MODULE_NAMES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            missing.append(module_name)
+            continue
+        if not hasattr(module, name):
+            missing.append(f"{module_name}.{name}")
     return missing
 
 
