@@ -1,17 +1,18 @@
 """CPU cost of exporting spans over OTLP/HTTP, in-process: the encoding, then the batch processor.
 
 Part 1 encodes the same finished spans (the shapes of one delivery: a CONSUMER span with the
-messaging attributes and a CLIENT child with the HTTP ones, as bridge/worker.py and
-bridge/client.py make them) with the SDK's encoder (``encode_spans(...)
-.SerializePartialToString()``, what the stock OTLP/HTTP exporter sends) and with
-``bridge.otlp.encode_spans``, in batches of the BatchSpanProcessor's sizes, and reports process
-CPU per span. Part 2 ends spans through a ``BatchSpanProcessor`` at several settings
+messaging attributes and a CLIENT child with the HTTP ones, recorded by the bridge's
+LeanTracer as bridge/worker.py and bridge/client.py make them) with the SDK's encoder
+(``encode_spans(...).SerializePartialToString()``, what the stock OTLP/HTTP exporter sends) and
+with ``bridge.otlp.encode_spans``, in batches of the BatchSpanProcessor's sizes, and reports
+process CPU per span. Part 2 calls each exporter's ``export()`` on those batches, posting to a
+real receiver (tests/otlp_receiver.py, in a child process so its decoding is not counted).
+Part 3 ends spans through a ``BatchSpanProcessor`` at several settings
 (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE) into an
-OTLP/HTTP exporter posting to a real receiver (tests/otlp_receiver.py, in a child process),
-and reports process CPU (all threads: the exporter's thread encodes and sends) per span over
-the cost of the same spans with no processor at all. Part 3 is the whole telemetry of one
-delivery (bench.telemetry_cost's ``deliver``: spans, metrics, the INFO line) at 1%, 10% and
-100% sampling, exported to that receiver by the SDK's exporter and by the bridge's.
+exporter posting to that receiver, and reports process CPU (all threads: the exporter's thread
+encodes and sends) per span over the cost of the same spans with no processor at all. Part 4
+is the whole telemetry of one delivery (bench.telemetry_cost's ``deliver``: spans, metrics, the
+INFO line) at 1%, 10% and 100% sampling, exported to that receiver by either exporter.
 
     .venv/bin/python -m bench.otlp_cost            # 20,000 spans per measurement
     .venv/bin/python -m bench.otlp_cost -n 5000
@@ -36,7 +37,13 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from bench.telemetry_cost import deliver
@@ -78,18 +85,6 @@ def make_spans(tracer: trace.Tracer, deliveries: int) -> None:
             span.set_attribute("bridge.outcome", "success")
 
 
-class Collect(SpanProcessor):
-    """Keeps every ended span (to encode them afterwards)."""
-
-    def __init__(self) -> None:
-        """Start empty."""
-        self.spans: list[ReadableSpan] = []
-
-    def on_end(self, span: ReadableSpan) -> None:
-        """Keep ``span``."""
-        self.spans.append(span)
-
-
 def encoding_cost(spans: list[ReadableSpan], batch: int, encode: Callable[..., object]) -> float:
     """Process CPU us per span to encode ``spans`` in batches of ``batch`` (best of 3)."""
     batches = [spans[i : i + batch] for i in range(0, len(spans), batch)]
@@ -124,6 +119,9 @@ class Counting(SpanExporter):
 
 def processor_cost(count: int, processor: SpanProcessor | None) -> float:
     """Process CPU us per span (all threads) to make ``count`` spans and flush ``processor``.
+
+    The SDK's own tracer, so that "no processor" still records the same spans (LeanTracer
+    would make none) and the difference is the processor and the exporter alone.
 
     Spans come in bursts of 400 with a 10 ms pause between (a steady ~25,000 spans/s, above
     what a replica makes) so the exporter thread keeps up as it would in service.
@@ -231,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1_000 <= args.count <= 1_000_000:
         parser.error("--count must be in [1000, 1000000]")
 
-    collect = Collect()
+    # The spans the bridge exports: LeanTracer's (bridge.spans.LeanSpan ends as a ReadableSpan).
+    memory = InMemorySpanExporter()
     provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
-    provider.add_span_processor(collect)
-    make_spans(provider.get_tracer("signal-bridge"), args.count // 2)
-    spans = collect.spans
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    make_spans(LeanTracer(get_tracer(provider), provider), args.count // 2)
+    spans = list(memory.get_finished_spans())
 
     print(
         f"| encoding ({len(spans):,} spans, two a delivery) | SDK us/span | bridge.otlp us/span |"

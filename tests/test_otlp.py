@@ -35,7 +35,9 @@ from opentelemetry.trace.span import TraceState
 
 from bridge import otlp
 from bridge.otlp import OtlpHttpSpanExporter, encode_spans
+from bridge.spans import LeanSpan
 from bridge.telemetry import _span_exporter
+from bridge.tracing import LeanTracer, get_tracer
 from tests.otlp_receiver import OtlpReceiver
 
 SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
@@ -212,6 +214,34 @@ def test_spans_from_the_sdk_tracer_encode_as_the_sdk_does() -> None:
     for _ in range(3):
         assert_same_request(spans)
     assert_same_request(spans * 300)  # lengths past the varint table (ScopeSpans of ~1 MB)
+
+
+def test_spans_the_bridge_records_encode_as_the_sdk_does() -> None:
+    """LeanTracer's spans (plain dicts, no BoundedList) as the worker and client make them."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "b"}), shutdown_on_exit=False
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = LeanTracer(get_tracer(provider), provider)
+    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=SAMPLED)
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+    for index in range(3):
+        with tracer.start_as_current_span(
+            "process signals",
+            context=parent if index else None,
+            kind=SpanKind.CONSUMER,
+            attributes={"messaging.system": "redis", "messaging.message.id": f"{index}-0"},
+        ) as span:
+            assert isinstance(span, LeanSpan)
+            span.add_event("retry", {"bridge.attempt": index})
+            with tracer.start_as_current_span("POST", kind=SpanKind.CLIENT) as post:
+                post.set_attribute("http.response.status_code", 503)
+                post.set_status(Status(StatusCode.ERROR, "503"))
+            span.set_attribute("bridge.outcome", "success")
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 6
+    assert_same_request(spans)
 
 
 def test_values_equal_across_types_are_not_confused_by_the_cache() -> None:
