@@ -34,11 +34,19 @@ def _console_line(item: Any) -> str:  # noqa: ANN401 - a ReadableSpan or Metrics
 
 
 def _span_exporter(name: str) -> Any:  # noqa: ANN401 - any SDK SpanExporter
-    """Build the SDK's exporter registered as ``name`` (``console``: one line each, on stderr)."""
+    """Build the SDK's exporter registered as ``name`` (``console``: one line each, on stderr).
+
+    ``otlp_proto_http`` is the SDK's OTLP/HTTP exporter with the bridge's protobuf encoder
+    (``bridge.otlp``: same bytes on the wire, a fraction of the CPU per span).
+    """
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
 
         return ConsoleSpanExporter(out=sys.stderr, formatter=_console_line)
+    if name == "otlp_proto_http":
+        from bridge.otlp import OtlpHttpSpanExporter  # noqa: PLC0415 - SDK only when set up
+
+        return OtlpHttpSpanExporter()
     (entry,) = entry_points(group="opentelemetry_traces_exporter", name=name)
     return entry.load()()
 
