@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Final
 
 from opentelemetry import propagate, trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -31,6 +30,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 
 from bridge.instruments import LocalHistograms, Metrics
 from bridge.logs import configure_logging, log_fields
+from bridge.otlp import encode_spans
 from bridge.tracing import LeanTracer, get_tracer
 
 CONSUMER_ATTRS: Final[dict[str, str]] = {
@@ -48,7 +48,7 @@ CLIENT_ATTRS: Final[dict[str, str | int]] = {
 
 
 class EncodingExporter(SpanExporter):
-    """Encodes each batch as OTLP protobuf (what the OTLP exporters send) and drops the bytes."""
+    """Encodes each batch as the bridge's OTLP/HTTP exporter does, then drops the bytes."""
 
     def __init__(self) -> None:
         """Start counting."""
@@ -58,7 +58,7 @@ class EncodingExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Encode ``spans`` in one request body."""
         self.spans += len(spans)
-        self.bytes += len(encode_spans(spans).SerializePartialToString())
+        self.bytes += len(encode_spans(spans))
         return SpanExportResult.SUCCESS
 
 
