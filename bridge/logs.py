@@ -6,9 +6,12 @@ logger in the first place. ``configure_logging`` sends the root logger to stdout
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import functools
 import logging
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -22,6 +25,7 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "log_fields",
+    "log_info",
     "trace_fields",
 ]
 
@@ -121,31 +125,205 @@ class TextFormatter(logging.Formatter):
 
 
 class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that flushes at once for WARNING and above, else at most every 200 ms.
+    """A stream handler that writes WARNING and above at once, INFO lines in large chunks.
 
-    At thousands of deliveries a second, a flush (a write system call) per INFO line costs more
-    than the rest of the logging; the buffer is flushed on the next line after 200 ms and at exit
-    (``logging.shutdown``), so nothing is lost on a normal stop.
+    At thousands of deliveries a second, a write system call per INFO line costs more than the
+    rest of the logging. Lines are gathered as UTF-8 bytes in one buffer, in the order they were
+    logged, and written when 64 KiB have gathered, when a WARNING or worse arrives (after the
+    lines before it), 200 ms after the first line waiting (a daemon thread), on ``flush()`` and at
+    exit (``logging.shutdown``). On a terminal (line-buffered stream) every line goes at once.
+    A closed reader (EPIPE) stops the writing for good; any other write error (a full disk)
+    drops that chunk; neither ever reaches the caller, so the delivery loop never stalls on it.
     """
 
     flush_interval_s: Final = 0.2
+    chunk_bytes: Final = 1 << 16
 
     def __init__(self, stream: Any = None) -> None:  # noqa: ANN401 - any text stream
+        """Write to ``stream`` (sys.stderr by default, as StreamHandler does)."""
         super().__init__(stream)
-        self._last_flush = 0.0
+        self._pending = bytearray()
+        self._armed = False  # the flusher thread has been woken for the lines pending
+        self._closed = False
+        self._broken = False  # the reader went away (EPIPE): nothing more is written
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._bind(self.stream)
+
+    def _bind(self, stream: Any) -> None:  # noqa: ANN401 - any text stream
+        """Work out how bytes reach ``stream`` and whether log_info may write JSON straight in."""
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._encoding: str = encoding
+        self._errors: str = getattr(stream, "errors", None) or "strict"
+        binary = getattr(stream, "buffer", None)
+        self._binary: Any = binary if hasattr(binary, "write") else None
+        self._immediate = bool(getattr(stream, "line_buffering", False))
+        try:
+            utf8 = codecs.lookup(encoding).name == "utf-8"
+        except LookupError:
+            utf8 = False
+        # log_info encodes UTF-8 itself: only for a byte stream that would get the same bytes.
+        self.fast = self._binary is not None and utf8
+
+    def setStream(self, stream: Any) -> Any:  # noqa: ANN401 - StreamHandler's signature
+        """Write what is pending to the old stream, then switch (StreamHandler's contract)."""
+        with self.lock:  # type: ignore[union-attr]
+            old = super().setStream(stream)
+            if old is not None:
+                self._bind(stream)
+            return old
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Write the record; flush when it matters or when the interval has passed."""
+        """Queue the record's line behind those pending; write now for WARNING and above."""
         try:
-            self.stream.write(self.format(record) + self.terminator)
-            now = time.monotonic()
-            if record.levelno >= logging.WARNING or now - self._last_flush > self.flush_interval_s:
-                self._last_flush = now
-                self.flush()
+            line = (self.format(record) + self.terminator).encode(self._encoding, self._errors)
+            # Handler.handle holds self.lock around emit.
+            self._pending += line
+            self._queued(urgent=record.levelno >= logging.WARNING)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def append_json(self, data: dict[str, Any]) -> bool:
+        """Encode ``data`` as one JSON line at the end of the pending bytes (log_info's path).
+
+        Return False, adding nothing, when msgspec cannot encode it (the caller logs it the
+        ordinary way instead).
+        """
+        with self.lock:  # type: ignore[union-attr]
+            pending = self._pending
+            start = len(pending)
+            try:
+                _LOG_ENCODER.encode_into(data, pending, start)
+            except (TypeError, ValueError):
+                del pending[start:]
+                return False
+            pending += b"\n"
+            self._queued(urgent=False)
+        return True
+
+    def _queued(self, *, urgent: bool) -> None:
+        """Decide, under the lock, whether the pending lines are written now or soon."""
+        if urgent or self._immediate or len(self._pending) >= self.chunk_bytes:
+            self._write_pending()
+        elif not self._armed:
+            self._armed = True
+            self._start_flusher()
+            self._wake.set()
+
+    def _start_flusher(self) -> None:
+        """Start the thread that writes lines left waiting (once, and again after a fork)."""
+        if self._flusher is None or not self._flusher.is_alive():
+            self._wake = threading.Event()
+            self._flusher = threading.Thread(
+                target=self._flush_later, name="log-flusher", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_later(self) -> None:
+        """Thread body: after lines start waiting, wait flush_interval_s, then write them."""
+        wake = self._wake
+        while True:
+            wake.wait()
+            if self._closed:
+                return
+            time.sleep(self.flush_interval_s)
+            with self.lock:  # type: ignore[union-attr]
+                wake.clear()
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write the pending bytes in one call (under the lock); errors never leave here."""
+        self._armed = False
+        if not self._pending:
+            return
+        chunk, self._pending = self._pending, bytearray()
+        if self._broken:
+            return
+        stream = self.stream
+        try:
+            if self._binary is not None:
+                stream.flush()  # text others wrote to the stream first, in order
+                self._binary.write(chunk)
+                self._binary.flush()
+            else:
+                stream.write(chunk.decode(self._encoding, self._errors))
+                stream.flush()
+        except BrokenPipeError:
+            self._broken = True  # the reader is gone; later lines are dropped too
+        except (OSError, ValueError):
+            pass  # a full disk or a closed file: this chunk is lost, the next one is tried
+
+    def flush(self) -> None:
+        """Write every pending line now, then flush the stream."""
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+            if not self._broken and self.stream is not None and hasattr(self.stream, "flush"):
+                with contextlib.suppress(OSError, ValueError):
+                    self.stream.flush()
+
+    def close(self) -> None:
+        """Write what is pending, stop the flusher thread and close (logging.shutdown calls it)."""
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        super().close()
+
+
+def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """Log ``message`` at INFO with ``fields``, as ``logger.info(msg, extra=log_fields(...))`` does.
+
+    The line is built and encoded once, straight into the handler's buffer, when logging is set
+    up as shipped: ``configure_logging(..., "json")`` on a UTF-8 stdout and nothing else on
+    the logger's way to the root: no other handler (pytest's caplog), no filter, INFO enabled.
+    Otherwise, and for fields the fast path cannot encode, it is exactly ``logger.info``.
+    """
+    handler = _fast_handler(logger)
+    if handler is not None and _RESERVED.isdisjoint(fields) and "trace_id" not in fields:
+        created = time.time()
+        seconds = int(created)
+        data: dict[str, Any] = {
+            "timestamp": f"{_utc_second(seconds)}.{int((created - seconds) * 1_000_000):06d}Z",
+            "level": logging.getLevelName(logging.INFO),
+            "message": message,
+            "logger": logger.name,
+        }
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            data["trace_id"] = format(context.trace_id, "032x")
+            data["span_id"] = format(context.span_id, "016x")
+        data.update(fields)
+        if handler.append_json(data):
+            return
+    logger.info(message, extra={_FIELDS_ATTR: fields})
+
+
+def _fast_handler(logger: logging.Logger) -> LazyFlushHandler | None:
+    """Return the root's only handler if an INFO record of ``logger`` reaches just it, as JSON."""
+    if not logger.isEnabledFor(logging.INFO) or logger.filters:
+        return None
+    root = logging.root
+    handlers = root.handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (
+        type(handler) is not LazyFlushHandler
+        or not handler.fast
+        or handler.filters
+        or handler.level > logging.INFO
+        or type(handler.formatter) is not JsonFormatter
+        or type(logger) is not logging.Logger
+        or logging.getLogRecordFactory() is not logging.LogRecord
+    ):
+        return None
+    node: logging.Logger | None = logger
+    while node is not root:
+        if node is None or node.handlers or not node.propagate:
+            return None
+        node = node.parent
+    return handler
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -155,6 +333,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, LazyFlushHandler):
+            old.close()  # its pending lines go out before the new handler's
     root.addHandler(handler)
     root.setLevel(level.upper())
     # The log lines use none of these: skip collecting them (logging HOWTO, "Optimization").

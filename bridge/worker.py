@@ -49,7 +49,7 @@ from bridge.errors import (
 from bridge.feedback import report_new_group
 from bridge.instruments import Metrics
 from bridge.lanes import CURRENT_LANE, Lane, Lanes, Offer, StreamId, format_id, next_id, parse_id
-from bridge.logs import log_fields
+from bridge.logs import log_fields, log_info
 from bridge.policy import Backoff
 from bridge.propagation import extract_parent
 from bridge.signal import Signal, decode_signal, encode_canonical, guess_signal_id
@@ -1000,21 +1000,24 @@ class Worker:
             self.stats.delivered += 1
             age_s = self.clock() - signal.timestamp.timestamp()
             self.metrics.signal_age.record(max(0.0, age_s))
-        log.info(
+        # The one INFO line per delivery: log_info writes it straight into the JSON handler's
+        # buffer when logging is as shipped, else it is exactly log.info(..., extra=...).
+        log_info(
+            log,
             "signal delivered" if outcome == "success" else "signal already on the server",
-            extra=log_fields(
-                producer_id=self.client.producer_id,
-                entry_id=job.entry.id,
-                signal_id=signal.signal_id,
-                server_signal_id=(
+            {
+                "producer_id": self.client.producer_id,
+                "entry_id": job.entry.id,
+                "signal_id": signal.signal_id,
+                "server_signal_id": (
                     delivery.response.signal_id if delivery and delivery.response else None
                 ),
-                instrument=signal.instrument,
-                http_code=http_code,
-                duration_ms=round(delivery.duration_s * 1000, 3) if delivery else None,
-                attempts=job.attempts,
-                outcome=outcome,
-            ),
+                "instrument": signal.instrument,
+                "http_code": http_code,
+                "duration_ms": round(delivery.duration_s * 1000, 3) if delivery else None,
+                "attempts": job.attempts,
+                "outcome": outcome,
+            },
         )
 
     def _release(self, job: _Job) -> None:

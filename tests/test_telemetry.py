@@ -807,6 +807,7 @@ def test_log_format_setting_switches_between_json_and_a_human_line(
             log.debug("not at INFO")
     finally:
         for handler in list(root.handlers):
+            handler.close()  # writes the lines it holds, as logging.shutdown does at exit
             root.removeHandler(handler)
         for handler in saved[0]:
             root.addHandler(handler)
