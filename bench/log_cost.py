@@ -10,7 +10,8 @@ Each configuration sets logging up as ``signal-bridge run`` does (``configure_lo
 * ``log.info``: the same call through today's handler (the ordinary path: WARNINGs, other lines);
 * ``log_info``: the fast path the worker takes for the delivered line.
 
-"warm" runs the call in a tight loop. "cold" puts a cache-evicting workload (a walk over a few
+"-u" is stdout as PYTHONUNBUFFERED=1 makes it (see ``stdout_to``). "warm" runs the call in a
+tight loop. "cold" puts a cache-evicting workload (a walk over a few
 MB of objects and unrelated code) between calls, as the bridge's event loop does, and subtracts
 that workload's own cost: a path with fewer Python frames and objects loses less to cold caches.
 
@@ -76,8 +77,13 @@ class MainLazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 @contextmanager
-def stdout_to(sink: str) -> Iterator[io.TextIOWrapper]:
-    """Point sys.stdout at a fresh file or pipe, wrapped as Python wraps a non-tty stdout."""
+def stdout_to(sink: str, *, unbuffered: bool) -> Iterator[io.TextIOWrapper]:
+    """Point sys.stdout at a fresh file or pipe, wrapped as Python wraps a non-tty stdout.
+
+    ``unbuffered`` is stdout under PYTHONUNBUFFERED=1 (or ``-u``): text written through to the
+    raw file, a write system call per ``write()``. Container images often set it, and
+    ``bench.run``'s bridges inherit it from the harness's environment.
+    """
     reader: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         if sink == "file":
@@ -89,7 +95,8 @@ def stdout_to(sink: str) -> Iterator[io.TextIOWrapper]:
             assert reader.stdin is not None
             fd = os.dup(reader.stdin.fileno())
             reader.stdin.close()
-        stream = io.TextIOWrapper(io.open(fd, "wb"), encoding="utf-8", errors="strict")  # noqa: SIM115, UP020 - closed below
+        binary = io.open(fd, "wb", buffering=0 if unbuffered else -1)  # noqa: SIM115, UP020 - closed below
+        stream = io.TextIOWrapper(binary, encoding="utf-8", write_through=unbuffered)
         saved = sys.stdout
         sys.stdout = stream
         try:
@@ -120,12 +127,12 @@ def thrash_workload() -> Callable[[], int]:
     return thrash
 
 
-def measure(path: str, sink: str, count: int, *, cold: bool) -> float:
-    """Return CPU microseconds per line for one (path, sink, warm/cold) configuration."""
+def measure(path: str, sink: str, count: int, *, unbuffered: bool, cold: bool) -> float:
+    """Return CPU microseconds per line for one (path, sink, buffering, warm/cold) configuration."""
     log = logging.getLogger("bridge.worker")
     tracer = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False).get_tracer("bench")
     thrash = thrash_workload()
-    with stdout_to(sink):
+    with stdout_to(sink, unbuffered=unbuffered):
         configure_logging("INFO", "json")
         if path == "main":
             handler = MainLazyFlushHandler(sys.stdout)
@@ -166,13 +173,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--count", type=int, default=50_000, help="lines per configuration")
     args = parser.parse_args(argv)
     paths = ("main", "log.info", "log_info")
-    print("| path | file, warm | pipe, warm | file, cold | pipe, cold |")
-    print("| --- | --- | --- | --- | --- |")
+    columns = [  # (sink, unbuffered, cold)
+        ("file", False, False),
+        ("file", True, False),
+        ("pipe", False, False),
+        ("pipe", True, False),
+        ("file", False, True),
+        ("file", True, True),
+    ]
+    names = [
+        f"{sink}{', -u' if unbuffered else ''}, {'cold' if cold else 'warm'}"
+        for sink, unbuffered, cold in columns
+    ]
+    print(f"| path | {' | '.join(names)} |")
+    print(f"| --- |{' --- |' * len(columns)}")
     for path in paths:
         cells = [
-            f"{measure(path, sink, args.count, cold=cold):.2f} us"
-            for cold in (False, True)
-            for sink in ("file", "pipe")
+            f"{measure(path, sink, args.count, unbuffered=unbuffered, cold=cold):.2f} us"
+            for sink, unbuffered, cold in columns
         ]
         print(f"| {path} | {' | '.join(cells)} |", flush=True)
     return 0

@@ -146,6 +146,7 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._armed = False  # the flusher thread has been woken for the lines pending
         self._closed = False
         self._broken = False  # the reader went away (EPIPE): nothing more is written
+        self._reported = False  # a lost write has been reported on stderr (once)
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         self._bind(self.stream)
@@ -205,21 +206,34 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _queued(self, *, urgent: bool) -> None:
         """Decide, under the lock, whether the pending lines are written now or soon."""
-        if urgent or self._immediate or len(self._pending) >= self.chunk_bytes:
+        if (
+            urgent
+            or self._immediate
+            or self._closed  # logged after logging.shutdown: no thread to wait for
+            or len(self._pending) >= self.chunk_bytes
+        ):
             self._write_pending()
         elif not self._armed:
-            self._armed = True
-            self._start_flusher()
-            self._wake.set()
+            if self._start_flusher():
+                self._armed = True
+                self._wake.set()
+            else:
+                self._write_pending()
 
-    def _start_flusher(self) -> None:
-        """Start the thread that writes lines left waiting (once, and again after a fork)."""
-        if self._flusher is None or not self._flusher.is_alive():
-            self._wake = threading.Event()
-            self._flusher = threading.Thread(
-                target=self._flush_later, name="log-flusher", daemon=True
-            )
+    def _start_flusher(self) -> bool:
+        """Start the thread that writes lines left waiting (once, and again after a fork).
+
+        Return False when no thread can be started (interpreter shutting down).
+        """
+        if self._flusher is not None and self._flusher.is_alive():
+            return True
+        self._wake = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_later, name="log-flusher", daemon=True)
+        try:
             self._flusher.start()
+        except RuntimeError:
+            return False
+        return True
 
     def _flush_later(self) -> None:
         """Thread body: after lines start waiting, wait flush_interval_s, then write them."""
@@ -231,7 +245,10 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
             time.sleep(self.flush_interval_s)
             with self.lock:  # type: ignore[union-attr]
                 wake.clear()
-                self._write_pending()
+                try:
+                    self._write_pending()
+                except Exception:  # a stream's odd error must not kill the thread
+                    self._report("could not write log lines; they are dropped")
 
     def _write_pending(self) -> None:
         """Write the pending bytes in one call (under the lock); errors never leave here."""
@@ -245,15 +262,25 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
         try:
             if self._binary is not None:
                 stream.flush()  # text others wrote to the stream first, in order
-                self._binary.write(chunk)
-                self._binary.flush()
+                _write_all(self._binary, chunk)
             else:
                 stream.write(chunk.decode(self._encoding, self._errors))
                 stream.flush()
         except BrokenPipeError:
             self._broken = True  # the reader is gone; later lines are dropped too
-        except (OSError, ValueError):
-            pass  # a full disk or a closed file: this chunk is lost, the next one is tried
+            self._report("stdout was closed (EPIPE): log lines are dropped from now on")
+        except (OSError, ValueError) as exc:
+            # A full disk or a closed file: this chunk is lost, the next one is tried.
+            self._report(f"could not write log lines ({exc}); those lines are dropped")
+
+    def _report(self, problem: str) -> None:
+        """Say once on stderr that lines were lost (best effort: stderr may be gone too)."""
+        if self._reported:
+            return
+        self._reported = True
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"signal-bridge: {problem}\n")
+            sys.stderr.flush()
 
     def flush(self) -> None:
         """Write every pending line now, then flush the stream."""
@@ -269,6 +296,17 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._closed = True
         self._wake.set()
         super().close()
+
+
+def _write_all(binary: Any, chunk: bytearray) -> None:  # noqa: ANN401 - any binary stream
+    """Write all of ``chunk``: a raw stream (PYTHONUNBUFFERED=1, ``-u``) may take only part."""
+    view = memoryview(chunk)
+    while view:
+        written = binary.write(view)
+        if written is None:  # a non-blocking stream that is full: drop the rest, never wait
+            raise BlockingIOError
+        view = view[written:]
+    binary.flush()
 
 
 def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:

@@ -123,12 +123,14 @@ def root_logging() -> Iterator[None]:
         root.setLevel(saved[1])
 
 
-@pytest.fixture
-def pipe(root_logging: None) -> Iterator[Pipe]:
-    """A pipe as sys.stdout, wrapped the way Python wraps a non-interactive stdout."""
+@pytest.fixture(params=[False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+def pipe(request: pytest.FixtureRequest, root_logging: None) -> Iterator[Pipe]:
+    """A pipe as sys.stdout, wrapped as Python wraps a non-interactive stdout (also with -u)."""
+    unbuffered: bool = request.param
     read_fd, write_fd = os.pipe()
     fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)  # room for the largest test's lines
-    stream = io.TextIOWrapper(io.open(write_fd, "wb"), encoding="utf-8")  # noqa: SIM115, UP020
+    binary = io.open(write_fd, "wb", buffering=0 if unbuffered else -1)  # noqa: SIM115, UP020
+    stream = io.TextIOWrapper(binary, encoding="utf-8", write_through=unbuffered)
     try:
         yield Pipe(read_fd, stream)
     finally:
@@ -272,8 +274,10 @@ def test_unencodable_field_falls_back_to_the_lenient_line(pipe: Pipe) -> None:
     assert msgspec.json.decode(pipe.read_until(1)[0])["path"] == "/x"
 
 
-def test_a_closed_reader_never_reaches_the_caller(pipe: Pipe) -> None:
-    """Once the pipe's reader is gone (EPIPE), logging goes on returning normally, at any level."""
+def test_a_closed_reader_never_reaches_the_caller(
+    pipe: Pipe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once the pipe's reader is gone (EPIPE), logging returns normally; stderr says so once."""
     pipe.configure("INFO", "json")
     os.close(pipe.read_fd)
     pipe.read_fd = os.open(os.devnull, os.O_RDONLY)  # the fixture closes this one instead
@@ -283,6 +287,7 @@ def test_a_closed_reader_never_reaches_the_caller(pipe: Pipe) -> None:
     log.warning("after the reader left")
     log.error("and again")
     logging.getLogger().handlers[0].flush()
+    assert capsys.readouterr().err.count("stdout was closed (EPIPE)") == 1
 
 
 def test_a_full_disk_drops_lines_and_later_lines_still_go_out(pipe: Pipe) -> None:
@@ -303,7 +308,8 @@ def test_a_full_disk_drops_lines_and_later_lines_still_go_out(pipe: Pipe) -> Non
     assert msgspec.json.decode(line)["entry_id"] == "after-0"
 
 
-def test_lines_logged_just_before_exit_are_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_lines_logged_just_before_exit_are_written(tmp_path: Path, unbuffered: str) -> None:
     """A process that logs and exits (normally, or by SIGTERM's handler) writes every line."""
     script = textwrap.dedent(
         """
@@ -327,6 +333,7 @@ def test_lines_logged_just_before_exit_are_written(tmp_path: Path) -> None:
                 stdout=stdout,
                 stderr=subprocess.PIPE,
                 cwd=Path(__file__).resolve().parent.parent,
+                env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
             )
             assert child.stderr is not None
             if how == "sigterm":
