@@ -1,7 +1,10 @@
 """Structured log lines: one JSON object per line, built once and encoded once by msgspec.
 
 Each line carries ``trace_id``/``span_id`` when a span is active; secrets are never handed to a
-logger in the first place. ``configure_logging`` sends the root logger to stdout.
+logger in the first place. ``configure_logging`` sends the root logger to stdout through a
+``LazyFlushHandler`` (lines gathered as bytes, written in large chunks, WARNING+ at once). The
+per-delivery INFO line goes through ``log_info``, which skips the LogRecord and the formatter when
+logging is as shipped and writes the same bytes straight into that handler's buffer.
 """
 
 from __future__ import annotations
@@ -153,11 +156,17 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _bind(self, stream: Any) -> None:  # noqa: ANN401 - any text stream
         """Work out how bytes reach ``stream`` and whether log_info may write JSON straight in."""
-        encoding = getattr(stream, "encoding", None) or "utf-8"
-        self._encoding: str = encoding
-        self._errors: str = getattr(stream, "errors", None) or "strict"
         binary = getattr(stream, "buffer", None)
         self._binary: Any = binary if hasattr(binary, "write") else None
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        # Bytes for a binary layer as the text layer would encode them; for a text-only stream
+        # (StringIO) a lossless round trip through UTF-8.
+        self._encoding: str = encoding if self._binary is not None else "utf-8"
+        self._errors: str = (
+            getattr(stream, "errors", None) or "strict"
+            if self._binary is not None
+            else "surrogatepass"
+        )
         self._immediate = bool(getattr(stream, "line_buffering", False))
         try:
             utf8 = codecs.lookup(encoding).name == "utf-8"
