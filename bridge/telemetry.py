@@ -16,8 +16,8 @@ from typing import Any, Final
 
 from opentelemetry import metrics, trace
 
-from bridge.config import otel_exporter_names
 from bridge.instruments import LocalHistograms, Metrics
+from bridge.otel_env import otel_exporter_names
 from bridge.tracing import INSTRUMENTATION_NAME, LeanTracer, get_tracer
 
 __all__ = ["TelemetryHandle", "setup_telemetry"]

@@ -20,9 +20,10 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.config import load_config, otel_exporter_names, redis_db
+from bridge.config import load_config, redis_db
 from bridge.errors import ConfigError
 from bridge.health import HealthServer
+from bridge.otel_env import otel_exporter_names
 from bridge.telemetry import setup_telemetry
 from tests.support import bridge_env
 
