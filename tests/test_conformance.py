@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -95,6 +96,9 @@ def _serving(folder: Path, *commands: Command) -> Iterator[None]:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
+                    # Its own process group: servers that fork workers (proxy.py's acceptors)
+                    # are ended whole, not left running after the test.
+                    start_new_session=True,
                 )
             procs.append((command, proc, log))
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -107,7 +111,8 @@ def _serving(folder: Path, *commands: Command) -> Iterator[None]:
         yield
     finally:
         for _, proc, _ in procs:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         for _, proc, _ in procs:
             proc.wait(timeout=10)
 
