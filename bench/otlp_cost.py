@@ -46,24 +46,12 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from bench.telemetry_cost import deliver
+from bench.telemetry_cost import CLIENT_ATTRS, CONSUMER_ATTRS, deliver
 from bridge.instruments import Metrics
 from bridge.logs import configure_logging
 from bridge.otlp import OtlpHttpSpanExporter, encode_spans
 from bridge.tracing import LeanTracer, get_tracer
 
-CONSUMER_ATTRS: Final[dict[str, str]] = {
-    "messaging.system": "redis",
-    "messaging.destination.name": "signals",
-    "messaging.consumer.group.name": "signal-bridge",
-    "messaging.operation.type": "process",
-}
-CLIENT_ATTRS: Final[dict[str, str | int]] = {
-    "http.request.method": "POST",
-    "url.full": "http://127.0.0.1:8080/api/v1/signals/ingest",
-    "server.address": "127.0.0.1",
-    "server.port": 8080,
-}
 RESOURCE: Final = Resource.create({"service.name": "signal-bridge", "service.instance.id": "b-1"})
 
 

@@ -30,23 +30,16 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
+from bench.telemetry_cost import CLIENT_ATTRS, CONSUMER_ATTRS
 from bridge.tracing import LeanTracer, get_tracer
 
 __all__ = ["main"]
 
-CONSUMER_ATTRS: Final[dict[str, str]] = {
-    "messaging.system": "redis",
-    "messaging.destination.name": "signals",
-    "messaging.consumer.group.name": "signal-bridge",
-    "messaging.operation.type": "process",
+# The CONSUMER span's attributes of one delivery (the message id and instrument as constants).
+SPAN_ATTRS: Final = {
+    **CONSUMER_ATTRS,
     "messaging.message.id": "1700000000000-0",
     "bridge.instrument": "EURUSD",
-}
-CLIENT_ATTRS: Final[dict[str, str | int]] = {
-    "http.request.method": "POST",
-    "url.full": "http://127.0.0.1:8080/api/v1/signals/ingest",
-    "server.address": "127.0.0.1",
-    "server.port": 8080,
 }
 PRODUCER: Final = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 
@@ -72,7 +65,7 @@ def _deliveries(tracer: trace.Tracer, count: int) -> None:
             "process signals",
             context=parent,
             kind=trace.SpanKind.CONSUMER,
-            attributes=CONSUMER_ATTRS,
+            attributes=SPAN_ATTRS,
         ) as span:
             client = tracer.start_span("POST", kind=trace.SpanKind.CLIENT, attributes=CLIENT_ATTRS)
             client.set_attribute("http.response.status_code", 201)
