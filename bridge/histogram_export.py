@@ -12,6 +12,9 @@ reads it, so every reader formats the points with its own code:
   hook ``MetricReader`` documents for subclasses) gets the same data, so ``/metrics`` keeps the
   exporter's own names, units, ``otel_scope_*`` labels and ``target_info``.
 
+Each reader gets the exemplars sampled since its own previous collection, as from the SDK's
+per-reader reservoirs; ``exemplar_filter_name`` says which SDK filters the local ones mirror.
+
 This module imports the SDK; ``bridge.telemetry`` imports it only when it sets the SDK up.
 """
 
@@ -22,6 +25,13 @@ from dataclasses import replace
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    Exemplar,
+    ExemplarFilter,
+    TraceBasedExemplarFilter,
+)
 from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -39,18 +49,39 @@ from opentelemetry.sdk.metrics.view import (
     ExplicitBucketHistogramAggregation,
 )
 
-from bridge.instruments import LocalHistograms
+from bridge.instruments import ExemplarFilterName, LocalHistograms
 
 __all__ = [
     "LocalHistogramExporter",
     "LocalHistogramPrometheusReader",
+    "exemplar_filter_name",
     "reports_local_histograms",
     "with_local_histograms",
 ]
 
 
-def with_local_histograms(data: MetricsData, local: LocalHistograms) -> MetricsData:
-    """Return ``data`` with each local histogram's placeholder gauge replaced by its points."""
+_FILTER_NAMES: dict[type, ExemplarFilterName] = {
+    AlwaysOffExemplarFilter: "always_off",
+    AlwaysOnExemplarFilter: "always_on",
+    TraceBasedExemplarFilter: "trace_based",
+}
+
+
+def exemplar_filter_name(exemplar_filter: ExemplarFilter | None) -> ExemplarFilterName | None:
+    """Name the SDK exemplar filter a local histogram mirrors; None for any other type.
+
+    Only the exact SDK classes: a subclass may decide differently, so it keeps SDK histograms.
+    """
+    return _FILTER_NAMES.get(type(exemplar_filter))
+
+
+def with_local_histograms(
+    data: MetricsData, local: LocalHistograms, reader: object = None
+) -> MetricsData:
+    """Return ``data`` with each local histogram's placeholder gauge replaced by its points.
+
+    ``reader`` names the collecting reader: its exemplars are those since its previous call.
+    """
     return replace(
         data,
         resource_metrics=[
@@ -59,7 +90,9 @@ def with_local_histograms(data: MetricsData, local: LocalHistograms) -> MetricsD
                 scope_metrics=[
                     replace(
                         scope,
-                        metrics=[_replace(m, scope.scope.name, local) for m in scope.metrics],
+                        metrics=[
+                            _replace(m, scope.scope.name, local, reader) for m in scope.metrics
+                        ],
                     )
                     for scope in resource.scope_metrics
                 ],
@@ -69,7 +102,7 @@ def with_local_histograms(data: MetricsData, local: LocalHistograms) -> MetricsD
     )
 
 
-def _replace(metric: Metric, scope: str, local: LocalHistograms) -> Metric:
+def _replace(metric: Metric, scope: str, local: LocalHistograms, reader: object) -> Metric:
     """Turn our placeholder gauge into the histogram's metric, timed as the gauge's point.
 
     The gauge reports a point only once the histogram holds one (cells are never removed).
@@ -89,9 +122,18 @@ def _replace(metric: Metric, scope: str, local: LocalHistograms) -> Metric:
             explicit_bounds=histogram.boundaries,
             min=point.min,
             max=point.max,
-            exemplars=[],
+            exemplars=[
+                Exemplar(
+                    sample.filtered_attributes,
+                    sample.value,
+                    sample.time_unix_nano,
+                    sample.span_id,
+                    sample.trace_id,
+                )
+                for sample in point.exemplars
+            ],
         )
-        for point in histogram.points()
+        for point in histogram.points(reader)
     ]
     return Metric(
         name=metric.name,
@@ -155,7 +197,7 @@ class LocalHistogramExporter(MetricExporter):
     ) -> MetricExportResult:
         """Export ``metrics_data`` with the local histograms in their placeholders' place."""
         return self.exporter.export(
-            with_local_histograms(metrics_data, self._local), timeout_millis, **kwargs
+            with_local_histograms(metrics_data, self._local, self), timeout_millis, **kwargs
         )
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -182,5 +224,5 @@ class LocalHistogramPrometheusReader(PrometheusMetricReader):
     ) -> None:
         """Translate ``metrics_data``, local histograms included, as the exporter does."""
         super()._receive_metrics(
-            with_local_histograms(metrics_data, self._local), timeout_millis, **kwargs
+            with_local_histograms(metrics_data, self._local, self), timeout_millis, **kwargs
         )

@@ -155,12 +155,20 @@ def setup_telemetry(
     from bridge.histogram_export import (  # noqa: PLC0415 - imports the SDK
         LocalHistogramExporter,
         LocalHistogramPrometheusReader,
+        exemplar_filter_name,
         reports_local_histograms,
     )
 
+    def attach_local(provider: Any) -> None:  # noqa: ANN401 - an SDK MeterProvider
+        """Record histograms locally, with the exemplars the provider's own filter would take."""
+        config = getattr(provider, "_sdk_config", None)  # the filter the SDK resolved
+        name = exemplar_filter_name(getattr(config, "exemplar_filter", None))
+        if name is not None:  # another filter type: the SDK's histograms apply it
+            local.attach(provider, exemplars=name)
+
     # Histograms are kept in-process and added to what each reader collects (one bisect per
-    # record instead of the SDK's pipeline per reader), unless exemplars may be attached to them
-    # or an exporter wants other than cumulative explicit buckets: then they stay the SDK's.
+    # record instead of the SDK's pipeline per reader, exemplars as the SDK's filter and
+    # reservoir take them), unless an exporter wants other than cumulative explicit buckets.
     local = LocalHistograms()
     registry = None
     readers: list[MetricReader] = []
@@ -174,7 +182,12 @@ def setup_telemetry(
         # No spans, no export: the API's no-op tracer. /metrics keeps its meaning (a local
         # meter read only by the scrape); with no health port there is nothing to serve.
         meter_provider: Any = (
-            MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+            MeterProvider(
+                resource=resource,
+                metric_readers=readers,
+                shutdown_on_exit=False,
+                exemplar_filter=_exemplar_filter(otel_env, spans_exported=False),
+            )
             if readers
             else metrics.NoOpMeterProvider()
         )
@@ -182,8 +195,8 @@ def setup_telemetry(
             # The SDK's provider reads OTEL_SDK_DISABLED from the process environment too and
             # would hand out no-op meters: this one exports nothing, it only answers scrapes.
             meter_provider._disabled = False
-        if readers and _exemplar_filter(otel_env, spans_exported=False) is not None:
-            local.attach(meter_provider)
+        if readers:
+            attach_local(meter_provider)
         return TelemetryHandle(trace.NoOpTracerProvider(), meter_provider, registry)
 
     span_exporters = otel_exporter_names(otel_env, "traces")
@@ -199,7 +212,7 @@ def setup_telemetry(
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
     exporters = [_metric_exporter(name) for name in otel_exporter_names(otel_env, "metrics")]
     exemplar_filter = _exemplar_filter(otel_env, spans_exported=bool(span_exporters))
-    use_local = exemplar_filter is not None and all(map(reports_local_histograms, exporters))
+    use_local = all(map(reports_local_histograms, exporters))
     readers.extend(
         PeriodicExportingMetricReader(
             LocalHistogramExporter(exporter, local) if use_local else exporter
@@ -213,7 +226,7 @@ def setup_telemetry(
         exemplar_filter=exemplar_filter,
     )
     if use_local:
-        local.attach(meter_provider)
+        attach_local(meter_provider)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return TelemetryHandle(tracer_provider, meter_provider, registry)

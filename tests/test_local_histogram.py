@@ -1,9 +1,11 @@
 """LocalHistogram against the SDK's histogram: the same values give the same output to every reader.
 
 Each differential test runs ``setup_telemetry`` twice with the same records: once as shipped
-(local histograms) and once with OTEL_METRICS_EXEMPLAR_FILTER=always_off, which keeps the SDK's
-histograms and adds no exemplars. /metrics is parsed with prometheus_client's parser and checked
+(local histograms) and once with ``LocalHistograms.attach`` disabled, which keeps the SDK's
+histograms (exemplars included). /metrics is parsed with prometheus_client's parser and checked
 by promtool; OTLP goes to a real receiver; the console exporter's JSON lines are compared too.
+Exemplars are compared under sampled and unsampled spans for the trace_based and always_on
+filters, through OTLP and through in-memory readers (one reservoir per reader).
 """
 
 from __future__ import annotations
@@ -17,19 +19,28 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final
 
 import pytest
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    ExemplarFilter,
+    MeterProvider,
+    TraceBasedExemplarFilter,
+)
 from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     InMemoryMetricReader,
     MetricsData,
 )
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import telemetry
 from bridge.histogram_export import with_local_histograms
 from bridge.instruments import (
     AGE_BUCKETS_S,
@@ -96,14 +107,16 @@ def _setup(
 ) -> TelemetryHandle:
     """Run setup_telemetry with ``env`` (in os.environ too, where the SDK's exporters read it).
 
-    ``sdk``: keep the SDK's histograms (OTEL_METRICS_EXEMPLAR_FILTER=always_off).
+    ``sdk``: keep the SDK's histograms (``LocalHistograms.attach`` does nothing meanwhile).
     """
-    env = {**env, "OTEL_METRICS_EXEMPLAR_FILTER": "always_off"} if sdk else dict(env)
     monkeypatch.delenv("OTEL_METRICS_EXEMPLAR_FILTER", raising=False)
     for name, value in env.items():
         if name != "OTEL_SDK_DISABLED":  # the SDK's MeterProvider would disable itself
             monkeypatch.setenv(name, value)
-    handle = setup_telemetry(env, instance_id="x", prometheus=prometheus)
+    with pytest.MonkeyPatch.context() as patch:
+        if sdk:
+            patch.setattr(LocalHistograms, "attach", lambda *args, **kwargs: None)
+        handle = setup_telemetry(env, instance_id="x", prometheus=prometheus)
     local = isinstance(handle.metrics.posted_duration, LocalHistogram)
     assert local is not sdk
     assert isinstance(handle.metrics.signal_age, LocalHistogram) is local
@@ -193,7 +206,16 @@ def _otlp_histograms(receiver: OtlpReceiver) -> list[dict[str, Any]]:
                         list(p.explicit_bounds),
                         p.min,
                         p.max,
-                        len(p.exemplars),
+                        [
+                            (
+                                sorted(attributes_of(e.filtered_attributes).items()),
+                                getattr(e, e.WhichOneof("value") or "as_double"),
+                                e.span_id.hex(),
+                                e.trace_id.hex(),
+                                e.time_unix_nano,
+                            )
+                            for e in p.exemplars
+                        ],
                         p.start_time_unix_nano,
                         p.time_unix_nano,
                     )
@@ -202,6 +224,19 @@ def _otlp_histograms(receiver: OtlpReceiver) -> list[dict[str, Any]]:
             }
         )
     return found
+
+
+def timeless(export: dict[str, Any]) -> dict[str, Any]:
+    """An export from _otlp_histograms without point and exemplar times (checked in order).
+
+    A record's time is read before its point is made (the SDK's too): it may precede the start.
+    """
+    points = []
+    for point in export["points"]:
+        *values, exemplars, start, now = point
+        assert all(start - 10**9 < e[-1] <= now for e in exemplars)
+        points.append((*values, [e[:-1] for e in exemplars]))
+    return {**export, "points": points}
 
 
 def test_otlp_export_of_local_histograms_matches_the_sdk_histogram(
@@ -222,20 +257,17 @@ def test_otlp_export_of_local_histograms_matches_the_sdk_histogram(
             exports[sdk] = _otlp_histograms(receiver)
     assert len(exports[False]) == len(exports[True]) >= 4  # two names, flushed at least twice
 
-    def timeless(export: dict[str, Any]) -> dict[str, Any]:
-        return {**export, "points": [point[:-2] for point in export["points"]]}
-
     assert [timeless(e) for e in exports[False]] == [timeless(e) for e in exports[True]]
     for sdk, found in exports.items():
         starts = {e["name"]: [p[-2] for p in e["points"]] for e in found}
         for export in found:
             assert export["temporality"] == 2  # AGGREGATION_TEMPORALITY_CUMULATIVE
-            for *_, start, now in export["points"]:
+            for *_, start, now in export["points"]:  # timeless checked exemplar times
                 assert started[sdk] <= start <= now
             assert [p[-2] for p in export["points"]] == starts[export["name"]], "start is kept"
     [first_age] = [e for e in exports[False] if e["name"] == AGE][:1]
     [(_, count, total, buckets, bounds, low, high, exemplars, *_)] = first_age["points"]
-    assert (count, total, low, high, exemplars) == (3, 342.0012, 0.0012, 300, 0)
+    assert (count, total, low, high, exemplars) == (3, 342.0012, 0.0012, 300, [])
     assert (buckets, bounds) == ([1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0], list(AGE_BUCKETS_S))
     assert first_age["resource"]["service.instance.id"] == "x"
     assert first_age["scope"] == "signal-bridge"
@@ -280,14 +312,13 @@ def test_console_export_of_local_histograms_matches_the_sdk_histogram(
             },
             "exponential_histogram",
         ),
-        ({"OTEL_TRACES_EXPORTER": "otlp"}, ""),
     ],
-    ids=["delta", "exponential", "spans-exported"],
+    ids=["delta", "exponential"],
 )
 def test_sdk_histograms_are_kept_when_local_ones_cannot_give_the_same(
     clean_env: pytest.MonkeyPatch, env: dict[str, str], data: str
 ) -> None:
-    """Delta or exponential histograms, or exemplars (spans exported), keep the SDK's own."""
+    """Delta or exponential histograms keep the SDK's own."""
     with OtlpReceiver() as receiver:
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
@@ -359,7 +390,18 @@ def _points(data: MetricsData, name: str) -> list[tuple[Any, ...]]:
             tuple(point.explicit_bounds),
             point.min,
             point.max,
-            len(point.exemplars),
+            [
+                (
+                    sorted(
+                        (key, str(value)) for key, value in (e.filtered_attributes or {}).items()
+                    ),
+                    e.filtered_attributes is None,
+                    e.value,
+                    e.span_id,
+                    e.trace_id,
+                )
+                for e in point.exemplars
+            ],
         )
         for resource in data.resource_metrics
         for scope in resource.scope_metrics
@@ -453,3 +495,144 @@ def test_collections_while_recording_see_whole_records(clean_env: pytest.MonkeyP
     assert len(seen) > 1
     for count, sum_s, at_most_half in seen:
         assert (sum_s, at_most_half) == (count * 0.5, count)
+
+
+SAMPLED: Final = NonRecordingSpan(
+    SpanContext(0xA1, 0xB1, is_remote=True, trace_flags=TraceFlags(1))
+)
+UNSAMPLED: Final = NonRecordingSpan(
+    SpanContext(0xA2, 0xB2, is_remote=True, trace_flags=TraceFlags(0))
+)
+# (span to record under: as the current span or passed as ``context``, or none), then records.
+UNDER_SPANS: Final[list[tuple[NonRecordingSpan | None, bool, list[Record]]]] = [
+    (SAMPLED, False, FIRST[:5]),
+    (UNSAMPLED, False, [("posted_duration", 0.02, SUCCESS), ("posted_duration", 0.6, SUCCESS)]),
+    (None, False, [("posted_duration", 0.04, SUCCESS), ("signal_age", 0.0011, None)]),
+    (SAMPLED, True, [("signal_age", 0.007, None), ("posted_duration", 9.0, TRANSIENT)]),
+    (UNSAMPLED, True, [("signal_age", 0.2, None)]),
+]
+
+
+def _record_under_spans(metrics: Metrics, rounds: list[tuple[Any, bool, list[Record]]]) -> None:
+    """Record each round under its span: made current, or passed as the record's context."""
+    for span, explicit, records in rounds:
+        scope: AbstractContextManager[Any] = nullcontext()
+        context = None
+        if span is not None and explicit:
+            context = trace.set_span_in_context(span)
+        elif span is not None:
+            scope = trace.use_span(span, end_on_exit=False)
+        with scope:
+            for attribute, amount, attributes in records:
+                getattr(metrics, attribute).record(amount, attributes, context=context)
+
+
+@pytest.mark.parametrize("exemplar_filter", ["trace_based", "always_on"])
+def test_otlp_exemplars_of_local_histograms_match_the_sdk_histogram(
+    clean_env: pytest.MonkeyPatch, exemplar_filter: str
+) -> None:
+    """With spans exported, OTLP points carry the SDK's exemplars: same buckets, ids and values."""
+    exports: dict[bool, list[dict[str, Any]]] = {}
+    for sdk in (True, False):
+        with OtlpReceiver() as receiver:
+            env = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_METRICS_EXEMPLAR_FILTER": exemplar_filter,
+            }
+            if exemplar_filter == "trace_based":  # the SDK's default
+                del env["OTEL_METRICS_EXEMPLAR_FILTER"]
+            handle = _setup(clean_env, env, sdk=sdk, prometheus=True)
+            _record_under_spans(handle.metrics, UNDER_SPANS[:3])
+            handle.prometheus_text()  # a scrape empties only the Prometheus reader's exemplars
+            handle.meter_provider.force_flush()
+            _record_under_spans(handle.metrics, UNDER_SPANS[3:])
+            handle.shutdown()
+            exports[sdk] = _otlp_histograms(receiver)
+    assert len(exports[False]) == len(exports[True]) >= 4
+
+    assert [timeless(e) for e in exports[False]] == [timeless(e) for e in exports[True]]
+    first_duration = next(e for e in exports[False] if e["name"] == DURATION)
+    exemplars = {tuple(p[0]): p[7] for p in first_duration["points"]}
+    sampled = (SAMPLED.get_span_context().span_id.to_bytes(8).hex(), f"{0xA1:032x}")
+    success = exemplars[tuple(sorted(SUCCESS.items()))]
+    unsampled = (UNSAMPLED.get_span_context().span_id.to_bytes(8).hex(), f"{0xA2:032x}")
+    found = [exemplar[:-1] for exemplar in success]
+    if exemplar_filter == "trace_based":  # only records under the sampled span; last one wins
+        assert found == [([], 0.01, *sampled), ([], 0.05, *sampled)]
+    else:  # every record: 0.04 (no span) keeps the ids 0.02 left in its bucket, as the SDK's
+        assert found == [([], 0.01, *sampled), ([], 0.04, *unsampled), ([], 0.6, *unsampled)]
+
+
+@pytest.mark.parametrize("exemplar_filter", ["trace_based", "always_on", "always_off"])
+def test_each_reader_gets_the_exemplars_since_its_own_collection(exemplar_filter: str) -> None:
+    """Two readers a provider: each point's exemplars equal the SDK's, overflow attributes too."""
+    filters: dict[str, Callable[[], ExemplarFilter]] = {
+        "trace_based": TraceBasedExemplarFilter,
+        "always_on": AlwaysOnExemplarFilter,
+        "always_off": AlwaysOffExemplarFilter,
+    }
+    sdk_filter = filters[exemplar_filter]()
+    local = LocalHistograms()
+    readers = [(InMemoryMetricReader(), InMemoryMetricReader()) for _ in range(2)]
+    providers = [
+        MeterProvider(metric_readers=pair, shutdown_on_exit=False, exemplar_filter=sdk_filter)
+        for pair in readers
+    ]
+    local.attach(providers[0], exemplars=exemplar_filter)  # type: ignore[arg-type]
+    pair = (Metrics(providers[0]), Metrics(providers[1]))
+
+    def collect(index: int) -> tuple[MetricsData, MetricsData]:
+        """Collect reader ``index`` of both providers, the local one named as that reader."""
+        ours, theirs = (reader_pair[index].get_metrics_data() for reader_pair in readers)
+        assert ours is not None
+        assert theirs is not None
+        return with_local_histograms(ours, local, readers[0][index]), theirs
+
+    try:
+        for metrics in pair:
+            _record_under_spans(metrics, UNDER_SPANS[:3])
+            with trace.use_span(SAMPLED, end_on_exit=False):
+                for index in range(CARDINALITY_LIMIT + 2):
+                    metrics.signal_age.record(0.3, {"n": index})
+        first = collect(0)
+        for metrics in pair:
+            _record_under_spans(metrics, UNDER_SPANS[3:])
+        again, other = collect(0), collect(1)
+    finally:
+        for provider in providers:
+            provider.shutdown()
+    for ours, theirs in (first, again, other):
+        for name in (DURATION, AGE):
+            assert _points(ours, name) == _points(theirs, name)
+    overflow = [p for p in _points(first[0], AGE) if ("otel.metric.overflow", "True") in p[0]]
+    if exemplar_filter == "always_off":
+        assert all(not p[-1] for name in (DURATION, AGE) for p in _points(other[0], name))
+    else:  # the overflow point's exemplar keeps the attributes the point dropped
+        assert [e[0] for e in overflow[0][-1]] == [[("n", str(CARDINALITY_LIMIT + 1))]]
+        assert [p[-1] for p in _points(again[0], AGE) if p[-1]] == [
+            [([], True, 0.007, 0xB1, 0xA1)]
+            + ([([], True, 0.2, 0xB2, 0xA2)] if exemplar_filter == "always_on" else [])
+        ]
+
+
+def test_an_exemplar_filter_of_another_type_keeps_the_sdk_histograms(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """A filter that is not exactly one of the SDK's three may decide otherwise: SDK histograms."""
+
+    class OnlyLarge(TraceBasedExemplarFilter):
+        """Samples what the trace-based filter does, and only values above one."""
+
+        def should_sample(self, value: float, *args: Any) -> bool:
+            """Sample sampled spans' values above one."""
+            return value > 1 and super().should_sample(value, *args)
+
+    clean_env.setattr(telemetry, "_exemplar_filter", lambda *args, **kwargs: OnlyLarge())
+    handle = setup_telemetry({}, instance_id="x", prometheus=True)
+    try:
+        assert not isinstance(handle.metrics.posted_duration, LocalHistogram)
+        handle.metrics.posted_duration.record(0.02, SUCCESS)
+        assert DURATION in _families(handle.prometheus_text().decode())
+    finally:
+        handle.shutdown()
