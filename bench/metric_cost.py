@@ -1,11 +1,13 @@
 """CPU cost of one histogram record, the SDK's histogram against LocalHistogram, in-process.
 
 Both come from ``setup_telemetry`` as the bridge runs it: as shipped (local histograms), and
-with OTEL_METRICS_EXEMPLAR_FILTER=always_off, which keeps the SDK's histograms without
-exemplars (what every release before this one recorded into). Each is measured with one
-reader (Prometheus /metrics) and two (plus a periodic console exporter that never fires during
-the loop), alternating, several rounds; the table gives the median and the spread of process
-CPU time per ``posted_duration.record`` and per /metrics scrape.
+with ``LocalHistograms.attach`` disabled, which keeps the SDK's histograms (what releases
+before local histograms recorded into, and before exemplars were mirrored, whenever spans
+were exported). Each is measured with one reader (Prometheus /metrics) and two (plus a
+periodic console exporter that never fires during the loop), and with exemplars on
+(OTEL_METRICS_EXEMPLAR_FILTER=trace_based, as with spans exported) under an unsampled and a
+sampled current span, alternating, several rounds; the table gives the median and the spread
+of process CPU time per ``posted_duration.record`` and per /metrics scrape.
 
     .venv/bin/python -m bench.metric_cost              # 200,000 records per measurement
     .venv/bin/python -m bench.metric_cost -n 50000 --rounds 5
@@ -24,28 +26,37 @@ from contextlib import contextmanager, redirect_stderr
 from typing import Final
 
 from opentelemetry import metrics, trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from bridge.instruments import LocalHistogram
+from bridge.instruments import LocalHistogram, LocalHistograms
 from bridge.telemetry import TelemetryHandle, setup_telemetry
 
 ATTRIBUTES: Final = {"result": "success", "producer_id": "p"}
 SCRAPES: Final = 200
-CONFIGS: Final = [
-    ("SDK histogram, 1 reader", True, False),
-    ("LocalHistogram, 1 reader", False, False),
-    ("SDK histogram, 2 readers", True, True),
-    ("LocalHistogram, 2 readers", False, True),
+# name, SDK histograms, console reader too, current span's sampled flag (None: no exemplars)
+CONFIGS: Final[list[tuple[str, bool, bool, bool | None]]] = [
+    ("SDK histogram, 1 reader", True, False, None),
+    ("LocalHistogram, 1 reader", False, False, None),
+    ("SDK histogram, 2 readers", True, True, None),
+    ("LocalHistogram, 2 readers", False, True, None),
+    ("SDK histogram, 2 readers, trace_based, unsampled span", True, True, False),
+    ("LocalHistogram, 2 readers, trace_based, unsampled span", False, True, False),
+    ("SDK histogram, 2 readers, trace_based, sampled span", True, True, True),
+    ("LocalHistogram, 2 readers, trace_based, sampled span", False, True, True),
 ]
 
 
 @contextmanager
-def telemetry(*, sdk: bool, console: bool) -> Iterator[TelemetryHandle]:
+def telemetry(*, sdk: bool, console: bool, exemplars: bool) -> Iterator[TelemetryHandle]:
     """Yield a handle from setup_telemetry; console output (at shutdown) is thrown away."""
     env = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
     if console:
         env |= {"OTEL_METRICS_EXPORTER": "console", "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}
-    if sdk:
-        env["OTEL_METRICS_EXEMPLAR_FILTER"] = "always_off"
+    if exemplars:
+        env["OTEL_METRICS_EXEMPLAR_FILTER"] = "trace_based"
+    attach = LocalHistograms.attach
+    if sdk:  # the SDK's histograms: local ones are never attached
+        LocalHistograms.attach = lambda *args, **kwargs: None  # type: ignore[method-assign]
     saved = {name: os.environ.get(name) for name in (*env, "OTEL_METRICS_EXEMPLAR_FILTER")}
     os.environ.pop("OTEL_METRICS_EXEMPLAR_FILTER", None)
     os.environ.update(env)  # the SDK reads its variables from os.environ itself
@@ -58,6 +69,7 @@ def telemetry(*, sdk: bool, console: bool) -> Iterator[TelemetryHandle]:
             finally:
                 handle.shutdown()
     finally:
+        LocalHistograms.attach = attach  # type: ignore[method-assign]
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -65,9 +77,14 @@ def telemetry(*, sdk: bool, console: bool) -> Iterator[TelemetryHandle]:
                 os.environ[name] = value
 
 
-def measure(count: int, *, sdk: bool, console: bool) -> tuple[float, float]:
+def measure(count: int, *, sdk: bool, console: bool, sampled: bool | None) -> tuple[float, float]:
     """Return (CPU us per record, CPU us per /metrics scrape) for one configuration."""
-    with telemetry(sdk=sdk, console=console) as handle:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    span = NonRecordingSpan(SpanContext(0xA1, 0xB1, is_remote=True, trace_flags=flags))
+    with (
+        telemetry(sdk=sdk, console=console, exemplars=sampled is not None) as handle,
+        trace.use_span(span, end_on_exit=False),
+    ):
         record = handle.metrics.posted_duration.record
         for index in range(min(count, 5_000)):  # warm-up, and a few buckets filled
             record((index % 40) * 0.05, ATTRIBUTES)
@@ -93,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics.set_meter_provider = lambda provider: None  # type: ignore[assignment,unused-ignore]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in CONFIGS}
     for _ in range(args.rounds):
-        for name, sdk, console in CONFIGS:
-            results[name].append(measure(args.count, sdk=sdk, console=console))
+        for name, sdk, console, sampled in CONFIGS:
+            results[name].append(measure(args.count, sdk=sdk, console=console, sampled=sampled))
     print(f"python {sys.version.split()[0]}, {args.count:,} records x {args.rounds} rounds")
     print("| configuration | us per record (median, min-max) | us per scrape (median) |")
     print("| --- | --- | --- |")
