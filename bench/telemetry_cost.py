@@ -121,8 +121,8 @@ def measure(
         shutdown_on_exit=False,
         exemplar_filter=AlwaysOffExemplarFilter() if ratio is None else None,
     )
-    if ratio is None:  # as shipped without an exporter: histograms kept in-process
-        LocalHistograms().attach(meters)
+    # As shipped: histograms kept in-process, with exemplars (trace_based) once spans export.
+    LocalHistograms().attach(meters, "always_off" if ratio is None else "trace_based")
     metrics = Metrics(meters)
     log = logging.getLogger("bridge.worker")
     for index in range(min(count, 2_000)):  # warm-up
