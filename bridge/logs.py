@@ -149,7 +149,7 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._armed = False  # the flusher thread has been woken for the lines pending
         self._closed = False
         self._broken = False  # the reader went away (EPIPE): nothing more is written
-        self._reported = False  # a lost write has been reported on stderr (once)
+        self._reported: set[str] = set()  # kinds of lost writes already told on stderr
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         self._bind(self.stream)
@@ -249,7 +249,9 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
         wake = self._wake
         while True:
             wake.wait()
-            if self._closed:
+            if self._closed:  # close() wrote what was pending; a line that raced it goes now
+                with self.lock:  # type: ignore[union-attr] # StreamHandler's lock is typed optional
+                    self._write_pending()
                 return
             time.sleep(self.flush_interval_s)
             with self.lock:  # type: ignore[union-attr]
@@ -257,7 +259,7 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 try:
                     self._write_pending()
                 except Exception:  # a stream's odd error must not kill the thread
-                    self._report("could not write log lines; they are dropped")
+                    self._report("error", "could not write log lines; they are dropped")
 
     def _write_pending(self) -> None:
         """Write the pending bytes in one call (under the lock); errors never leave here."""
@@ -275,18 +277,23 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
             else:
                 stream.write(chunk.decode(self._encoding, self._errors))
                 stream.flush()
+        except _StreamFullError as full:
+            # A full non-blocking stream: the line it took part of is finished next time, so
+            # the stream never holds half a line; the whole lines after it are lost.
+            self._pending[:0] = full.rest_of_line
+            self._report("full", "stdout is full (non-blocking): log lines are dropped")
         except BrokenPipeError:
             self._broken = True  # the reader is gone; later lines are dropped too
-            self._report("stdout was closed (EPIPE): log lines are dropped from now on")
+            self._report("epipe", "stdout was closed (EPIPE): log lines are dropped from now on")
         except (OSError, ValueError) as exc:
             # A full disk or a closed file: this chunk is lost, the next one is tried.
-            self._report(f"could not write log lines ({exc}); those lines are dropped")
+            self._report("error", f"could not write log lines ({exc}); those lines are dropped")
 
-    def _report(self, problem: str) -> None:
-        """Say once on stderr that lines were lost (best effort: stderr may be gone too)."""
-        if self._reported:
+    def _report(self, kind: str, problem: str) -> None:
+        """Say once per kind of loss on stderr that lines were lost (stderr may be gone too)."""
+        if kind in self._reported:
             return
-        self._reported = True
+        self._reported.add(kind)
         with contextlib.suppress(Exception):
             sys.stderr.write(f"signal-bridge: {problem}\n")
             sys.stderr.flush()
@@ -300,20 +307,38 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
                     self.stream.flush()
 
     def close(self) -> None:
-        """Write what is pending, stop the flusher thread and close (logging.shutdown calls it)."""
+        """Write what is pending, stop the flusher thread and close (logging.shutdown calls it).
+
+        Marked closed under the lock first: a line logged after that is written at once.
+        """
+        with self.lock:  # type: ignore[union-attr] # StreamHandler's lock is typed optional
+            self._closed = True
         self.flush()
-        self._closed = True
         self._wake.set()
         super().close()
 
 
+class _StreamFullError(BlockingIOError):
+    """A non-blocking stream took part of a chunk; ``rest_of_line`` ends the line it began."""
+
+    def __init__(self, rest_of_line: bytes) -> None:
+        super().__init__("stream full")
+        self.rest_of_line = rest_of_line
+
+
 def _write_all(binary: Any, chunk: bytearray) -> None:  # noqa: ANN401 - any binary stream
-    """Write all of ``chunk``: a raw stream (PYTHONUNBUFFERED=1, ``-u``) may take only part."""
+    """Write all of ``chunk``: a raw stream (PYTHONUNBUFFERED=1, ``-u``) may take only part.
+
+    A non-blocking stream that is full is never waited for: _StreamFullError carries what
+    finishes the line already begun on it (nothing when the chunk's first write found it full).
+    """
     view = memoryview(chunk)
     while view:
         written = binary.write(view)
-        if written is None:  # a non-blocking stream that is full: drop the rest, never wait
-            raise BlockingIOError
+        if written is None:
+            began = len(view) != len(chunk) and chunk[len(chunk) - len(view) - 1] != 0x0A
+            end = bytes(view).find(b"\n") + 1 if began else 0
+            raise _StreamFullError(bytes(view[:end]))
         view = view[written:]
     binary.flush()
 

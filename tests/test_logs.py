@@ -308,6 +308,41 @@ def test_a_full_disk_drops_lines_and_later_lines_still_go_out(pipe: Pipe) -> Non
     assert msgspec.json.decode(line)["entry_id"] == "after-0"
 
 
+def test_a_full_nonblocking_stdout_never_holds_half_a_line(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full non-blocking pipe drops whole lines only: the reader never sees a torn line."""
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_fd, False)
+    stream = io.TextIOWrapper(
+        io.open(write_fd, "wb", buffering=0),  # noqa: SIM115, UP020 - a raw stdout, as with -u
+        encoding="utf-8",
+        write_through=True,
+    )
+    try:
+        configure_on(stream, "INFO", "json")
+        log = logging.getLogger("bridge.worker")
+        for i in range(200):  # ~66 KB for a 4 KiB pipe: the write stops inside a line
+            log_info(log, "signal delivered", {**FIELDS, "entry_id": f"{i}-0"})
+        logging.getLogger().handlers[0].flush()
+        first = os.read(read_fd, 1 << 20)
+        log.warning("after the pipe drained")
+        rest = os.read(read_fd, 1 << 20)
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+        stream.close()
+        os.close(read_fd)
+    lines = (first + rest).splitlines()
+    records = [msgspec.json.decode(line) for line in lines]  # every line whole
+    assert 0 < len(records) < 201
+    assert records[-1]["message"] == "after the pipe drained"
+    assert [r["entry_id"] for r in records[:-1]] == [f"{i}-0" for i in range(len(records) - 1)]
+    assert capsys.readouterr().err.count("stdout is full") == 1
+
+
 @pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
 def test_lines_logged_just_before_exit_are_written(tmp_path: Path, unbuffered: str) -> None:
     """A process that logs and exits (normally, or by SIGTERM's handler) writes every line."""
