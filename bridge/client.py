@@ -347,10 +347,6 @@ class HmacClient:
         self._signed_at = at = self._clock()
         return format_timestamp(at)
 
-    def signed_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
-        """Build the headers of one attempt, signed now."""
-        return {**self._static_headers, **self._attempt_headers(body, idempotency_key)}
-
     def _attempt_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
         """Build the headers that change with each attempt (the static ones are built once)."""
         timestamp = self.timestamp()

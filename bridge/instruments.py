@@ -119,7 +119,7 @@ class LocalCounter:
         del context  # counters carry no exemplars here
         if amount < 0:
             return
-        key: _AttributeKey = tuple(attributes.items()) if attributes else ()  # type: ignore[arg-type]
+        key: _AttributeKey = tuple(attributes.items()) if attributes else ()  # type: ignore[arg-type] # attribute values are the API's hashable plain types
         with self._lock:
             values = self._values
             values[key] = values.get(key, 0) + amount

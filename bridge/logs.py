@@ -127,7 +127,7 @@ class TextFormatter(logging.Formatter):
         return f"{head}{message} {tail}".rstrip()
 
 
-class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg] # generic only in typeshed
     """A stream handler that writes WARNING and above at once, INFO lines in large chunks.
 
     At thousands of deliveries a second, a write system call per INFO line costs more than the
@@ -177,7 +177,7 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def setStream(self, stream: Any) -> Any:  # noqa: ANN401 - StreamHandler's signature
         """Write what is pending to the old stream, then switch (StreamHandler's contract)."""
-        with self.lock:  # type: ignore[union-attr]
+        with self.lock:  # type: ignore[union-attr] # StreamHandler's lock is typed optional; set in __init__
             old = super().setStream(stream)
             if old is not None:
                 self._bind(stream)
@@ -201,7 +201,7 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
         Return False, adding nothing, when msgspec cannot encode it (the caller logs it the
         ordinary way instead).
         """
-        with self.lock:  # type: ignore[union-attr]
+        with self.lock:  # type: ignore[union-attr] # StreamHandler's lock is typed optional; set in __init__
             pending = self._pending
             start = len(pending)
             try:
@@ -254,7 +254,7 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
                     self._write_pending()
                 return
             time.sleep(self.flush_interval_s)
-            with self.lock:  # type: ignore[union-attr]
+            with self.lock:  # type: ignore[union-attr] # StreamHandler's lock is typed optional; set in __init__
                 wake.clear()
                 try:
                     self._write_pending()
@@ -300,7 +300,7 @@ class LazyFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         """Write every pending line now, then flush the stream."""
-        with self.lock:  # type: ignore[union-attr]
+        with self.lock:  # type: ignore[union-attr] # StreamHandler's lock is typed optional; set in __init__
             self._write_pending()
             if not self._broken and self.stream is not None and hasattr(self.stream, "flush"):
                 with contextlib.suppress(OSError, ValueError):

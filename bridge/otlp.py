@@ -112,20 +112,20 @@ def _any_value(value: object) -> bytes:
     """
     kind = type(value)
     if kind is str:
-        return _field(b"\x0a", value.encode())  # type: ignore[attr-defined]
+        return _field(b"\x0a", value.encode())  # type: ignore[attr-defined] # type(value) is str, checked above
     if kind is bool:
         return _ANY_TRUE if value else _ANY_FALSE
     if kind is int:
-        number: int = value  # type: ignore[assignment]
+        number: int = value  # type: ignore[assignment] # type(value) is int, checked above
         if not _I64_MIN <= number <= _I64_MAX:
             raise ValueError(f"integer attribute out of int64 range ({number.bit_length()} bits)")
         return b"\x18" + _varint(number & _M64)
     if kind is float:
         return _DOUBLE.pack(0x21, value)
     if kind is bytes:
-        return _field(b"\x3a", value)  # type: ignore[arg-type]
+        return _field(b"\x3a", value)  # type: ignore[arg-type] # type(value) is bytes, checked above
     if kind is tuple or kind is list:
-        items: Sequence[object] = value  # type: ignore[assignment]
+        items: Sequence[object] = value  # type: ignore[assignment] # a tuple or list, checked above
         array = b"".join([_field(b"\x0a", _any_value(item)) for item in items])
         return _field(b"\x2a", array)
     if value is None:
@@ -171,7 +171,7 @@ class _AttributeField:
         # A mappingproxy over the SDK's BoundedAttributes: its copy() is one C-level dict copy,
         # cheaper than items() through the Mapping mixins (a Python call per key).
         try:  # noqa: SIM105 - contextlib.suppress would cost more than the copy saves
-            attributes = attributes.copy()  # type: ignore[attr-defined]
+            attributes = attributes.copy()  # type: ignore[attr-defined] # a mappingproxy's copy(); AttributeError handled
         except AttributeError:
             pass
         cache = self.cache
@@ -278,7 +278,7 @@ def _status_field(status: Status) -> bytes:
 
 def _span(span: ReadableSpan) -> bytes:
     """One Span message, fields as the SDK's ``_encode_span`` sets them."""
-    context: SpanContext = span.get_span_context()  # type: ignore[assignment]
+    context: SpanContext = span.get_span_context()  # type: ignore[assignment] # the SDK types it Optional; a ReadableSpan always has one
     trace_id = context.trace_id
     parts = [
         _SPAN_IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _M64, b"\x12\x08", context.span_id),
@@ -450,9 +450,9 @@ def missing_sdk_parts(exporter: object) -> list[str]:
 
     missing = [name for name in _EXPORTER_ATTRIBUTES if not hasattr(exporter, name)]
     if not missing:
-        if not callable(getattr(exporter._client, "export", None)):  # type: ignore[attr-defined]
+        if not callable(getattr(exporter._client, "export", None)):  # type: ignore[attr-defined] # SDK private, checked by hasattr above
             missing.append("_client.export")
-        if not callable(getattr(exporter._metrics, "export_operation", None)):  # type: ignore[attr-defined]
+        if not callable(getattr(exporter._metrics, "export_operation", None)):  # type: ignore[attr-defined] # SDK private, checked by hasattr above
             missing.append("_metrics.export_operation")
     for module_name, name in _SDK_MODULE_NAMES:
         try:

@@ -156,7 +156,7 @@ class LeanTracer(trace.Tracer):
         )
         self._usable = usable
         self._follows_parent = _follows_parent(self._sampler)
-        self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr]
+        self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         self._recorder = _recorder(delegate, provider) if usable else None
 
     def _ids_only(
@@ -169,7 +169,7 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
         parent = trace.get_current_span(context).get_span_context()
-        span_id = self._ids.generate_span_id()  # type: ignore[union-attr]
+        span_id = self._ids.generate_span_id()  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         if parent.is_valid and self._follows_parent:
             flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
             return trace.NonRecordingSpan(
@@ -178,8 +178,8 @@ class LeanTracer(trace.Tracer):
         if parent.is_valid:
             trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
         else:
-            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr]
-        result = self._sampler.should_sample(  # type: ignore[union-attr]
+            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+        result = self._sampler.should_sample(  # type: ignore[union-attr] # set whenever _usable, which the caller checked
             context, trace_id, name, kind, attributes, links
         )
         bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
@@ -205,7 +205,7 @@ class LeanTracer(trace.Tracer):
             raise TypeError("parent_span_context must be a SpanContext or None.")
         if parent is None or not parent.is_valid:
             parent = None
-            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr]
+            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         else:
             trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
         if parent is not None and self._follows_parent:
@@ -216,14 +216,14 @@ class LeanTracer(trace.Tracer):
             )
             trace_state = parent.trace_state
         else:
-            result = self._sampler.should_sample(  # type: ignore[union-attr]
+            result = self._sampler.should_sample(  # type: ignore[union-attr] # set whenever _usable, which the caller checked
                 context, trace_id, name, kind, attributes, ()
             )
             sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
             span_attributes, trace_state = result.attributes, result.trace_state
         span_context = trace.SpanContext(
             trace_id,
-            self._ids.generate_span_id(),  # type: ignore[union-attr]
+            self._ids.generate_span_id(),  # type: ignore[union-attr] # set whenever _usable, which the caller checked
             False,
             _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)],
             trace_state,
@@ -255,7 +255,7 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         """Start a span (see the class docstring for when it is only ids, when a LeanSpan)."""
         if self._usable:
-            processors = self._processors._span_processors  # type: ignore[union-attr]
+            processors = self._processors._span_processors  # type: ignore[union-attr] # set whenever _usable, which the caller checked
             if not processors:
                 return self._ids_only(name, context, kind, attributes, links)
             recorder = self._recorder
