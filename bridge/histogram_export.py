@@ -213,6 +213,7 @@ class LocalHistogramPrometheusReader(PrometheusMetricReader):
     """The OTel Prometheus reader, fed each scrape's data with the local histograms in it."""
 
     def __init__(self, local: LocalHistograms, **kwargs: Any) -> None:  # noqa: ANN401
+        """Read ``local`` into every scrape; ``kwargs`` are PrometheusMetricReader's."""
         self._local = local
         super().__init__(**kwargs)
 

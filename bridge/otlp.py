@@ -474,6 +474,7 @@ class OtlpHttpSpanExporter(OTLPSpanExporter):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - the SDK's arguments
+        """Build the SDK's exporter, then check the private parts the fast encoding needs."""
         super().__init__(*args, **kwargs)
         missing = missing_sdk_parts(self)
         self._fast_encoding = not missing
