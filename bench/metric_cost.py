@@ -28,7 +28,7 @@ from typing import Final
 from opentelemetry import metrics, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from bridge.instruments import LocalHistogram, LocalHistograms
+from bridge.histograms import LocalHistogram, LocalHistograms
 from bridge.telemetry import TelemetryHandle, setup_telemetry
 
 ATTRIBUTES: Final = {"result": "success", "producer_id": "p"}

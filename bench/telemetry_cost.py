@@ -28,7 +28,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
-from bridge.instruments import LocalHistograms, Metrics
+from bridge.histograms import LocalHistograms
+from bridge.instruments import Metrics
 from bridge.logs import configure_logging, log_fields
 from bridge.otlp import encode_spans
 from bridge.tracing import LeanTracer, get_tracer

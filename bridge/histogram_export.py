@@ -1,6 +1,6 @@
 """Readers and exporters that report the local histograms as the SDK's histograms would be.
 
-``bridge.instruments.LocalHistogram`` keeps bucket counts in this process; each has a
+``bridge.histograms.LocalHistogram`` keeps bucket counts in this process; each has a
 placeholder observable gauge of its name, so the SDK collects whenever the histogram holds
 data and hands over ``MetricsData`` with the resource, the scope and the collection time. The
 two classes here replace that gauge with a cumulative ``Histogram`` metric before anything
@@ -49,7 +49,7 @@ from opentelemetry.sdk.metrics.view import (
     ExplicitBucketHistogramAggregation,
 )
 
-from bridge.instruments import ExemplarFilterName, LocalHistograms
+from bridge.histograms import ExemplarFilterName, LocalHistograms
 
 __all__ = [
     "LocalHistogramExporter",

@@ -16,7 +16,8 @@ from typing import Any, Final
 
 from opentelemetry import metrics, trace
 
-from bridge.instruments import LocalHistograms, Metrics
+from bridge.histograms import LocalHistograms
+from bridge.instruments import Metrics
 from bridge.otel_env import otel_exporter_names
 from bridge.tracing import INSTRUMENTATION_NAME, LeanTracer, get_tracer
 

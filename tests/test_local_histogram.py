@@ -42,14 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import telemetry
 from bridge.histogram_export import with_local_histograms
-from bridge.instruments import (
-    AGE_BUCKETS_S,
-    CARDINALITY_LIMIT,
-    DURATION_BUCKETS_S,
-    LocalHistogram,
-    LocalHistograms,
-    Metrics,
-)
+from bridge.histograms import CARDINALITY_LIMIT, LocalHistogram, LocalHistograms
+from bridge.instruments import AGE_BUCKETS_S, DURATION_BUCKETS_S, Metrics
 from bridge.telemetry import TelemetryHandle, setup_telemetry
 from tests.otlp_receiver import OtlpReceiver, attributes_of
 
