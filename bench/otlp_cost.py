@@ -49,7 +49,8 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from bench.telemetry_cost import CLIENT_ATTRS, CONSUMER_ATTRS, deliver
 from bridge.instruments import Metrics
 from bridge.logs import configure_logging
-from bridge.otlp import OtlpHttpSpanExporter, encode_spans
+from bridge.otlp import encode_spans
+from bridge.otlp_export import OtlpHttpSpanExporter
 from bridge.tracing import LeanTracer, get_tracer
 
 RESOURCE: Final = Resource.create({"service.name": "signal-bridge", "service.instance.id": "b-1"})

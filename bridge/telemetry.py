@@ -45,7 +45,7 @@ def _span_exporter(name: str) -> Any:  # noqa: ANN401 - any SDK SpanExporter
 
         return ConsoleSpanExporter(out=sys.stderr, formatter=_console_line)
     if name == "otlp_proto_http":
-        from bridge.otlp import OtlpHttpSpanExporter  # noqa: PLC0415 - SDK only when set up
+        from bridge.otlp_export import OtlpHttpSpanExporter  # noqa: PLC0415 - SDK only when set up
 
         return OtlpHttpSpanExporter()
     (entry,) = entry_points(group="opentelemetry_traces_exporter", name=name)

@@ -1,4 +1,4 @@
-"""bridge.otlp sends what the SDK's OTLP/HTTP exporter would have sent, only encoded faster.
+"""Our OTLP encoder and exporter send what the SDK's OTLP/HTTP exporter would, only faster.
 
 Differential: every batch encoded by ``bridge.otlp.encode_spans`` must parse to a message equal
 to the SDK's ``encode_spans`` of the same spans (generated shapes and real tracer spans). End to
@@ -33,8 +33,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from bridge import otlp
-from bridge.otlp import OtlpHttpSpanExporter, encode_spans
+from bridge import otlp_export
+from bridge.otlp import encode_spans
+from bridge.otlp_export import OtlpHttpSpanExporter
 from bridge.spans import LeanSpan
 from bridge.telemetry import _span_exporter
 from bridge.tracing import LeanTracer, get_tracer
@@ -336,19 +337,21 @@ def test_exporter_falls_back_to_the_sdk_encoder_when_a_private_part_is_missing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An SDK without what the fast path uses: one INFO line, then exactly the stock export."""
-    monkeypatch.setattr(otlp, "_EXPORTER_ATTRIBUTES", (*otlp._EXPORTER_ATTRIBUTES, "_gone"))
+    monkeypatch.setattr(
+        otlp_export, "_EXPORTER_ATTRIBUTES", (*otlp_export._EXPORTER_ATTRIBUTES, "_gone")
+    )
 
     def refuse(spans: Sequence[ReadableSpan]) -> bytes:
         """The fast encoder must not be used."""
         raise AssertionError("bridge.otlp.encode_spans used despite the fallback")
 
-    monkeypatch.setattr(otlp, "encode_spans", refuse)
+    monkeypatch.setattr(otlp_export, "encode_spans", refuse)
     spans = _tracer_spans()
     with OtlpReceiver() as receiver:
-        with caplog.at_level(logging.INFO, logger="bridge.otlp"):
+        with caplog.at_level(logging.INFO, logger="bridge.otlp_export"):
             exporter = OtlpHttpSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
         _export_to(receiver, exporter, spans)
-    lines = [r for r in caplog.records if r.name == "bridge.otlp"]
+    lines = [r for r in caplog.records if r.name == "bridge.otlp_export"]
     assert [r.levelno for r in lines] == [logging.INFO]
     assert "_gone" in lines[0].getMessage()
     (request,) = receiver.trace_requests
