@@ -38,13 +38,16 @@ _FIELDS_ATTR: Final = "fields"
 
 def trace_fields(span: trace.Span) -> dict[str, str]:
     """Return ``trace_id`` and ``span_id`` of ``span`` for a log line (empty when invalid)."""
-    context = span.get_span_context()
-    if not context.is_valid:
-        return {}
-    return {
-        "trace_id": format(context.trace_id, "032x"),
-        "span_id": format(context.span_id, "016x"),
-    }
+    out: dict[str, str] = {}
+    _add_trace_ids(out, span.get_span_context())
+    return out
+
+
+def _add_trace_ids(line: dict[str, Any], context: trace.SpanContext) -> None:
+    """Add a valid span context's ``trace_id`` and ``span_id`` to a log line, in hex."""
+    if context.is_valid:
+        line["trace_id"] = format(context.trace_id, "032x")
+        line["span_id"] = format(context.span_id, "016x")
 
 
 def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
@@ -61,12 +64,16 @@ def _utc_second(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
+def _line_time(created: float) -> str:
+    """Format a log line's timestamp: UTC, microseconds truncated as logging always did."""
+    seconds = int(created)
+    return f"{_utc_second(seconds)}.{int((created - seconds) * 1_000_000):06d}Z"
+
+
 def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
     """Flatten a record into the JSON log line's fields (one dict, built once per line)."""
-    created = record.created
-    seconds = int(created)
     out: dict[str, Any] = {
-        "timestamp": f"{_utc_second(seconds)}.{int((created - seconds) * 1_000_000):06d}Z",
+        "timestamp": _line_time(record.created),
         "level": record.levelname,
         "message": record.getMessage(),
         "logger": record.name,
@@ -75,10 +82,7 @@ def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
     if extra is not None and type(extra) is not dict:
         extra = dict(extra) if isinstance(extra, Mapping) else None
     if extra is None or "trace_id" not in extra:
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            out["trace_id"] = format(context.trace_id, "032x")
-            out["span_id"] = format(context.span_id, "016x")
+        _add_trace_ids(out, trace.get_current_span().get_span_context())
     if extra:
         if _RESERVED.isdisjoint(extra):
             out.update(extra)
@@ -353,18 +357,13 @@ def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> No
     """
     handler = _fast_handler(logger)
     if handler is not None and _RESERVED.isdisjoint(fields) and "trace_id" not in fields:
-        created = time.time()
-        seconds = int(created)
         data: dict[str, Any] = {
-            "timestamp": f"{_utc_second(seconds)}.{int((created - seconds) * 1_000_000):06d}Z",
+            "timestamp": _line_time(time.time()),
             "level": logging.getLevelName(logging.INFO),
             "message": message,
             "logger": logger.name,
         }
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            data["trace_id"] = format(context.trace_id, "032x")
-            data["span_id"] = format(context.span_id, "016x")
+        _add_trace_ids(data, trace.get_current_span().get_span_context())
         data.update(fields)
         if handler.append_json(data):
             return
