@@ -42,6 +42,16 @@ def _owners(assignment: dict[str, list[str]]) -> dict[str, str]:
     return {shard: member for member, shards in assignment.items() for shard in shards}
 
 
+def _lease_store(redis: aioredis.Redis, stream_name: str) -> LeaseStore:
+    """The lease store of group ``g`` on ``stream_name``, as the tests below share it."""
+    return LeaseStore(redis, group="g", members_key=f"{{{stream_name}}}:m")
+
+
+def _consumer(redis: aioredis.Redis, stream_name: str, name: str) -> SignalStream:
+    """Consumer ``name`` of group ``g`` on ``stream_name`` (dead letters to ``d``)."""
+    return SignalStream(redis, stream=stream_name, group="g", consumer=name, dlq_stream="d")
+
+
 # --- assignment (pure) ---------------------------------------------------------------------
 
 
@@ -211,7 +221,7 @@ async def test_a_lease_has_one_holder_and_a_new_token_per_acquisition(
     redis: aioredis.Redis, stream_name: str
 ) -> None:
     """SET NX semantics; only the holder renews or releases; each acquisition INCRs the token."""
-    store = LeaseStore(redis, group="g", members_key=f"{{{stream_name}}}:m")
+    store = _lease_store(redis, stream_name)
     token, value = await store.acquire(stream_name, "r1 a", 5000)
     assert token >= 1
     assert value == f"{token} r1 a"
@@ -233,7 +243,7 @@ async def test_an_unrenewed_lease_expires_and_another_replica_takes_it(
     redis: aioredis.Redis, stream_name: str
 ) -> None:
     """The TTL frees a lease whose holder died; the next holder gets a higher token."""
-    store = LeaseStore(redis, group="g", members_key=f"{{{stream_name}}}:m")
+    store = _lease_store(redis, stream_name)
     token, value = await store.acquire(stream_name, "dead x", 150)
     assert await store.holder(stream_name) == value
 
@@ -265,9 +275,9 @@ async def test_take_pending_moves_every_pending_entry_without_counting_a_deliver
     redis: aioredis.Redis, stream_name: str
 ) -> None:
     """A new owner gets the old owner's pending entries, delivery counts untouched."""
-    old = SignalStream(redis, stream=stream_name, group="g", consumer="old", dlq_stream="d")
-    new = SignalStream(redis, stream=stream_name, group="g", consumer="new", dlq_stream="d")
-    store = LeaseStore(redis, group="g", members_key=f"{{{stream_name}}}:m")
+    old = _consumer(redis, stream_name, "old")
+    new = _consumer(redis, stream_name, "new")
+    store = _lease_store(redis, stream_name)
     await old.ensure_group("0")
     for i in range(7):
         await publish(redis, make_signal(i), stream=stream_name)
@@ -285,9 +295,9 @@ async def test_take_pending_moves_nothing_without_the_lease(
     redis: aioredis.Redis, stream_name: str
 ) -> None:
     """A process that lost the lease mid-takeover (paused) cannot take the new owner's entries."""
-    owner = SignalStream(redis, stream=stream_name, group="g", consumer="owner", dlq_stream="d")
-    zombie = SignalStream(redis, stream=stream_name, group="g", consumer="zombie", dlq_stream="d")
-    store = LeaseStore(redis, group="g", members_key=f"{{{stream_name}}}:m")
+    owner = _consumer(redis, stream_name, "owner")
+    zombie = _consumer(redis, stream_name, "zombie")
+    store = _lease_store(redis, stream_name)
     await owner.ensure_group("0")
     for i in range(3):
         await publish(redis, make_signal(i), stream=stream_name)
@@ -463,7 +473,7 @@ async def test_a_fenced_worker_neither_posts_nor_reads(
 ) -> None:
     """Fence closed: the worker posts nothing, reads nothing new, and leaves its entries pending."""
     config = bridge_config(server.url, redis_url, stream_name, BRIDGE_SIGNAL_MAX_AGE_SECONDS="0")
-    stream = SignalStream(redis, stream=stream_name, group="g", consumer="c1", dlq_stream="d")
+    stream = _consumer(redis, stream_name, "c1")
     await stream.ensure_group("0")
     for i in range(6):
         await publish(redis, make_signal(i), stream=stream_name)
