@@ -28,9 +28,10 @@ from bridge.client import HmacClient
 from bridge.config import load_config
 from bridge.embedded import redis_server
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.jobs import idempotency_key
 from bridge.signal import Signal
 from bridge.stream import SignalStream, publish
-from bridge.worker import Worker, idempotency_key
+from bridge.worker import Worker
 
 __all__ = ["main"]
 

@@ -20,11 +20,12 @@ from bridge.client import HmacClient
 from bridge.config import load_config
 from bridge.embedded import embedded_redis
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.jobs import idempotency_key
 from bridge.logs import configure_logging
 from bridge.policy import Backoff
 from bridge.signal import Signal
 from bridge.stream import DLQ_PREFIX, Entry, SignalStream, connect, publish, publish_raw
-from bridge.worker import Worker, idempotency_key
+from bridge.worker import Worker
 
 __all__ = ["run_demo", "sample_signal"]
 

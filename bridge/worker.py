@@ -2,7 +2,8 @@
 
 One ``Worker`` per stream (the CLI runs one per entry of BRIDGE_STREAMS). It reads batches
 with XREADGROUP (BLOCK, so idle costs nothing), holds at most ``max_in_flight`` plus one batch
-of entries in memory, and delivers each instrument's signals in stream order through a *lane*
+of entries in memory (each decoded once into a job by :mod:`bridge.jobs`), and delivers each
+instrument's signals in stream order through a *lane*
 (one task per instrument with work queued; different instruments run in parallel). A lane whose
 head is being retried keeps its later entries in Redis, not in memory (``bridge.lanes``), so
 reading goes on for the other instruments. Acks are buffered and flushed in one XACK per burst;
@@ -22,15 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
@@ -48,14 +46,12 @@ from bridge.errors import (
 )
 from bridge.feedback import report_new_group
 from bridge.instruments import Metrics
+from bridge.jobs import Job, prepare_job
 from bridge.lanes import CURRENT_LANE, Lane, Lanes, Offer, StreamId, format_id, next_id, parse_id
 from bridge.logs import log_fields, log_info
 from bridge.policy import Backoff
-from bridge.propagation import extract_parent
-from bridge.signal import Signal, decode_signal, encode_canonical, guess_signal_id
+from bridge.signal import Signal, guess_signal_id
 from bridge.stream import (
-    MAX_AGE_WAIVED_FIELD,
-    ORIGIN_FIELD,
     SIGNAL_FIELD,
     DeadLetter,
     Entry,
@@ -63,52 +59,14 @@ from bridge.stream import (
 )
 from bridge.tracing import get_tracer
 
-__all__ = ["IDEMPOTENCY_NAMESPACE", "Worker", "idempotency_key"]
+__all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 
-# uuid5 namespace of idempotency keys: every replica derives the same key for an entry.
-IDEMPOTENCY_NAMESPACE: Final = uuid.NAMESPACE_URL
-_NAMESPACE_BYTES: Final = IDEMPOTENCY_NAMESPACE.bytes
-# uuid.UUID(..., version=5): variant bits 10 (RFC 4122), version nibble 5.
-_UUID5_CLEAR: Final = ~((0xC000 << 48) | (0xF000 << 64))
-_UUID5_SET: Final = (0x8000 << 48) | (5 << 76)
-# Entries without a signal_id get keys from their own namespace, so no producer's signal_id
-# (which may be any text, "signals/1-0" included) can ever name the same key as an entry.
 _TOUCH_CHUNK: Final = 500
 # Own pending entries examined per XPENDING page when a lane, a re-read or the claim scan looks.
 _SCAN_PAGE: Final = 200
 _ACK_COALESCE_S: Final = 0.005
-
-
-def idempotency_key(stream: str, entry_id: str, signal_id: str | None) -> str:
-    """uuid5 of the producer's signal_id, else of ``<stream>/<entry id>``: same on every retry.
-
-    The signal_id is used byte for byte (never trimmed). A signal_id that ends like an entry
-    reference (``/<ms>-<seq>``) is refused at validation, so the two cases never share a key.
-    """
-    name = signal_id if signal_id is not None else f"{stream}/{entry_id}"
-    # uuid.uuid5 (RFC 4122 section 4.3, SHA-1 by definition) written out: the same text for a
-    # third of its cost.
-    digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()
-    value = int.from_bytes(digest[:16])
-    text = f"{value & _UUID5_CLEAR | _UUID5_SET:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-@dataclass(slots=True)
-class _Job:
-    """An entry the worker holds until it is acked or dead-lettered."""
-
-    entry: Entry
-    signal: Signal | None = None
-    body: bytes = b""
-    key: str = ""
-    error: InvalidSignalError | None = None
-    attempts: int = 0
-    parent: otel_context.Context | None = None
-    done: bool = False
-    age_waived: bool = False  # replayed with `dlq replay --allow-expired`
 
 
 @dataclass(slots=True)
@@ -116,7 +74,7 @@ class _Scan:
     """Where a lane's scan of own pending entries has got to, and what it found."""
 
     cursor: StreamId
-    found: list[_Job] = field(default_factory=list)
+    found: list[Job] = field(default_factory=list)
     exhausted: bool = False
 
 
@@ -186,8 +144,8 @@ class Worker:
         self._redis_outage_code: str | None = None
         self._stopping = False
         self._stop_event = asyncio.Event()
-        self._held: dict[str, _Job] = {}
-        self.lanes: Lanes[_Job] = Lanes(lambda job: job.entry.id)
+        self._held: dict[str, Job] = {}
+        self.lanes: Lanes[Job] = Lanes(lambda job: job.entry.id)
         self._seen_high: StreamId = (0, 0)  # highest id routed so far (read, claimed, adopted)
         self._reread = False  # a Redis error happened: re-read own pending before new entries
         self._reserved = 0  # window slots promised to a read or claim in progress
@@ -594,7 +552,7 @@ class Worker:
             adopted += 1
         return adopted
 
-    def _route(self, job: _Job) -> None:
+    def _route(self, job: Job) -> None:
         """Hold a prepared entry on its lane (starting the lane), or leave it parked in Redis."""
         self._released.discard(job.entry.id)
         if self._dead_letter_at_once(job) or job.signal is None:
@@ -608,7 +566,7 @@ class Worker:
         if offer is Offer.START:
             self._spawn(self._run_lane(job.signal.instrument))
 
-    def _dead_letter_at_once(self, job: _Job) -> bool:
+    def _dead_letter_at_once(self, job: Job) -> bool:
         """Dead-letter a poison (delivered too often) or invalid entry without posting it."""
         entry = job.entry
         if entry.deliveries > self.config.max_deliveries:
@@ -625,57 +583,11 @@ class Worker:
         self._spawn(self._dead_letter_now(job, letter))
         return True
 
-    def _prepare(self, entry: Entry) -> _Job:
-        """Decode and encode once per entry; remember the producer's trace context."""
-        job = _Job(entry)
-        traceparent = entry.fields.get(b"traceparent")
-        if traceparent:
-            tracestate = entry.fields.get(b"tracestate")
-            job.parent = extract_parent(
-                traceparent.decode("ascii", "replace"),
-                tracestate.decode("ascii", "replace") if tracestate else None,
-            )
-        raw = entry.fields.get(SIGNAL_FIELD)
-        try:
-            if raw is None:
-                raise InvalidSignalError("entry has no 'signal' field")  # noqa: TRY301 - one path for every invalid entry
-            job.signal = decode_signal(raw)
-            job.body = encode_canonical(job.signal, max_body_size=self.client.max_body_size)
-        except InvalidSignalError as exc:
-            job.signal = None
-            job.error = exc
-            return job
-        except Exception as exc:  # a decoder bug must not stop the read loop on this entry
-            log.error(
-                "unexpected error decoding an entry; dead-lettering it as invalid",
-                extra=log_fields(
-                    entry_id=entry.id, error=str(exc)[:512], error_type=type(exc).__name__
-                ),
-            )
-            job.signal = None
-            job.error = InvalidSignalError(
-                f"entry could not be decoded ({type(exc).__name__}: {str(exc)[:256]})"
-            )
-            return job
-        origin = entry.fields.get(ORIGIN_FIELD)  # a replayed dead letter keeps its first key
-        stream_name, _, entry_id = (
-            origin.decode("utf-8", "replace").rpartition("/")
-            if origin
-            else (self.stream.stream, "/", entry.id)
+    def _prepare(self, entry: Entry) -> Job:
+        """Decode and encode once per entry (see ``bridge.jobs.prepare_job``)."""
+        return prepare_job(
+            entry, stream=self.stream.stream, max_body_size=self.client.max_body_size
         )
-        job.key = idempotency_key(stream_name, entry_id, job.signal.signal_id)
-        waiver = entry.fields.get(MAX_AGE_WAIVED_FIELD)
-        if waiver is not None:
-            job.age_waived = True
-            log.warning(
-                "replayed signal will be posted whatever its age: an operator waived the limit",
-                extra=log_fields(
-                    entry_id=entry.id,
-                    signal_id=job.signal.signal_id,
-                    waived_by=waiver.decode("utf-8", "replace"),
-                ),
-            )
-        return job
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -746,7 +658,7 @@ class Worker:
             self._held.pop(job.entry.id, None)  # still pending in Redis, owned by this consumer
         self._room_changed()
 
-    async def _refetch(self, lane: Lane[_Job]) -> None:
+    async def _refetch(self, lane: Lane[Job]) -> None:
         """Bring a lane's next entries back from Redis, in id order, within the read window.
 
         Scans this consumer's pending entries from where the lane's parked entries start, up to
@@ -798,7 +710,7 @@ class Worker:
 
     # --- delivery ----------------------------------------------------------------------------
 
-    async def _deliver(self, job: _Job, signal: Signal) -> bool:
+    async def _deliver(self, job: Job, signal: Signal) -> bool:
         """Deliver one entry: retry transient failures until delivered, expired or stopped.
 
         Returns False when the entry was left pending (stop() before or between attempts: no
@@ -852,7 +764,7 @@ class Worker:
                     await self.breaker.wait(result)
 
     async def _attempt(
-        self, job: _Job, signal: Signal, span: trace.Span
+        self, job: Job, signal: Signal, span: trace.Span
     ) -> float | _Abandoned | None:
         """Make one attempt; None when the entry is finished, else the backoff before the next."""
         job.attempts += 1
@@ -907,7 +819,7 @@ class Worker:
             return f"signal is {age_s:.1f}s old, limit {max_age:g}s"
         return None
 
-    async def _post(self, job: _Job, signal: Signal) -> Delivery:
+    async def _post(self, job: Job, signal: Signal) -> Delivery:
         """POST within a posting slot; after stop() only while the server's last answer was good."""
         async with self._posting:
             too_old = self._too_old(signal, waived=job.age_waived)  # the wait may have been long
@@ -924,12 +836,12 @@ class Worker:
             finally:
                 self.posting -= 1
 
-    async def _send(self, job: _Job, signal: Signal) -> Delivery:
+    async def _send(self, job: Job, signal: Signal) -> Delivery:
         return await self.client.send_body(
             job.body, idempotency_key=job.key, signal_id=signal.signal_id
         )
 
-    def _rejection(self, job: _Job, exc: RejectedError | InvalidSignalError) -> DeadLetter:
+    def _rejection(self, job: Job, exc: RejectedError | InvalidSignalError) -> DeadLetter:
         if isinstance(exc, InvalidSignalError):
             return DeadLetter(reason=exc.reason, error=str(exc), attempts=job.attempts)
         detail = f"{exc}: {_short(exc.details)}" if exc.details is not None else str(exc)
@@ -937,7 +849,7 @@ class Worker:
             reason="rejected", error=detail, http_code=exc.http_code, attempts=job.attempts
         )
 
-    def _retry_after_failure(self, job: _Job, exc: DeliveryError) -> float:
+    def _retry_after_failure(self, job: Job, exc: DeliveryError) -> float:
         """Count a transient or systemic failure, log it, and return the entry's backoff.
 
         A systemic answer opens the breaker at once and logs one ERROR naming the likely cause;
@@ -980,7 +892,7 @@ class Worker:
 
     def _acked(
         self,
-        job: _Job,
+        job: Job,
         signal: Signal,
         span: trace.Span,
         *,
@@ -1020,14 +932,14 @@ class Worker:
             },
         )
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: Job) -> None:
         if not job.done:
             job.done = True
             self._held.pop(job.entry.id, None)
             if not (self._room.is_set() and self._some_room.is_set()):
                 self._room_changed()
 
-    async def _dead_letter_now(self, job: _Job, letter: DeadLetter) -> None:
+    async def _dead_letter_now(self, job: Job, letter: DeadLetter) -> None:
         """Dead-letter an entry that is never posted (invalid, poison), in its own span."""
         with self.tracer.start_as_current_span(
             self._span_name,
@@ -1037,7 +949,7 @@ class Worker:
         ) as span:
             await self._dead_letter(job, letter, span)
 
-    async def _dead_letter(self, job: _Job, letter: DeadLetter, span: trace.Span) -> None:
+    async def _dead_letter(self, job: Job, letter: DeadLetter, span: trace.Span) -> None:
         """Write the dead letter + XACK atomically; retried while Redis is away, never split."""
         task = asyncio.create_task(self._write_dead_letter(job, letter))
         self._critical.add(task)
@@ -1047,7 +959,7 @@ class Worker:
         span.set_status(trace.Status(trace.StatusCode.ERROR, letter.reason))
         await asyncio.shield(task)
 
-    async def _write_dead_letter(self, job: _Job, letter: DeadLetter) -> None:
+    async def _write_dead_letter(self, job: Job, letter: DeadLetter) -> None:
         attempt = 0
         while True:
             try:

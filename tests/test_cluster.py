@@ -27,6 +27,7 @@ from redis.crc import key_slot
 
 from bridge.config import load_config
 from bridge.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
+from bridge.jobs import idempotency_key
 from bridge.signal import Signal
 from bridge.stream import (
     DLQ_PREFIX,
@@ -37,7 +38,6 @@ from bridge.stream import (
     publish_raw,
     shard_for,
 )
-from bridge.worker import idempotency_key
 from tests.cluster_support import RedisProcess, redis_cluster
 from tests.procs import Replica, Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal

@@ -43,8 +43,8 @@ from bridge.errors import (
     SystemicError,
     TransientDeliveryError,
 )
+from bridge.jobs import idempotency_key
 from bridge.stream import publish
-from bridge.worker import idempotency_key
 from tests import support
 from tests.fixtures_ingest import KEY_ID, TEST_SECRET, make_outbound_config, make_signal
 from tests.procs import ROOT

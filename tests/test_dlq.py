@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
+from bridge.jobs import idempotency_key
 from bridge.stream import DLQ_PREFIX, DeadLetter, SignalStream, publish, publish_raw
-from bridge.worker import idempotency_key
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, eventually, make_signal, running
 from tests.test_cli import cli

@@ -27,9 +27,9 @@ from redis.exceptions import ResponseError
 
 from bridge.embedded import free_port, redis_server
 from bridge.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
+from bridge.jobs import idempotency_key
 from bridge.signal import Signal, encode_canonical
 from bridge.stream import DLQ_PREFIX, connect, publish, publish_raw
-from bridge.worker import idempotency_key
 from tests.procs import Replica, Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
 

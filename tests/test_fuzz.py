@@ -30,11 +30,12 @@ from bridge.clockskew import SkewEstimator
 from bridge.errors import DeliveryError, InvalidSignalError
 from bridge.http import Limits, RawResponse, _Connection
 from bridge.ingest import IngestApp, serve_in_thread
+from bridge.jobs import idempotency_key
 from bridge.logs import JsonFormatter
 from bridge.signal import decode_signal, encode_canonical, format_timestamp, guess_signal_id
 from bridge.signing import Verification, build_signature, verify_request
 from bridge.stream import DLQ_PREFIX, Entry, SignalStream
-from bridge.worker import Worker, idempotency_key
+from bridge.worker import Worker
 from tests import support
 from tests.fixtures_ingest import KEY_ID, PRODUCER_ID, TEST_SECRET, Server, make_outbound_config
 
@@ -536,7 +537,7 @@ async def test_a_decoder_bug_dead_letters_the_entry_and_the_worker_goes_on(
             raise RuntimeError("decoder bug")
         return real_decode(raw)
 
-    monkeypatch.setattr("bridge.worker.decode_signal", flaky_decode)
+    monkeypatch.setattr("bridge.jobs.decode_signal", flaky_decode)
     first = _json(_valid_signal(1))
     error = await _first_dead_second_delivered(server, redis, redis_url, stream_name, first)
     assert b"RuntimeError: decoder bug" in error

@@ -28,9 +28,9 @@ from opentelemetry.propagators.textmap import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from bridge.jobs import idempotency_key
 from bridge.propagation import extract_parent, inject_trace
 from bridge.signing import format_timestamp
-from bridge.worker import idempotency_key
 
 _EPOCH_S = st.floats(min_value=-6e10, max_value=2.5e11, allow_nan=False, allow_infinity=False)
 

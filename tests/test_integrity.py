@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.errors import InvalidSignalError
+from bridge.jobs import idempotency_key
 from bridge.signal import decode_signal, encode_canonical, parse_timestamp
 from bridge.stream import publish_raw
-from bridge.worker import idempotency_key
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, eventually, running
 

@@ -12,10 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from bridge.config import BridgeConfig
+from bridge.jobs import idempotency_key
 from bridge.policy import Backoff, Breaker
 from bridge.signal import Signal
 from bridge.stream import publish
-from bridge.worker import idempotency_key
 from tests.fixtures_ingest import MetricsCapture, Server, metric_points
 from tests.support import (
     INSTRUMENTS,

@@ -22,10 +22,11 @@ from bridge.client import HmacClient
 from bridge.config import BridgeConfig, StreamConfig
 from bridge.errors import ConfigError, StreamError
 from bridge.health import HealthServer
+from bridge.jobs import idempotency_key
 from bridge.ownership import Coordinator, Lease, _Owned, assign, fence_margin_s, members_key
 from bridge.signal import Signal
 from bridge.stream import LeaseStore, SignalStream, hash_tagged, publish, take_pending
-from bridge.worker import Worker, idempotency_key
+from bridge.worker import Worker
 from tests.fixtures_ingest import Server
 from tests.support import FAST, bridge_config, eventually, make_signal
 

@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from bridge.health import HealthServer
+from bridge.jobs import idempotency_key
 from bridge.policy import Backoff, Breaker
 from bridge.signal import Signal
 from bridge.stream import connect, publish, read_timeout_s
-from bridge.worker import idempotency_key
 from tests.fault_proxy import fault_proxy
 from tests.fixtures_ingest import Server
 from tests.support import (

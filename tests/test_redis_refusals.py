@@ -27,11 +27,11 @@ from redis.backoff import NoBackoff
 
 from bridge.embedded import free_port, redis_server
 from bridge.errors import StreamError
+from bridge.jobs import idempotency_key
 from bridge.logs import JsonFormatter
 from bridge.policy import Backoff
 from bridge.signal import Signal
 from bridge.stream import DLQ_PREFIX, publish, publish_raw
-from bridge.worker import idempotency_key
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, eventually, make_signal, running
 

@@ -42,11 +42,12 @@ from bridge.config import BridgeConfig, load_config, redact_url
 from bridge.errors import ConfigError, DeliveryError
 from bridge.ingest import IngestApp, serve_in_thread
 from bridge.instruments import Metrics
+from bridge.jobs import idempotency_key
 from bridge.logs import JsonFormatter, TextFormatter
 from bridge.policy import Backoff
 from bridge.stream import SignalStream, publish, publish_raw
 from bridge.tracing import get_tracer
-from bridge.worker import Worker, idempotency_key
+from bridge.worker import Worker
 from tests.otlp_receiver import OtlpReceiver
 from tests.procs import Replicas
 from tests.support import KEY_ID, bridge_config, bridge_env, drained, eventually, make_signal

@@ -23,9 +23,9 @@ import redis.asyncio as aioredis
 
 from bridge.config import StreamConfig
 from bridge.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
+from bridge.jobs import idempotency_key
 from bridge.ownership import members_key
 from bridge.stream import LeaseStore, publish
-from bridge.worker import idempotency_key
 from tests.procs import Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
 

@@ -48,13 +48,14 @@ from bridge.config import BridgeConfig
 from bridge.errors import TransientDeliveryError
 from bridge.health import GroupMonitor, HealthServer
 from bridge.instruments import DURATION_BUCKETS_S, Metrics
+from bridge.jobs import idempotency_key
 from bridge.logs import JsonFormatter, TextFormatter, configure_logging, log_fields
 from bridge.policy import Breaker
 from bridge.signing import INGEST_PATH
 from bridge.stream import DeadLetter, SignalStream, publish, publish_raw
 from bridge.telemetry import setup_telemetry
 from bridge.tracing import get_tracer
-from bridge.worker import Worker, idempotency_key
+from bridge.worker import Worker
 from tests.fixtures_ingest import Server, metric_points
 from tests.otlp_receiver import OtlpReceiver
 from tests.procs import Replicas

@@ -31,8 +31,9 @@ from bridge.client import HmacClient, IngestResponse
 from bridge.config import BridgeConfig, OutboundConfig
 from bridge.errors import AuthError, DeliveryError, Outcome
 from bridge.ingest import IngestApp
+from bridge.jobs import idempotency_key
 from bridge.stream import publish
-from bridge.worker import Worker, idempotency_key
+from bridge.worker import Worker
 from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal, running
 
 # Redis is never reached by the client-level tests; the config only has to be valid.

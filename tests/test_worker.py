@@ -12,10 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from bridge.config import BridgeConfig
+from bridge.jobs import idempotency_key
 from bridge.policy import Breaker
 from bridge.signal import Signal
 from bridge.stream import DLQ_PREFIX, SignalStream, publish, publish_raw
-from bridge.worker import Worker, idempotency_key
+from bridge.worker import Worker
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, eventually, fast_breaker, make_signal, running
 
