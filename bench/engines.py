@@ -5,7 +5,7 @@ each engine with a fixed number in flight and prints a Markdown table: CPU per r
 process (``time.process_time``: every thread, so Rust runtimes count too), wall throughput, and
 the answers seen. Engines, in alternated rounds so drift hits all alike:
 
-- ``fast``: the project's ``bridge.http.FastTransport.post`` with prebuilt request bytes (its
+- ``fast``: the project's ``bridge.edge.http.FastTransport.post`` with prebuilt request bytes (its
   limits on, as shipped);
 - ``pyreqwest``: pyreqwest's async ``Client`` (Rust reqwest on tokio);
 - ``aiohttp``: ``aiohttp.ClientSession`` with a 32-connection ``TCPConnector``;
@@ -31,8 +31,8 @@ from typing import Final
 import httpx
 
 from bench.sink import find_nginx, install_nginx, start_nginx
-from bridge.http import FastTransport
-from bridge.signing import INGEST_PATH
+from bridge.core.signing import INGEST_PATH
+from bridge.edge.http import FastTransport
 
 BODY: Final = json.dumps({"instrument": "XAUUSD", "side": "buy", "entry_price": 2000.5}).encode()
 HEADERS: Final = {

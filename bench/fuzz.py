@@ -50,8 +50,8 @@ _SEEDS: Final = {
 def _decode_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
     """Any bytes as a stream entry's ``signal``: a canonical round trip or InvalidSignalError."""
     with atheris.instrument_imports():
+        from bridge.core.signal import decode_signal, encode_canonical  # noqa: PLC0415
         from bridge.errors import InvalidSignalError  # noqa: PLC0415 - instrumented import
-        from bridge.signal import decode_signal, encode_canonical  # noqa: PLC0415
 
     def one(data: bytes) -> None:
         try:
@@ -72,7 +72,7 @@ def _verify_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
     with atheris.instrument_imports():
         from datetime import UTC, datetime  # noqa: PLC0415
 
-        from bridge.signing import build_signature, verify_request  # noqa: PLC0415
+        from bridge.core.signing import build_signature, verify_request  # noqa: PLC0415
 
     now = datetime.fromtimestamp(_NOW_S, UTC)
 
@@ -108,11 +108,11 @@ def _http_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
     import opentelemetry.sdk.trace  # noqa: F401, PLC0415
 
     with atheris.instrument_imports():
-        from bridge.client import HmacClient  # noqa: PLC0415
-        from bridge.clockskew import SkewEstimator  # noqa: PLC0415
-        from bridge.config import load_config  # noqa: PLC0415
+        from bridge.config.loader import load_config  # noqa: PLC0415
+        from bridge.edge.client import HmacClient  # noqa: PLC0415
+        from bridge.edge.clockskew import SkewEstimator  # noqa: PLC0415
+        from bridge.edge.http import Limits, _Connection  # noqa: PLC0415
         from bridge.errors import DeliveryError  # noqa: PLC0415
-        from bridge.http import Limits, _Connection  # noqa: PLC0415
 
     env = {
         "HMAC_PRODUCER_SECRET": _SECRET.decode(),

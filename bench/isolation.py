@@ -24,14 +24,14 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from bridge.client import HmacClient
-from bridge.config import load_config
-from bridge.embedded import redis_server
-from bridge.ingest import IngestApp, serve_in_thread
-from bridge.jobs import idempotency_key
-from bridge.signal import Signal
-from bridge.stream import SignalStream, publish
-from bridge.worker import Worker
+from bridge.config.loader import load_config
+from bridge.core.signal import Signal
+from bridge.delivery.jobs import idempotency_key
+from bridge.delivery.worker import Worker
+from bridge.devkit.embedded import redis_server
+from bridge.devkit.ingest import IngestApp, serve_in_thread
+from bridge.edge.client import HmacClient
+from bridge.streams.stream import SignalStream, publish
 
 __all__ = ["main"]
 

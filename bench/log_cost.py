@@ -37,7 +37,7 @@ from typing import Any, Final
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from bridge.logs import JsonFormatter, configure_logging, log_fields, log_info
+from bridge.telemetry.logs import JsonFormatter, configure_logging, log_fields, log_info
 
 FIELDS: Final[dict[str, object]] = {
     "producer_id": "strategy-engine-1",

@@ -28,8 +28,8 @@ from typing import Final
 from opentelemetry import metrics, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from bridge.histograms import LocalHistogram, LocalHistograms
-from bridge.telemetry import TelemetryHandle, setup_telemetry
+from bridge.telemetry.fastpath.histograms import LocalHistogram, LocalHistograms
+from bridge.telemetry.setup import TelemetryHandle, setup_telemetry
 
 ATTRIBUTES: Final = {"result": "success", "producer_id": "p"}
 SCRAPES: Final = 200

@@ -2,9 +2,10 @@
 
 Part 1 encodes the same finished spans (the shapes of one delivery: a CONSUMER span with the
 messaging attributes and a CLIENT child with the HTTP ones, recorded by the bridge's
-LeanTracer as bridge/worker.py and bridge/client.py make them) with the SDK's encoder
+LeanTracer as bridge/delivery/worker.py and bridge/edge/client.py make them) with the SDK's encoder
 (``encode_spans(...).SerializePartialToString()``, what the stock OTLP/HTTP exporter sends) and
-with ``bridge.otlp.encode_spans``, in batches of the BatchSpanProcessor's sizes, and reports
+with ``bridge.telemetry.fastpath.otlp.encode_spans``, in batches of the BatchSpanProcessor's sizes,
+and reports
 process CPU per span. Part 2 calls each exporter's ``export()`` on those batches, posting to a
 real receiver (tests/otlp_receiver.py, in a child process so its decoding is not counted).
 Part 3 ends spans through a ``BatchSpanProcessor`` at several settings
@@ -47,11 +48,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from bench.telemetry_cost import CLIENT_ATTRS, CONSUMER_ATTRS, deliver
-from bridge.instruments import Metrics
-from bridge.logs import configure_logging
-from bridge.otlp import encode_spans
-from bridge.otlp_export import OtlpHttpSpanExporter
-from bridge.tracing import LeanTracer, get_tracer
+from bridge.telemetry.fastpath.otlp import encode_spans
+from bridge.telemetry.fastpath.otlp_export import OtlpHttpSpanExporter
+from bridge.telemetry.logs import configure_logging
+from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.tracing import LeanTracer, get_tracer
 
 RESOURCE: Final = Resource.create({"service.name": "signal-bridge", "service.instance.id": "b-1"})
 
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1_000 <= args.count <= 1_000_000:
         parser.error("--count must be in [1000, 1000000]")
 
-    # The spans the bridge exports: LeanTracer's (bridge.spans.LeanSpan ends as a ReadableSpan).
+    # The spans the bridge exports: LeanTracer's (bridge.telemetry.fastpath.spans.LeanSpan ends as
+    # a ReadableSpan).
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -226,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     spans = list(memory.get_finished_spans())
 
     print(
-        f"| encoding ({len(spans):,} spans, two a delivery) | SDK us/span | bridge.otlp us/span |"
+        f"| encoding ({len(spans):,} spans, two a delivery) | SDK us/span "
+        "| bridge.telemetry.fastpath.otlp us/span |"
     )
     print("| --- | --- | --- |")
     for batch in (32, 512, 2048):

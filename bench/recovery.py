@@ -34,7 +34,7 @@ import redis
 
 from bench.common import make_signal, stream_fields
 from bench.run import REPO, BenchError, Processes, RedisServer
-from bridge.ingest import serve_in_thread
+from bridge.devkit.ingest import serve_in_thread
 
 __all__ = ["SwitchSink", "main"]
 

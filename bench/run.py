@@ -100,8 +100,12 @@ OTLP_VARIANTS: Final = {
 }
 
 
-def bridge_specs(signal_bridge_cmd: str) -> dict[str, BridgeSpec]:
-    """Return the known bridges, marking signal-bridge missing when it cannot be imported."""
+def bridge_specs(signal_bridge_cmd: str, baseline_cmd: str = "") -> dict[str, BridgeSpec]:
+    """Return the known bridges, marking signal-bridge missing when it cannot be imported.
+
+    ``baseline_cmd`` (another checkout's ``signal-bridge run``) adds ``baseline`` and
+    ``baseline-otlp``, so one run measures a change beside the version before it.
+    """
     specs = {
         "naive": BridgeSpec("naive", [PYTHON, "-m", "bench.ref_naive", "--idle-exit", "0"]),
         "aiohttp": BridgeSpec("aiohttp", [PYTHON, "-m", "bench.ref_aiohttp", "--idle-exit", "0"]),
@@ -118,7 +122,7 @@ def bridge_specs(signal_bridge_cmd: str) -> dict[str, BridgeSpec]:
         missing = f"{argv[0]} does not exist"
     elif Path(argv[0]).name == "signal-bridge":  # the console script exists before its module
         probe = subprocess.run(  # noqa: S603
-            [PYTHON, "-c", "from bridge.cli import main"],
+            [PYTHON, "-c", "from bridge.ops.cli import main"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -127,10 +131,15 @@ def bridge_specs(signal_bridge_cmd: str) -> dict[str, BridgeSpec]:
         )
         if probe.returncode != 0:
             last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-            missing = f"bridge.cli:main is not importable ({last})"
+            missing = f"bridge.ops.cli:main is not importable ({last})"
     specs["signal-bridge"] = BridgeSpec("signal-bridge", argv, missing)
     for name, sampler in OTLP_VARIANTS.items():
         specs[name] = BridgeSpec(name, argv, missing, otlp_sampler=sampler)
+    if baseline_cmd:
+        base = shlex.split(baseline_cmd)
+        gone = None if Path(base[0]).exists() else f"{base[0]} does not exist"
+        specs["baseline"] = BridgeSpec("baseline", base, gone)
+        specs["baseline-otlp"] = BridgeSpec("baseline-otlp", base, gone, otlp_sampler="")
     return specs
 
 
@@ -860,6 +869,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--install-nginx", action="store_true", help="apt-get install nginx when missing")
     add("--uvicorn-sink", action="store_true", help="use the uvicorn fast sink even with nginx")
     add("--signal-bridge-cmd", default=".venv/bin/signal-bridge run", help="command (shlex)")
+    add(
+        "--baseline-cmd",
+        default="",
+        help="another checkout's signal-bridge command (absolute path): adds the bridges "
+        "baseline and baseline-otlp, to measure a change beside the version before it",
+    )
     add("--timeout", type=float, default=0, help="bound of one drain run in s (0: auto)")
     add("--stall-timeout", type=float, default=20, help="fail a run after S s without progress")
     add("--wait-idle", type=float, default=0, help="before each run wait up to S s for idle CPU")
@@ -1033,7 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = RESULTS / "logs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     log_dir.mkdir(parents=True, exist_ok=True)
-    specs = bridge_specs(args.signal_bridge_cmd)
+    specs = bridge_specs(args.signal_bridge_cmd, args.baseline_cmd)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         """Turn SIGTERM into SystemExit so that every child is cleaned up."""

@@ -42,10 +42,10 @@ import redis
 
 from bench.common import free_port, idempotency_key, make_signal, stream_fields
 from bench.procstat import die_with_parent
-from bridge.config import _ENV
-from bridge.embedded import redis_server
-from bridge.ingest import IngestApp, serve_in_thread
-from bridge.stream import shard_for
+from bridge.config.loader import _ENV
+from bridge.devkit.embedded import redis_server
+from bridge.devkit.ingest import IngestApp, serve_in_thread
+from bridge.streams.stream import shard_for
 
 __all__ = ["main"]
 

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
 from bench.telemetry_cost import CLIENT_ATTRS, CONSUMER_ATTRS
-from bridge.tracing import LeanTracer, get_tracer
+from bridge.telemetry.tracing import LeanTracer, get_tracer
 
 __all__ = ["main"]
 

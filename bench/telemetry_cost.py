@@ -28,11 +28,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
-from bridge.histograms import LocalHistograms
-from bridge.instruments import Metrics
-from bridge.logs import configure_logging, log_fields
-from bridge.otlp import encode_spans
-from bridge.tracing import LeanTracer, get_tracer
+from bridge.telemetry.fastpath.histograms import LocalHistograms
+from bridge.telemetry.fastpath.otlp import encode_spans
+from bridge.telemetry.logs import configure_logging, log_fields
+from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.tracing import LeanTracer, get_tracer
 
 CONSUMER_ATTRS: Final[dict[str, str]] = {
     "messaging.system": "redis",

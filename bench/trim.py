@@ -18,8 +18,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bridge.embedded import redis_server
-from bridge.stream import SignalStream
+from bridge.devkit.embedded import redis_server
+from bridge.streams.stream import SignalStream
 
 _BODY = b'{"instrument":"XAUUSD","side":"buy","entry_price":2000.5}' + b" " * 180
 

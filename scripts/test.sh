@@ -10,7 +10,7 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
-# nginx for the HTTP conformance suite (tests/test_conformance.py): installed from Debian when
+# nginx for the HTTP conformance suite (tests/edge/test_conformance.py): installed from Debian when
 # missing and we may (CI runs as root); elsewhere those tests skip and say why.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] \
   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 """Private ``redis-server`` processes with extra arguments: TLS, ACL users, a three-node cluster.
 
-``bridge.embedded.redis_server`` starts a plain server only; the transport-security and
+``bridge.devkit.embedded.redis_server`` starts a plain server only; the transport-security and
 scale-out tests need servers started with their own options. Every server listens on 127.0.0.1
 only, on a port below 55000 whose cluster bus port (port + 10000) is free as well, writes its
 log into the test's directory, and is terminated (then killed) and reaped when its context

@@ -2,7 +2,8 @@
 
 Run by the conformance suite in separate processes:
 
-- ``asgi_app``: the reference :class:`bridge.ingest.IngestApp` (HMAC verified) for uvicorn and
+- ``asgi_app``: the reference :class:`bridge.devkit.ingest.IngestApp` (HMAC verified) for uvicorn
+and
   hypercorn, plus ``GET /_keys``; with ``CONFORMANCE_CHUNKED=1`` its answers go out chunked.
 - ``wsgi_app``: the same contract, synchronous, for gunicorn and waitress.
 - ``python -m tests.conformance_servers http10 PORT``: Python's ``http.server`` as an HTTP/1.0
@@ -13,7 +14,7 @@ Run by the conformance suite in separate processes:
   namespace, a server takes a POST and then its loopback goes down (a silent partition); the
   client, with ``tcp_user_timeout_s=SECONDS``, prints how long it took to notice, as JSON.
 
-Secrets come from ``INGEST_SECRETS`` through :func:`bridge.config.load_ingest_secrets`.
+Secrets come from ``INGEST_SECRETS`` through :func:`bridge.config.loader.load_ingest_secrets`.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
-from bridge.client import HmacClient
-from bridge.config import OutboundConfig, Secret, load_ingest_secrets
+from bridge.config.loader import OutboundConfig, Secret, load_ingest_secrets
+from bridge.core.signal import format_timestamp
+from bridge.core.signing import INGEST_PATH, verify_request
+from bridge.devkit.ingest import IngestApp, Receive, Scope, Send
+from bridge.edge.client import HmacClient
 from bridge.errors import DeliveryError
-from bridge.ingest import IngestApp, Receive, Scope, Send
-from bridge.signal import format_timestamp
-from bridge.signing import INGEST_PATH, verify_request
 
 __all__ = ["HOSTILE_MODES", "asgi_app", "wsgi_app"]
 

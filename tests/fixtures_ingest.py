@@ -1,6 +1,6 @@
 """Ingest-server fixtures: the reference server on a loopback port, and client configs.
 
-Besides the reference :class:`bridge.ingest.IngestApp` this module offers a *scripted* raw
+Besides the reference :class:`bridge.devkit.ingest.IngestApp` this module offers a *scripted* raw
 HTTP/1.1 server (plain asyncio on 127.0.0.1) for the answers the reference server cannot give:
 a malformed 201, a ``Retry-After`` header, a response that never comes, TLS.
 """
@@ -28,11 +28,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import bridge.ingest
-from bridge.config import OutboundConfig, load_config
-from bridge.ingest import IngestApp, serve_in_thread
-from bridge.instruments import Metrics
-from bridge.signal import Signal
+import bridge.devkit.ingest
+from bridge.config.loader import OutboundConfig, load_config
+from bridge.core.signal import Signal
+from bridge.devkit.ingest import IngestApp, serve_in_thread
+from bridge.telemetry.metrics import Metrics
 from tests import support
 
 __all__ = [
@@ -143,7 +143,8 @@ class Tracing:
 def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
     """Give the client a tracer, and make the reference server trace into the same exporter.
 
-    IngestApp takes its tracer from ``bridge.tracing.get_tracer()`` (the global provider); the
+    IngestApp takes its tracer from ``bridge.telemetry.tracing.get_tracer()`` (the global
+    provider); the
     global provider can be set only once per process, so the server's lookup is patched instead.
     """
     exporter = InMemorySpanExporter()
@@ -155,7 +156,7 @@ def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
         del provider_arg
         return provider.get_tracer("signal-bridge-ingest")
 
-    monkeypatch.setattr(bridge.ingest, "get_tracer", server_tracer)
+    monkeypatch.setattr(bridge.devkit.ingest, "get_tracer", server_tracer)
     try:
         yield Tracing(provider=provider, exporter=exporter, tracer=tracer)
     finally:

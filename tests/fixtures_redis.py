@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.embedded import redis_server
-from bridge.stream import SignalStream
+from bridge.devkit.embedded import redis_server
+from bridge.streams.stream import SignalStream
 
 
 @pytest.fixture(scope="session")

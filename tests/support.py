@@ -12,13 +12,13 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from opentelemetry import trace
 
-from bridge.client import HmacClient
-from bridge.config import BridgeConfig, load_config
-from bridge.instruments import Metrics
-from bridge.policy import Backoff, Breaker
-from bridge.signal import Signal
-from bridge.stream import SignalStream
-from bridge.worker import Worker
+from bridge.config.loader import BridgeConfig, load_config
+from bridge.core.signal import Signal
+from bridge.delivery.backoff import Backoff, Breaker
+from bridge.delivery.worker import Worker
+from bridge.edge.client import HmacClient
+from bridge.streams.stream import SignalStream
+from bridge.telemetry.metrics import Metrics
 
 SECRET: Final = "test-secret-0123456789abcdef"
 KEY_ID: Final = "k1"

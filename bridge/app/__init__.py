@@ -1,0 +1,1 @@
+"""The running service: the runner, health endpoints, progress lines for the operator."""

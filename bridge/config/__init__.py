@@ -1,0 +1,1 @@
+"""Settings: the typed configuration from config/bridge.toml and the environment."""

@@ -1,0 +1,1 @@
+"""The contract with the ingest server: signal, canonical body, signing, outcome table; no I/O."""

@@ -1,0 +1,346 @@
+"""The trade signal, its validation, and its canonical JSON encoding.
+
+The canonical body is what gets hashed and signed: keys sorted, no whitespace, UTF-8, floats as
+JSON numbers in msgspec's shortest round-trip form, absent optionals as ``null``, and the
+timestamp as RFC 3339 UTC with microseconds and ``Z``. The same signal always gives the same
+bytes; ``tests/core/vectors`` pins them.
+
+A producer's data is never altered: a string is used exactly as written or refused (an
+``InvalidSignalError`` naming the field and why), never trimmed. ``signal_id``, ``instrument``
+and ``strategy_name`` refuse edge whitespace and control characters; ``comment`` is free text
+(tabs and newlines allowed, other control characters refused). Lengths count Unicode code points.
+Timestamps with more than 6 fractional digits are truncated (never rounded) to microseconds; a
+leap second (``:60``) is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import msgspec
+
+from bridge.errors import BodyTooLargeError, InvalidSignalError
+
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "Signal",
+    "decode_signal",
+    "encode_canonical",
+    "format_timestamp",
+    "guess_signal_id",
+    "parse_timestamp",
+]
+
+DEFAULT_MAX_BODY_SIZE: Final = 65536
+MAX_INSTRUMENT_LEN: Final = 32
+MAX_COMMENT_LEN: Final = 256
+MAX_STRATEGY_LEN: Final = 128
+MAX_SIGNAL_ID_LEN: Final = 128
+
+
+# Code points: \x00-\x1f, \x7f-\x9f are Unicode's control characters (category Cc).
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Free text (comment) keeps tab, line feed and carriage return.
+_CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# RFC 3339 date-time with ASCII digits only; any number of fractional digits.
+_RFC3339: Final = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]+))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_LEAP_SECOND: Final = 60
+
+
+class _UtcTimestamp(datetime):
+    """A UTC datetime that encodes with microseconds always present (msgspec drops zeros)."""
+
+    __slots__ = ()
+
+
+if TYPE_CHECKING:
+    _Timestamp = datetime
+else:  # msgspec reads the annotation at run time and decodes it through _dec_hook
+    _Timestamp = _UtcTimestamp
+
+
+def parse_timestamp(text: object) -> datetime:
+    """Parse an RFC 3339 timestamp with a zone; fractions past microseconds are truncated.
+
+    Truncated, never rounded: ``...:25.9999995Z`` stays in second 25. A leap second (``:60``)
+    cannot be represented exactly and is refused with that reason.
+    """
+    if not isinstance(text, str):
+        raise InvalidSignalError(
+            f"timestamp must be an RFC 3339 string, got {text!r}", field="timestamp"
+        )
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise InvalidSignalError(
+            f"timestamp {text!r} is not RFC 3339 with a time zone "
+            "(e.g. 2025-10-25T14:30:45.123456Z)",
+            field="timestamp",
+        )
+    groups = match.groups()
+    year, month, day, hour, minute, second = map(int, groups[:6])
+    fraction, zulu, sign, off_h, off_m = groups[6:]
+    if second == _LEAP_SECOND:
+        raise InvalidSignalError(
+            f"timestamp {text!r} is a leap second (:60), which UTC timestamps here cannot "
+            "represent; refused rather than moved to another second",
+            field="timestamp",
+        )
+    micro = int((fraction or "")[:6].ljust(6, "0"))
+    if zulu:  # already UTC, the producers' usual form: no conversion
+        try:
+            return _UtcTimestamp(year, month, day, hour, minute, second, micro, tzinfo=UTC)
+        except ValueError as exc:
+            raise InvalidSignalError(f"timestamp {text!r}: {exc}", field="timestamp") from None
+    hours, minutes = int(off_h), int(off_m)
+    if hours > 23 or minutes > 59:
+        raise InvalidSignalError(f"timestamp {text!r} has an invalid offset", field="timestamp")
+    delta = timedelta(hours=hours, minutes=minutes)
+    zone = timezone(-delta if sign == "-" else delta)
+    try:
+        value = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
+    except ValueError as exc:
+        raise InvalidSignalError(f"timestamp {text!r}: {exc}", field="timestamp") from None
+    try:
+        return _to_utc(value)
+    except OverflowError:
+        raise InvalidSignalError("timestamp is out of range in UTC", field="timestamp") from None
+
+
+def format_timestamp(value: datetime) -> str:
+    """Format an aware datetime as RFC 3339 UTC with microseconds and ``Z``."""
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def _to_utc(value: datetime) -> _UtcTimestamp:
+    """Normalise an aware datetime to the canonical UTC subclass."""
+    utc = value.astimezone(UTC)
+    return _UtcTimestamp(
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond,
+        tzinfo=UTC,
+    )
+
+
+def _as_float(name: str, value: object) -> float:
+    """Coerce an int to float (so encoding is canonical); reject bools and non-numbers."""
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSignalError(f"{name} must be a number, got {value!r}", field=name)
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidSignalError(f"{name} is out of range", field=name) from None
+
+
+def _finite_positive(name: str, value: object) -> float:
+    """Reject NaN, infinities and non-positive prices with a message naming the field."""
+    number = _as_float(name, value)
+    if not math.isfinite(number) or number <= 0:
+        raise InvalidSignalError(f"{name} must be a finite number > 0, got {value!r}", field=name)
+    return number
+
+
+# The tail of ``<stream>/<entry id>``, the key source of an entry without a signal_id.
+_ENTRY_REFERENCE: Final = re.compile(r"/[0-9]+-[0-9]+\Z")
+
+
+def _exact_text(name: str, value: object, limit: int) -> str:
+    """Check an identifier as written: non-empty, no edge whitespace or control characters.
+
+    Never trimmed or rewritten: the producer's bytes are what the server receives and what the
+    idempotency key is derived from. ``limit`` counts Unicode code points.
+    """
+    if not isinstance(value, str):
+        raise InvalidSignalError(f"{name} must be a string, got {value!r}", field=name)
+    if not value:
+        raise InvalidSignalError(f"{name} must be non-empty", field=name)
+    if value != value.strip():
+        raise InvalidSignalError(
+            f"{name} {value!r} has leading or trailing whitespace; it is used exactly as "
+            "written, never trimmed",
+            field=name,
+        )
+    _no_control(name, value, _CONTROL)
+    _max_code_points(name, value, limit)
+    return value
+
+
+def _no_control(name: str, value: str, pattern: re.Pattern[str]) -> None:
+    """Refuse a control character, naming its code point and position."""
+    found = pattern.search(value)
+    if found is not None:
+        raise InvalidSignalError(
+            f"{name} contains the control character U+{ord(found.group()):04X} at position "
+            f"{found.start()}",
+            field=name,
+        )
+
+
+def _max_code_points(name: str, value: str, limit: int) -> None:
+    """Refuse text longer than ``limit`` Unicode code points (not bytes, not UTF-16 units)."""
+    if len(value) > limit:
+        raise InvalidSignalError(
+            f"{name} must be at most {limit} Unicode code points, got {len(value)}", field=name
+        )
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One trade signal from the strategy engine; immutable, validated on construction."""
+
+    instrument: str
+    side: Literal["buy", "sell"]
+    entry_price: float
+    take_profit: float | None = None
+    stop_loss: float | None = None
+    risk_percent: float
+    comment: str | None = None
+    strategy_name: str
+    timestamp: _Timestamp
+    signal_id: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check the domain rules that types alone cannot express; numbers become floats."""
+        set_ = msgspec.structs.force_setattr
+        _exact_text("instrument", self.instrument, MAX_INSTRUMENT_LEN)
+        _exact_text("strategy_name", self.strategy_name, MAX_STRATEGY_LEN)
+        if self.side not in ("buy", "sell"):
+            raise InvalidSignalError(
+                f"side must be 'buy' or 'sell', got {self.side!r}", field="side"
+            )
+        set_(self, "entry_price", _finite_positive("entry_price", self.entry_price))
+        if self.take_profit is not None:
+            set_(self, "take_profit", _finite_positive("take_profit", self.take_profit))
+        if self.stop_loss is not None:
+            set_(self, "stop_loss", _finite_positive("stop_loss", self.stop_loss))
+        self._check_sides()
+        set_(self, "risk_percent", _as_float("risk_percent", self.risk_percent))
+        if not (math.isfinite(self.risk_percent) and 0 < self.risk_percent <= 100):
+            raise InvalidSignalError(
+                f"risk_percent must be > 0 and <= 100, got {self.risk_percent!r}",
+                field="risk_percent",
+            )
+        if self.comment is not None:
+            if not isinstance(self.comment, str):
+                raise InvalidSignalError(
+                    f"comment must be a string, got {self.comment!r}", field="comment"
+                )
+            _no_control("comment", self.comment, _CONTROL_IN_TEXT)
+            _max_code_points("comment", self.comment, MAX_COMMENT_LEN)
+        if self.signal_id is not None:
+            _exact_text("signal_id", self.signal_id, MAX_SIGNAL_ID_LEN)
+            if _ENTRY_REFERENCE.search(self.signal_id):
+                raise InvalidSignalError(
+                    f"signal_id {self.signal_id!r} ends like a stream entry reference "
+                    "('/<ms>-<seq>'), which names the idempotency key of an entry without a "
+                    "signal_id",
+                    field="signal_id",
+                )
+        if not isinstance(self.timestamp, datetime):
+            raise InvalidSignalError("timestamp must be a datetime", field="timestamp")
+        if self.timestamp.tzinfo is None or self.timestamp.utcoffset() is None:
+            raise InvalidSignalError("timestamp must be timezone-aware", field="timestamp")
+        if type(self.timestamp) is not _UtcTimestamp or self.timestamp.tzinfo is not UTC:
+            try:
+                set_(self, "timestamp", _to_utc(self.timestamp))
+            except OverflowError:
+                raise InvalidSignalError(
+                    "timestamp is out of range in UTC", field="timestamp"
+                ) from None
+
+    def _check_sides(self) -> None:
+        """Buy: stop_loss < entry < take_profit; sell: the reverse."""
+        entry, tp, sl = self.entry_price, self.take_profit, self.stop_loss
+        if self.side == "buy":
+            if tp is not None and not tp > entry:
+                raise InvalidSignalError(
+                    "take_profit must be above entry_price for a buy", field="take_profit"
+                )
+            if sl is not None and not sl < entry:
+                raise InvalidSignalError(
+                    "stop_loss must be below entry_price for a buy", field="stop_loss"
+                )
+        else:
+            if tp is not None and not tp < entry:
+                raise InvalidSignalError(
+                    "take_profit must be below entry_price for a sell", field="take_profit"
+                )
+            if sl is not None and not sl > entry:
+                raise InvalidSignalError(
+                    "stop_loss must be above entry_price for a sell", field="stop_loss"
+                )
+
+
+def _enc_hook(obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract takes and returns Any
+    """Encode the canonical timestamp; anything else is a programming error."""
+    if type(obj) is _UtcTimestamp:  # always tzinfo=UTC: swap isoformat's "+00:00" for "Z"
+        return obj.isoformat(timespec="microseconds")[:-6] + "Z"
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _dec_hook(kind: type, obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract
+    """Decode the timestamp with our own RFC 3339 parser (truncates, refuses :60)."""
+    if kind is _UtcTimestamp:
+        return parse_timestamp(obj)
+    raise NotImplementedError(f"cannot decode {kind.__name__}")
+
+
+_ENCODER: Final = msgspec.json.Encoder(order="sorted", enc_hook=_enc_hook)
+_DECODER: Final = msgspec.json.Decoder(Signal, dec_hook=_dec_hook)
+
+
+def encode_canonical(signal: Signal, *, max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> bytes:
+    """Encode ``signal`` as canonical JSON bytes; refuse bodies over ``max_body_size``."""
+    body = _ENCODER.encode(signal)
+    if len(body) > max_body_size:
+        raise BodyTooLargeError(
+            f"canonical body is {len(body)} bytes, over the limit of {max_body_size}",
+            size=len(body),
+            limit=max_body_size,
+        )
+    return body
+
+
+def decode_signal(data: bytes | str) -> Signal:
+    """Decode and validate JSON into a Signal; any failure is an InvalidSignalError."""
+    try:
+        return _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        field = getattr(exc.__cause__, "field", None)
+        raise InvalidSignalError(f"invalid signal: {exc}", field=field) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidSignalError(f"signal is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:  # msgspec's error for bad UTF-8 inside a string (fuzzing)
+        raise InvalidSignalError(f"signal is not valid UTF-8: {exc}") from exc
+
+
+_LOOSE_DECODER: Final = msgspec.json.Decoder()
+
+
+def guess_signal_id(raw: bytes | None) -> str | None:
+    """Best effort: the ``signal_id`` of a signal that failed validation, for logs only.
+
+    An invalid signal's id still lets an operator find it; anything unusable gives None.
+    """
+    if not raw:
+        return None
+    try:
+        data = _LOOSE_DECODER.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # any bytes come here
+        return None
+    value = data.get("signal_id") if isinstance(data, dict) else None
+    if isinstance(value, str) and value and len(value) <= MAX_SIGNAL_ID_LEN and value.isprintable():
+        return value
+    return None

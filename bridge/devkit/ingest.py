@@ -1,0 +1,312 @@
+"""The reference ingest server: the server side of the signing contract, as a small ASGI app.
+
+It verifies the signature with :func:`bridge.core.signing.verify_request` before parsing any JSON,
+refuses stale or future timestamps (401, its JSON naming the failed ``check``: headers, window,
+key, signature or replayed_signature), validates the body as a
+:class:`~bridge.core.signal.Signal` (422), drops repeated idempotency keys (409) and answers 201
+with an IngestResponse. The demo, the tests, the benchmark and docker compose run it; the
+server team can read it as a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+from opentelemetry import propagate, trace
+from opentelemetry.semconv.attributes import http_attributes, url_attributes
+
+from bridge.core.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal, format_timestamp
+from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, key_fingerprint, verify_request
+from bridge.errors import BridgeError, InvalidSignalError
+from bridge.telemetry.logs import log_fields
+from bridge.telemetry.tracing import get_tracer
+
+__all__ = ["IngestApp", "Received", "serve_in_thread"]
+
+log = logging.getLogger("bridge.ingest")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One accepted signal as the server stored it."""
+
+    idempotency_key: str
+    signal: Signal
+    server_signal_id: str
+    producer_id: str
+    key_id: str | None
+    received_at: float
+    traceparent: str | None
+
+
+@dataclass
+class IngestApp:
+    """ASGI app for ``POST /api/v1/signals/ingest``; keeps what it accepted in memory.
+
+    ``fault`` lets a test force a status for the next requests (return None to serve normally).
+    """
+
+    secrets: Mapping[str, bytes] = field(repr=False)
+    tolerance_s: float = DEFAULT_TOLERANCE_S
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    clock: Callable[[], float] = time.time
+    fault: Callable[[Mapping[str, str]], int | None] | None = None
+    tracer: trace.Tracer | None = None
+    received: list[Received] = field(default_factory=list)
+    requests_total: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+    _keys: dict[str, str] = field(default_factory=dict, repr=False)
+    # Signatures already accepted, with when: the idempotency key is not signed, so without
+    # this a captured request could be replayed under a new key inside the replay window.
+    _signatures: dict[str, float] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        """Log each key id with its fingerprint, so both teams can compare keys without sharing."""
+        for key_id, secret in sorted(self.secrets.items()):
+            log.info(
+                "ingest key loaded",
+                extra=log_fields(key_id=key_id, key_fingerprint=key_fingerprint(secret)),
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI request (lifespan events are acknowledged and ignored)."""
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    log.info(
+                        "ingest server ready",
+                        extra=log_fields(
+                            key_ids=sorted(self.secrets), tolerance_s=self.tolerance_s
+                        ),
+                    )
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        started = time.perf_counter()
+        tracer = self.tracer if self.tracer is not None else get_tracer()
+        with tracer.start_as_current_span(
+            f"{scope['method']} {scope['path']}",
+            context=propagate.extract(headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                http_attributes.HTTP_REQUEST_METHOD: scope["method"],
+                url_attributes.URL_PATH: scope["path"],
+            },
+        ) as span:
+            status, payload = await self._handle(scope, receive, headers)
+            span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
+            if status >= 500:
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+            _log_outcome(scope, headers, status, payload, time.perf_counter() - started)
+        await _respond(
+            send, status, payload, date=email.utils.formatdate(self.clock(), usegmt=True)
+        )
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, headers: Mapping[str, str]
+    ) -> tuple[int, object]:
+        """Decide the status and JSON payload of one request."""
+        self.requests_total += 1
+        if scope["path"] != INGEST_PATH:
+            return 404, {"detail": "not found"}
+        if scope["method"] != "POST":
+            return 405, {"detail": "method not allowed"}
+        body = await _read_body(receive, self.max_body_size)
+        if body is None:
+            return self._refuse(413, "body too large")
+        if self.fault is not None:
+            forced = self.fault(headers)
+            if forced is not None:
+                return self._refuse(forced, "fault injected")
+        verdict = verify_request(
+            headers,
+            body,
+            self.secrets,
+            now=datetime.fromtimestamp(self.clock(), UTC),
+            tolerance_s=self.tolerance_s,
+            path=INGEST_PATH,
+        )
+        if not verdict.ok:
+            kind = "timestamp outside window" if verdict.check == "window" else None
+            return self._refuse(401, verdict.reason, kind=kind, check=verdict.check)
+        try:
+            signal = decode_signal(body)
+        except InvalidSignalError as exc:
+            return self._refuse(422, str(exc), kind="invalid signal", errors=[str(exc)])
+        key = headers.get("x-idempotency-key") or ""
+        try:
+            uuid.UUID(key)
+        except ValueError:
+            return self._refuse(400, "X-Idempotency-Key must be a UUID")
+        signature = headers.get("x-signature", "")
+        with self._lock:
+            existing = self._keys.get(key)
+            replayed = existing is None and signature in self._signatures
+            if existing is None and not replayed:
+                self._remember(signature)
+                server_id = f"srv_{uuid.uuid4().hex[:16]}"
+                self._keys[key] = server_id
+                self.received.append(
+                    Received(
+                        idempotency_key=key,
+                        signal=signal,
+                        server_signal_id=server_id,
+                        producer_id=verdict.producer_id or "",
+                        key_id=verdict.key_id,
+                        received_at=self.clock(),
+                        traceparent=headers.get("traceparent"),
+                    )
+                )
+        if existing is not None:
+            return self._refuse(409, "duplicate idempotency key", signal_id=existing)
+        if replayed:
+            return self._refuse(401, "replayed signature", check="replayed_signature")
+        return 201, {
+            "signal_id": server_id,
+            "status": "received",
+            "server_timestamp": format_timestamp(datetime.fromtimestamp(self.clock(), UTC)),
+            "message": None,
+            "errors": None,
+        }
+
+    def _remember(self, signature: str) -> None:
+        """Keep an accepted signature for two replay windows, then forget it (bounded)."""
+        now = self.clock()
+        self._signatures[signature] = now
+        if len(self._signatures) % 1024 == 0:
+            horizon = now - 2 * self.tolerance_s
+            for old in [sig for sig, seen in self._signatures.items() if seen < horizon]:
+                del self._signatures[old]
+
+    def _refuse(
+        self, status: int, reason: str, *, kind: str | None = None, **extra: object
+    ) -> tuple[int, object]:
+        """Count a refusal (by a bounded kind); the reason goes back to the client (and the log)."""
+        self.refusals[kind or reason] = self.refusals.get(kind or reason, 0) + 1
+        return status, {"detail": reason, **extra}
+
+    def keys(self) -> set[str]:
+        """Return the idempotency keys accepted so far."""
+        with self._lock:
+            return set(self._keys)
+
+
+def _log_outcome(
+    scope: Scope, headers: Mapping[str, str], status: int, payload: object, duration_s: float
+) -> None:
+    """Log one request's outcome as one line: INFO when stored or a duplicate, else WARNING."""
+    outcome = {201: "accepted", 409: "duplicate"}.get(status, "refused")
+    level = logging.INFO if outcome != "refused" else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    log.log(
+        level,
+        f"ingest {outcome}",
+        extra=log_fields(
+            method=scope["method"],
+            path=scope["path"],
+            http_code=status,
+            outcome=outcome,
+            reason=detail,
+            producer_id=headers.get("x-producer-id"),
+            key_id=headers.get("x-key-id"),
+            idempotency_key=headers.get("x-idempotency-key"),
+            server_signal_id=(payload.get("signal_id") if isinstance(payload, dict) else None),
+            duration_ms=round(duration_s * 1000, 3),
+        ),
+    )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """Read the whole request body; None once it grows past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, payload: object, *, date: str) -> None:
+    """Send a JSON response with a ``Date`` header from the app's own (injectable) clock."""
+    body = _ENCODER.encode(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"date", date.encode("latin-1")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]], host: str = "127.0.0.1", port: int = 0
+) -> Iterator[str]:
+    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL."""
+    import uvicorn  # noqa: PLC0415 - the server is optional at import time of this module
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit this: without it a response written in two parts waits out the
+    # client's delayed ACK (about 40 ms a request on Linux).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    # The app writes its own Date header, from its clock (a test can set it 400 s off).
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", date_header=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="ingest-server", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise BridgeError("ingest server did not start")
+            time.sleep(0.01)
+        url_host = f"[{host}]" if ":" in host else host
+        yield f"http://{url_host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -1,0 +1,1 @@
+"""Operator tools: the signal-bridge command line, check, status, dead-letter tools."""

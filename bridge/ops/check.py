@@ -1,0 +1,164 @@
+"""``signal-bridge check``: prove a set-up works before traffic flows (CI/CD, init containers).
+
+Given settings that already loaded and validated, it connects to Redis (auth, TLS, cluster as
+configured), looks at each stream and its group, opens a TCP (and TLS, verified as the client
+verifies it) connection to the ingest server, and prints what it found, the secret's fingerprint
+and the effective settings with secrets hidden. Nothing is written to Redis or sent to the server.
+
+The route to the ingest server is one hop today (straight to its host and port); a forward proxy
+is a different first hop plus a CONNECT, which slots into :func:`_first_hop` / :func:`_open`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import urlsplit
+
+from bridge.config.loader import (
+    BridgeConfig,
+    OutboundConfig,
+    effective_settings,
+    redact_url,
+    redis_db,
+    secret_fingerprint,
+)
+from bridge.edge.client import build_ssl_context
+from bridge.errors import BridgeError, ConfigError, StreamError
+from bridge.streams.stream import SignalStream, connect, probe_database
+
+__all__ = ["CheckFailedError", "run_check"]
+
+STEP_TIMEOUT_S: Final = 10.0
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+class CheckFailedError(BridgeError):
+    """A part of the set-up (``redis``, ``stream``, ``ingest``) does not work; exit code 1."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(f"check failed: {part}: {message}")
+        self.part = part
+
+
+Print = Callable[[str], None]
+
+
+async def run_check(config: BridgeConfig, out: Print = print) -> int:
+    """Run every check, printing one line per part; return 0, or raise CheckFailedError."""
+    out("settings  ok")
+    secret = config.outbound.secret
+    if secret is not None and len(secret):
+        out(f"secret    sha256 fingerprint {secret_fingerprint(secret)} (first 8 hex digits)")
+    else:
+        out("secret    not set (HMAC_PRODUCER_ENABLED is false)")
+    await _check_redis(config, out)
+    if config.outbound.enabled:
+        await _check_ingest(config.outbound, out)
+    else:
+        out("ingest    skipped: HMAC_PRODUCER_ENABLED is false (nothing will be delivered)")
+    out("effective settings:")
+    width = max(len(name) for name, _ in effective_settings(config))
+    for name, value in effective_settings(config):
+        out(f"  {name:<{width}}  {value}")
+    out("check passed")
+    return 0
+
+
+async def _check_redis(config: BridgeConfig, out: Print) -> None:
+    """PING (auth, TLS, the database), then each stream's length and its group."""
+    cfg = config.stream
+    where = redact_url(cfg.redis_url) + (" (cluster)" if cfg.cluster else "")
+    async with connect(cfg.redis_url, cluster=cfg.cluster) as redis:
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(probe_database(redis, redis_db(cfg.redis_url)), STEP_TIMEOUT_S)
+        except StreamError as exc:
+            raise CheckFailedError("redis", f"{where}: {exc}") from None
+        except TimeoutError:
+            raise CheckFailedError(
+                "redis", f"{where}: no answer within {STEP_TIMEOUT_S:g}s"
+            ) from None
+        out(f"redis     ok: {where}, PING {1000 * (time.perf_counter() - started):.1f} ms")
+        for name in cfg.stream_names():
+            stream = SignalStream(
+                redis,
+                stream=name,
+                group=cfg.group,
+                consumer=cfg.consumer,
+                dlq_stream=cfg.dlq_for(name),
+            )
+            try:
+                status = await asyncio.wait_for(stream.status(), STEP_TIMEOUT_S)
+                present = await asyncio.wait_for(stream.group_exists(), STEP_TIMEOUT_S)
+            except (StreamError, TimeoutError) as exc:
+                raise CheckFailedError("stream", f"{name}: {exc or 'no answer'}") from None
+            if present:
+                group = (
+                    f"group {cfg.group} present, lag "
+                    f"{'unknown' if status.lag is None else status.lag}, pending {status.pending}"
+                )
+            else:
+                group = (
+                    f"group {cfg.group} not created yet (run creates it at "
+                    f"BRIDGE_START_ID={cfg.start_id})"
+                )
+            out(
+                f"stream    {name}: {status.length} entries; {group}; "
+                f"{status.dead_letters} dead letters in {cfg.dlq_for(name)}"
+            )
+
+
+def _first_hop(cfg: OutboundConfig) -> tuple[str, int]:
+    """Where the TCP connection goes: the ingest server itself (a proxy would go here)."""
+    url = urlsplit(cfg.server_url)
+    if url.hostname is None:  # validated at load; kept for the type checker
+        raise ConfigError("OUTBOUND_SERVER_URL has no host", variable="OUTBOUND_SERVER_URL")
+    return url.hostname, url.port or _DEFAULT_PORTS[url.scheme]
+
+
+async def _open(cfg: OutboundConfig) -> str:
+    """Open TCP, then TLS when the URL is https (verified as the client does); describe it."""
+    host, port = _first_hop(cfg)
+    https = urlsplit(cfg.server_url).scheme == "https"
+    context = build_ssl_context(cfg) if https else None
+    _, writer = await asyncio.open_connection(
+        host, port, ssl=context, server_hostname=host if https else None
+    )
+    try:
+        tls = writer.get_extra_info("ssl_object")
+        if isinstance(tls, ssl.SSLObject):
+            return f"TLS to {host}:{port} ({tls.version()}, certificate verified for {host})"
+        return f"TCP to {host}:{port} (plain http, loopback)"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _check_ingest(cfg: OutboundConfig, out: Print) -> None:
+    """Connect to the ingest server (TCP, TLS) within the timeout; nothing is sent."""
+    timeout_s = min(cfg.timeout_s, STEP_TIMEOUT_S)
+    try:
+        described = await asyncio.wait_for(_open(cfg), timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        raise CheckFailedError(
+            "ingest",
+            f"{cfg.server_url}: the server's TLS certificate is not trusted "
+            f"({exc.verify_message}); check OUTBOUND_CA_BUNDLE",
+        ) from None
+    except ssl.SSLError as exc:
+        raise CheckFailedError(
+            "ingest", f"{cfg.server_url}: TLS handshake failed ({exc.reason or exc})"
+        ) from None
+    except TimeoutError:
+        raise CheckFailedError(
+            "ingest", f"{cfg.server_url}: no connection within {timeout_s:g}s"
+        ) from None
+    except OSError as exc:
+        raise CheckFailedError(
+            "ingest", f"{cfg.server_url}: cannot connect ({exc.strerror or exc})"
+        ) from None
+    out(f"ingest    ok: {described}")

@@ -1,0 +1,219 @@
+"""The operator's dead-letter tools: ``signal-bridge dlq list | show | replay | purge``.
+
+Every command reads the WHOLE dead-letter stream of each configured stream (page by page), so
+filters (``--reason``, ``--since``) never stop at the first N entries. ``replay`` re-publishes to
+the source stream through :meth:`bridge.streams.stream.SignalStream.replay`; ``--allow-expired``
+waives
+the maximum age of the replayed entries, explicitly and logged. Exit codes: 0 done, 1 an id in no
+dead-letter stream, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from bridge.core.signal import decode_signal, encode_canonical, guess_signal_id
+from bridge.errors import InvalidSignalError
+from bridge.streams.stream import DLQ_PREFIX, SIGNAL_FIELD, Entry, SignalStream
+from bridge.telemetry.logs import log_fields
+
+__all__ = ["parse_since", "run_dlq_command"]
+
+log = logging.getLogger("bridge.dlq")
+
+
+async def run_dlq_command(streams: Sequence[SignalStream], args: argparse.Namespace) -> int:
+    """Run the chosen ``dlq`` sub-command over every stream's dead letters; return the exit code."""
+    if args.dlq_command == "list":
+        return await _dlq_list(streams, args)
+    if args.dlq_command == "show":
+        return await _dlq_show(streams, args)
+    if args.dlq_command == "replay":
+        return await _dlq_replay(streams, args)
+    for stream in streams:
+        purged = await stream.purge_dead_letters()
+        print(f"purged {purged} dead letters from {stream.dlq_stream}")
+    return 0
+
+
+def parse_since(text: str) -> int:
+    """Parse ``--since``: a duration back from now (90s, 15m, 2h, 3d) or an RFC 3339 time."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip()
+    if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
+        seconds = float(value[:-1]) * units[value[-1]]
+        return int((datetime.now(UTC).timestamp() - seconds) * 1000)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 90s, 15m, 2h, 3d or an RFC 3339 time, got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"the time needs a time zone (Z or +hh:mm): {text!r}")
+    return int(when.timestamp() * 1000)
+
+
+def _letter_row(entry: Entry) -> dict[str, str]:
+    """Flatten a dead letter into its id and every field, decoded as UTF-8."""
+    return {
+        "id": entry.id,
+        **{k.decode(): v.decode("utf-8", "replace") for k, v in entry.fields.items()},
+    }
+
+
+async def _selected(
+    streams: Sequence[SignalStream], args: argparse.Namespace
+) -> list[tuple[SignalStream, Entry]]:
+    """Find the dead letters matching --reason / --since (whole streams), at most --count."""
+    limit = getattr(args, "count", None)
+    found: list[tuple[SignalStream, Entry]] = []
+    for stream in streams:
+        remaining = None if limit is None else limit - len(found)
+        if remaining is not None and remaining <= 0:
+            break
+        async for entry in stream.scan_dead_letters(
+            reason=args.reason, since_ms=args.since, limit=remaining
+        ):
+            found.append((stream, entry))
+    return found
+
+
+async def _dlq_list(streams: Sequence[SignalStream], args: argparse.Namespace) -> int:
+    """Print the dead letters matching the filters, as a table or JSON."""
+    rows = [_letter_row(entry) for _, entry in await _selected(streams, args)]
+    if args.json:
+        print(msgspec.json.encode(rows).decode())
+        return 0
+    for row in rows:
+        print(
+            f"{row['id']}  {row.get(DLQ_PREFIX + 'reason', '?'):<15} "
+            f"source={row.get(DLQ_PREFIX + 'source_id', '?')}  "
+            f"{row.get(DLQ_PREFIX + 'error', '')[:120]}"
+        )
+    return 0
+
+
+async def _find_letters(
+    streams: Sequence[SignalStream], ids: Sequence[str]
+) -> tuple[list[tuple[SignalStream, Entry]], list[str]]:
+    """Look each id up in every dead-letter stream: (found, ids found nowhere)."""
+    found: list[tuple[SignalStream, Entry]] = []
+    missing: list[str] = []
+    for dlq_id in ids:
+        for stream in streams:
+            entry = await stream.dead_letter_entry(dlq_id)
+            if entry is not None:
+                found.append((stream, entry))
+                break
+        else:
+            missing.append(dlq_id)
+    return found, missing
+
+
+def _report_missing(streams: Sequence[SignalStream], missing: Sequence[str]) -> int:
+    where = ", ".join(s.dlq_stream for s in streams)
+    print(f"signal-bridge: no dead letter {', '.join(missing)} in {where}", file=sys.stderr)
+    return 1
+
+
+async def _dlq_show(streams: Sequence[SignalStream], args: argparse.Namespace) -> int:
+    """Print one dead letter: every field, the decoded signal (or why not), the error."""
+    found, missing = await _find_letters(streams, [args.id])
+    if missing:
+        return _report_missing(streams, missing)
+    stream, entry = found[0]
+    raw = entry.fields.get(SIGNAL_FIELD)
+    signal: dict[str, Any] | None = None
+    problem: str | None = None
+    try:
+        if raw is None:
+            raise InvalidSignalError("the entry has no 'signal' field")  # noqa: TRY301 - one report path
+        signal = msgspec.json.decode(encode_canonical(decode_signal(raw)))
+    except InvalidSignalError as exc:
+        problem = str(exc)
+    row = _letter_row(entry)
+    if args.json:
+        payload = {
+            "dlq_stream": stream.dlq_stream,
+            "fields": row,
+            "signal": signal,
+            "signal_error": problem,
+            "error": row.get(f"{DLQ_PREFIX}error"),
+        }
+        print(msgspec.json.encode(payload).decode())
+        return 0
+    print(f"dead letter {entry.id} in {stream.dlq_stream}")
+    for name, value in row.items():
+        if name != "id":
+            print(f"  {name}: {value}")
+    if signal is not None:
+        pretty = msgspec.json.format(msgspec.json.encode(signal), indent=2).decode()
+        print("signal (decoded):\n  " + pretty.replace("\n", "\n  "))
+    else:
+        print(f"signal: does not decode: {problem}")
+    print(f"error: {row.get(f'{DLQ_PREFIX}error', '')}")
+    return 0
+
+
+async def _dlq_replay(streams: Sequence[SignalStream], args: argparse.Namespace) -> int:
+    """Replay chosen dead letters to their source stream (or say what would be replayed)."""
+    filtered = args.all or args.reason is not None or args.since is not None
+    if args.ids and filtered:
+        print("signal-bridge: give IDs, or --all / --reason / --since, not both", file=sys.stderr)
+        return 2
+    if args.ids:
+        chosen, missing = await _find_letters(streams, args.ids)
+        if missing:
+            return _report_missing(streams, missing)
+    elif filtered:
+        chosen = await _selected(streams, args)
+    else:
+        print("nothing to replay (give IDs, --all, --reason or --since)", file=sys.stderr)
+        return 2
+    waiver = _waiver_note() if args.allow_expired else None
+    for stream, entry in chosen:
+        source = entry.field(f"{DLQ_PREFIX}source_stream") or stream.stream
+        what = (
+            f"{entry.id} ({entry.field(f'{DLQ_PREFIX}reason') or '?'}, source "
+            f"{source}/{entry.field(f'{DLQ_PREFIX}source_id') or '?'})"
+        )
+        if args.dry_run:
+            print(f"would replay {what}")
+            continue
+        if waiver is not None:
+            log.warning(
+                "replaying a dead letter with its maximum age waived: the bridge will post it "
+                "whatever its age, under its original timestamp and idempotency key",
+                extra=log_fields(
+                    dlq_id=entry.id,
+                    reason=entry.field(f"{DLQ_PREFIX}reason"),
+                    source_id=entry.field(f"{DLQ_PREFIX}source_id"),
+                    signal_id=guess_signal_id(entry.fields.get(SIGNAL_FIELD)),
+                    waived_by=waiver,
+                ),
+            )
+        for dlq_id, new_id in await stream.replay([entry.id], waive_max_age=waiver):
+            print(f"{dlq_id} -> {new_id}")
+    if args.dry_run:
+        print(f"dry run: {len(chosen)} dead letters would be replayed; nothing changed")
+    return 0
+
+
+def _waiver_note() -> str:
+    """Who waived a signal's maximum age, where and when, for the replayed entry and the logs."""
+    import getpass  # noqa: PLC0415 - only this path needs it
+    import socket  # noqa: PLC0415
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} {datetime.now(UTC).isoformat(timespec='seconds')}"

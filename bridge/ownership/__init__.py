@@ -1,0 +1,1 @@
+"""Shard ownership for strict ordering: assignment, leases and fencing, the coordinator."""

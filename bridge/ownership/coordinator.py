@@ -1,0 +1,556 @@
+"""Shard ownership for ``BRIDGE_ORDERING=strict``: membership, assignment, leases, fencing.
+
+The split follows Kafka's consumer group: *membership* (each replica sends a heartbeat; the live
+replicas are those whose heartbeat has not expired), *assignment* (:func:`assign`, a pure
+function of the sorted live list and the shard list, so every replica computes the same answer)
+and *ownership* (:class:`Coordinator`: a shard is worked on only by the holder of its lease, a
+Redis key set NX with a TTL and a fencing token INCRed per acquisition).
+
+Rebalancing is cooperative: a replica that holds a shard it is no longer assigned drains its
+worker (stop reading, finish, ack) and then releases the lease; the replica it now belongs to
+acquires it, first moves every pending entry of the shard to itself (XAUTOCLAIM at idle 0), and
+only then starts a :class:`~bridge.delivery.worker.Worker`, which re-delivers those entries in id
+order
+before it reads new ones. A holder that cannot renew fences itself on its own monotonic clock
+(:class:`Lease`): it stops posting before Redis can expire the lease, so a process that was
+paused (SIGSTOP, a long GC, a VM freeze) wakes up unable to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal as os_signal
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from bridge.app.health import GroupMonitor, HealthServer
+from bridge.app.progress import DrainReport, ProgressSummary
+from bridge.config.loader import BridgeConfig, StreamConfig
+from bridge.delivery.worker import Worker, WorkerStats
+from bridge.edge.client import HmacClient
+from bridge.errors import StreamError
+from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
+from bridge.streams.retention import Retention
+from bridge.streams.stream import GroupStatus, SignalStream
+from bridge.telemetry.logs import log_fields
+from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.setup import TelemetryHandle
+
+__all__ = [
+    "OWNED_SHARDS_METRIC",
+    "Coordinator",
+    "Lease",
+    "assign",
+    "fence_margin_s",
+    "members_key",
+    "run_strict",
+]
+
+log = logging.getLogger("bridge.ownership")
+
+OWNED_SHARDS_METRIC: Final = "signals_owned_shards"
+# While a shard assigned to this replica is still held elsewhere, ask again this often (ms).
+_FAST_POLL_MS: Final = 100
+# Otherwise the member list is read this often (a heartbeat each time), so a replica that died
+# or joined is noticed within this much of its heartbeat expiring or appearing.
+_TICK_MS: Final = 500
+_WORKER_EXIT_EXTRA_S: Final = 5.0
+
+
+def assign(shards: Sequence[str], members: Sequence[str]) -> dict[str, list[str]]:
+    """Map each live member to its shards: balanced (floor or ceil of shards / members), sticky.
+
+    Deterministic from the sorted member list, so every replica computes the same map. Quotas:
+    the first ``len(shards) % len(members)`` members (sorted) may take one shard more. Each shard,
+    in configured order, goes to the member ranking highest for it (rendezvous hashing on
+    crc32) that still has room, so a join or a leave moves few shards.
+    """
+    live = sorted(set(members))
+    result: dict[str, list[str]] = {member: [] for member in live}
+    if not live:
+        return result
+    base, extra = divmod(len(shards), len(live))
+    quota = {member: base + (1 if i < extra else 0) for i, member in enumerate(live)}
+    for shard in shards:
+        ranked = sorted(live, key=lambda m: (-_score(shard, m), m))
+        for member in ranked:
+            if len(result[member]) < quota[member]:
+                result[member].append(shard)
+                break
+    return result
+
+
+def _score(shard: str, member: str) -> int:
+    """Rendezvous weight of ``member`` for ``shard``; the same in every process."""
+    return zlib.crc32(f"{shard}\x00{member}".encode())
+
+
+def fence_margin_s(ttl_ms: int) -> float:
+    """How long before the lease's TTL its holder stops posting: a quarter of the TTL.
+
+    With renewals at most every third of the TTL, two renewals may fail before the fence trips,
+    and a POST started just before it has a quarter of the TTL to land before another replica
+    can hold the lease.
+    """
+    return ttl_ms / 4000
+
+
+def members_key(config: StreamConfig) -> str:
+    """Return the key of the sorted set of live replicas (carries the first shard's tag)."""
+    return f"{hash_tagged(config.stream_names()[0])}:replicas:{config.group}"
+
+
+@dataclass(slots=True)
+class Lease:
+    """One held shard lease and its fence deadline on this process's monotonic clock."""
+
+    shard: str
+    token: int
+    value: str
+    renewed_at: float  # monotonic time at which the last successful renewal (or SET) started
+    ttl_s: float
+    lost: bool = False
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time after which this process must not post for the shard."""
+        return self.renewed_at + self.ttl_s - fence_margin_s(int(self.ttl_s * 1000))
+
+    def valid(self, now: float) -> bool:
+        """Tell whether the holder may still post at monotonic time ``now``."""
+        return not self.lost and now < self.deadline
+
+
+@dataclass(slots=True)
+class _Owned:
+    """A shard this replica holds: its lease, its worker and that worker's task."""
+
+    lease: Lease
+    worker: Worker
+    task: asyncio.Task[None]
+    acquired_at: float
+    releasing: bool = False
+
+
+WorkerFactory = Callable[[SignalStream, Callable[[], bool]], Worker]
+
+
+class Coordinator:
+    """One per replica: heartbeats, takes its share of shards, runs a Worker per held shard."""
+
+    def __init__(
+        self,
+        leases: LeaseStore,
+        streams: Sequence[SignalStream],
+        config: StreamConfig,
+        worker_factory: WorkerFactory,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        instance: str | None = None,
+    ) -> None:
+        self.leases = leases
+        self.streams = {stream.stream: stream for stream in streams}
+        self.shards = [stream.stream for stream in streams]
+        self.config = config
+        self.worker_factory = worker_factory
+        self.clock = clock
+        self.metrics = metrics
+        self.member = config.consumer
+        # The lease value names this process, not just the consumer: a restarted replica with
+        # the same name waits for its predecessor's lease to expire instead of sharing it.
+        self.owner = f"{config.consumer} {instance or uuid.uuid4().hex[:12]}"
+        self.owned: dict[str, _Owned] = {}
+        self.live: list[str] = []
+        self.target: list[str] = []
+        self.workers: list[Worker] = []  # the live list /readyz and /healthz look at
+        self._ttl_ms = config.lease_ttl_ms
+        self._renew_s = config.lease_renew_ms / 1000
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._releases: set[asyncio.Task[None]] = set()
+        self._heartbeat_failing = False
+        self.left_pending = 0  # entries still held by workers when the hand-over let them go
+        if metrics is not None:
+            metrics.meter.create_observable_gauge(
+                OWNED_SHARDS_METRIC,
+                callbacks=[self._owned_callback],
+                description="Shards whose lease this replica holds (BRIDGE_ORDERING=strict)",
+            )
+            for shard in self.shards:
+                metrics.observe_circuit(shard, self._circuit_of(shard))
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """Tell whether stop() was called."""
+        return self._stopping
+
+    def stop(self) -> None:
+        """Ask run() to hand every shard over; safe to call from a signal handler."""
+        self._stopping = True
+        self._stop_event.set()
+        for owned in self.owned.values():
+            owned.worker.stop()
+
+    async def run(self) -> None:
+        """Balance shards until stop(), then drain, ack and release every lease."""
+        # Renewals run on their own, so a slow acquisition (a large takeover) never delays them.
+        renewer = asyncio.create_task(self._renew_loop(), name="lease renewals")
+        try:
+            while not self._stopping:
+                await self._tick()
+                balanced = set(self.target) <= set(self.owned)
+                interval = min(self._renew_s, (_TICK_MS if balanced else _FAST_POLL_MS) / 1000)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), interval)
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            await self._hand_over()
+
+    # --- one round ---------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Heartbeat, collect finished workers, release surplus, acquire what is ours."""
+        try:
+            self.live = await self._bounded(
+                self.leases.heartbeat(self.member, self.config.heartbeat_ttl_ms)
+            )
+            if self._heartbeat_failing:
+                self._heartbeat_failing = False
+                log.info("heartbeat sent again", extra=log_fields(live_replicas=len(self.live)))
+        except (StreamError, TimeoutError) as exc:
+            if not self._heartbeat_failing:  # once per outage, not every tick
+                self._heartbeat_failing = True
+                log.warning(
+                    "heartbeat failed: no shard is acquired until Redis answers; held shards "
+                    "stay fenced by their own clocks",
+                    extra=log_fields(error=str(exc) or type(exc).__name__),
+                )
+            self.live = []
+        self._collect_finished()
+        if not self.live:
+            return  # without a member list, keep what we hold (fenced by the clock) and wait
+        self.target = assign(self.shards, self.live).get(self.member, [])
+        for shard, owned in list(self.owned.items()):
+            if shard not in self.target and not owned.releasing:
+                self._release_later(owned, why="rebalance")
+        for shard in self.target:
+            if shard not in self.owned and not self._stopping:
+                await self._acquire(shard)
+
+    async def _bounded(self, call: Any) -> Any:  # noqa: ANN401 - passes any Redis reply through
+        """Await a Redis call for at most one renewal interval, so a hung socket cannot stall."""
+        return await asyncio.wait_for(call, max(self._renew_s, 0.05))
+
+    async def _renew_loop(self) -> None:
+        """Renew every held lease each BRIDGE_LEASE_RENEW_MS until cancelled."""
+        while True:
+            await self._renew_all()
+            await asyncio.sleep(self._renew_s)
+
+    async def _renew_all(self) -> None:
+        """Renew every held lease at once; a refused renewal means it is lost: fence at once."""
+        held = [owned for owned in self.owned.values() if not owned.lease.lost]
+        await asyncio.gather(*(self._renew(owned) for owned in held))
+
+    async def _renew(self, owned: _Owned) -> None:
+        """Renew one lease, waiting for the answer as long as the lease is still valid."""
+        lease = owned.lease
+        started = self.clock()
+        # A late answer still counts (from when it was asked), so wait until the fence would
+        # close anyway rather than give up after one interval on a busy event loop.
+        timeout = max(self._renew_s, lease.deadline - started)
+        try:
+            renewed = await asyncio.wait_for(
+                self.leases.renew(lease.shard, lease.value, self._ttl_ms), timeout
+            )
+        except (StreamError, TimeoutError) as exc:
+            log.warning(
+                "lease renewal failed",
+                extra=log_fields(shard=lease.shard, fencing_token=lease.token, error=str(exc)),
+            )
+            if not lease.valid(self.clock()) and not lease.lost:
+                self._lose(owned, f"cannot renew: {exc or type(exc).__name__}")
+            return
+        if renewed:
+            lease.renewed_at = max(lease.renewed_at, started)
+        elif self.owned.get(lease.shard) is owned and not lease.lost:
+            self._lose(owned, "lease expired or taken by another replica")
+
+    def _lose(self, owned: _Owned, why: str) -> None:
+        """Fence a shard's worker: it stops posting and reading, its entries stay pending."""
+        owned.lease.lost = True
+        owned.worker.stop()
+        log.warning(
+            "shard lease lost: stopped posting for it",
+            extra=log_fields(shard=owned.lease.shard, fencing_token=owned.lease.token, reason=why),
+        )
+
+    def _collect_finished(self) -> None:
+        """Forget shards whose worker ended on its own (fenced, or failed): re-acquire later."""
+        for shard, owned in list(self.owned.items()):
+            if owned.task.done() and not owned.releasing:
+                if not owned.task.cancelled() and owned.task.exception() is not None:
+                    exc = owned.task.exception()
+                    log.error(
+                        "shard worker failed",
+                        extra=log_fields(
+                            shard=shard, error=str(exc), error_type=type(exc).__name__
+                        ),
+                    )
+                self._release_later(owned, why="worker ended")
+
+    async def _acquire(self, shard: str) -> None:
+        """Take the shard's lease if free; move its pending entries here; start its worker."""
+        started = self.clock()
+        try:
+            token, value = await self._bounded(self.leases.acquire(shard, self.owner, self._ttl_ms))
+        except (StreamError, TimeoutError) as exc:
+            log.warning("lease acquire failed", extra=log_fields(shard=shard, error=str(exc)))
+            return
+        if not token:
+            if not value.endswith(f" {self.owner}"):
+                return  # still held: its owner drains and releases it, or it expires
+            # Our own lease, dropped after a Redis hiccup while Redis kept it: adopt it (the
+            # worker that used it has ended) instead of waiting for it to expire.
+            token = int(value.split(" ", 1)[0])
+        lease = Lease(shard, token, value, renewed_at=started, ttl_s=self._ttl_ms / 1000)
+        stream = self.streams[shard]
+        try:
+            await stream.ensure_group(self.config.start_id)
+            moved = await take_pending(stream, self.leases.lease_key(shard), value)
+        except StreamError as exc:
+            log.warning(
+                "could not take over the shard's pending entries; releasing it",
+                extra=log_fields(shard=shard, fencing_token=token, error=str(exc)),
+            )
+            with contextlib.suppress(StreamError):
+                await self.leases.release(shard, value)
+            return
+        if moved is None:
+            log.warning(
+                "shard lease lost before its pending entries were taken over; trying again",
+                extra=log_fields(shard=shard, fencing_token=token),
+            )
+            return
+        taken, deleted = moved
+        if deleted:
+            if self.metrics is not None:
+                self.metrics.dead_lettered_total.add(len(deleted), {"reason": "deleted"})
+            log.error(
+                "pending entries were deleted from the stream before delivery",
+                extra=log_fields(shard=shard, count=len(deleted), entry_ids=deleted[:20]),
+            )
+        # The takeover may have been long: renew (and so check) the lease before any POST.
+        confirm_started = self.clock()
+        try:
+            confirmed = await self._bounded(self.leases.renew(shard, value, self._ttl_ms))
+        except (StreamError, TimeoutError):
+            confirmed = False
+        if not confirmed:
+            log.warning(
+                "shard lease lost during the takeover; trying again",
+                extra=log_fields(shard=shard, fencing_token=token),
+            )
+            return
+        lease.renewed_at = confirm_started
+        worker = self.worker_factory(stream, lambda: lease.valid(self.clock()))
+        task = asyncio.create_task(worker.run(), name=f"worker {shard}")
+        self.owned[shard] = _Owned(lease, worker, task, acquired_at=self.clock())
+        self.workers.append(worker)
+        log.info(
+            "shard taken over" if taken else "shard acquired",
+            extra=log_fields(
+                shard=shard,
+                fencing_token=token,
+                pending_taken=taken,
+                took_ms=round((self.clock() - started) * 1000, 1),
+                owned=len(self.owned),
+                live_replicas=len(self.live),
+            ),
+        )
+
+    def _release_later(self, owned: _Owned, *, why: str) -> None:
+        """Drain the shard's worker in the background, then release its lease."""
+        owned.releasing = True
+        owned.worker.stop()
+        if not self._stopping:  # a rebalance: a draining worker must not make /readyz fail
+            with contextlib.suppress(ValueError):
+                self.workers.remove(owned.worker)
+        task = asyncio.create_task(
+            self._release(owned, why=why), name=f"release {owned.lease.shard}"
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, owned: _Owned, *, why: str) -> None:
+        """Wait for the worker (drained and acked), then release the lease; bounded."""
+        started = self.clock()
+        lease = owned.lease
+        await asyncio.wait(
+            {owned.task}, timeout=self.config.shutdown_grace_s + _WORKER_EXIT_EXTRA_S
+        )
+        released = False
+        if not lease.lost:
+            try:
+                released = await self._bounded(self.leases.release(lease.shard, lease.value))
+                lease.lost = True  # released: no renewal, no post
+            except (StreamError, TimeoutError) as exc:
+                log.warning(
+                    "lease release failed; it expires on its own",
+                    extra=log_fields(shard=lease.shard, error=str(exc)),
+                )
+        self.owned.pop(lease.shard, None)
+        if self._stopping:
+            self.left_pending += owned.worker.in_flight
+        with contextlib.suppress(ValueError):
+            self.workers.remove(owned.worker)
+        log.info(
+            "shard released",
+            extra=log_fields(
+                shard=lease.shard,
+                fencing_token=lease.token,
+                reason=why,
+                released=released,
+                drain_ms=round((self.clock() - started) * 1000, 1),
+                held_s=round(self.clock() - owned.acquired_at, 3),
+            ),
+        )
+
+    async def _hand_over(self) -> None:
+        """SIGTERM: stop every worker, keep renewing while they drain, release every lease."""
+        with contextlib.suppress(StreamError, TimeoutError):
+            await self._bounded(self.leases.leave(self.member))
+        for owned in list(self.owned.values()):
+            if not owned.releasing:
+                self._release_later(owned, why="shutdown")
+        deadline = self.clock() + self.config.shutdown_grace_s + 2 * _WORKER_EXIT_EXTRA_S
+        while self._releases and self.clock() < deadline:
+            await asyncio.wait(set(self._releases), timeout=self._renew_s)
+            if self._releases:
+                await self._renew_all()
+        for task in set(self._releases):
+            task.cancel()
+        await asyncio.gather(*self._releases, return_exceptions=True)
+
+    # --- metrics -----------------------------------------------------------------------------
+
+    def _owned_callback(self, options: CallbackOptions) -> list[Observation]:
+        """Report the shards held right now as signals_owned_shards{consumer}."""
+        del options
+        held = sum(1 for owned in self.owned.values() if not owned.lease.lost)
+        return [Observation(held, {"consumer": self.member})]
+
+    def _circuit_of(self, shard: str) -> Callable[[], bool]:
+        """Return a check of the breaker of whichever worker holds ``shard`` now."""
+
+        def is_open() -> bool:
+            """Tell whether the shard's current worker has its breaker open."""
+            owned = self.owned.get(shard)
+            return owned is not None and owned.worker.breaker.is_open
+
+        return is_open
+
+
+async def run_strict(
+    config: BridgeConfig,
+    redis: Any,  # noqa: ANN401 - a redis-py client (single node or cluster)
+    client: HmacClient,
+    telemetry: TelemetryHandle,
+) -> None:
+    """Run one replica in strict mode until SIGTERM/SIGINT: coordinator, monitors, probes."""
+    cfg = config.stream
+    streams = [
+        SignalStream(
+            redis, stream=name, group=cfg.group, consumer=cfg.consumer, dlq_stream=cfg.dlq_for(name)
+        )
+        for name in cfg.stream_names()
+    ]
+
+    # One count per shard across its successive workers, for the progress and drain lines.
+    stats = {stream.stream: WorkerStats() for stream in streams}
+
+    def make_worker(stream: SignalStream, fence: Callable[[], bool]) -> Worker:
+        """Build the Worker of one acquired shard, fenced by its lease."""
+        worker = Worker(
+            stream, client, cfg, metrics=telemetry.metrics, tracer=telemetry.tracer, fence=fence
+        )
+        worker.stats = stats[stream.stream]
+        return worker
+
+    coordinator = Coordinator(
+        LeaseStore(redis, group=cfg.group, members_key=members_key(cfg)),
+        streams,
+        cfg,
+        make_worker,
+        metrics=telemetry.metrics,
+    )
+    log.info(
+        "strict ordering: shards are balanced over the live replicas through leases",
+        extra=log_fields(
+            shards=len(streams),
+            lease_ttl_ms=cfg.lease_ttl_ms,
+            lease_renew_ms=cfg.lease_renew_ms,
+            heartbeat_ttl_ms=cfg.heartbeat_ttl_ms,
+        ),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        for stream in streams:
+            monitor = GroupMonitor(
+                stream, telemetry.metrics, None, config.telemetry.status_interval_s
+            )
+            task = asyncio.create_task(monitor.run(), name=f"group-monitor {stream.stream}")
+            stack.callback(task.cancel)
+            if config.telemetry.summary_interval_s:
+                summary = ProgressSummary(
+                    stream.stream,
+                    stats[stream.stream],
+                    _monitor_status(monitor),
+                    config.telemetry.summary_interval_s,
+                )
+                task = asyncio.create_task(summary.run(), name=f"summary {stream.stream}")
+                stack.callback(task.cancel)
+            if cfg.trim_acked:  # trimming is safe from every replica: below what all acked
+                retention = Retention(stream, telemetry.metrics, cfg.trim_interval_s)
+                task = asyncio.create_task(retention.run(), name=f"retention {stream.stream}")
+                stack.callback(task.cancel)
+        if config.telemetry.health_port:
+            await stack.enter_async_context(
+                HealthServer(
+                    coordinator.workers,
+                    host=config.telemetry.health_host,
+                    port=config.telemetry.health_port,
+                    metrics_text=telemetry.prometheus_text,
+                    ping=streams[0].ping,
+                )
+            )
+        drain = DrainReport(cfg.shutdown_grace_s)
+
+        def stop(sig: os_signal.Signals) -> None:
+            """Say so once, then hand every shard over."""
+            if not coordinator.stopping:
+                drain.stopping(sig.name, sum(w.in_flight for w in coordinator.workers))
+            coordinator.stop()
+
+        loop = asyncio.get_running_loop()
+        for sig in (os_signal.SIGTERM, os_signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop, sig)
+        await coordinator.run()
+        drain.finished(list(stats.values()), coordinator.left_pending)
+
+
+def _monitor_status(monitor: GroupMonitor) -> Callable[[], GroupStatus | None]:
+    """Return a reader of a monitor's latest group status (for the progress line)."""
+    return lambda: monitor.status

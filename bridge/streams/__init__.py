@@ -1,0 +1,1 @@
+"""Redis Streams: connection, entries, consumer-group operations, dead letters, retention."""

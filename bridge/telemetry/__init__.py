@@ -1,0 +1,1 @@
+"""Traces, metrics and logs: OpenTelemetry set-up, the bridge's instruments, JSON log lines."""

@@ -1,0 +1,314 @@
+"""Spans for the delivery path: the bridge's tracer, cheap whether spans are exported or not.
+
+A tracer whose provider has no span processor makes no span objects, only the ids a
+``traceparent`` and a log line need (``LeanTracer``): with no exporter configured, tracing costs
+a span id and a context switch per delivery. With the SDK's Simple/Batch span processors a
+recorded span is a ``bridge.telemetry.fastpath.spans.LeanSpan``: slots and a dict until it ends,
+then the SDK's
+``ReadableSpan`` handed to the processors, as the SDK's own span would hand it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextvars import Token
+from types import MappingProxyType, TracebackType
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.util.types import Attributes
+
+from bridge.telemetry.fastpath.spans import LeanSpan, SpanRecorder
+
+__all__ = ["INSTRUMENTATION_NAME", "LeanTracer", "get_tracer"]
+
+INSTRUMENTATION_NAME: Final = "signal-bridge"
+
+
+def get_tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
+    """Return the bridge's tracer from ``provider`` or the global one."""
+    from bridge import __version__  # noqa: PLC0415 - the package imports this module
+
+    return trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=provider)
+
+
+def _recorder(delegate: trace.Tracer, provider: Any) -> SpanRecorder | None:  # noqa: ANN401 - SDK
+    """Make the SpanRecorder for ``delegate`` if it is the SDK's tracer (else: always the SDK)."""
+    from opentelemetry.sdk.trace import Tracer as SdkTracer  # noqa: PLC0415 - SDK only here
+
+    # The same processors, sampler and ids the LeanTracer reads from the provider.
+    if type(delegate) is not SdkTracer or (
+        delegate.span_processor is not getattr(provider, "_active_span_processor", None)
+        or delegate.sampler is not getattr(provider, "sampler", None)
+        or delegate.id_generator is not getattr(provider, "id_generator", None)
+    ):
+        return None
+    return SpanRecorder(delegate, delegate.span_processor, getattr(delegate, "_span_limits", None))
+
+
+def _follows_parent(sampler: Any) -> bool:  # noqa: ANN401 - any sampler
+    """Say whether ``sampler`` is a ParentBased whose answer under a valid parent is its flag.
+
+    That is the SDK's ParentBased (or a subclass that changes only the root, such as
+    ParentBasedTraceIdRatio) with the stock delegates: ALWAYS_ON for a sampled parent,
+    ALWAYS_OFF for an unsampled one, remote or local. Those return the parent's trace state and,
+    when sampled, the caller's attributes; asking them changes nothing else.
+    """
+    from opentelemetry.sdk.trace.sampling import (  # noqa: PLC0415 - SDK only here
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        ParentBased,
+    )
+
+    return (
+        isinstance(sampler, ParentBased)
+        and type(sampler).should_sample is ParentBased.should_sample
+        and getattr(sampler, "_remote_parent_sampled", None) is ALWAYS_ON
+        and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
+        and getattr(sampler, "_remote_parent_not_sampled", None) is ALWAYS_OFF
+        and getattr(sampler, "_local_parent_not_sampled", None) is ALWAYS_OFF
+    )
+
+
+_NO_ATTRIBUTES: Final[Mapping[str, Any]] = MappingProxyType({})
+_FLAGS: Final = tuple(trace.TraceFlags(bits) for bits in range(4))  # sampled | random-id bits
+_SAMPLED_BITS: Final = 0x03
+
+
+class _CurrentSpan:
+    """``start_as_current_span``'s context manager as a plain object (no generator frames).
+
+    Same behaviour as the API's ``use_span(..., end_on_exit=True)``: the span is current inside
+    the block; an ``Exception`` leaving it is recorded and sets an ERROR status on a recording
+    span; the span ends on exit.
+    """
+
+    __slots__ = ("_end", "_record", "_set_status", "_span", "_token")
+
+    def __init__(
+        self, span: trace.Span, *, end: bool, record_exception: bool, set_status: bool
+    ) -> None:
+        """Hold ``span`` until the block is entered."""
+        self._span = span
+        self._end = end
+        self._record = record_exception
+        self._set_status = set_status
+        self._token: Token[otel_context.Context] | None = None
+
+    def __enter__(self) -> trace.Span:
+        """Make the span current and return it."""
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Restore the previous context, record an escaping exception, end the span."""
+        if self._token is not None:
+            otel_context.detach(self._token)
+        span = self._span
+        if isinstance(exc, Exception) and span.is_recording():
+            if self._record:
+                span.record_exception(exc)
+            if self._set_status:
+                span.set_status(
+                    trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+                )
+        if self._end:
+            span.end()
+
+
+class LeanTracer(trace.Tracer):
+    """A tracer that makes no span objects unseen, and cheap ones when spans are exported.
+
+    Without a processor a span is seen only through its ids (the ``traceparent`` header, the
+    log line's ``trace_id``/``span_id``), so then only those are made: a ``NonRecordingSpan``
+    with the ids and flags the SDK would have given it (a new span id; the parent's trace id,
+    or a new one for a root; the sampler's decision; a ParentBased sampler with the stock
+    parent delegates follows the parent without being asked, as it would answer).
+
+    With processors, a span is made as the SDK's tracer makes it (trace id for a root, the
+    sampler asked with the same arguments, then the span id; the sampler's trace state and
+    attributes; DROP gives a ``NonRecordingSpan``; a stock ParentBased under a valid parent is
+    answered for, as above: the parent's decision and trace state, the caller's attributes),
+    but a recording one is a ``LeanSpan`` when ``SpanRecorder.applies``: only the SDK's
+    SimpleSpanProcessor/BatchSpanProcessor in the SDK's synchronous processor, the tracer
+    enabled, no internal SDK span metrics, no attribute length limit. A span started with
+    links, or on any other set-up, is the SDK's.
+    """
+
+    def __init__(self, delegate: trace.Tracer, provider: Any) -> None:  # noqa: ANN401 - SDK
+        """Wrap ``delegate`` (a tracer of ``provider``)."""
+        self._delegate = delegate
+        # The SDK's own list of span processors, read on each span so a later
+        # add_span_processor() takes effect; no SDK provider: always delegate.
+        self._processors = getattr(provider, "_active_span_processor", None)
+        self._sampler = getattr(provider, "sampler", None)
+        self._ids = getattr(provider, "id_generator", None)
+        usable = (
+            self._sampler is not None
+            and self._ids is not None
+            and hasattr(self._processors, "_span_processors")
+            and not getattr(provider, "_disabled", False)
+        )
+        self._usable = usable
+        self._follows_parent = _follows_parent(self._sampler)
+        self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+        self._recorder = _recorder(delegate, provider) if usable else None
+
+    def _ids_only(
+        self,
+        name: str,
+        context: otel_context.Context | None,
+        kind: trace.SpanKind,
+        attributes: Attributes,
+        links: Sequence[trace.Link] | None,
+    ) -> trace.Span:
+        """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
+        parent = trace.get_current_span(context).get_span_context()
+        span_id = self._ids.generate_span_id()  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+        if parent.is_valid and self._follows_parent:
+            flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
+            return trace.NonRecordingSpan(
+                trace.SpanContext(parent.trace_id, span_id, False, flags, parent.trace_state)
+            )
+        if parent.is_valid:
+            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+        else:
+            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+        result = self._sampler.should_sample(  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+            context, trace_id, name, kind, attributes, links
+        )
+        bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
+        return trace.NonRecordingSpan(
+            trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
+        )
+
+    def _recorded(
+        self,
+        recorder: SpanRecorder,
+        name: str,
+        context: otel_context.Context | None,
+        *,
+        kind: trace.SpanKind,
+        attributes: Attributes,
+        start_time: int | None,
+        record_exception: bool,
+        set_status_on_exception: bool,
+    ) -> trace.Span:
+        """Make the span the SDK's tracer would, recording into a LeanSpan (no links given)."""
+        parent: trace.SpanContext | None = trace.get_current_span(context).get_span_context()
+        if parent is not None and not isinstance(parent, trace.SpanContext):
+            raise TypeError("parent_span_context must be a SpanContext or None.")
+        if parent is None or not parent.is_valid:
+            parent = None
+            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+        else:
+            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+        if parent is not None and self._follows_parent:
+            # What the stock ParentBased answers: ALWAYS_ON / ALWAYS_OFF by the parent's flag.
+            sampled = recording = parent.trace_flags.sampled
+            span_attributes: Mapping[str, Any] = (
+                _NO_ATTRIBUTES if attributes is None else attributes
+            )
+            trace_state = parent.trace_state
+        else:
+            result = self._sampler.should_sample(  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+                context, trace_id, name, kind, attributes, ()
+            )
+            sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
+            span_attributes, trace_state = result.attributes, result.trace_state
+        span_context = trace.SpanContext(
+            trace_id,
+            self._ids.generate_span_id(),  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+            False,
+            _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)],
+            trace_state,
+        )
+        if not recording:
+            return trace.NonRecordingSpan(span_context)
+        return LeanSpan(
+            recorder,
+            name,
+            span_context,
+            parent=parent,
+            kind=kind,
+            attributes=span_attributes,
+            start_time=start_time,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        )
+
+    def start_span(  # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        """Start a span (see the class docstring for when it is only ids, when a LeanSpan)."""
+        if self._usable:
+            processors = self._processors._span_processors  # type: ignore[union-attr] # set whenever _usable, which the caller checked
+            if not processors:
+                return self._ids_only(name, context, kind, attributes, links)
+            recorder = self._recorder
+            if not links and recorder is not None and recorder.applies(processors):
+                return self._recorded(
+                    recorder,
+                    name,
+                    context,
+                    kind=kind,
+                    attributes=attributes,
+                    start_time=start_time,
+                    record_exception=record_exception,
+                    set_status_on_exception=set_status_on_exception,
+                )
+        return self._delegate.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+
+    # The API types this as its generator-based context manager; ours is a plain one, used alike.
+    def start_as_current_span(  # type: ignore[override] # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> _CurrentSpan:
+        """Start a span and make it current for a ``with`` block."""
+        span = self.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        return _CurrentSpan(
+            span,
+            end=end_on_exit,
+            record_exception=record_exception,
+            set_status=set_status_on_exception,
+        )
