@@ -33,8 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from bridge.config.loader import OutboundConfig, Secret, load_ingest_secrets
-from bridge.core.signal import format_timestamp
 from bridge.core.signing import INGEST_PATH, verify_request
+from bridge.core.timestamps import format_timestamp
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send
 from bridge.edge.client import HmacClient
 from bridge.errors import DeliveryError

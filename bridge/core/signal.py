@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
+from bridge.core.timestamps import TimestampError, format_timestamp, parse_timestamp
 from bridge.errors import BodyTooLargeError, InvalidSignalError
 
 __all__ = [
@@ -29,9 +30,8 @@ __all__ = [
     "Signal",
     "decode_signal",
     "encode_canonical",
-    "format_timestamp",
     "guess_signal_id",
-    "parse_timestamp",
+    "parse_signal_timestamp",
 ]
 
 DEFAULT_MAX_BODY_SIZE: Final = 65536
@@ -45,12 +45,6 @@ MAX_SIGNAL_ID_LEN: Final = 128
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Free text (comment) keeps tab, line feed and carriage return.
 _CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-# RFC 3339 date-time with ASCII digits only; any number of fractional digits.
-_RFC3339: Final = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]+))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
-)
-_LEAP_SECOND: Final = 60
 
 
 class _UtcTimestamp(datetime):
@@ -65,57 +59,27 @@ else:  # msgspec reads the annotation at run time and decodes it through _dec_ho
     _Timestamp = _UtcTimestamp
 
 
-def parse_timestamp(text: object) -> datetime:
-    """Parse an RFC 3339 timestamp with a zone; fractions past microseconds are truncated.
+def parse_signal_timestamp(text: object) -> datetime:
+    """Parse a signal's RFC 3339 timestamp into the canonical UTC datetime.
 
-    Truncated, never rounded: ``...:25.9999995Z`` stays in second 25. A leap second (``:60``)
-    cannot be represented exactly and is refused with that reason.
+    Fractions past microseconds are truncated, never rounded (``...:25.9999995Z`` stays in
+    second 25); a leap second (``:60``) is refused with that reason. Any refusal is an
+    ``InvalidSignalError`` naming the field.
     """
     if not isinstance(text, str):
         raise InvalidSignalError(
             f"timestamp must be an RFC 3339 string, got {text!r}", field="timestamp"
         )
-    match = _RFC3339.fullmatch(text)
-    if match is None:
-        raise InvalidSignalError(
-            f"timestamp {text!r} is not RFC 3339 with a time zone "
-            "(e.g. 2025-10-25T14:30:45.123456Z)",
-            field="timestamp",
-        )
-    groups = match.groups()
-    year, month, day, hour, minute, second = map(int, groups[:6])
-    fraction, zulu, sign, off_h, off_m = groups[6:]
-    if second == _LEAP_SECOND:
-        raise InvalidSignalError(
-            f"timestamp {text!r} is a leap second (:60), which UTC timestamps here cannot "
-            "represent; refused rather than moved to another second",
-            field="timestamp",
-        )
-    micro = int((fraction or "")[:6].ljust(6, "0"))
-    if zulu:  # already UTC, the producers' usual form: no conversion
-        try:
-            return _UtcTimestamp(year, month, day, hour, minute, second, micro, tzinfo=UTC)
-        except ValueError as exc:
-            raise InvalidSignalError(f"timestamp {text!r}: {exc}", field="timestamp") from None
-    hours, minutes = int(off_h), int(off_m)
-    if hours > 23 or minutes > 59:
-        raise InvalidSignalError(f"timestamp {text!r} has an invalid offset", field="timestamp")
-    delta = timedelta(hours=hours, minutes=minutes)
-    zone = timezone(-delta if sign == "-" else delta)
     try:
-        value = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
-    except ValueError as exc:
-        raise InvalidSignalError(f"timestamp {text!r}: {exc}", field="timestamp") from None
+        value = parse_timestamp(text, cls=_UtcTimestamp)
+    except TimestampError as exc:
+        raise InvalidSignalError(str(exc), field="timestamp") from None
+    if value.tzinfo is UTC:  # Z, the producers' usual form: no conversion
+        return value
     try:
         return _to_utc(value)
     except OverflowError:
         raise InvalidSignalError("timestamp is out of range in UTC", field="timestamp") from None
-
-
-def format_timestamp(value: datetime) -> str:
-    """Format an aware datetime as RFC 3339 UTC with microseconds and ``Z``."""
-    utc = value.astimezone(UTC).replace(tzinfo=None)
-    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 def _to_utc(value: datetime) -> _UtcTimestamp:
@@ -285,15 +249,15 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 def _enc_hook(obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract takes and returns Any
     """Encode the canonical timestamp; anything else is a programming error."""
-    if type(obj) is _UtcTimestamp:  # always tzinfo=UTC: swap isoformat's "+00:00" for "Z"
-        return obj.isoformat(timespec="microseconds")[:-6] + "Z"
+    if type(obj) is _UtcTimestamp:
+        return format_timestamp(obj)
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
 def _dec_hook(kind: type, obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract
     """Decode the timestamp with our own RFC 3339 parser (truncates, refuses :60)."""
     if kind is _UtcTimestamp:
-        return parse_timestamp(obj)
+        return parse_signal_timestamp(obj)
     raise NotImplementedError(f"cannot decode {kind.__name__}")
 
 

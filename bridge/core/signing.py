@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
-import math
-import re
-import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
 
+from bridge.core.timestamps import TimestampError, parse_timestamp
 from bridge.errors import SigningError
 
 __all__ = [
@@ -39,9 +36,7 @@ __all__ = [
     "body_sha256",
     "build_signature",
     "canonical_request",
-    "format_timestamp",
     "key_fingerprint",
-    "parse_timestamp",
     "verify_request",
     "verify_signature",
 ]
@@ -49,49 +44,18 @@ __all__ = [
 INGEST_PATH: Final = "/api/v1/signals/ingest"
 DEFAULT_TOLERANCE_S: Final = 300.0
 
-# RFC 3339 date-time: full date, "T", time with optional fraction, "Z" or a numeric offset.
-_RFC3339: Final = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
-)
+# X-Timestamp's fraction: nanoseconds at most (datetime keeps microseconds, the rest is cut).
+_MAX_FRACTION_DIGITS: Final = 9
 
 
-def parse_timestamp(timestamp: str) -> datetime:
-    """Parse an RFC 3339 timestamp into an aware datetime; SigningError when it is not one."""
-    if not _RFC3339.match(timestamp):
-        raise SigningError(f"timestamp is not RFC 3339: {timestamp[:64]!r}")
-    text = timestamp.upper().replace("Z", "+00:00")
-    head, dot, rest = text.partition(".")
-    if dot:
-        # datetime takes at most 6 fractional digits: truncate nanoseconds.
-        digits = rest[:-6]
-        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[-6:]}"
+def _sent_at(timestamp: str) -> datetime:
+    """Parse X-Timestamp into an aware datetime; SigningError when it is not RFC 3339."""
     try:
-        return datetime.fromisoformat(text)
-    except ValueError as exc:
+        return parse_timestamp(timestamp, max_fraction_digits=_MAX_FRACTION_DIGITS)
+    except TimestampError as exc:
+        if exc.reason == "grammar":
+            raise SigningError(f"timestamp is not RFC 3339: {timestamp[:64]!r}") from None
         raise SigningError(f"timestamp is not a valid date: {timestamp[:64]!r}") from exc
-
-
-@functools.lru_cache(maxsize=4)
-def _utc_second(seconds: int) -> str:
-    """Format one whole UTC second; consecutive requests share it."""
-    t = time.gmtime(seconds)  # strftime's %Y is not zero-padded before the year 1000
-    date = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
-    return f"{date}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-
-
-def format_timestamp(epoch_s: float) -> str:
-    """Format epoch seconds as X-Timestamp: RFC 3339 UTC, six fractional digits, ``Z``.
-
-    The same text as ``datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="microseconds")``
-    with ``Z`` (microseconds rounded half to even, as datetime rounds), at a fraction of its cost.
-    """
-    fraction, whole = math.modf(epoch_s)
-    micros = round(fraction * 1e6)
-    if micros < 0:  # before 1970: modf keeps the sign
-        whole, micros = whole - 1, micros + 1_000_000
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, micros - 1_000_000
-    return f"{_utc_second(int(whole))}.{micros:06d}Z"
 
 
 def key_fingerprint(secret: bytes) -> str:
@@ -167,7 +131,7 @@ def build_signature(
         raise SigningError("secret must not be empty")
     if not body:
         raise SigningError("body must not be empty")
-    parse_timestamp(timestamp)
+    _sent_at(timestamp)
     message = canonical_request(body, timestamp, producer_id, method=method, path=path)
     return base64.b64encode(hmac.digest(secret, message, hashlib.sha256)).decode("ascii")
 
@@ -202,7 +166,7 @@ def verify_signature(
     if provided is None or not secret or not body:
         return False
     try:
-        parse_timestamp(timestamp)
+        _sent_at(timestamp)
     except SigningError:
         return False
     message = canonical_request(body, timestamp, producer_id, method=method, path=path)
@@ -266,7 +230,7 @@ def verify_request(
     if not body:
         return Verification(ok=False, reason="empty body", producer_id=producer_id, check="headers")
     try:
-        sent_at = parse_timestamp(timestamp)
+        sent_at = _sent_at(timestamp)
     except SigningError:
         return Verification(
             ok=False, reason="malformed X-Timestamp", producer_id=producer_id, check="headers"

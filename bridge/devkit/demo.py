@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from bridge.config.loader import load_config
 from bridge.core.signal import Signal
+from bridge.core.timestamps import format_timestamp
 from bridge.delivery.backoff import Backoff
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
@@ -126,7 +127,7 @@ async def _publish_samples(
     wrong_side = (
         b'{"instrument":"XAUUSD","side":"buy","entry_price":2000.0,"take_profit":1990.0,'
         b'"stop_loss":null,"risk_percent":1.0,"comment":null,"strategy_name":"demo",'
-        b'"timestamp":"' + now.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode() + b'","signal_id":null}'
+        b'"timestamp":"' + format_timestamp(now).encode() + b'","signal_id":null}'
     )
     invalid = await publish_raw(redis, {"signal": wrong_side}, stream=stream)
     out.append((invalid, "buy with take_profit below entry", None))

@@ -36,6 +36,7 @@ from bridge.config.loader import (
     redis_db,
 )
 from bridge.core.signal import Signal, decode_signal
+from bridge.core.timestamps import TimestampError, parse_timestamp
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient
 from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
@@ -327,14 +328,15 @@ def _signal_from_flags(args: argparse.Namespace) -> Signal:
         raise UsageError(f"publish needs {', '.join(missing)} (or --file FILE, or --sample N)")
     if args.timestamp:
         try:
-            timestamp = datetime.fromisoformat(args.timestamp.replace("Z", "+00:00"))
-        except ValueError:
+            timestamp = parse_timestamp(args.timestamp, loose=True)
+        except TimestampError as exc:
+            if exc.reason == "zone":
+                message = f"--timestamp: {args.timestamp!r} needs a UTC offset or Z"
+                raise UsageError(message) from None
             raise UsageError(
                 f"--timestamp: {args.timestamp!r} is not an RFC 3339 time "
                 "(e.g. 2026-11-28T10:00:00Z)"
             ) from None
-        if timestamp.tzinfo is None:
-            raise UsageError(f"--timestamp: {args.timestamp!r} needs a UTC offset or Z")
     else:
         timestamp = datetime.now(UTC)
     try:

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from bridge.core.signal import decode_signal, encode_canonical, guess_signal_id
+from bridge.core.timestamps import TimestampError, parse_timestamp
 from bridge.errors import InvalidSignalError
 from bridge.streams.stream import DLQ_PREFIX, SIGNAL_FIELD, Entry, SignalStream
 from bridge.telemetry.logs import log_fields
@@ -51,13 +52,15 @@ def parse_since(text: str) -> int:
         seconds = float(value[:-1]) * units[value[-1]]
         return int((datetime.now(UTC).timestamp() - seconds) * 1000)
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        when = parse_timestamp(value, loose=True)
+    except TimestampError as exc:
+        if exc.reason == "zone":
+            raise argparse.ArgumentTypeError(
+                f"the time needs a time zone (Z or +hh:mm): {text!r}"
+            ) from None
         raise argparse.ArgumentTypeError(
             f"expected a duration like 90s, 15m, 2h, 3d or an RFC 3339 time, got {text!r}"
         ) from None
-    if when.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"the time needs a time zone (Z or +hh:mm): {text!r}")
     return int(when.timestamp() * 1000)
 
 

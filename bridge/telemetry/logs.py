@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import functools
 import logging
 import sys
 import threading
@@ -21,6 +20,8 @@ from typing import Any, Final
 
 import msgspec
 from opentelemetry import trace
+
+from bridge.core.timestamps import format_timestamp
 
 __all__ = [
     "JsonFormatter",
@@ -58,16 +59,9 @@ def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
 _RESERVED: Final = frozenset(("timestamp", "level", "message", "logger"))
 
 
-@functools.lru_cache(maxsize=4)
-def _utc_second(seconds: int) -> str:
-    """Format a whole second once: many log lines share it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
 def _line_time(created: float) -> str:
     """Format a log line's timestamp: UTC, microseconds truncated as logging always did."""
-    seconds = int(created)
-    return f"{_utc_second(seconds)}.{int((created - seconds) * 1_000_000):06d}Z"
+    return format_timestamp(created, truncate_micros=True)
 
 
 def _record_dict(record: logging.LogRecord) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.core.signal import decode_signal, encode_canonical, parse_timestamp
+from bridge.core.signal import decode_signal, encode_canonical, parse_signal_timestamp
 from bridge.delivery.jobs import idempotency_key
 from bridge.errors import InvalidSignalError
 from bridge.streams.stream import publish_raw
@@ -143,7 +143,7 @@ def test_malformed_timestamps_are_refused(written: str) -> None:
 def test_parse_timestamp_refuses_non_strings() -> None:
     """A number where the timestamp belongs is refused, naming the field."""
     with pytest.raises(InvalidSignalError) as info:
-        parse_timestamp(1700000000)
+        parse_signal_timestamp(1700000000)
     assert info.value.field == "timestamp"
 
 

@@ -14,8 +14,8 @@ from bridge.core.signal import (
     Signal,
     decode_signal,
     encode_canonical,
-    format_timestamp,
 )
+from bridge.core.timestamps import format_timestamp
 from bridge.errors import BodyTooLargeError, InvalidSignalError, Outcome
 from tests.fixtures_ingest import make_signal
 

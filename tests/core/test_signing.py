@@ -16,10 +16,10 @@ from bridge.core.signing import (
     body_sha256,
     build_signature,
     canonical_request,
-    parse_timestamp,
     verify_request,
     verify_signature,
 )
+from bridge.core.timestamps import parse_timestamp
 from bridge.errors import SigningError
 
 SECRET: Final = b"my-secret-key-0123456789"

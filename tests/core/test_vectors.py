@@ -15,10 +15,10 @@ from bridge.core.signing import (
     body_sha256,
     build_signature,
     canonical_request,
-    parse_timestamp,
     verify_request,
     verify_signature,
 )
+from bridge.core.timestamps import parse_timestamp
 
 VECTORS_PATH: Final = Path(__file__).parent / "vectors" / "signing.json"
 VECTORS: Final[dict[str, Any]] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))

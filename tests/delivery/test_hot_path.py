@@ -28,7 +28,7 @@ from opentelemetry.propagators.textmap import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from bridge.core.signing import format_timestamp
+from bridge.core.timestamps import format_timestamp
 from bridge.delivery.jobs import idempotency_key
 from bridge.telemetry.propagation import extract_parent, inject_trace
 

@@ -10,8 +10,9 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode
 
 from bridge.config.loader import OutboundConfig
-from bridge.core.signal import encode_canonical, format_timestamp
+from bridge.core.signal import encode_canonical
 from bridge.core.signing import INGEST_PATH, build_signature
+from bridge.core.timestamps import format_timestamp
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
 from tests.fixtures_ingest import KEY_ID, PRODUCER_ID, TEST_SECRET, Tracing, make_signal

@@ -1,12 +1,22 @@
-"""The README's settings table against the settings the code reads: neither may drift."""
+"""The README against the code: its settings table and its Python examples may not drift."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, cast
+
+import pytest
+import redis
 
 from bridge.config.loader import PROXY_VARIABLES, setting_names
+from bridge.core.signal import decode_signal
+from bridge.core.signing import Signer
+from bridge.core.timestamps import format_timestamp
 
 README: Final = Path(__file__).resolve().parents[2] / "README.md"
 # Read outside config's table (a file path, the secret's file, the reference server's keys).
@@ -44,3 +54,83 @@ def test_the_readme_table_names_no_unknown_variable() -> None:
     known = {*setting_names(), *OTHER_VARIABLES, "OTEL_*"}
     unknown = sorted(_settings_table() - known)
     assert not unknown, f"the README's settings table lists variables the code ignores: {unknown}"
+
+
+def _python_examples() -> list[str]:
+    """The source of every ```python block in the README, in order."""
+    text = README.read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def _example(marker: str) -> str:
+    """The one README example that contains ``marker``."""
+    found = [block for block in _python_examples() if marker in block]
+    assert len(found) == 1, f"expected one README example with {marker!r}, found {len(found)}"
+    return found[0]
+
+
+def _run(source: str, **names: object) -> dict[str, Any]:
+    """Execute an example as a module whose reader-supplied names are ``names``."""
+    namespace: dict[str, Any] = {"__name__": "readme_example", **names}
+    exec(compile(source, str(README), "exec"), namespace)  # noqa: S102 - our own README's code
+    return namespace
+
+
+_PRODUCER_MARKER: Final = "bridge.publish(redis, signal"
+_SERVER_MARKER: Final = "verify_request(headers"
+
+
+def test_every_python_example_is_run_by_a_test() -> None:
+    """Each ```python block of the README is one of the examples the tests below execute."""
+    markers = (_PRODUCER_MARKER, _SERVER_MARKER)
+    blocks = _python_examples()
+    assert len(blocks) == len(markers)
+    assert all(any(m in block for block in blocks) for m in markers)
+
+
+def test_the_producer_example_publishes_a_signal(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The producer example XADDs its signal, canonical and decodable, to ``signals``."""
+    # A database of its own: the example writes to the README's stream name, "signals".
+    url = urllib.parse.urlsplit(redis_url)._replace(path="/9").geturl()
+    monkeypatch.setenv("BRIDGE_REDIS_URL", url)
+    client = redis.Redis.from_url(url)
+    try:
+        client.delete("signals")
+        _run(_example(_PRODUCER_MARKER))
+        entry_id = capsys.readouterr().out.split()[-1]
+        entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrange("signals"))
+        [(stored_id, fields)] = entries
+        assert stored_id.decode() == entry_id
+        signal = decode_signal(fields[b"signal"])
+        assert (signal.instrument, signal.side, signal.signal_id) == ("XAUUSD", "buy", "order-77")
+    finally:
+        client.delete("signals")
+        client.close()
+
+
+def test_the_server_example_accepts_the_bridges_request_and_refuses_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The verifier example lets a signed request through (either key) and answers 401 else."""
+    new_secret, old_secret = b"new-secret", b"old-secret"
+    example = _run(_example(_SERVER_MARKER), new_secret=new_secret, old_secret=old_secret)
+    authenticate: Callable[[Mapping[str, str], bytes], int | None] = example["authenticate"]
+    body = b'{"instrument":"XAUUSD"}'
+
+    def headers(secret: bytes, key_id: str) -> dict[str, str]:
+        """The headers the bridge sends for ``body`` signed with ``secret``."""
+        timestamp = format_timestamp(time.time())
+        return {
+            "X-Producer-Id": "mt5-trader-1",
+            "X-Timestamp": timestamp,
+            "X-Signature": Signer(secret, "mt5-trader-1").sign(body, timestamp),
+            "X-Key-Id": key_id,
+        }
+
+    assert authenticate(headers(new_secret, "2026-11"), body) is None
+    assert authenticate(headers(old_secret, "2026-05"), body) is None
+    with caplog.at_level(logging.WARNING, logger="ingest"):
+        assert authenticate(headers(new_secret, "2026-11"), body + b" ") == 401
+    assert "refused: signature mismatch" in caplog.text
