@@ -1,19 +1,19 @@
 """Shard ownership for ``BRIDGE_ORDERING=strict``: membership, assignment, leases, fencing.
 
 The split follows Kafka's consumer group: *membership* (each replica sends a heartbeat; the live
-replicas are those whose heartbeat has not expired), *assignment* (:func:`assign`, a pure
-function of the sorted live list and the shard list, so every replica computes the same answer)
-and *ownership* (:class:`Coordinator`: a shard is worked on only by the holder of its lease, a
-Redis key set NX with a TTL and a fencing token INCRed per acquisition).
+replicas are those whose heartbeat has not expired), *assignment*
+(:func:`~bridge.ownership.assign.assign`, a pure function of the sorted live list and the shard
+list, so every replica computes the same answer) and *ownership* (:class:`Coordinator`: a shard is
+worked on only by the holder of its lease, a Redis key set NX with a TTL and a fencing token
+INCRed per acquisition).
 
 Rebalancing is cooperative: a replica that holds a shard it is no longer assigned drains its
 worker (stop reading, finish, ack) and then releases the lease; the replica it now belongs to
 acquires it, first moves every pending entry of the shard to itself (XAUTOCLAIM at idle 0), and
 only then starts a :class:`~bridge.delivery.worker.Worker`, which re-delivers those entries in id
-order
-before it reads new ones. A holder that cannot renew fences itself on its own monotonic clock
-(:class:`Lease`): it stops posting before Redis can expire the lease, so a process that was
-paused (SIGSTOP, a long GC, a VM freeze) wakes up unable to send.
+order before it reads new ones. A holder that cannot renew fences itself on its own monotonic
+clock (:class:`~bridge.ownership.assign.Lease`): it stops posting before Redis can expire the
+lease, so a process that was paused (SIGSTOP, a long GC, a VM freeze) wakes up unable to send.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import logging
 import signal as os_signal
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,22 +36,15 @@ from bridge.config.loader import BridgeConfig, StreamConfig
 from bridge.delivery.worker import Worker, WorkerStats
 from bridge.edge.client import HmacClient
 from bridge.errors import StreamError
-from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
+from bridge.ownership.assign import Lease, assign
+from bridge.ownership.leases import LeaseStore, members_key, take_pending
 from bridge.streams.retention import Retention
 from bridge.streams.stream import GroupStatus, SignalStream
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.setup import TelemetryHandle
 
-__all__ = [
-    "OWNED_SHARDS_METRIC",
-    "Coordinator",
-    "Lease",
-    "assign",
-    "fence_margin_s",
-    "members_key",
-    "run_strict",
-]
+__all__ = ["OWNED_SHARDS_METRIC", "Coordinator", "run_strict"]
 
 log = logging.getLogger("bridge.ownership")
 
@@ -63,70 +55,6 @@ _FAST_POLL_MS: Final = 100
 # or joined is noticed within this much of its heartbeat expiring or appearing.
 _TICK_MS: Final = 500
 _WORKER_EXIT_EXTRA_S: Final = 5.0
-
-
-def assign(shards: Sequence[str], members: Sequence[str]) -> dict[str, list[str]]:
-    """Map each live member to its shards: balanced (floor or ceil of shards / members), sticky.
-
-    Deterministic from the sorted member list, so every replica computes the same map. Quotas:
-    the first ``len(shards) % len(members)`` members (sorted) may take one shard more. Each shard,
-    in configured order, goes to the member ranking highest for it (rendezvous hashing on
-    crc32) that still has room, so a join or a leave moves few shards.
-    """
-    live = sorted(set(members))
-    result: dict[str, list[str]] = {member: [] for member in live}
-    if not live:
-        return result
-    base, extra = divmod(len(shards), len(live))
-    quota = {member: base + (1 if i < extra else 0) for i, member in enumerate(live)}
-    for shard in shards:
-        ranked = sorted(live, key=lambda m: (-_score(shard, m), m))
-        for member in ranked:
-            if len(result[member]) < quota[member]:
-                result[member].append(shard)
-                break
-    return result
-
-
-def _score(shard: str, member: str) -> int:
-    """Rendezvous weight of ``member`` for ``shard``; the same in every process."""
-    return zlib.crc32(f"{shard}\x00{member}".encode())
-
-
-def fence_margin_s(ttl_ms: int) -> float:
-    """How long before the lease's TTL its holder stops posting: a quarter of the TTL.
-
-    With renewals at most every third of the TTL, two renewals may fail before the fence trips,
-    and a POST started just before it has a quarter of the TTL to land before another replica
-    can hold the lease.
-    """
-    return ttl_ms / 4000
-
-
-def members_key(config: StreamConfig) -> str:
-    """Return the key of the sorted set of live replicas (carries the first shard's tag)."""
-    return f"{hash_tagged(config.stream_names()[0])}:replicas:{config.group}"
-
-
-@dataclass(slots=True)
-class Lease:
-    """One held shard lease and its fence deadline on this process's monotonic clock."""
-
-    shard: str
-    token: int
-    value: str
-    renewed_at: float  # monotonic time at which the last successful renewal (or SET) started
-    ttl_s: float
-    lost: bool = False
-
-    @property
-    def deadline(self) -> float:
-        """Monotonic time after which this process must not post for the shard."""
-        return self.renewed_at + self.ttl_s - fence_margin_s(int(self.ttl_s * 1000))
-
-    def valid(self, now: float) -> bool:
-        """Tell whether the holder may still post at monotonic time ``now``."""
-        return not self.lost and now < self.deadline
 
 
 @dataclass(slots=True)
@@ -490,7 +418,7 @@ async def run_strict(
         return worker
 
     coordinator = Coordinator(
-        LeaseStore(redis, group=cfg.group, members_key=members_key(cfg)),
+        LeaseStore(redis, group=cfg.group, members_key=members_key(cfg.stream_names(), cfg.group)),
         streams,
         cfg,
         make_worker,

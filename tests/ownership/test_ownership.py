@@ -25,15 +25,9 @@ from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient
 from bridge.errors import ConfigError, StreamError
-from bridge.ownership.coordinator import (
-    Coordinator,
-    Lease,
-    _Owned,
-    assign,
-    fence_margin_s,
-    members_key,
-)
-from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
+from bridge.ownership.assign import Lease, assign, fence_margin_s
+from bridge.ownership.coordinator import Coordinator, _Owned
+from bridge.ownership.leases import LeaseStore, hash_tagged, members_key, take_pending
 from bridge.streams.stream import SignalStream, publish
 from tests.fixtures_ingest import Server
 from tests.support import FAST, bridge_config, eventually, make_signal
@@ -219,7 +213,7 @@ def test_lease_and_member_keys_carry_the_shard_hash_tag() -> None:
     assert key_slot(store.lease_key("signals:{3}").encode()) == key_slot(b"signals:{3}")
     assert hash_tagged("plain") == "{plain}"
     cfg = StreamConfig(consumer="c", streams=["signals:{0}", "signals:{1}"], group="g")
-    assert members_key(cfg) == "signals:{0}:replicas:g"
+    assert members_key(cfg.stream_names(), cfg.group) == "signals:{0}:replicas:g"
 
 
 # --- leases against a real Redis -----------------------------------------------------------
@@ -352,7 +346,9 @@ async def _coordinating(
         def make_worker(stream: SignalStream, fence: Callable[[], bool]) -> Worker:
             return Worker(stream, client, cfg, backoff=FAST, fence=fence)
 
-        store = LeaseStore(redis, group=cfg.group, members_key=members_key(cfg))
+        store = LeaseStore(
+            redis, group=cfg.group, members_key=members_key(cfg.stream_names(), cfg.group)
+        )
         coordinator = Coordinator(store, streams, cfg, make_worker, clock=clock)
         task = asyncio.create_task(coordinator.run())
         try:
@@ -440,7 +436,7 @@ async def test_a_new_owner_waits_for_the_old_lease_then_delivers_its_pending_fir
             redis, make_signal(i, instrument="XAUUSD", signal_id=signal_id), stream=shards
         )
     assert len(await dead.read(5, None)) == 5  # the dead owner had read these, never acked
-    store = LeaseStore(redis, group="g", members_key=members_key(config.stream))
+    store = LeaseStore(redis, group="g", members_key=members_key(config.stream.stream_names(), "g"))
     dead_token, _ = await store.acquire(shards[0], "dead 0", 700)
     expires = time.time() + 0.7
     for i, signal_id in enumerate(ids[5:], start=5):
@@ -461,7 +457,7 @@ async def test_a_holder_whose_lease_is_taken_stops_posting_at_once(
     """Another holder's value in the lease: the replica fences, posts nothing, re-acquires later."""
     shards = _shards(f"t:{uuid.uuid4().hex[:8]}", 1)
     config = _strict_config(server, redis_url, shards, "r1")
-    store = LeaseStore(redis, group="g", members_key=members_key(config.stream))
+    store = LeaseStore(redis, group="g", members_key=members_key(config.stream.stream_names(), "g"))
     async with _coordinating(redis, config) as r1:
         await eventually(lambda: shards[0] in r1.owned, timeout_s=5, what="r1 owns the shard")
         first = r1.owned[shards[0]]
