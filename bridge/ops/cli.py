@@ -87,6 +87,11 @@ def _install_stop(workers: Sequence[Worker], report: DrainReport | None = None) 
             loop.add_signal_handler(sig, stop, sig)
 
 
+def _circuit_of(worker: Worker) -> Callable[[], bool]:
+    """Return a check of ``worker``'s breaker, for the circuit gauge."""
+    return lambda: worker.breaker.is_open
+
+
 async def _wait_for_signal() -> None:
     """Block until SIGTERM or SIGINT (used while delivery is disabled)."""
     loop = asyncio.get_running_loop()
@@ -108,7 +113,7 @@ async def _serve_health(
     if config.telemetry.health_port:
         await stack.enter_async_context(
             HealthServer(
-                workers,
+                lambda: workers,
                 host=config.telemetry.health_host,
                 port=config.telemetry.health_port,
                 metrics_text=metrics_text,
@@ -204,7 +209,10 @@ async def run_bridge(config: BridgeConfig) -> None:
             ]
             for stream, worker in zip(streams, workers, strict=True):
                 monitor = GroupMonitor(
-                    stream, telemetry.metrics, worker, config.telemetry.status_interval_s
+                    stream,
+                    telemetry.metrics,
+                    _circuit_of(worker),
+                    config.telemetry.status_interval_s,
                 )
                 task = asyncio.create_task(monitor.run(), name=f"group-monitor {stream.stream}")
                 stack.callback(task.cancel)

@@ -456,7 +456,7 @@ async def run_strict(
         if config.telemetry.health_port:
             await stack.enter_async_context(
                 HealthServer(
-                    coordinator.workers,
+                    lambda: coordinator.workers,
                     host=config.telemetry.health_host,
                     port=config.telemetry.health_port,
                     metrics_text=telemetry.prometheus_text,

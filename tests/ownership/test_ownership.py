@@ -504,11 +504,11 @@ async def test_readyz_follows_the_shards_a_replica_holds(
     shards = _shards(f"t:{uuid.uuid4().hex[:8]}", 2)
     config = _strict_config(server, redis_url, shards, "r1")
     pinger = SignalStream(redis, stream=shards[0], group="g", consumer="r1", dlq_stream="d")
-    standby = HealthServer([], host="127.0.0.1", port=0, ping=pinger.ping)
+    standby = HealthServer(list, host="127.0.0.1", port=0, ping=pinger.ping)
     ready, checks = await standby.readiness()
     assert ready, checks
     async with _coordinating(redis, config) as r1:
-        health = HealthServer(r1.workers, host="127.0.0.1", port=0, ping=pinger.ping)
+        health = HealthServer(lambda: r1.workers, host="127.0.0.1", port=0, ping=pinger.ping)
         await eventually(lambda: len(r1.workers) == 2, timeout_s=5, what="two shard workers")
         await eventually(lambda: all(w.group_ready for w in r1.workers), timeout_s=5, what="up")
         ready, checks = await health.readiness()
