@@ -1,7 +1,7 @@
 """The ``signal-bridge`` command: run, check, publish, status, dlq, demo, ingest-server.
 
-This is the composition root: it loads the config, builds every resource as an async context
-manager on one ``AsyncExitStack``, and wires SIGTERM/SIGINT to ``Worker.stop``.
+It parses the command line, loads the settings, runs the chosen command and maps errors to exit
+codes. ``run`` is the service (:func:`bridge.app.runner.run`).
 """
 
 from __future__ import annotations
@@ -14,233 +14,28 @@ import os
 import secrets
 import signal as os_signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
 from bridge import __version__
-from bridge.app.health import GroupMonitor, HealthServer
-from bridge.app.progress import DrainReport, ProgressSummary
-from bridge.config.loader import (
-    BridgeConfig,
-    load_config,
-    load_ingest_secrets,
-    otel_environment,
-    redact_url,
-    redis_db,
-)
+from bridge.app.runner import run, signal_streams
+from bridge.config.loader import BridgeConfig, load_config, load_ingest_secrets, otel_environment
 from bridge.core.signal import Signal, decode_signal
-from bridge.delivery.worker import Worker
-from bridge.edge.client import HmacClient
-from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
+from bridge.errors import BridgeError, ConfigError, InvalidSignalError, UsageError
 from bridge.ops.dlq import parse_since, run_dlq_command
-from bridge.ownership.coordinator import run_strict
-from bridge.streams.retention import Retention
-from bridge.streams.stream import (
-    SignalStream,
-    connect,
-    probe_database,
-    publish,
-)
+from bridge.streams.stream import connect, publish
 from bridge.telemetry.logs import configure_logging, log_fields
-from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.setup import setup_telemetry
 
 __all__ = ["main"]
 
 log = logging.getLogger("bridge")
-
-
-def _streams_of(config: BridgeConfig, redis: Any) -> list[SignalStream]:  # noqa: ANN401 - a redis-py client
-    """One SignalStream per configured stream (BRIDGE_STREAMS, else BRIDGE_STREAM)."""
-    cfg = config.stream
-    return [
-        SignalStream(
-            redis,
-            stream=name,
-            group=cfg.group,
-            consumer=cfg.consumer,
-            dlq_stream=cfg.dlq_for(name),
-        )
-        for name in cfg.stream_names()
-    ]
-
-
-def _install_stop(workers: Sequence[Worker], report: DrainReport | None = None) -> None:
-    """SIGTERM / SIGINT only flip the workers' stop flags (and say so in one line)."""
-    loop = asyncio.get_running_loop()
-
-    def stop(sig: os_signal.Signals) -> None:
-        if report is not None and not any(w.stopping for w in workers):
-            report.stopping(sig.name, sum(w.in_flight for w in workers))
-        for worker in workers:
-            worker.stop()
-
-    for sig in (os_signal.SIGTERM, os_signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop, sig)
-
-
-def _circuit_of(worker: Worker) -> Callable[[], bool]:
-    """Return a check of ``worker``'s breaker, for the circuit gauge."""
-    return lambda: worker.breaker.is_open
-
-
-async def _wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT (used while delivery is disabled)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (os_signal.SIGTERM, os_signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-async def _serve_health(
-    stack: AsyncExitStack,
-    config: BridgeConfig,
-    workers: Sequence[Worker],
-    metrics_text: Callable[[], bytes],
-    *,
-    enabled: bool = True,
-) -> None:
-    """Start the probe endpoints on the exit stack, unless BRIDGE_HEALTH_PORT is 0."""
-    if config.telemetry.health_port:
-        await stack.enter_async_context(
-            HealthServer(
-                lambda: workers,
-                host=config.telemetry.health_host,
-                port=config.telemetry.health_port,
-                metrics_text=metrics_text,
-                delivery_enabled=enabled,
-            )
-        )
-
-
-def _start_operator_loops(
-    config: BridgeConfig,
-    stack: AsyncExitStack,
-    *,
-    stream: SignalStream,
-    worker: Worker,
-    monitor: GroupMonitor,
-    metrics: Metrics,
-) -> None:
-    """Start one stream's retention and progress-summary loops, cancelled with the stack."""
-    loops: list[tuple[str, Coroutine[Any, Any, None]]] = []
-    if config.stream.trim_acked:
-        retention = Retention(stream, metrics, config.stream.trim_interval_s)
-        loops.append((f"retention {stream.stream}", retention.run()))
-    if config.telemetry.summary_interval_s:
-        summary = ProgressSummary(
-            stream.stream, worker.stats, lambda: monitor.status, config.telemetry.summary_interval_s
-        )
-        loops.append((f"summary {stream.stream}", summary.run()))
-    for name, coro in loops:
-        task = asyncio.create_task(coro, name=name)
-        stack.callback(task.cancel)
-
-
-async def run_bridge(config: BridgeConfig) -> None:
-    """Run one replica until SIGTERM/SIGINT: telemetry, Redis, client, worker, probes."""
-    log.info(
-        "signal-bridge starting",
-        extra=log_fields(
-            version=__version__,
-            streams=config.stream.stream_names(),
-            group=config.stream.group,
-            consumer=config.stream.consumer,
-            redis=redact_url(config.stream.redis_url),
-            server=config.outbound.server_url,
-            producer_id=config.outbound.producer_id,
-        ),
-    )
-    telemetry = setup_telemetry(
-        config.telemetry.otel_env,
-        instance_id=config.stream.consumer,
-        prometheus=config.telemetry.health_port != 0,
-    )
-    try:
-        async with AsyncExitStack() as stack:
-            redis = await stack.enter_async_context(
-                connect(
-                    config.stream.redis_url,
-                    cluster=config.stream.cluster,
-                    block_ms=config.stream.block_ms,
-                )
-            )
-            # A database the server lacks is a settings error (exit 2); Redis being down at
-            # start is not: the workers wait for it with backoff.
-            with contextlib.suppress(StreamError):
-                await probe_database(redis, redis_db(config.stream.redis_url))
-            streams = _streams_of(config, redis)
-            if not config.outbound.enabled:
-                log.error(
-                    "HMAC_PRODUCER_ENABLED is false: signal-bridge will NOT deliver anything; "
-                    "entries stay in the stream until it is enabled"
-                )
-                # The probes stay up (a liveness failure would restart the pod in a loop);
-                # /readyz says why this replica takes no traffic.
-                await _serve_health(stack, config, [], telemetry.prometheus_text, enabled=False)
-                await _wait_for_signal()
-                return
-            client = await stack.enter_async_context(
-                HmacClient(config.outbound, metrics=telemetry.metrics, tracer=telemetry.tracer)
-            )
-            telemetry.metrics.observe_event_loop(asyncio.get_running_loop())
-            if config.stream.ordering == "strict":
-                await run_strict(config, redis, client, telemetry)
-                log.info("signal-bridge stopped")
-                return
-            workers = [
-                Worker(
-                    stream,
-                    client,
-                    config.stream,
-                    metrics=telemetry.metrics,
-                    tracer=telemetry.tracer,
-                )
-                for stream in streams
-            ]
-            for stream, worker in zip(streams, workers, strict=True):
-                monitor = GroupMonitor(
-                    stream,
-                    telemetry.metrics,
-                    _circuit_of(worker),
-                    config.telemetry.status_interval_s,
-                )
-                task = asyncio.create_task(monitor.run(), name=f"group-monitor {stream.stream}")
-                stack.callback(task.cancel)
-                _start_operator_loops(
-                    config,
-                    stack,
-                    stream=stream,
-                    worker=worker,
-                    monitor=monitor,
-                    metrics=telemetry.metrics,
-                )
-            drain = DrainReport(config.stream.shutdown_grace_s)
-            await _serve_health(stack, config, workers, telemetry.prometheus_text)
-            _install_stop(workers, drain)
-            tasks = [
-                asyncio.create_task(w.run(), name=f"worker {w.stream.stream}") for w in workers
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                # One worker failing must not leave its siblings running on closed clients.
-                for worker in workers:
-                    worker.stop()
-                await asyncio.wait(tasks, timeout=config.stream.shutdown_grace_s + 5)
-                drain.finished([w.stats for w in workers], sum(w.in_flight for w in workers))
-    finally:
-        telemetry.shutdown()
-    log.info("signal-bridge stopped")
 
 
 # --- publish ---------------------------------------------------------------------------------
@@ -406,7 +201,7 @@ def _producer_span(tracer: trace.Tracer, streams: Sequence[str]) -> Iterator[Non
 
 async def _status(config: BridgeConfig, args: argparse.Namespace) -> int:
     async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
-        statuses = [await stream.status() for stream in _streams_of(config, redis)]
+        statuses = [await stream.status() for stream in signal_streams(config.stream, redis)]
     if args.json:
         payload = statuses[0] if len(statuses) == 1 else statuses
         print(msgspec.json.encode(payload).decode())
@@ -429,7 +224,7 @@ async def _status(config: BridgeConfig, args: argparse.Namespace) -> int:
 
 async def _dlq(config: BridgeConfig, args: argparse.Namespace) -> int:
     async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
-        return await run_dlq_command(_streams_of(config, redis), args)
+        return await run_dlq_command(signal_streams(config.stream, redis), args)
 
 
 # --- ingest server -------------------------------------------------------------------------
@@ -637,8 +432,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         config = load_config(env_path)
         configure_logging(config.telemetry.log_level, config.telemetry.log_format)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(run_bridge(config))
+        with asyncio.Runner(loop_factory=_loop_factory()) as event_loop:
+            event_loop.run(run(config))
         return EXIT_OK
     if args.command == "check":
         from bridge.ops.check import run_check  # noqa: PLC0415 - only this command needs it

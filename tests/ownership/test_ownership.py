@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from bridge.app.health import HealthServer
+from bridge.app.runner import ShardWorkers, coordinator_settings
 from bridge.config.loader import BridgeConfig, StreamConfig
 from bridge.core.signal import Signal
 from bridge.delivery.jobs import idempotency_key
@@ -155,7 +156,7 @@ async def test_a_holder_that_cannot_renew_fences_itself_at_the_deadline_not_befo
     coordinator = Coordinator(
         cast("LeaseStore", leases),
         [],
-        config,
+        coordinator_settings(config),
         lambda s, f: cast("Worker", None),
         clock=lambda: now[0],
     )
@@ -333,7 +334,11 @@ def _strict_config(
 
 @contextlib.asynccontextmanager
 async def _coordinating(
-    redis: aioredis.Redis, config: BridgeConfig, *, clock: Callable[[], float] = time.monotonic
+    redis: aioredis.Redis,
+    config: BridgeConfig,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    listener: ShardWorkers | None = None,
 ) -> AsyncIterator[Coordinator]:
     """Run a Coordinator (one replica in strict mode) for the block; stop it, bounded."""
     cfg = config.stream
@@ -343,13 +348,15 @@ async def _coordinating(
     ]
     async with HmacClient(config.outbound) as client:
 
-        def make_worker(stream: SignalStream, fence: Callable[[], bool]) -> Worker:
+        def make_worker(stream: SignalStream, fence: Callable[[], bool] | None) -> Worker:
             return Worker(stream, client, cfg, backoff=FAST, fence=fence)
 
         store = LeaseStore(
             redis, group=cfg.group, members_key=members_key(cfg.stream_names(), cfg.group)
         )
-        coordinator = Coordinator(store, streams, cfg, make_worker, clock=clock)
+        coordinator = Coordinator(
+            store, streams, coordinator_settings(cfg), make_worker, listener=listener, clock=clock
+        )
         task = asyncio.create_task(coordinator.run())
         try:
             yield coordinator
@@ -507,10 +514,11 @@ async def test_readyz_follows_the_shards_a_replica_holds(
     standby = HealthServer(list, host="127.0.0.1", port=0, ping=pinger.ping)
     ready, checks = await standby.readiness()
     assert ready, checks
-    async with _coordinating(redis, config) as r1:
-        health = HealthServer(lambda: r1.workers, host="127.0.0.1", port=0, ping=pinger.ping)
-        await eventually(lambda: len(r1.workers) == 2, timeout_s=5, what="two shard workers")
-        await eventually(lambda: all(w.group_ready for w in r1.workers), timeout_s=5, what="up")
+    held = ShardWorkers()
+    async with _coordinating(redis, config, listener=held) as r1:
+        health = HealthServer(held.current, host="127.0.0.1", port=0, ping=pinger.ping)
+        await eventually(lambda: len(held.current()) == 2, timeout_s=5, what="two shard workers")
+        await eventually(lambda: all(w.group_ready for w in held.current()), timeout_s=5, what="up")
         ready, checks = await health.readiness()
         assert ready, checks
         r1.stop()
