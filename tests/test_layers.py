@@ -133,10 +133,15 @@ def imports_of(source: str, importer: str, *, is_package: bool = False) -> list[
 
 
 def _for_a_dev_command(found: Import) -> bool:
-    """An ops import of devkit inside a function that serves ``demo`` or ``ingest-server``."""
+    """An ops import of devkit inside a function that serves ``demo`` or ``ingest-server``.
+
+    The function serves the command by its name, an enclosing ``if`` on the command, or its
+    module's name (``ops/ingest_server.py`` is that command's module).
+    """
     if not found.functions:
         return False
     named = {name.strip("_") for name in found.functions}
+    named.add(found.importer.rsplit(".", 1)[-1])
     return bool(DEV_COMMANDS & ({*named, *found.branches}))
 
 

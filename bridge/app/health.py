@@ -6,9 +6,10 @@ count from Redis every few seconds (never per message) and hands them to the gau
 ``HealthServer`` answers ``/healthz`` (the process and its event loop are alive), ``/readyz``
 (Redis answers a PING and the workers' own commands succeed, group present, breaker closed,
 not shutting down; the failing check says why) and ``/metrics`` (Prometheus text) on
-``BRIDGE_HEALTH_PORT``. With delivery switched off (``HMAC_PRODUCER_ENABLED=false``) it runs with
-no workers: ``/healthz`` and ``/metrics`` answer as usual, so no liveness probe restarts the pod,
-and ``/readyz`` is 503 "delivery disabled".
+``BRIDGE_HEALTH_PORT``. It asks a callable for the workers that count right now at each request,
+so it follows the shards a replica takes and hands over. With delivery switched off
+(``HMAC_PRODUCER_ENABLED=false``) it runs with no workers: ``/healthz`` and ``/metrics`` answer as
+usual, so no liveness probe restarts the pod, and ``/readyz`` is 503 "delivery disabled".
 """
 
 from __future__ import annotations
@@ -45,15 +46,16 @@ class GroupMonitor:
         self,
         stream: SignalStream,
         metrics: Metrics,
-        worker: Worker | None,
+        circuit_open: Callable[[], bool] | None,
         interval_s: float = 5.0,
     ) -> None:
+        """Also report the stream's breaker through ``circuit_open``, when given, as a gauge."""
         self.stream = stream
         self.metrics = metrics
         self.interval_s = interval_s
         self.status: GroupStatus | None = None
-        if worker is not None:  # strict ordering: the shard's owner reports its breaker
-            metrics.observe_circuit(stream.stream, lambda: worker.breaker.is_open)
+        if circuit_open is not None:
+            metrics.observe_circuit(stream.stream, circuit_open)
 
     async def poll_once(self) -> None:
         """Read the status now and publish it to the gauges (and whether Redis answered)."""
@@ -89,7 +91,7 @@ class HealthServer:
 
     def __init__(
         self,
-        worker: Worker | Sequence[Worker],
+        workers: Callable[[], Sequence[Worker]],
         *,
         host: str,
         port: int,
@@ -97,15 +99,12 @@ class HealthServer:
         delivery_enabled: bool = True,
         ping: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        # A list is kept as given: with strict ordering its owner adds and removes workers as
-        # shards move, and ``ping`` checks Redis while this replica holds none.
-        self.workers = (
-            [worker]
-            if isinstance(worker, Worker)
-            else worker
-            if isinstance(worker, list)
-            else list(worker)
-        )
+        """Serve probes on ``workers()``, the workers that count now; ``ping`` checks Redis.
+
+        Without ``ping`` the first worker's stream is pinged; give one when the replica may hold
+        no worker (strict ordering, a standby).
+        """
+        self.workers = workers
         self.delivery_enabled = delivery_enabled
         self.ping = ping if ping is not None else self._first_worker_ping
         self.host = host
@@ -115,7 +114,7 @@ class HealthServer:
 
     async def _first_worker_ping(self) -> None:
         """PING Redis through the first worker's stream."""
-        await self.workers[0].stream.ping()
+        await self.workers()[0].stream.ping()
 
     async def __aenter__(self) -> HealthServer:
         try:
@@ -153,18 +152,19 @@ class HealthServer:
             checks["redis"] = f"unreachable: no answer to PING within {_PING_TIMEOUT_S:g}s"
         except StreamError as exc:
             checks["redis"] = f"unreachable: {exc}"
+        workers = self.workers()
         # PING may answer on a fresh connection while the workers' own commands fail (a stalled
         # link): name their last Redis error until a read succeeds again.
-        errors = [w.redis_error for w in self.workers if not w.redis_ok and w.redis_error]
+        errors = [w.redis_error for w in workers if not w.redis_ok and w.redis_error]
         checks["consumer"] = f"redis error: {errors[0]}" if errors else "ok"
-        groups_ready = all(w.group_ready for w in self.workers)
+        groups_ready = all(w.group_ready for w in workers)
         group_check = "ok" if groups_ready else "not created yet"
         if groups_ready and checks["redis"] == "ok":
             # group_ready is only a flag: after Redis comes back empty the group is gone until
             # the worker's next read recreates it. Ask Redis (one XINFO GROUPS per stream).
             try:
                 present = await asyncio.wait_for(
-                    asyncio.gather(*(w.stream.group_exists() for w in self.workers)),
+                    asyncio.gather(*(w.stream.group_exists() for w in workers)),
                     _PING_TIMEOUT_S,
                 )
             except (StreamError, TimeoutError) as exc:
@@ -172,8 +172,8 @@ class HealthServer:
             else:
                 if not all(present):
                     groups_ready, group_check = False, "missing (being recreated)"
-        circuits_open = [w.stream.stream for w in self.workers if w.breaker.is_open]
-        stopping = any(w.stopping for w in self.workers)
+        circuits_open = [w.stream.stream for w in workers if w.breaker.is_open]
+        stopping = any(w.stopping for w in workers)
         checks["group"] = group_check
         checks["circuit"] = f"open: {', '.join(circuits_open)}" if circuits_open else "closed"
         checks["stopping"] = stopping
@@ -188,7 +188,7 @@ class HealthServer:
 
     async def _route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":
-            body = {"status": "ok", "in_flight": sum(w.in_flight for w in self.workers)}
+            body = {"status": "ok", "in_flight": sum(w.in_flight for w in self.workers())}
             return 200, "application/json", _ENCODER.encode(body)
         if path == "/readyz" and not self.delivery_enabled:
             body = {"status": "delivery disabled", "delivery": "HMAC_PRODUCER_ENABLED is false"}

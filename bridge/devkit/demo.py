@@ -17,7 +17,6 @@ import msgspec
 from redis.asyncio import Redis
 
 from bridge.config.loader import load_config
-from bridge.core.signal import Signal
 from bridge.core.timestamps import format_timestamp
 from bridge.delivery.backoff import Backoff
 from bridge.delivery.jobs import idempotency_key
@@ -25,34 +24,13 @@ from bridge.delivery.worker import Worker
 from bridge.devkit.embedded import embedded_redis
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
+from bridge.ops.publish import sample_signal
 from bridge.streams.stream import DLQ_PREFIX, Entry, SignalStream, connect, publish, publish_raw
 from bridge.telemetry.logs import configure_logging
 
-__all__ = ["run_demo", "sample_signal"]
+__all__ = ["run_demo"]
 
-_INSTRUMENTS: Final = (("XAUUSD", 2000.0), ("EURUSD", 1.08), ("BTCUSD", 65000.0), ("US500", 5200.0))
 _DRAIN_TIMEOUT_S: Final = 60.0
-
-
-def sample_signal(i: int, now: datetime, *, id_prefix: str = "demo") -> Signal:
-    """Build a plausible signal: instruments, sides and prices vary with ``i``.
-
-    Its signal_id is ``<id_prefix>-<i>``; ``publish --sample`` passes a prefix unique per run, so a
-    second run is new signals rather than duplicates the server refuses with 409.
-    """
-    instrument, price = _INSTRUMENTS[i % len(_INSTRUMENTS)]
-    buy = i % 2 == 0
-    return Signal(
-        instrument=instrument,
-        side="buy" if buy else "sell",
-        entry_price=price,
-        take_profit=round(price * (1.01 if buy else 0.99), 5),
-        stop_loss=round(price * (0.995 if buy else 1.005), 5),
-        risk_percent=1.0,
-        strategy_name="demo-breakout",
-        timestamp=now,
-        signal_id=f"{id_prefix}-{i}",
-    )
 
 
 async def run_demo(count: int = 20) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
+from bridge.app.runner import signal_streams
 from bridge.config.loader import (
     BridgeConfig,
     OutboundConfig,
@@ -28,7 +29,7 @@ from bridge.config.loader import (
 )
 from bridge.edge.client import build_ssl_context
 from bridge.errors import BridgeError, ConfigError, StreamError
-from bridge.streams.stream import SignalStream, connect, probe_database
+from bridge.streams.stream import connect, probe_database
 
 __all__ = ["CheckFailedError", "run_check"]
 
@@ -83,14 +84,8 @@ async def _check_redis(config: BridgeConfig, out: Print) -> None:
                 "redis", f"{where}: no answer within {STEP_TIMEOUT_S:g}s"
             ) from None
         out(f"redis     ok: {where}, PING {1000 * (time.perf_counter() - started):.1f} ms")
-        for name in cfg.stream_names():
-            stream = SignalStream(
-                redis,
-                stream=name,
-                group=cfg.group,
-                consumer=cfg.consumer,
-                dlq_stream=cfg.dlq_for(name),
-            )
+        for stream in signal_streams(cfg, redis):
+            name = stream.stream
             try:
                 status = await asyncio.wait_for(stream.status(), STEP_TIMEOUT_S)
                 present = await asyncio.wait_for(stream.group_exists(), STEP_TIMEOUT_S)

@@ -1,19 +1,20 @@
 """Shard ownership for ``BRIDGE_ORDERING=strict``: membership, assignment, leases, fencing.
 
 The split follows Kafka's consumer group: *membership* (each replica sends a heartbeat; the live
-replicas are those whose heartbeat has not expired), *assignment* (:func:`assign`, a pure
-function of the sorted live list and the shard list, so every replica computes the same answer)
-and *ownership* (:class:`Coordinator`: a shard is worked on only by the holder of its lease, a
-Redis key set NX with a TTL and a fencing token INCRed per acquisition).
+replicas are those whose heartbeat has not expired), *assignment*
+(:func:`~bridge.ownership.assign.assign`, a pure function of the sorted live list and the shard
+list, so every replica computes the same answer) and *ownership* (:class:`Coordinator`: a shard is
+worked on only by the holder of its lease, a Redis key set NX with a TTL and a fencing token
+INCRed per acquisition).
 
 Rebalancing is cooperative: a replica that holds a shard it is no longer assigned drains its
 worker (stop reading, finish, ack) and then releases the lease; the replica it now belongs to
 acquires it, first moves every pending entry of the shard to itself (XAUTOCLAIM at idle 0), and
 only then starts a :class:`~bridge.delivery.worker.Worker`, which re-delivers those entries in id
-order
-before it reads new ones. A holder that cannot renew fences itself on its own monotonic clock
-(:class:`Lease`): it stops posting before Redis can expire the lease, so a process that was
-paused (SIGSTOP, a long GC, a VM freeze) wakes up unable to send.
+order before it reads new ones. A holder that cannot renew fences itself on its own monotonic
+clock (:class:`~bridge.ownership.assign.Lease`): it stops posting before Redis can expire the
+lease. The runner hears of each shard's worker through a
+:class:`~bridge.ownership.strategy.ShardListener`.
 """
 
 from __future__ import annotations
@@ -21,38 +22,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal as os_signal
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from bridge.app.health import GroupMonitor, HealthServer
-from bridge.app.progress import DrainReport, ProgressSummary
-from bridge.config.loader import BridgeConfig, StreamConfig
-from bridge.delivery.worker import Worker, WorkerStats
-from bridge.edge.client import HmacClient
+from bridge.delivery.worker import Worker
 from bridge.errors import StreamError
-from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
-from bridge.streams.retention import Retention
-from bridge.streams.stream import GroupStatus, SignalStream
+from bridge.ownership.assign import Lease, assign
+from bridge.ownership.leases import LeaseStore, take_pending
+from bridge.ownership.strategy import WORKER_EXIT_EXTRA_S, ShardListener, WorkerFactory
+from bridge.streams.stream import SignalStream
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
-from bridge.telemetry.setup import TelemetryHandle
 
-__all__ = [
-    "OWNED_SHARDS_METRIC",
-    "Coordinator",
-    "Lease",
-    "assign",
-    "fence_margin_s",
-    "members_key",
-    "run_strict",
-]
+__all__ = ["OWNED_SHARDS_METRIC", "Coordinator", "CoordinatorSettings"]
 
 log = logging.getLogger("bridge.ownership")
 
@@ -62,71 +50,17 @@ _FAST_POLL_MS: Final = 100
 # Otherwise the member list is read this often (a heartbeat each time), so a replica that died
 # or joined is noticed within this much of its heartbeat expiring or appearing.
 _TICK_MS: Final = 500
-_WORKER_EXIT_EXTRA_S: Final = 5.0
 
 
-def assign(shards: Sequence[str], members: Sequence[str]) -> dict[str, list[str]]:
-    """Map each live member to its shards: balanced (floor or ceil of shards / members), sticky.
+class CoordinatorSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the coordinator needs from the stream settings (BRIDGE_* values, units in names)."""
 
-    Deterministic from the sorted member list, so every replica computes the same map. Quotas:
-    the first ``len(shards) % len(members)`` members (sorted) may take one shard more. Each shard,
-    in configured order, goes to the member ranking highest for it (rendezvous hashing on
-    crc32) that still has room, so a join or a leave moves few shards.
-    """
-    live = sorted(set(members))
-    result: dict[str, list[str]] = {member: [] for member in live}
-    if not live:
-        return result
-    base, extra = divmod(len(shards), len(live))
-    quota = {member: base + (1 if i < extra else 0) for i, member in enumerate(live)}
-    for shard in shards:
-        ranked = sorted(live, key=lambda m: (-_score(shard, m), m))
-        for member in ranked:
-            if len(result[member]) < quota[member]:
-                result[member].append(shard)
-                break
-    return result
-
-
-def _score(shard: str, member: str) -> int:
-    """Rendezvous weight of ``member`` for ``shard``; the same in every process."""
-    return zlib.crc32(f"{shard}\x00{member}".encode())
-
-
-def fence_margin_s(ttl_ms: int) -> float:
-    """How long before the lease's TTL its holder stops posting: a quarter of the TTL.
-
-    With renewals at most every third of the TTL, two renewals may fail before the fence trips,
-    and a POST started just before it has a quarter of the TTL to land before another replica
-    can hold the lease.
-    """
-    return ttl_ms / 4000
-
-
-def members_key(config: StreamConfig) -> str:
-    """Return the key of the sorted set of live replicas (carries the first shard's tag)."""
-    return f"{hash_tagged(config.stream_names()[0])}:replicas:{config.group}"
-
-
-@dataclass(slots=True)
-class Lease:
-    """One held shard lease and its fence deadline on this process's monotonic clock."""
-
-    shard: str
-    token: int
-    value: str
-    renewed_at: float  # monotonic time at which the last successful renewal (or SET) started
-    ttl_s: float
-    lost: bool = False
-
-    @property
-    def deadline(self) -> float:
-        """Monotonic time after which this process must not post for the shard."""
-        return self.renewed_at + self.ttl_s - fence_margin_s(int(self.ttl_s * 1000))
-
-    def valid(self, now: float) -> bool:
-        """Tell whether the holder may still post at monotonic time ``now``."""
-        return not self.lost and now < self.deadline
+    member: str  # this replica's name among the live replicas (BRIDGE_CONSUMER)
+    start_id: str  # where a shard's group starts when the coordinator creates it
+    lease_ttl_ms: int
+    lease_renew_ms: int
+    heartbeat_ttl_ms: int
+    shutdown_grace_s: float
 
 
 @dataclass(slots=True)
@@ -138,9 +72,7 @@ class _Owned:
     task: asyncio.Task[None]
     acquired_at: float
     releasing: bool = False
-
-
-WorkerFactory = Callable[[SignalStream, Callable[[], bool]], Worker]
+    revoked: bool = False  # the listener was told this worker no longer counts
 
 
 class Coordinator:
@@ -150,9 +82,10 @@ class Coordinator:
         self,
         leases: LeaseStore,
         streams: Sequence[SignalStream],
-        config: StreamConfig,
+        settings: CoordinatorSettings,
         worker_factory: WorkerFactory,
         *,
+        listener: ShardListener | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         instance: str | None = None,
@@ -160,20 +93,20 @@ class Coordinator:
         self.leases = leases
         self.streams = {stream.stream: stream for stream in streams}
         self.shards = [stream.stream for stream in streams]
-        self.config = config
+        self.settings = settings
         self.worker_factory = worker_factory
+        self.listener = listener
         self.clock = clock
         self.metrics = metrics
-        self.member = config.consumer
+        self.member = settings.member
         # The lease value names this process, not just the consumer: a restarted replica with
         # the same name waits for its predecessor's lease to expire instead of sharing it.
-        self.owner = f"{config.consumer} {instance or uuid.uuid4().hex[:12]}"
+        self.owner = f"{settings.member} {instance or uuid.uuid4().hex[:12]}"
         self.owned: dict[str, _Owned] = {}
         self.live: list[str] = []
         self.target: list[str] = []
-        self.workers: list[Worker] = []  # the live list /readyz and /healthz look at
-        self._ttl_ms = config.lease_ttl_ms
-        self._renew_s = config.lease_renew_ms / 1000
+        self._ttl_ms = settings.lease_ttl_ms
+        self._renew_s = settings.lease_renew_ms / 1000
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._releases: set[asyncio.Task[None]] = set()
@@ -185,8 +118,6 @@ class Coordinator:
                 callbacks=[self._owned_callback],
                 description="Shards whose lease this replica holds (BRIDGE_ORDERING=strict)",
             )
-            for shard in self.shards:
-                metrics.observe_circuit(shard, self._circuit_of(shard))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -224,7 +155,7 @@ class Coordinator:
         """Heartbeat, collect finished workers, release surplus, acquire what is ours."""
         try:
             self.live = await self._bounded(
-                self.leases.heartbeat(self.member, self.config.heartbeat_ttl_ms)
+                self.leases.heartbeat(self.member, self.settings.heartbeat_ttl_ms)
             )
             if self._heartbeat_failing:
                 self._heartbeat_failing = False
@@ -328,7 +259,7 @@ class Coordinator:
         lease = Lease(shard, token, value, renewed_at=started, ttl_s=self._ttl_ms / 1000)
         stream = self.streams[shard]
         try:
-            await stream.ensure_group(self.config.start_id)
+            await stream.ensure_group(self.settings.start_id)
             moved = await take_pending(stream, self.leases.lease_key(shard), value)
         except StreamError as exc:
             log.warning(
@@ -368,7 +299,8 @@ class Coordinator:
         worker = self.worker_factory(stream, lambda: lease.valid(self.clock()))
         task = asyncio.create_task(worker.run(), name=f"worker {shard}")
         self.owned[shard] = _Owned(lease, worker, task, acquired_at=self.clock())
-        self.workers.append(worker)
+        if self.listener is not None:
+            self.listener.on_acquired(shard, worker)
         log.info(
             "shard taken over" if taken else "shard acquired",
             extra=log_fields(
@@ -386,20 +318,26 @@ class Coordinator:
         owned.releasing = True
         owned.worker.stop()
         if not self._stopping:  # a rebalance: a draining worker must not make /readyz fail
-            with contextlib.suppress(ValueError):
-                self.workers.remove(owned.worker)
+            self._revoke(owned)
         task = asyncio.create_task(
             self._release(owned, why=why), name=f"release {owned.lease.shard}"
         )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
+    def _revoke(self, owned: _Owned) -> None:
+        """Tell the listener, once, that the shard's worker no longer counts for this replica."""
+        if not owned.revoked:
+            owned.revoked = True
+            if self.listener is not None:
+                self.listener.on_revoked(owned.lease.shard)
+
     async def _release(self, owned: _Owned, *, why: str) -> None:
         """Wait for the worker (drained and acked), then release the lease; bounded."""
         started = self.clock()
         lease = owned.lease
         await asyncio.wait(
-            {owned.task}, timeout=self.config.shutdown_grace_s + _WORKER_EXIT_EXTRA_S
+            {owned.task}, timeout=self.settings.shutdown_grace_s + WORKER_EXIT_EXTRA_S
         )
         released = False
         if not lease.lost:
@@ -414,8 +352,7 @@ class Coordinator:
         self.owned.pop(lease.shard, None)
         if self._stopping:
             self.left_pending += owned.worker.in_flight
-        with contextlib.suppress(ValueError):
-            self.workers.remove(owned.worker)
+        self._revoke(owned)
         log.info(
             "shard released",
             extra=log_fields(
@@ -435,7 +372,7 @@ class Coordinator:
         for owned in list(self.owned.values()):
             if not owned.releasing:
                 self._release_later(owned, why="shutdown")
-        deadline = self.clock() + self.config.shutdown_grace_s + 2 * _WORKER_EXIT_EXTRA_S
+        deadline = self.clock() + self.settings.shutdown_grace_s + 2 * WORKER_EXIT_EXTRA_S
         while self._releases and self.clock() < deadline:
             await asyncio.wait(set(self._releases), timeout=self._renew_s)
             if self._releases:
@@ -451,106 +388,3 @@ class Coordinator:
         del options
         held = sum(1 for owned in self.owned.values() if not owned.lease.lost)
         return [Observation(held, {"consumer": self.member})]
-
-    def _circuit_of(self, shard: str) -> Callable[[], bool]:
-        """Return a check of the breaker of whichever worker holds ``shard`` now."""
-
-        def is_open() -> bool:
-            """Tell whether the shard's current worker has its breaker open."""
-            owned = self.owned.get(shard)
-            return owned is not None and owned.worker.breaker.is_open
-
-        return is_open
-
-
-async def run_strict(
-    config: BridgeConfig,
-    redis: Any,  # noqa: ANN401 - a redis-py client (single node or cluster)
-    client: HmacClient,
-    telemetry: TelemetryHandle,
-) -> None:
-    """Run one replica in strict mode until SIGTERM/SIGINT: coordinator, monitors, probes."""
-    cfg = config.stream
-    streams = [
-        SignalStream(
-            redis, stream=name, group=cfg.group, consumer=cfg.consumer, dlq_stream=cfg.dlq_for(name)
-        )
-        for name in cfg.stream_names()
-    ]
-
-    # One count per shard across its successive workers, for the progress and drain lines.
-    stats = {stream.stream: WorkerStats() for stream in streams}
-
-    def make_worker(stream: SignalStream, fence: Callable[[], bool]) -> Worker:
-        """Build the Worker of one acquired shard, fenced by its lease."""
-        worker = Worker(
-            stream, client, cfg, metrics=telemetry.metrics, tracer=telemetry.tracer, fence=fence
-        )
-        worker.stats = stats[stream.stream]
-        return worker
-
-    coordinator = Coordinator(
-        LeaseStore(redis, group=cfg.group, members_key=members_key(cfg)),
-        streams,
-        cfg,
-        make_worker,
-        metrics=telemetry.metrics,
-    )
-    log.info(
-        "strict ordering: shards are balanced over the live replicas through leases",
-        extra=log_fields(
-            shards=len(streams),
-            lease_ttl_ms=cfg.lease_ttl_ms,
-            lease_renew_ms=cfg.lease_renew_ms,
-            heartbeat_ttl_ms=cfg.heartbeat_ttl_ms,
-        ),
-    )
-    async with contextlib.AsyncExitStack() as stack:
-        for stream in streams:
-            monitor = GroupMonitor(
-                stream, telemetry.metrics, None, config.telemetry.status_interval_s
-            )
-            task = asyncio.create_task(monitor.run(), name=f"group-monitor {stream.stream}")
-            stack.callback(task.cancel)
-            if config.telemetry.summary_interval_s:
-                summary = ProgressSummary(
-                    stream.stream,
-                    stats[stream.stream],
-                    _monitor_status(monitor),
-                    config.telemetry.summary_interval_s,
-                )
-                task = asyncio.create_task(summary.run(), name=f"summary {stream.stream}")
-                stack.callback(task.cancel)
-            if cfg.trim_acked:  # trimming is safe from every replica: below what all acked
-                retention = Retention(stream, telemetry.metrics, cfg.trim_interval_s)
-                task = asyncio.create_task(retention.run(), name=f"retention {stream.stream}")
-                stack.callback(task.cancel)
-        if config.telemetry.health_port:
-            await stack.enter_async_context(
-                HealthServer(
-                    coordinator.workers,
-                    host=config.telemetry.health_host,
-                    port=config.telemetry.health_port,
-                    metrics_text=telemetry.prometheus_text,
-                    ping=streams[0].ping,
-                )
-            )
-        drain = DrainReport(cfg.shutdown_grace_s)
-
-        def stop(sig: os_signal.Signals) -> None:
-            """Say so once, then hand every shard over."""
-            if not coordinator.stopping:
-                drain.stopping(sig.name, sum(w.in_flight for w in coordinator.workers))
-            coordinator.stop()
-
-        loop = asyncio.get_running_loop()
-        for sig in (os_signal.SIGTERM, os_signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop, sig)
-        await coordinator.run()
-        drain.finished(list(stats.values()), coordinator.left_pending)
-
-
-def _monitor_status(monitor: GroupMonitor) -> Callable[[], GroupStatus | None]:
-    """Return a reader of a monitor's latest group status (for the progress line)."""
-    return lambda: monitor.status

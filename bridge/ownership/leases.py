@@ -6,13 +6,14 @@ stream's hash tag so one Lua script can touch them on Redis Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import redis.asyncio as aioredis
 
 from bridge.streams.stream import SignalStream, _guard, _text
 
-__all__ = ["LeaseStore", "hash_tagged", "take_pending"]
+__all__ = ["LeaseStore", "hash_tagged", "members_key", "take_pending"]
 
 # KEYS: lease, fencing counter. ARGV: owner ("<consumer> <instance>"), ttl ms.
 # Returns {token, value} when taken, {0, current value} when someone holds it.
@@ -76,6 +77,11 @@ def hash_tagged(name: str) -> str:
         if end > start + 1:
             return name
     return f"{{{name}}}"
+
+
+def members_key(shards: Sequence[str], group: str) -> str:
+    """Return the key of the sorted set of live replicas (carries the first shard's tag)."""
+    return f"{hash_tagged(shards[0])}:replicas:{group}"
 
 
 class LeaseStore:

@@ -108,7 +108,7 @@ async def probing(
             breaker=breaker if breaker is not None else fast_breaker(),
         )
         async with (
-            HealthServer(worker, host="127.0.0.1", port=0) as health,
+            HealthServer(lambda: [worker], host="127.0.0.1", port=0) as health,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{health.port}", timeout=5.0) as http,
         ):
             task = asyncio.create_task(worker.run())

@@ -192,13 +192,13 @@ def test_good_health_hosts_are_accepted(host: str) -> None:
 async def test_health_server_bind_failures_name_the_setting() -> None:
     """An address this host does not have names BRIDGE_HEALTH_HOST; a busy port, the port."""
     with pytest.raises(ConfigError) as missing:
-        async with HealthServer([], host="192.0.2.1", port=0):  # TEST-NET-1: never local
+        async with HealthServer(list, host="192.0.2.1", port=0):  # TEST-NET-1: never local
             pass
     assert missing.value.variable == "BRIDGE_HEALTH_HOST"
     assert str(missing.value).startswith("BRIDGE_HEALTH_HOST: 192.0.2.1:0 cannot be listened on")
-    async with HealthServer([], host="127.0.0.1", port=0) as first:
+    async with HealthServer(list, host="127.0.0.1", port=0) as first:
         with pytest.raises(ConfigError) as busy:
-            async with HealthServer([], host="127.0.0.1", port=first.port):
+            async with HealthServer(list, host="127.0.0.1", port=first.port):
                 pass
     assert busy.value.variable == "BRIDGE_HEALTH_PORT"
     assert "is already in use" in str(busy.value)

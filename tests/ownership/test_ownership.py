@@ -19,21 +19,16 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from bridge.app.health import HealthServer
+from bridge.app.runner import ShardWorkers, coordinator_settings
 from bridge.config.loader import BridgeConfig, StreamConfig
 from bridge.core.signal import Signal
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient
 from bridge.errors import ConfigError, StreamError
-from bridge.ownership.coordinator import (
-    Coordinator,
-    Lease,
-    _Owned,
-    assign,
-    fence_margin_s,
-    members_key,
-)
-from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
+from bridge.ownership.assign import Lease, assign, fence_margin_s
+from bridge.ownership.coordinator import Coordinator, _Owned
+from bridge.ownership.leases import LeaseStore, hash_tagged, members_key, take_pending
 from bridge.streams.stream import SignalStream, publish
 from tests.fixtures_ingest import Server
 from tests.support import FAST, bridge_config, eventually, make_signal
@@ -161,7 +156,7 @@ async def test_a_holder_that_cannot_renew_fences_itself_at_the_deadline_not_befo
     coordinator = Coordinator(
         cast("LeaseStore", leases),
         [],
-        config,
+        coordinator_settings(config),
         lambda s, f: cast("Worker", None),
         clock=lambda: now[0],
     )
@@ -219,7 +214,7 @@ def test_lease_and_member_keys_carry_the_shard_hash_tag() -> None:
     assert key_slot(store.lease_key("signals:{3}").encode()) == key_slot(b"signals:{3}")
     assert hash_tagged("plain") == "{plain}"
     cfg = StreamConfig(consumer="c", streams=["signals:{0}", "signals:{1}"], group="g")
-    assert members_key(cfg) == "signals:{0}:replicas:g"
+    assert members_key(cfg.stream_names(), cfg.group) == "signals:{0}:replicas:g"
 
 
 # --- leases against a real Redis -----------------------------------------------------------
@@ -339,7 +334,11 @@ def _strict_config(
 
 @contextlib.asynccontextmanager
 async def _coordinating(
-    redis: aioredis.Redis, config: BridgeConfig, *, clock: Callable[[], float] = time.monotonic
+    redis: aioredis.Redis,
+    config: BridgeConfig,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    listener: ShardWorkers | None = None,
 ) -> AsyncIterator[Coordinator]:
     """Run a Coordinator (one replica in strict mode) for the block; stop it, bounded."""
     cfg = config.stream
@@ -349,11 +348,15 @@ async def _coordinating(
     ]
     async with HmacClient(config.outbound) as client:
 
-        def make_worker(stream: SignalStream, fence: Callable[[], bool]) -> Worker:
+        def make_worker(stream: SignalStream, fence: Callable[[], bool] | None) -> Worker:
             return Worker(stream, client, cfg, backoff=FAST, fence=fence)
 
-        store = LeaseStore(redis, group=cfg.group, members_key=members_key(cfg))
-        coordinator = Coordinator(store, streams, cfg, make_worker, clock=clock)
+        store = LeaseStore(
+            redis, group=cfg.group, members_key=members_key(cfg.stream_names(), cfg.group)
+        )
+        coordinator = Coordinator(
+            store, streams, coordinator_settings(cfg), make_worker, listener=listener, clock=clock
+        )
         task = asyncio.create_task(coordinator.run())
         try:
             yield coordinator
@@ -440,7 +443,7 @@ async def test_a_new_owner_waits_for_the_old_lease_then_delivers_its_pending_fir
             redis, make_signal(i, instrument="XAUUSD", signal_id=signal_id), stream=shards
         )
     assert len(await dead.read(5, None)) == 5  # the dead owner had read these, never acked
-    store = LeaseStore(redis, group="g", members_key=members_key(config.stream))
+    store = LeaseStore(redis, group="g", members_key=members_key(config.stream.stream_names(), "g"))
     dead_token, _ = await store.acquire(shards[0], "dead 0", 700)
     expires = time.time() + 0.7
     for i, signal_id in enumerate(ids[5:], start=5):
@@ -461,7 +464,7 @@ async def test_a_holder_whose_lease_is_taken_stops_posting_at_once(
     """Another holder's value in the lease: the replica fences, posts nothing, re-acquires later."""
     shards = _shards(f"t:{uuid.uuid4().hex[:8]}", 1)
     config = _strict_config(server, redis_url, shards, "r1")
-    store = LeaseStore(redis, group="g", members_key=members_key(config.stream))
+    store = LeaseStore(redis, group="g", members_key=members_key(config.stream.stream_names(), "g"))
     async with _coordinating(redis, config) as r1:
         await eventually(lambda: shards[0] in r1.owned, timeout_s=5, what="r1 owns the shard")
         first = r1.owned[shards[0]]
@@ -508,13 +511,14 @@ async def test_readyz_follows_the_shards_a_replica_holds(
     shards = _shards(f"t:{uuid.uuid4().hex[:8]}", 2)
     config = _strict_config(server, redis_url, shards, "r1")
     pinger = SignalStream(redis, stream=shards[0], group="g", consumer="r1", dlq_stream="d")
-    standby = HealthServer([], host="127.0.0.1", port=0, ping=pinger.ping)
+    standby = HealthServer(list, host="127.0.0.1", port=0, ping=pinger.ping)
     ready, checks = await standby.readiness()
     assert ready, checks
-    async with _coordinating(redis, config) as r1:
-        health = HealthServer(r1.workers, host="127.0.0.1", port=0, ping=pinger.ping)
-        await eventually(lambda: len(r1.workers) == 2, timeout_s=5, what="two shard workers")
-        await eventually(lambda: all(w.group_ready for w in r1.workers), timeout_s=5, what="up")
+    held = ShardWorkers()
+    async with _coordinating(redis, config, listener=held) as r1:
+        health = HealthServer(held.current, host="127.0.0.1", port=0, ping=pinger.ping)
+        await eventually(lambda: len(held.current()) == 2, timeout_s=5, what="two shard workers")
+        await eventually(lambda: all(w.group_ready for w in held.current()), timeout_s=5, what="up")
         ready, checks = await health.readiness()
         assert ready, checks
         r1.stop()

@@ -21,11 +21,9 @@ from typing import Final
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.config.loader import StreamConfig
 from bridge.delivery.jobs import idempotency_key
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
-from bridge.ownership.coordinator import members_key
-from bridge.ownership.leases import LeaseStore
+from bridge.ownership.leases import LeaseStore, members_key
 from bridge.streams.stream import publish
 from tests.procs import Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
@@ -116,9 +114,7 @@ async def test_strict_replicas_keep_order_through_kill_freeze_and_join(
     """3 replicas, 8 shards, 503s: SIGKILL one, SIGSTOP one past its lease, add one: in order."""
     run = uuid.uuid4().hex[:8]
     shards = [f"strict:{run}:{{{i}}}" for i in range(SHARDS)]
-    store = LeaseStore(
-        redis, group="g", members_key=members_key(StreamConfig(streams=shards, group="g"))
-    )
+    store = LeaseStore(redis, group="g", members_key=members_key(shards, "g"))
     app = JitteryIngest(secrets={KEY_ID: SECRET.encode()})
     app.fault = app.refuse_sometimes
     expected: set[str] = set()

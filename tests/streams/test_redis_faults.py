@@ -96,7 +96,7 @@ async def test_a_blackholed_redis_is_noticed_logged_and_named_by_readyz(
     ):
         config = bridge_config(server.url, proxy.url, stream_name)
         async with running(proxied, config) as worker:
-            health = HealthServer(worker, host="127.0.0.1", port=0)
+            health = HealthServer(lambda: [worker], host="127.0.0.1", port=0)
             await eventually(worker.ready, what="worker ready")
             proxy.blackhole()
             started = time.monotonic()

@@ -449,7 +449,7 @@ async def test_group_monitor_gauges_report_lag_pending_age_dead_letters_and_circ
     del second  # read, never acked: it stays pending
     async with HmacClient(config.outbound, metrics=otel.metrics, tracer=otel.tracer) as client:
         worker = Worker(stream, client, config.stream, metrics=otel.metrics, tracer=otel.tracer)
-        monitor = GroupMonitor(stream, otel.metrics, worker, interval_s=60)
+        monitor = GroupMonitor(stream, otel.metrics, lambda: worker.breaker.is_open, interval_s=60)
         assert otel.values("signals_group_lag") == {}, "nothing reported before the first poll"
         await monitor.poll_once()
         group = labels(stream=rig.stream, group="g")
@@ -495,10 +495,12 @@ async def test_metrics_endpoint_serves_prometheus_text_with_the_seed_names(
                 tracer=handle.tracer,
                 backoff=FAST,
             )
-            monitor = GroupMonitor(stream, handle.metrics, worker, interval_s=60)
+            monitor = GroupMonitor(
+                stream, handle.metrics, lambda: worker.breaker.is_open, interval_s=60
+            )
             async with (
                 HealthServer(
-                    worker, host="127.0.0.1", port=0, metrics_text=handle.prometheus_text
+                    lambda: [worker], host="127.0.0.1", port=0, metrics_text=handle.prometheus_text
                 ) as health,
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{health.port}") as http,
             ):

@@ -1,0 +1,208 @@
+"""``signal-bridge publish``: build signals from flags, a file or samples, and XADD them.
+
+Every mistake in the input is a :class:`~bridge.errors.UsageError` naming the option, the file or
+the item that is wrong. Each XADD runs inside a PRODUCER span, so a sampled trace starts here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import msgspec
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
+
+from bridge.config.loader import BridgeConfig
+from bridge.core.signal import Signal, decode_signal
+from bridge.core.timestamps import TimestampError, parse_timestamp
+from bridge.errors import InvalidSignalError, UsageError
+from bridge.streams.stream import connect, publish
+from bridge.telemetry.setup import setup_telemetry
+
+__all__ = ["run_publish", "sample_signal"]
+
+# Signal field -> the publish option that sets it, so an error names what the user typed.
+_FLAG_OF_FIELD: Final = {
+    "instrument": "--instrument",
+    "side": "--side",
+    "entry_price": "--entry-price",
+    "take_profit": "--take-profit",
+    "stop_loss": "--stop-loss",
+    "risk_percent": "--risk-percent",
+    "comment": "--comment",
+    "strategy_name": "--strategy",
+    "signal_id": "--signal-id",
+    "timestamp": "--timestamp",
+}
+
+
+def _signals_from_args(args: argparse.Namespace) -> list[Signal]:
+    """Build signals from --sample, --file (object, list or JSON lines) or from the flags.
+
+    Every mistake is a UsageError naming the option, the file or the item that is wrong.
+    """
+    if args.sample is not None:
+        return _samples(args.sample)
+    if args.file:
+        return _signals_from_file(args.file)
+    return [_signal_from_flags(args)]
+
+
+_INSTRUMENTS: Final = (("XAUUSD", 2000.0), ("EURUSD", 1.08), ("BTCUSD", 65000.0), ("US500", 5200.0))
+
+
+def sample_signal(i: int, now: datetime, *, id_prefix: str = "demo") -> Signal:
+    """Build a plausible signal: instruments, sides and prices vary with ``i``.
+
+    Its signal_id is ``<id_prefix>-<i>``; ``publish --sample`` passes a prefix unique per run, so a
+    second run is new signals rather than duplicates the server refuses with 409.
+    """
+    instrument, price = _INSTRUMENTS[i % len(_INSTRUMENTS)]
+    buy = i % 2 == 0
+    return Signal(
+        instrument=instrument,
+        side="buy" if buy else "sell",
+        entry_price=price,
+        take_profit=round(price * (1.01 if buy else 0.99), 5),
+        stop_loss=round(price * (0.995 if buy else 1.005), 5),
+        risk_percent=1.0,
+        strategy_name="demo-breakout",
+        timestamp=now,
+        signal_id=f"{id_prefix}-{i}",
+    )
+
+
+def _samples(count: int) -> list[Signal]:
+    """``count`` sample signals stamped now, with signal_ids unique to this run."""
+    if count < 1:
+        raise UsageError(f"--sample must be at least 1, got {count}")
+    now = datetime.now(UTC)
+    prefix = f"sample-{secrets.token_hex(4)}"
+    return [sample_signal(i, now, id_prefix=prefix) for i in range(count)]
+
+
+def _signals_from_file(name: str) -> list[Signal]:
+    """Decode a JSON object, a JSON list or JSON lines from ``name`` (``-``: stdin)."""
+    where = "stdin" if name == "-" else f"--file {name}"
+    try:
+        text = Path(name).read_bytes() if name != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    stripped = text.strip()
+    if not stripped:
+        raise UsageError(f"{where}: no signals (the input is empty)")
+    try:
+        whole = msgspec.json.decode(stripped)  # one object (perhaps pretty-printed) or a list
+    except msgspec.DecodeError as exc:
+        if stripped.startswith(b"["):
+            raise UsageError(f"{where}: not valid JSON: {exc}") from None
+        whole = None  # JSON lines, one signal per line
+    if isinstance(whole, list):
+        raw = [msgspec.json.encode(item) for item in whole]
+        label = "item"
+    elif whole is not None:
+        raw, label = [stripped], "signal"
+    else:
+        raw = [line for line in stripped.splitlines() if line.strip()]
+        label = "line"
+    if not raw:
+        raise UsageError(f"{where}: no signals (the list is empty)")
+    signals = []
+    for number, item in enumerate(raw, 1):
+        try:
+            signals.append(decode_signal(item))
+        except InvalidSignalError as exc:
+            position = f" {label} {number}" if len(raw) > 1 else ""
+            raise UsageError(f"{where}{position}: {exc}") from None
+    return signals
+
+
+def _signal_from_flags(args: argparse.Namespace) -> Signal:
+    """One signal from --instrument, --side, --entry-price, --risk-percent and the other flags."""
+    missing = [
+        flag
+        for flag, value in (
+            ("--instrument", args.instrument),
+            ("--side", args.side),
+            ("--entry-price", args.entry_price),
+            ("--risk-percent", args.risk_percent),
+        )
+        if value is None
+    ]
+    if missing:
+        raise UsageError(f"publish needs {', '.join(missing)} (or --file FILE, or --sample N)")
+    if args.timestamp:
+        try:
+            timestamp = parse_timestamp(args.timestamp, loose=True)
+        except TimestampError as exc:
+            if exc.reason == "zone":
+                message = f"--timestamp: {args.timestamp!r} needs a UTC offset or Z"
+                raise UsageError(message) from None
+            raise UsageError(
+                f"--timestamp: {args.timestamp!r} is not an RFC 3339 time "
+                "(e.g. 2026-11-28T10:00:00Z)"
+            ) from None
+    else:
+        timestamp = datetime.now(UTC)
+    try:
+        return Signal(
+            instrument=args.instrument,
+            side=args.side,
+            entry_price=args.entry_price,
+            take_profit=args.take_profit,
+            stop_loss=args.stop_loss,
+            risk_percent=args.risk_percent,
+            comment=args.comment,
+            strategy_name=args.strategy,
+            timestamp=timestamp,
+            signal_id=args.signal_id,
+        )
+    except InvalidSignalError as exc:
+        flag = _FLAG_OF_FIELD.get(exc.field or "", "publish")
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+async def run_publish(config: BridgeConfig, args: argparse.Namespace) -> int:
+    """Publish the signals the options describe, one entry id per line on stdout."""
+    signals = _signals_from_args(args)
+    telemetry = setup_telemetry(
+        config.telemetry.otel_env, instance_id=config.stream.consumer, prometheus=False
+    )
+    try:
+        async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+            for item in signals:
+                with _producer_span(telemetry.tracer, config.stream.stream_names()):
+                    entry_id = await publish(redis, item, stream=config.stream.stream_names())
+                print(entry_id)
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+@contextlib.contextmanager
+def _producer_span(tracer: trace.Tracer, streams: Sequence[str]) -> Iterator[None]:
+    """Make a PRODUCER span current so ``publish`` stores its traceparent in the entry.
+
+    Only a sampled span (an exporter is configured) is made current: an unsampled traceparent
+    would stop the bridge and the server from recording their part of the trace.
+    """
+    name = f"publish {streams[0]}" if len(streams) == 1 else "publish"
+    with tracer.start_as_current_span(
+        name,
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            msg_attrs.MESSAGING_SYSTEM: "redis",
+            msg_attrs.MESSAGING_OPERATION_TYPE: "send",
+        },
+    ) as span:
+        if span.get_span_context().trace_flags.sampled:
+            yield
+            return
+    yield
