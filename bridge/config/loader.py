@@ -3,49 +3,43 @@
 This is the only module that reads ``os.environ``. Every setting has one environment name (the
 seed's names are kept exactly: ``HMAC_PRODUCER_SECRET``, ``OUTBOUND_SERVER_URL`` ...) and one key
 in a TOML section; the environment wins. Validation errors are ConfigError naming the variable.
-Secrets live in :class:`Secret`, whose ``repr`` and ``str`` never show the value.
+Secrets live in :class:`bridge.core.secrets.Secret`, whose ``repr`` and ``str`` never show them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import math
 import os
 import re
 import socket
-import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 from redis.crc import key_slot
 
 from bridge.core.outcome import OutcomeTable, parse_statuses
+from bridge.core.secrets import Secret, key_fingerprint, read_secret_file, redact_url
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE
 from bridge.core.signing import INGEST_PATH
+from bridge.edge.proxy import PROXY_VARIABLES, is_loopback_host, select_proxy
+from bridge.edge.tls import check_tls_files
 from bridge.errors import ConfigError
-from bridge.telemetry.otel_env import OTEL_SIGNALS, validate_otel_env
+from bridge.telemetry.otel_env import validate_otel_endpoints, validate_otel_env
 
 __all__ = [
-    "PROXY_VARIABLES",
+    "MIN_SECRET_BYTES",
     "BridgeConfig",
     "OutboundConfig",
-    "Secret",
     "StreamConfig",
     "TelemetryConfig",
     "effective_settings",
     "load_config",
-    "load_ingest_secrets",
-    "otel_environment",
-    "redact_url",
     "redis_db",
-    "secret_file_bytes",
-    "secret_fingerprint",
-    "select_proxy",
     "setting_names",
 ]
 
@@ -55,64 +49,6 @@ MAX_BLOCK_MS: Final = 20_000
 MIN_LEASE_TTL_MS: Final = 300
 
 
-class Secret:
-    """A secret value that never shows itself in repr, str, logs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: bytes) -> None:
-        self._value = value
-
-    def get(self) -> bytes:
-        """Return the secret bytes; call only where they are used, never to log."""
-        return self._value
-
-    def __len__(self) -> int:
-        return len(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
-    def __reduce__(self) -> Any:  # noqa: ANN401 - pickling protocol
-        raise TypeError("Secret cannot be pickled")
-
-
-def redact_url(url: str) -> str:
-    """Replace the password (and a lone user token) in a URL with ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    userinfo = f"{user}:***" if parts.password is not None else "***"
-    return urlunsplit(SplitResult(parts.scheme, f"{userinfo}@{host}", *parts[2:]))
-
-
-# issue 11: the proxy variables curl and httpx read, lower case first (as curl prefers it).
-PROXY_VARIABLES: Final = (
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-)
-
-
 def _redacted_field(name: str, value: object) -> str:
     """Repr one OutboundConfig field, proxy URLs with their credentials redacted."""
     if name == "proxy_url" and isinstance(value, str):
@@ -120,86 +56,6 @@ def _redacted_field(name: str, value: object) -> str:
     if name == "proxy_env" and isinstance(value, dict):
         return repr({k: redact_url(v) for k, v in value.items()})
     return repr(value)
-
-
-def _env_value(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
-    """Return (variable, value) of ``name`` in lower then upper case, if set and non-empty."""
-    for variable in (name.lower(), name.upper()):
-        value = env.get(variable, "").strip()
-        if value:
-            return variable, value
-    return None
-
-
-def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
-    """Tell whether one NO_PROXY entry (host, .domain, host:port, IP, CIDR or *) covers us."""
-    entry = entry.strip().lower()
-    if entry == "*":
-        return True
-    if "/" in entry:
-        try:
-            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
-            return ipaddress.ip_address(host) in network
-        except ValueError:
-            return False
-    want_port: int | None = None
-    if entry.startswith("["):  # [v6] or [v6]:port
-        address, _, rest = entry[1:].partition("]")
-        if rest.startswith(":") and rest[1:].isdigit():
-            want_port = int(rest[1:])
-        entry = address
-    elif entry.count(":") == 1:
-        name, _, port_text = entry.partition(":")
-        if port_text.isdigit():
-            entry, want_port = name, int(port_text)
-    if want_port is not None and want_port != port:
-        return False
-    entry = entry.lstrip(".").rstrip(".")
-    host = host.rstrip(".")
-    return bool(entry) and (host == entry or host.endswith("." + entry))
-
-
-def select_proxy(
-    target_url: str, explicit: str | None, env: Mapping[str, str]
-) -> tuple[str | None, str]:
-    """Choose the proxy for ``target_url`` as curl and httpx do; return (url or None, source).
-
-    ``explicit`` is OUTBOUND_PROXY_URL: a URL wins over the environment, ``none`` ignores it.
-    Otherwise ``https_proxy`` / ``http_proxy`` (by the target's scheme), then ``all_proxy``,
-    either case, unless ``no_proxy`` covers the host.
-    """
-    if explicit is not None and explicit.strip():
-        if explicit.strip().lower() == "none":
-            return None, "OUTBOUND_PROXY_URL=none"
-        return _with_scheme(explicit.strip()), "OUTBOUND_PROXY_URL"
-    parts = urlsplit(target_url)
-    host = (parts.hostname or "").lower()
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    found = _env_value(env, f"{parts.scheme}_proxy") or _env_value(env, "all_proxy")
-    if found is None:
-        return None, "no proxy variable set"
-    no_proxy = _env_value(env, "no_proxy")
-    if no_proxy is not None and any(
-        _no_proxy_matches(entry, host, port) for entry in no_proxy[1].split(",") if entry.strip()
-    ):
-        return None, f"{no_proxy[0]} covers {host}"
-    variable, url = found
-    return _with_scheme(url), variable
-
-
-def _with_scheme(url: str) -> str:
-    """Read a bare ``host:port`` as ``http://host:port``, as curl does."""
-    return url if "://" in url else f"http://{url}"
-
-
-def is_loopback_host(host: str) -> bool:
-    """Tell whether ``host`` is localhost or a loopback address (plain http is fine there)."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -389,11 +245,6 @@ def _parse_secret(variable: str, raw: str) -> Secret:
     return Secret(raw.encode())
 
 
-def _parse_list(variable: str, raw: str) -> list[str]:
-    del variable
-    return [part.strip() for part in raw.split(",") if part.strip()]
-
-
 def _parse_name(variable: str, raw: str) -> str:
     """Parse a stream, group or consumer name; set but empty is refused, never defaulted.
 
@@ -512,11 +363,6 @@ def setting_names() -> list[str]:
     return list(_ENV)
 
 
-def secret_fingerprint(secret: Secret) -> str:
-    """First 8 hex digits of SHA-256 of the key: compare set-ups without showing the secret."""
-    return hashlib.sha256(secret.get()).hexdigest()[:8]
-
-
 def effective_settings(config: BridgeConfig) -> list[tuple[str, str]]:
     """(variable, value) for every setting in the table and each OTEL_* variable, secrets hidden.
 
@@ -527,7 +373,7 @@ def effective_settings(config: BridgeConfig) -> list[tuple[str, str]]:
     for variable, (section, field, _) in _ENV.items():
         value = getattr(getattr(config, section), field)
         if isinstance(value, Secret):
-            shown = f"*** (sha256 {secret_fingerprint(value)})" if len(value) else "(empty)"
+            shown = f"*** (sha256 {key_fingerprint(value.get())})" if len(value) else "(empty)"
         elif value is None:
             shown = "(unset)"
         elif isinstance(value, bool):
@@ -576,29 +422,6 @@ def _read_file(path: Path) -> dict[str, dict[str, Any]]:
     return sections
 
 
-def secret_file_bytes(raw: bytes) -> bytes:
-    r"""Apply the one rule for secret files: exactly one trailing ``\n`` or ``\r\n`` is dropped.
-
-    That is what ``echo secret > file``, ``kubectl create secret --from-file`` of such a file
-    and most editors leave; every other byte is part of the key.
-    """
-    if raw.endswith(b"\r\n"):
-        return raw[:-2]
-    if raw.endswith(b"\n"):
-        return raw[:-1]
-    return raw
-
-
-def _read_secret_file(variable: str, path: str) -> Secret:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"{variable}: cannot read {path}: {exc.strerror}", variable=variable
-        ) from None
-    return Secret(secret_file_bytes(raw))
-
-
 def default_consumer_name() -> str:
     """Host name plus pid: unique per replica, stable for the life of the process."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -628,7 +451,7 @@ def load_config(
             sections.setdefault(section, {})[field] = parser(variable, raw)
     secret_file = environ.get("HMAC_PRODUCER_SECRET_FILE")
     if secret_file and not environ.get("HMAC_PRODUCER_SECRET"):
-        sections.setdefault("outbound", {})["secret"] = _read_secret_file(
+        sections.setdefault("outbound", {})["secret"] = read_secret_file(
             "HMAC_PRODUCER_SECRET_FILE", secret_file
         )
     # The OpenTelemetry SDK reads its own OTEL_* variables; keep a copy so setup can decide
@@ -749,77 +572,7 @@ def _validate_outbound(cfg: OutboundConfig) -> None:
             "OUTBOUND_CLIENT_KEY needs OUTBOUND_CLIENT_CERT", variable="OUTBOUND_CLIENT_CERT"
         )
     _validate_edge(cfg)
-    _validate_tls_files(cfg)
-
-
-_PEM_CERT: Final = b"-----BEGIN CERTIFICATE-----"
-_PEM_KEY: Final = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
-
-
-def _read_pem(variable: str, file: str, *, key: bool) -> bytes:
-    """Read a PEM file; ConfigError when it is missing, unreadable or holds no PEM block."""
-    if not Path(file).is_file():
-        raise ConfigError(f"{variable}: no such file {file}", variable=variable)
-    try:
-        data = Path(file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"{variable}: cannot read {file}: {exc.strerror}", variable=variable
-        ) from None
-    if key and b"ENCRYPTED" in data:
-        raise ConfigError(
-            f"{variable}: {file} is an encrypted key; give an unencrypted one (mounted as a "
-            "secret)",
-            variable=variable,
-        )
-    found = _PEM_KEY.search(data) if key else _PEM_CERT in data
-    if not found:
-        kind = "private key" if key else "certificate"
-        raise ConfigError(
-            f"{variable}: {file} is not a PEM {kind} (no -----BEGIN ...{kind.upper()}----- block)",
-            variable=variable,
-        )
-    return data
-
-
-def _validate_tls_files(cfg: OutboundConfig) -> None:
-    """Load the CA bundle and the client certificate and key as the client will, or refuse."""
-    if cfg.ca_bundle is not None:
-        _read_pem("OUTBOUND_CA_BUNDLE", cfg.ca_bundle, key=False)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system store: only these files
-    if cfg.ca_bundle is not None:
-        try:
-            context.load_verify_locations(cafile=cfg.ca_bundle)
-        except ssl.SSLError as exc:
-            raise ConfigError(
-                f"OUTBOUND_CA_BUNDLE: {cfg.ca_bundle} holds no usable certificate "
-                f"({exc.reason or exc})",
-                variable="OUTBOUND_CA_BUNDLE",
-            ) from None
-    if cfg.client_cert is None:
-        return
-    cert = _read_pem("OUTBOUND_CLIENT_CERT", cfg.client_cert, key=False)
-    if cfg.client_key is not None:
-        _read_pem("OUTBOUND_CLIENT_KEY", cfg.client_key, key=True)
-    elif not _PEM_KEY.search(cert):
-        raise ConfigError(
-            f"OUTBOUND_CLIENT_CERT: {cfg.client_cert} holds no private key; set "
-            "OUTBOUND_CLIENT_KEY",
-            variable="OUTBOUND_CLIENT_CERT",
-        )
-    try:
-        # password=b"": an encrypted key fails here instead of prompting on a terminal.
-        context.load_cert_chain(cfg.client_cert, cfg.client_key, password=b"")
-    except ssl.SSLError as exc:
-        mismatch = "KEY_VALUES_MISMATCH" in str(exc)
-        variable = "OUTBOUND_CLIENT_KEY" if mismatch or cfg.client_key else "OUTBOUND_CLIENT_CERT"
-        what = (
-            "does not match OUTBOUND_CLIENT_CERT"
-            if mismatch
-            else f"could not be loaded ({exc.reason or exc})"
-        )
-        file = cfg.client_key if variable == "OUTBOUND_CLIENT_KEY" else cfg.client_cert
-        raise ConfigError(f"{variable}: {file} {what}", variable=variable) from None
+    check_tls_files(cfg.ca_bundle, cfg.client_cert, cfg.client_key)
 
 
 def _validate_statuses(cfg: OutboundConfig) -> None:
@@ -1069,7 +822,7 @@ def _validate_telemetry(cfg: TelemetryConfig) -> None:
             variable="BRIDGE_HEALTH_HOST",
         )
     validate_otel_env(cfg.otel_env)
-    _validate_otel_endpoints(cfg.otel_env)
+    validate_otel_endpoints(cfg.otel_env)
 
 
 _HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -1087,71 +840,3 @@ def _is_host(host: str) -> bool:
             and not all(label.isdigit() for label in labels)
         )
     return True
-
-
-def _validate_otel_endpoints(env: Mapping[str, str]) -> None:
-    """Refuse an OTLP endpoint that is not an http(s) URL with a host (named, redacted)."""
-    for signal in OTEL_SIGNALS:
-        for variable in (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT",
-        ):
-            endpoint = env.get(variable, "").strip()
-            if endpoint and (
-                urlsplit(endpoint).scheme not in ("http", "https")
-                or not urlsplit(endpoint).hostname
-            ):
-                raise ConfigError(
-                    f"{variable} must be an http(s) URL, got {redact_url(endpoint)!r}",
-                    variable=variable,
-                )
-
-
-def load_ingest_secrets(env: Mapping[str, str] | None = None) -> dict[str, bytes]:
-    """Load the reference server's key id -> secret map.
-
-    From ``INGEST_SECRETS`` (``id=secret,id2=secret2``), ``INGEST_SECRET_FILE`` (key id
-    ``default``), or else ``HMAC_PRODUCER_SECRET`` / ``_FILE`` under ``HMAC_PRODUCER_KEY_ID``.
-    """
-    environ = os.environ if env is None else env
-    secrets: dict[str, bytes] = {}
-    for item in filter(
-        None, (part.strip() for part in environ.get("INGEST_SECRETS", "").split(","))
-    ):
-        key_id, sep, secret = item.partition("=")
-        if not sep or not key_id or not secret:
-            raise ConfigError(
-                "INGEST_SECRETS must be key_id=secret[,key_id=secret...]",
-                variable="INGEST_SECRETS",
-            )
-        secrets[key_id] = secret.encode()
-    if environ.get("INGEST_SECRET_FILE"):
-        secrets["default"] = _read_secret_file(
-            "INGEST_SECRET_FILE", environ["INGEST_SECRET_FILE"]
-        ).get()
-    if not secrets:
-        key_id = environ.get("HMAC_PRODUCER_KEY_ID") or "default"
-        if environ.get("HMAC_PRODUCER_SECRET"):
-            secrets[key_id] = environ["HMAC_PRODUCER_SECRET"].encode()
-        elif environ.get("HMAC_PRODUCER_SECRET_FILE"):
-            secrets[key_id] = _read_secret_file(
-                "HMAC_PRODUCER_SECRET_FILE", environ["HMAC_PRODUCER_SECRET_FILE"]
-            ).get()
-    if not secrets:
-        raise ConfigError(
-            "the ingest server needs INGEST_SECRETS, INGEST_SECRET_FILE or HMAC_PRODUCER_SECRET",
-            variable="INGEST_SECRETS",
-        )
-    for name, value in secrets.items():
-        if len(value) < MIN_SECRET_BYTES:
-            raise ConfigError(
-                f"ingest secret {name!r} must be at least {MIN_SECRET_BYTES} bytes",
-                variable="INGEST_SECRETS",
-            )
-    return secrets
-
-
-def otel_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return the OTEL_* variables, for commands that set up telemetry without a BridgeConfig."""
-    environ = os.environ if env is None else env
-    return {k: v for k, v in environ.items() if k.startswith("OTEL_")}

@@ -40,7 +40,6 @@ __all__ = [
     "build_signature",
     "canonical_request",
     "format_timestamp",
-    "key_fingerprint",
     "parse_timestamp",
     "verify_request",
     "verify_signature",
@@ -92,11 +91,6 @@ def format_timestamp(epoch_s: float) -> str:
     if micros >= 1_000_000:
         whole, micros = whole + 1, micros - 1_000_000
     return f"{_utc_second(int(whole))}.{micros:06d}Z"
-
-
-def key_fingerprint(secret: bytes) -> str:
-    """Return the first 8 hex digits of SHA-256 of the key: logged to compare, never the key."""
-    return hashlib.sha256(secret).hexdigest()[:8]
 
 
 def body_sha256(body: bytes) -> str:

@@ -18,14 +18,8 @@ from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
-from bridge.config.loader import (
-    BridgeConfig,
-    OutboundConfig,
-    effective_settings,
-    redact_url,
-    redis_db,
-    secret_fingerprint,
-)
+from bridge.config.loader import BridgeConfig, OutboundConfig, effective_settings, redis_db
+from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.edge.client import build_ssl_context
 from bridge.errors import BridgeError, ConfigError, StreamError
 from bridge.streams.stream import SignalStream, connect, probe_database
@@ -52,7 +46,7 @@ async def run_check(config: BridgeConfig, out: Print = print) -> int:
     out("settings  ok")
     secret = config.outbound.secret
     if secret is not None and len(secret):
-        out(f"secret    sha256 fingerprint {secret_fingerprint(secret)} (first 8 hex digits)")
+        out(f"secret    sha256 fingerprint {key_fingerprint(secret.get())} (first 8 hex digits)")
     else:
         out("secret    not set (HMAC_PRODUCER_ENABLED is false)")
     await _check_redis(config, out)

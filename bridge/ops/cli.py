@@ -27,14 +27,8 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from bridge import __version__
 from bridge.app.health import GroupMonitor, HealthServer
 from bridge.app.progress import DrainReport, ProgressSummary
-from bridge.config.loader import (
-    BridgeConfig,
-    load_config,
-    load_ingest_secrets,
-    otel_environment,
-    redact_url,
-    redis_db,
-)
+from bridge.config.loader import BridgeConfig, load_config, redis_db
+from bridge.core.secrets import redact_url
 from bridge.core.signal import Signal, decode_signal
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient
@@ -50,6 +44,7 @@ from bridge.streams.stream import (
 )
 from bridge.telemetry.logs import configure_logging, log_fields
 from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.otel_env import otel_environment
 from bridge.telemetry.setup import setup_telemetry
 
 __all__ = ["main"]
@@ -432,6 +427,7 @@ def _ingest_server(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     from bridge.devkit.ingest import IngestApp  # noqa: PLC0415 - server side only
+    from bridge.devkit.ingest_keys import load_ingest_secrets  # noqa: PLC0415 - server side only
 
     configure_logging("INFO", "json")
     secrets = load_ingest_secrets()

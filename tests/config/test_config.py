@@ -7,15 +7,10 @@ from typing import Final
 import pytest
 import trustme
 
-from bridge.config.loader import (
-    OutboundConfig,
-    Secret,
-    StreamConfig,
-    load_config,
-    load_ingest_secrets,
-    redact_url,
-    select_proxy,
-)
+from bridge.config.loader import OutboundConfig, StreamConfig, load_config
+from bridge.core.secrets import Secret, redact_url
+from bridge.devkit.ingest_keys import load_ingest_secrets
+from bridge.edge.proxy import select_proxy
 from bridge.errors import ConfigError
 
 SECRET_TEXT: Final = "config-test-secret-0123456789"

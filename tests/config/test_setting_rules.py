@@ -7,9 +7,10 @@ from typing import Final
 
 import pytest
 
-from bridge.config.loader import load_config, load_ingest_secrets, secret_file_bytes
-from bridge.core.signing import key_fingerprint
+from bridge.config.loader import load_config
+from bridge.core.secrets import key_fingerprint, secret_file_bytes
 from bridge.devkit.ingest import IngestApp
+from bridge.devkit.ingest_keys import load_ingest_secrets
 from bridge.edge.client import HmacClient
 from bridge.errors import ConfigError
 from tests.fixtures_ingest import outbound_env

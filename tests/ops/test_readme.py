@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 from typing import Final
 
-from bridge.config.loader import PROXY_VARIABLES, setting_names
+from bridge.config.loader import setting_names
+from bridge.edge.proxy import PROXY_VARIABLES
 
 README: Final = Path(__file__).resolve().parents[2] / "README.md"
 # Read outside config's table (a file path, the secret's file, the reference server's keys).
