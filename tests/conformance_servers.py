@@ -32,13 +32,13 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
-from bridge.config.loader import OutboundConfig
 from bridge.core.secrets import Secret
 from bridge.core.signal import format_timestamp
 from bridge.core.signing import INGEST_PATH, verify_request
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send
 from bridge.devkit.ingest_keys import load_ingest_secrets
 from bridge.edge.client import HmacClient
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import DeliveryError
 
 __all__ = ["HOSTILE_MODES", "asgi_app", "wsgi_app"]

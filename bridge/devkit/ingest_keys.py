@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from bridge.config.loader import MIN_SECRET_BYTES
 from bridge.core.secrets import read_secret_file
+from bridge.edge.settings import MIN_SECRET_BYTES
 from bridge.errors import ConfigError
 
 __all__ = ["load_ingest_secrets"]

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
-from bridge.config.loader import BridgeConfig, OutboundConfig, effective_settings, redis_db
+from bridge.config.loader import BridgeConfig, effective_settings
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.edge.client import build_ssl_context
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import BridgeError, ConfigError, StreamError
+from bridge.streams.settings import redis_db
 from bridge.streams.stream import SignalStream, connect, probe_database
 
 __all__ = ["CheckFailedError", "run_check"]

@@ -27,7 +27,7 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from bridge import __version__
 from bridge.app.health import GroupMonitor, HealthServer
 from bridge.app.progress import DrainReport, ProgressSummary
-from bridge.config.loader import BridgeConfig, load_config, redis_db
+from bridge.config.loader import BridgeConfig, load_config
 from bridge.core.secrets import redact_url
 from bridge.core.signal import Signal, decode_signal
 from bridge.delivery.worker import Worker
@@ -36,6 +36,7 @@ from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamEr
 from bridge.ops.dlq import parse_since, run_dlq_command
 from bridge.ownership.coordinator import run_strict
 from bridge.streams.retention import Retention
+from bridge.streams.settings import redis_db
 from bridge.streams.stream import (
     SignalStream,
     connect,

@@ -33,12 +33,13 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from bridge.app.health import GroupMonitor, HealthServer
 from bridge.app.progress import DrainReport, ProgressSummary
-from bridge.config.loader import BridgeConfig, StreamConfig
+from bridge.config.loader import BridgeConfig
 from bridge.delivery.worker import Worker, WorkerStats
 from bridge.edge.client import HmacClient
 from bridge.errors import StreamError
 from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
 from bridge.streams.retention import Retention
+from bridge.streams.settings import StreamConfig
 from bridge.streams.stream import GroupStatus, SignalStream
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics

@@ -7,11 +7,13 @@ from typing import Final
 import pytest
 import trustme
 
-from bridge.config.loader import OutboundConfig, StreamConfig, load_config
+from bridge.config.loader import load_config
 from bridge.core.secrets import Secret, redact_url
 from bridge.devkit.ingest_keys import load_ingest_secrets
 from bridge.edge.proxy import select_proxy
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import ConfigError
+from bridge.streams.settings import StreamConfig
 
 SECRET_TEXT: Final = "config-test-secret-0123456789"
 BASE_ENV: Final = {

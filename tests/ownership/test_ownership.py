@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from bridge.app.health import HealthServer
-from bridge.config.loader import BridgeConfig, StreamConfig
+from bridge.config.loader import BridgeConfig
 from bridge.core.signal import Signal
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
@@ -34,6 +34,7 @@ from bridge.ownership.coordinator import (
     members_key,
 )
 from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
+from bridge.streams.settings import StreamConfig
 from bridge.streams.stream import SignalStream, publish
 from tests.fixtures_ingest import Server
 from tests.support import FAST, bridge_config, eventually, make_signal

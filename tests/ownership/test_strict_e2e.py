@@ -21,11 +21,11 @@ from typing import Final
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.config.loader import StreamConfig
 from bridge.delivery.jobs import idempotency_key
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
 from bridge.ownership.coordinator import members_key
 from bridge.ownership.leases import LeaseStore
+from bridge.streams.settings import StreamConfig
 from bridge.streams.stream import publish
 from tests.procs import Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
