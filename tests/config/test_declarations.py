@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
 from typing import Annotated, Final
 
 import msgspec
@@ -142,3 +145,27 @@ def test_directly_built_configs_are_not_checked_until_start() -> None:
     assert config.stream.consumer == ""
     with pytest.raises(ConfigError, match="OUTBOUND_SERVER_URL is required"):
         config.check()
+
+
+def test_the_shipped_toml_file_matches_the_declarations() -> None:
+    """config/bridge.toml: each key names its declared variable, and set keys hold the default."""
+    path = Path(__file__).resolve().parents[2] / "config" / "bridge.toml"
+    by_field = {
+        (section, item.field): (env, item) for env, (section, item) in declared_settings().items()
+    }
+    section = ""
+    named: dict[tuple[str, str], str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        found = re.match(r"#?\s*(\w+) = .*#\s*([A-Z][A-Z0-9_]+)", line)
+        if found:
+            named[(section, found.group(1))] = found.group(2)
+    assert named, "no settings found in config/bridge.toml"
+    wrong = {key: env for key, env in named.items() if by_field[key][0] != env}
+    assert not wrong, f"config/bridge.toml names the wrong variable for: {wrong}"
+    with path.open("rb") as handle:
+        data = tomllib.load(handle)
+    for name, values in data.items():
+        for key, value in values.items():
+            assert value == by_field[(name, key)][1].default, f"[{name}].{key}"
