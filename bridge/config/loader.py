@@ -30,7 +30,9 @@ from bridge.streams.settings import StreamConfig
 from bridge.telemetry.settings import TelemetryConfig
 
 __all__ = [
+    "CHECK_ORDER",
     "BridgeConfig",
+    "declared_settings",
     "default_consumer_name",
     "effective_settings",
     "load_config",

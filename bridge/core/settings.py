@@ -218,7 +218,7 @@ def _defaults(struct: type[msgspec.Struct]) -> dict[str, object]:
 def parse_env(
     struct: type[msgspec.Struct], environ: Mapping[str, str]
 ) -> Iterator[tuple[str, Any]]:
-    """(field, value) for each setting of ``struct`` set in ``environ``.
+    """Yield (field, value) for each setting of ``struct`` set in ``environ``.
 
     A blank value means "unset" (compose's ``${VAR:-}``) unless the setting sees blanks (names
     refuse them, the secret is checked later).
