@@ -42,7 +42,7 @@ import redis
 
 from bench.common import free_port, idempotency_key, make_signal, stream_fields
 from bench.procstat import die_with_parent
-from bridge.config.loader import _ENV
+from bridge.config.loader import setting_names
 from bridge.devkit.embedded import redis_server
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.streams.stream import shard_for
@@ -53,7 +53,9 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 SECRET: Final = "soak-secret-0123456789abcdef"
 STREAM: Final = "soak"
 # Strict ordering shards the stream (BRIDGE_STREAMS): each shard is owned by one replica.
-SHARDS: Final = [f"{STREAM}:{{{i}}}" for i in range(8)] if "BRIDGE_ORDERING" in _ENV else [STREAM]
+SHARDS: Final = (
+    [f"{STREAM}:{{{i}}}" for i in range(8)] if "BRIDGE_ORDERING" in setting_names() else [STREAM]
+)
 GROUP: Final = "soak"
 _SENT: Final = re.compile(r"sent_ns=(\d+);seq=(\d+)")
 _TASKS: Final = re.compile(r"^signals_asyncio_tasks\S*\s+([0-9.e+]+)$", re.MULTILINE)
@@ -340,7 +342,7 @@ def _replica_env(name: str, redis_url: str, server_url: str, health_port: int) -
         "BRIDGE_HEALTH_PORT": str(health_port),
         "BRIDGE_HEALTH_HOST": "127.0.0.1",
     }
-    if "BRIDGE_ORDERING" in _ENV:
+    if "BRIDGE_ORDERING" in setting_names():
         env["BRIDGE_ORDERING"] = "strict"
     return env
 
@@ -490,7 +492,9 @@ def run(plan: Plan, out_dir: Path, plot: Path) -> dict[str, Any]:
     inversions = _inversions(faulty.log.accepted)
     result = {
         "plan": asdict(plan),
-        "ordering": "strict" if "BRIDGE_ORDERING" in _ENV else "parallel (per-instrument lanes)",
+        "ordering": "strict"
+        if "BRIDGE_ORDERING" in setting_names()
+        else "parallel (per-instrument lanes)",
         "published": len(produced.entries),
         "accepted_unique": len(expected & accepted_keys),
         "lost": len(expected - accepted_keys),

@@ -14,7 +14,7 @@ and
   namespace, a server takes a POST and then its loopback goes down (a silent partition); the
   client, with ``tcp_user_timeout_s=SECONDS``, prints how long it took to notice, as JSON.
 
-Secrets come from ``INGEST_SECRETS`` through :func:`bridge.config.loader.load_ingest_secrets`.
+Secrets come from ``INGEST_SECRETS`` through :func:`bridge.devkit.ingest_keys.load_ingest_secrets`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
-from bridge.config.loader import OutboundConfig, Secret, load_ingest_secrets
+from bridge.core.secrets import Secret
 from bridge.core.signing import INGEST_PATH, verify_request
 from bridge.core.timestamps import format_timestamp
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send
+from bridge.devkit.ingest_keys import load_ingest_secrets
 from bridge.edge.client import HmacClient
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import DeliveryError
 
 __all__ = ["HOSTILE_MODES", "asgi_app", "wsgi_app"]

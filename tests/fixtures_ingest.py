@@ -29,9 +29,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import bridge.devkit.ingest
-from bridge.config.loader import OutboundConfig, load_config
+from bridge.config.loader import load_config
 from bridge.core.signal import Signal
 from bridge.devkit.ingest import IngestApp, serve_in_thread
+from bridge.edge.settings import OutboundConfig
 from bridge.telemetry.metrics import Metrics
 from tests import support
 

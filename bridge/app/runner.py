@@ -22,7 +22,8 @@ from typing import Any, Final
 from bridge import __version__
 from bridge.app.health import GroupMonitor, HealthServer
 from bridge.app.progress import DrainReport, ProgressSummary
-from bridge.config.loader import BridgeConfig, StreamConfig, redact_url, redis_db
+from bridge.config.loader import BridgeConfig
+from bridge.core.secrets import redact_url
 from bridge.delivery.worker import Worker, WorkerStats
 from bridge.edge.client import HmacClient
 from bridge.errors import StreamError
@@ -30,6 +31,7 @@ from bridge.ownership.coordinator import Coordinator, CoordinatorSettings
 from bridge.ownership.leases import LeaseStore, members_key
 from bridge.ownership.strategy import AllShards, Ownership
 from bridge.streams.retention import Retention
+from bridge.streams.settings import StreamConfig, redis_db
 from bridge.streams.stream import SignalStream, connect, probe_database
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.setup import TelemetryHandle, setup_telemetry

@@ -36,7 +36,6 @@ __all__ = [
     "body_sha256",
     "build_signature",
     "canonical_request",
-    "key_fingerprint",
     "verify_request",
     "verify_signature",
 ]
@@ -56,11 +55,6 @@ def _sent_at(timestamp: str) -> datetime:
         if exc.reason == "grammar":
             raise SigningError(f"timestamp is not RFC 3339: {timestamp[:64]!r}") from None
         raise SigningError(f"timestamp is not a valid date: {timestamp[:64]!r}") from exc
-
-
-def key_fingerprint(secret: bytes) -> str:
-    """Return the first 8 hex digits of SHA-256 of the key: logged to compare, never the key."""
-    return hashlib.sha256(secret).hexdigest()[:8]
 
 
 def body_sha256(body: bytes) -> str:

@@ -36,7 +36,6 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
 from bridge.app.progress import report_new_group
-from bridge.config.loader import StreamConfig
 from bridge.core.signal import Signal, guess_signal_id
 from bridge.delivery.backoff import Backoff
 from bridge.delivery.breaker import Admission, Breaker, BreakerState
@@ -61,6 +60,7 @@ from bridge.errors import (
     StreamError,
     SystemicError,
 )
+from bridge.streams.settings import StreamConfig
 from bridge.streams.stream import (
     SIGNAL_FIELD,
     DeadLetter,

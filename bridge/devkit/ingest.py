@@ -26,8 +26,9 @@ import msgspec
 from opentelemetry import propagate, trace
 from opentelemetry.semconv.attributes import http_attributes, url_attributes
 
+from bridge.core.secrets import key_fingerprint
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal
-from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, key_fingerprint, verify_request
+from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
 from bridge.core.timestamps import format_timestamp
 from bridge.errors import BridgeError, InvalidSignalError
 from bridge.telemetry.logs import log_fields

@@ -33,13 +33,14 @@ from opentelemetry.semconv.attributes import (
 )
 
 from bridge import __version__
-from bridge.config.loader import OutboundConfig, redact_url
 from bridge.core.outcome import Action, OutcomeTable, TransportFailure, Verdict
+from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.core.signal import Signal, encode_canonical
-from bridge.core.signing import Signer, key_fingerprint
+from bridge.core.signing import Signer
 from bridge.core.timestamps import format_timestamp
 from bridge.edge.clockskew import SkewEstimator, describe_skew
 from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport, Limits, ProxyRefusedError
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import (
     AlreadyReceivedError,
     AuthError,

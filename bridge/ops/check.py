@@ -19,16 +19,12 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from bridge.app.runner import signal_streams
-from bridge.config.loader import (
-    BridgeConfig,
-    OutboundConfig,
-    effective_settings,
-    redact_url,
-    redis_db,
-    secret_fingerprint,
-)
+from bridge.config.loader import BridgeConfig, effective_settings
+from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.edge.client import build_ssl_context
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import BridgeError, ConfigError, StreamError
+from bridge.streams.settings import redis_db
 from bridge.streams.stream import connect, probe_database
 
 __all__ = ["CheckFailedError", "run_check"]
@@ -53,7 +49,7 @@ async def run_check(config: BridgeConfig, out: Print = print) -> int:
     out("settings  ok")
     secret = config.outbound.secret
     if secret is not None and len(secret):
-        out(f"secret    sha256 fingerprint {secret_fingerprint(secret)} (first 8 hex digits)")
+        out(f"secret    sha256 fingerprint {key_fingerprint(secret.get())} (first 8 hex digits)")
     else:
         out("secret    not set (HMAC_PRODUCER_ENABLED is false)")
     await _check_redis(config, out)

@@ -11,8 +11,8 @@ import logging
 import signal as os_signal
 
 from bridge import __version__
-from bridge.config.loader import load_ingest_secrets, otel_environment
 from bridge.telemetry.logs import configure_logging, log_fields
+from bridge.telemetry.otel_env import otel_environment
 from bridge.telemetry.setup import setup_telemetry
 
 __all__ = ["run_ingest_server"]
@@ -25,6 +25,7 @@ def run_ingest_server(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     from bridge.devkit.ingest import IngestApp  # noqa: PLC0415 - server side only
+    from bridge.devkit.ingest_keys import load_ingest_secrets  # noqa: PLC0415 - server side only
 
     configure_logging("INFO", "json")
     secrets = load_ingest_secrets()

@@ -3,24 +3,30 @@
 Exporter names are the SDK's entry points (groups ``opentelemetry_<signal>_exporter``); ``otlp``
 picks the gRPC or HTTP exporter by OTEL_EXPORTER_OTLP[_<SIGNAL>]_PROTOCOL. Where the SDK would
 log a warning and fall back (or send to localhost), the bridge refuses to start instead. Pure
-functions of a mapping: ``bridge.config.loader`` reads the environment and calls them.
+functions of a mapping: the config loader (or, for commands without a BridgeConfig,
+:func:`otel_environment`) reads the environment and passes the OTEL_* part.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Final
+from urllib.parse import urlsplit
 
+from bridge.core.secrets import redact_url
 from bridge.errors import ConfigError
 
 __all__ = [
     "OTEL_SIGNALS",
     "OTLP_DEFAULT_PROTOCOL",
+    "otel_environment",
     "otel_exporter_names",
     "otlp_protocol",
+    "validate_otel_endpoints",
     "validate_otel_env",
 ]
 
@@ -124,7 +130,7 @@ def otel_exporter_names(env: Mapping[str, str], signal: str) -> list[str]:
 def validate_otel_env(env: Mapping[str, str]) -> None:
     """Refuse OTEL_* values the SDK would ignore, warn about, or quietly replace.
 
-    The endpoint URLs are checked by ``bridge.config.loader`` (which redacts them in its message).
+    The endpoint URLs are checked by :func:`validate_otel_endpoints`.
     """
     disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower()
     if disabled not in ("", "true", "false"):
@@ -158,3 +164,27 @@ def validate_otel_env(env: Mapping[str, str]) -> None:
                 f"OTEL_TRACES_SAMPLER_ARG must be a ratio between 0 and 1, got {arg!r}",
                 variable="OTEL_TRACES_SAMPLER_ARG",
             )
+
+
+def validate_otel_endpoints(env: Mapping[str, str]) -> None:
+    """Refuse an OTLP endpoint that is not an http(s) URL with a host (named, redacted)."""
+    for signal in OTEL_SIGNALS:
+        for variable in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT",
+        ):
+            endpoint = env.get(variable, "").strip()
+            if endpoint and (
+                urlsplit(endpoint).scheme not in ("http", "https")
+                or not urlsplit(endpoint).hostname
+            ):
+                raise ConfigError(
+                    f"{variable} must be an http(s) URL, got {redact_url(endpoint)!r}",
+                    variable=variable,
+                )
+
+
+def otel_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the OTEL_* variables, for commands that set up telemetry without a BridgeConfig."""
+    environ = os.environ if env is None else env
+    return {k: v for k, v in environ.items() if k.startswith("OTEL_")}

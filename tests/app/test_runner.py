@@ -13,8 +13,8 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from bridge.app.runner import ShardWorkers, coordinator_settings, signal_streams
-from bridge.config.loader import StreamConfig
 from bridge.delivery.worker import Worker
+from bridge.streams.settings import StreamConfig
 
 
 @dataclass

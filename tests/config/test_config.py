@@ -1,5 +1,6 @@
+"""Loading settings: defaults and sources, required values and limits, the TOML file, redaction."""
+
 import os
-import pickle
 import socket
 from pathlib import Path
 from typing import Final
@@ -7,16 +8,10 @@ from typing import Final
 import pytest
 import trustme
 
-from bridge.config.loader import (
-    OutboundConfig,
-    Secret,
-    StreamConfig,
-    load_config,
-    load_ingest_secrets,
-    redact_url,
-    select_proxy,
-)
+from bridge.config.loader import load_config
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import ConfigError
+from bridge.streams.settings import StreamConfig
 
 SECRET_TEXT: Final = "config-test-secret-0123456789"
 BASE_ENV: Final = {
@@ -437,38 +432,11 @@ def test_secret_never_appears_in_repr_or_str() -> None:
     assert "Secret('**********')" in repr(config.outbound)
 
 
-def test_secret_behaves_as_a_value_but_cannot_be_pickled() -> None:
-    """Secrets compare and hash by value and know their length, but refuse to be pickled."""
-    a, b = Secret(b"0123456789abcdef"), Secret(b"0123456789abcdef")
-    assert a == b
-    assert hash(a) == hash(b)
-    assert a != Secret(b"something-else-entirely")
-    assert a != b"0123456789abcdef"
-    assert len(a) == 16
-    with pytest.raises(TypeError, match="cannot be pickled"):
-        pickle.dumps(a)
-
-
 def test_outbound_config_without_secret_refuses_secret_bytes() -> None:
     """secret_bytes() on a config that has no secret is a ConfigError naming the variable."""
     with pytest.raises(ConfigError, match="HMAC_PRODUCER_SECRET") as info:
         OutboundConfig(server_url="https://api.example.com").secret_bytes()
     assert info.value.variable == "HMAC_PRODUCER_SECRET"
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("redis://:p4ss@redis:6379/0", "redis://:***@redis:6379/0"),
-        ("redis://user:p4ss@redis:6379/0", "redis://user:***@redis:6379/0"),
-        ("redis://tokenonly@redis", "redis://***@redis"),
-        ("redis://:p4ss@[::1]:6379", "redis://:***@[::1]:6379"),
-        ("redis://redis:6379/0", "redis://redis:6379/0"),
-    ],
-)
-def test_redact_url_hides_passwords(url: str, expected: str) -> None:
-    """redact_url replaces the password (or a lone user token) with ***."""
-    assert redact_url(url) == expected
 
 
 def test_stream_config_repr_redacts_the_redis_password() -> None:
@@ -485,7 +453,7 @@ def test_invalid_redis_url_error_redacts_the_password() -> None:
     assert "pw-in-url" not in str(error)
 
 
-# --- operator commands, telemetry extras, the reference server's secrets ----------------------
+# --- operator commands and telemetry extras --------------------------------------------------
 
 
 def test_operator_commands_need_no_delivery_settings() -> None:
@@ -517,59 +485,6 @@ def test_otel_variables_are_kept_but_their_values_never_shown() -> None:
     for text in (repr(config), repr(config.telemetry), str(config)):
         assert "otel-api-key-value" not in text
         assert "OTEL_EXPORTER_OTLP_HEADERS" in text
-
-
-def test_ingest_secrets_from_the_list_variable() -> None:
-    """INGEST_SECRETS maps key ids to secrets; a secret may itself contain '=' (base64)."""
-    env = {"INGEST_SECRETS": " k1=first-secret-0123456789 , k2=c2Vjb25kLXNlY3JldC0wMTIzNDU2Nzg5==,"}
-    assert load_ingest_secrets(env) == {
-        "k1": b"first-secret-0123456789",
-        "k2": b"c2Vjb25kLXNlY3JldC0wMTIzNDU2Nzg5==",
-    }
-
-
-@pytest.mark.parametrize("value", ["no-equals-sign", "=secret-without-id-000", "k1="])
-def test_malformed_ingest_secrets_name_the_variable(value: str) -> None:
-    """Items without a key id or a secret are an error naming INGEST_SECRETS."""
-    with pytest.raises(ConfigError, match="INGEST_SECRETS") as info:
-        load_ingest_secrets({"INGEST_SECRETS": value})
-    assert info.value.variable == "INGEST_SECRETS"
-    assert "secret-without-id-000" not in str(info.value)
-
-
-def test_ingest_secret_file_is_the_default_key(tmp_path: Path) -> None:
-    """INGEST_SECRET_FILE adds its secret (without the newline) under the key id 'default'."""
-    secret_file = tmp_path / "ingest-secret"
-    secret_file.write_bytes(b"file-ingest-secret-0123456789\r\n")
-    env = {"INGEST_SECRET_FILE": str(secret_file), "INGEST_SECRETS": "k1=listed-secret-0123456789"}
-    assert load_ingest_secrets(env) == {
-        "k1": b"listed-secret-0123456789",
-        "default": b"file-ingest-secret-0123456789",
-    }
-
-
-def test_ingest_secrets_fall_back_to_the_producer_secret(tmp_path: Path) -> None:
-    """Without INGEST_* the producer's secret (or secret file) is used under its key id."""
-    assert load_ingest_secrets({"HMAC_PRODUCER_SECRET": SECRET_TEXT}) == {
-        "default": SECRET_TEXT.encode()
-    }
-    assert load_ingest_secrets(
-        {"HMAC_PRODUCER_SECRET": SECRET_TEXT, "HMAC_PRODUCER_KEY_ID": "2026-01"}
-    ) == {"2026-01": SECRET_TEXT.encode()}
-    secret_file = tmp_path / "secret"
-    secret_file.write_bytes(b"producer-file-secret-0123\n")
-    assert load_ingest_secrets({"HMAC_PRODUCER_SECRET_FILE": str(secret_file)}) == {
-        "default": b"producer-file-secret-0123"
-    }
-
-
-def test_ingest_secrets_are_required_and_long_enough() -> None:
-    """No secret at all, or one under 16 bytes, is an error naming INGEST_SECRETS only."""
-    with pytest.raises(ConfigError, match="needs INGEST_SECRETS"):
-        load_ingest_secrets({})
-    with pytest.raises(ConfigError, match="'k1' must be at least 16 bytes") as info:
-        load_ingest_secrets({"INGEST_SECRETS": "k1=tiny-secret"})
-    assert "tiny-secret" not in str(info.value)
 
 
 def test_several_streams_each_get_their_own_dead_letter_stream() -> None:
@@ -621,7 +536,7 @@ def test_the_lane_stall_warning_threshold_defaults_to_ten_seconds_and_can_be_set
     assert config.stream.lane_stall_warn_s == 2.5
 
 
-# --- issue 11: limits, timeouts and proxies of the HTTP edge ------------------------------------
+# --- limits, timeouts and proxies of the HTTP edge ---------------------------------------------
 
 
 def test_edge_defaults_and_overrides() -> None:
@@ -661,84 +576,6 @@ def test_bad_edge_settings_name_the_variable(variable: str, value: str) -> None:
     """A bad limit, timeout or proxy stops the start naming the variable it came from."""
     error = _config_error(_env(**{variable: value}))
     assert error.variable == variable
-
-
-HTTPS_TARGET: Final = "https://ingest.example.com/api/v1/signals/ingest"
-HTTP_TARGET: Final = "http://127.0.0.1:8080/api/v1/signals/ingest"
-
-
-@pytest.mark.parametrize(
-    ("target", "explicit", "env", "expected"),
-    [
-        (HTTPS_TARGET, None, {}, None),
-        (HTTPS_TARGET, None, {"HTTPS_PROXY": "http://p:3128"}, "http://p:3128"),
-        (
-            HTTPS_TARGET,
-            None,
-            {"https_proxy": "http://low:1", "HTTPS_PROXY": "http://up:2"},
-            "http://low:1",
-        ),
-        (HTTPS_TARGET, None, {"HTTP_PROXY": "http://p:3128"}, None),
-        (HTTP_TARGET, None, {"http_proxy": "http://p:3128"}, "http://p:3128"),
-        (HTTP_TARGET, None, {"HTTP_PROXY": "http://p:3128"}, "http://p:3128"),
-        (HTTPS_TARGET, None, {"ALL_PROXY": "http://all:1"}, "http://all:1"),
-        (
-            HTTPS_TARGET,
-            None,
-            {"all_proxy": "http://all:1", "HTTPS_PROXY": "http://p:2"},
-            "http://p:2",
-        ),
-        (HTTPS_TARGET, None, {"HTTPS_PROXY": "p:3128"}, "http://p:3128"),
-        (HTTPS_TARGET, "http://explicit:1", {"HTTPS_PROXY": "http://p:2"}, "http://explicit:1"),
-        (HTTPS_TARGET, "explicit:1", {}, "http://explicit:1"),
-        (HTTPS_TARGET, "none", {"HTTPS_PROXY": "http://p:2"}, None),
-        (HTTPS_TARGET, "NONE", {"ALL_PROXY": "http://p:2"}, None),
-    ],
-)
-def test_proxy_selection_follows_curl_and_httpx(
-    target: str, explicit: str | None, env: dict[str, str], expected: str | None
-) -> None:
-    """Scheme-specific variables first, lower case first, then ALL_PROXY; explicit wins."""
-    assert select_proxy(target, explicit, env)[0] == expected
-
-
-@pytest.mark.parametrize(
-    ("no_proxy", "bypassed"),
-    [
-        ("*", True),
-        ("ingest.example.com", True),
-        ("example.com", True),
-        (".example.com", True),
-        ("other.com, example.com", True),
-        ("ample.com", False),
-        ("ingest.example.com:443", True),
-        ("ingest.example.com:8443", False),
-        ("10.0.0.0/8", False),
-        ("", False),
-    ],
-)
-def test_no_proxy_hosts_domains_and_ports(no_proxy: str, bypassed: bool) -> None:
-    """NO_PROXY (either case) matches the host, its parent domains, and host:port."""
-    for variable in ("NO_PROXY", "no_proxy"):
-        env = {"HTTPS_PROXY": "http://p:3128", variable: no_proxy}
-        assert (select_proxy(HTTPS_TARGET, None, env)[0] is None) is bypassed
-
-
-@pytest.mark.parametrize(
-    ("target", "no_proxy", "bypassed"),
-    [
-        ("http://10.1.2.3:80/x", "10.0.0.0/8", True),
-        ("http://10.1.2.3:80/x", "192.168.0.0/16", False),
-        ("http://10.1.2.3:80/x", "10.1.2.3", True),
-        ("http://[::1]:8080/x", "::1/128", True),
-        ("http://[::1]:8080/x", "[::1]:8080", True),
-        ("http://[::1]:8080/x", "[::1]:9", False),
-    ],
-)
-def test_no_proxy_addresses_and_cidrs(target: str, no_proxy: str, bypassed: bool) -> None:
-    """IP addresses and CIDR blocks in NO_PROXY cover literal-address targets."""
-    env = {"ALL_PROXY": "http://p:3128", "NO_PROXY": no_proxy}
-    assert (select_proxy(target, None, env)[0] is None) is bypassed
 
 
 def test_proxy_credentials_never_show_in_the_config_repr() -> None:

@@ -37,7 +37,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import bridge.devkit.ingest
-from bridge.config.loader import BridgeConfig, load_config, redact_url
+from bridge.config.loader import BridgeConfig, load_config
+from bridge.core.secrets import redact_url
 from bridge.delivery.backoff import Backoff
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker

@@ -7,9 +7,10 @@ from typing import Final
 
 import pytest
 
-from bridge.config.loader import load_config, load_ingest_secrets, secret_file_bytes
-from bridge.core.signing import key_fingerprint
+from bridge.config.loader import load_config
+from bridge.core.secrets import key_fingerprint, secret_file_bytes
 from bridge.devkit.ingest import IngestApp
+from bridge.devkit.ingest_keys import load_ingest_secrets
 from bridge.edge.client import HmacClient
 from bridge.errors import ConfigError
 from tests.fixtures_ingest import outbound_env
@@ -64,7 +65,7 @@ def test_padded_text_in_the_file_is_refused_the_same_way(
 def test_blank_variables_still_mean_unset_and_clean_values_load() -> None:
     """An empty optional variable is unset; exact values load unchanged.
 
-    (Names such as BRIDGE_STREAM are the exception: set but empty is refused, issue 12.)
+    (Names such as BRIDGE_STREAM are the exception: set but empty is refused.)
     """
     config = load_config(env=_env(PRODUCER_ID="mt5 desk 1", OUTBOUND_CA_BUNDLE=""))
     assert config.outbound.producer_id == "mt5 desk 1"

@@ -21,8 +21,9 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app.health import HealthServer
-from bridge.config.loader import load_config, redis_db
+from bridge.config.loader import load_config
 from bridge.errors import ConfigError
+from bridge.streams.settings import redis_db
 from bridge.telemetry.otel_env import otel_exporter_names
 from bridge.telemetry.setup import setup_telemetry
 from tests.support import bridge_env

@@ -9,12 +9,12 @@ import pytest
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode
 
-from bridge.config.loader import OutboundConfig
 from bridge.core.signal import encode_canonical
 from bridge.core.signing import INGEST_PATH, build_signature
 from bridge.core.timestamps import format_timestamp
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
+from bridge.edge.settings import OutboundConfig
 from tests.fixtures_ingest import KEY_ID, PRODUCER_ID, TEST_SECRET, Tracing, make_signal
 
 SERVER_NOW: Final = datetime(2025, 10, 25, 14, 30, 45, 123456, tzinfo=UTC)

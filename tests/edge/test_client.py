@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 import bridge
-from bridge.config.loader import OutboundConfig, load_config
+from bridge.config.loader import load_config
 from bridge.core.signal import encode_canonical
 from bridge.core.signing import INGEST_PATH, build_signature, verify_request
 from bridge.devkit.ingest import IngestApp
@@ -31,6 +31,7 @@ from bridge.edge.client import (
     cut_detail,
     parse_retry_after,
 )
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import (
     AlreadyReceivedError,
     AuthError,

@@ -33,9 +33,9 @@ import pytest
 import redis.asyncio as aioredis
 import trustme
 
-from bridge.config.loader import OutboundConfig
 from bridge.delivery.jobs import idempotency_key
 from bridge.edge.client import HmacClient
+from bridge.edge.settings import OutboundConfig
 from bridge.errors import (
     AlreadyReceivedError,
     AuthError,

@@ -16,7 +16,8 @@ import pytest
 import trustme
 import yaml
 
-from bridge.config.loader import load_config, load_ingest_secrets
+from bridge.config.loader import load_config
+from bridge.devkit.ingest_keys import load_ingest_secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 

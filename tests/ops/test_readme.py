@@ -13,10 +13,11 @@ from typing import Any, Final, cast
 import pytest
 import redis
 
-from bridge.config.loader import PROXY_VARIABLES, setting_names
+from bridge.config.loader import declared_settings, setting_names
 from bridge.core.signal import decode_signal
 from bridge.core.signing import Signer
 from bridge.core.timestamps import format_timestamp
+from bridge.edge.proxy import PROXY_VARIABLES
 
 README: Final = Path(__file__).resolve().parents[2] / "README.md"
 # Read outside config's table (a file path, the secret's file, the reference server's keys).
@@ -30,17 +31,23 @@ OTHER_VARIABLES: Final = (
 )
 
 
-def _settings_table() -> set[str]:
-    """The variable names in the first column of the README's settings table."""
+def _table_defaults() -> dict[str, str]:
+    """Each variable named in the README's settings table -> its row's default cell."""
     lines = README.read_text(encoding="utf-8").splitlines()
     start = lines.index("| variable | default | meaning |")
-    names: set[str] = set()
+    defaults: dict[str, str] = {}
     for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
-        first_cell = line.split("|")[1]
-        names.update(re.findall(r"`([A-Z][A-Z0-9_]*\*?)`", first_cell))
-    return names
+        cells = line.split("|")
+        for name in re.findall(r"`([A-Z][A-Z0-9_]*\*?)`", cells[1]):
+            defaults[name] = cells[2].strip()
+    return defaults
+
+
+def _settings_table() -> set[str]:
+    """The variable names in the first column of the README's settings table."""
+    return set(_table_defaults())
 
 
 def test_every_setting_is_in_the_readme_table() -> None:
@@ -134,3 +141,14 @@ def test_the_server_example_accepts_the_bridges_request_and_refuses_others(
     with caplog.at_level(logging.WARNING, logger="ingest"):
         assert authenticate(headers(new_secret, "2026-11"), body + b" ") == 401
     assert "refused: signature mismatch" in caplog.text
+
+
+def test_the_readme_table_shows_each_declared_default() -> None:
+    """Each declared setting's default cell is its declared default (or declared wording)."""
+    table = _table_defaults()
+    wrong = {
+        variable: (table.get(variable), item.readme_default())
+        for variable, (_, item) in declared_settings().items()
+        if table.get(variable) != item.readme_default()
+    }
+    assert not wrong, f"README default cell vs declaration (README, declared): {wrong}"

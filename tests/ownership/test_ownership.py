@@ -20,7 +20,7 @@ from redis.crc import key_slot
 
 from bridge.app.health import HealthServer
 from bridge.app.runner import ShardWorkers, coordinator_settings
-from bridge.config.loader import BridgeConfig, StreamConfig
+from bridge.config.loader import BridgeConfig
 from bridge.core.signal import Signal
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
@@ -29,6 +29,7 @@ from bridge.errors import ConfigError, StreamError
 from bridge.ownership.assign import Lease, assign, fence_margin_s
 from bridge.ownership.coordinator import Coordinator, _Owned
 from bridge.ownership.leases import LeaseStore, hash_tagged, members_key, take_pending
+from bridge.streams.settings import StreamConfig
 from bridge.streams.stream import SignalStream, publish
 from tests.fixtures_ingest import Server
 from tests.support import FAST, bridge_config, eventually, make_signal

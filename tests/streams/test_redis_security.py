@@ -30,7 +30,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bridge.config.loader import BridgeConfig, redact_url
+from bridge.config.loader import BridgeConfig
+from bridge.core.secrets import redact_url
 from bridge.delivery.backoff import Backoff
 from bridge.delivery.worker import Worker
 from bridge.devkit.embedded import free_port

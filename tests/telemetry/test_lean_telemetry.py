@@ -29,9 +29,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.config.loader import OutboundConfig
 from bridge.devkit.ingest import IngestApp
 from bridge.edge.client import HmacClient
+from bridge.edge.settings import OutboundConfig
 from bridge.telemetry.logs import JsonFormatter, log_fields
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.setup import setup_telemetry
