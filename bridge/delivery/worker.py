@@ -35,7 +35,6 @@ from typing import Any, Final
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
-from bridge.app.progress import report_new_group
 from bridge.config.loader import StreamConfig
 from bridge.core.signal import Signal, guess_signal_id
 from bridge.delivery.backoff import Backoff
@@ -61,12 +60,8 @@ from bridge.errors import (
     StreamError,
     SystemicError,
 )
-from bridge.streams.stream import (
-    SIGNAL_FIELD,
-    DeadLetter,
-    Entry,
-    SignalStream,
-)
+from bridge.streams.entries import SIGNAL_FIELD, DeadLetter, Entry
+from bridge.streams.group import SignalStream, report_new_group
 from bridge.telemetry.logs import log_fields, log_info
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.tracing import get_tracer

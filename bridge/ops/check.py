@@ -28,7 +28,8 @@ from bridge.config.loader import (
 )
 from bridge.edge.client import build_ssl_context
 from bridge.errors import BridgeError, ConfigError, StreamError
-from bridge.streams.stream import SignalStream, connect, probe_database
+from bridge.streams.connection import connect, probe_database
+from bridge.streams.group import SignalStream
 
 __all__ = ["CheckFailedError", "run_check"]
 

@@ -41,13 +41,10 @@ from bridge.edge.client import HmacClient
 from bridge.errors import BridgeError, ConfigError, InvalidSignalError, StreamError, UsageError
 from bridge.ops.dlq import parse_since, run_dlq_command
 from bridge.ownership.coordinator import run_strict
+from bridge.streams.connection import connect, probe_database
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish
 from bridge.streams.retention import Retention
-from bridge.streams.stream import (
-    SignalStream,
-    connect,
-    probe_database,
-    publish,
-)
 from bridge.telemetry.logs import configure_logging, log_fields
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.setup import setup_telemetry

@@ -38,8 +38,9 @@ from bridge.delivery.worker import Worker, WorkerStats
 from bridge.edge.client import HmacClient
 from bridge.errors import StreamError
 from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
+from bridge.streams.entries import GroupStatus
+from bridge.streams.group import SignalStream
 from bridge.streams.retention import Retention
-from bridge.streams.stream import GroupStatus, SignalStream
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.setup import TelemetryHandle

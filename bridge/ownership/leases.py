@@ -10,7 +10,9 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from bridge.streams.stream import SignalStream, _guard, _text
+from bridge.streams.connection import guard
+from bridge.streams.entries import as_text
+from bridge.streams.group import SignalStream
 
 __all__ = ["LeaseStore", "hash_tagged", "take_pending"]
 
@@ -100,17 +102,17 @@ class LeaseStore:
 
     async def acquire(self, stream: str, owner: str, ttl_ms: int) -> tuple[int, str]:
         """SET NX PX the shard's lease; (token, value) when taken, (0, holder's value) if not."""
-        reply = await _guard(
+        reply = await guard(
             self._acquire(
                 keys=[self.lease_key(stream), self.fence_key(stream)], args=[owner, ttl_ms]
             ),
             "lease acquire script",
         )
-        return int(reply[0]), _text(reply[1])
+        return int(reply[0]), as_text(reply[1])
 
     async def renew(self, stream: str, value: str, ttl_ms: int) -> bool:
         """Extend the lease to ``ttl_ms`` from now if it still holds ``value``."""
-        reply = await _guard(
+        reply = await guard(
             self._renew(keys=[self.lease_key(stream)], args=[value, ttl_ms]),
             "lease renew script",
         )
@@ -118,26 +120,26 @@ class LeaseStore:
 
     async def release(self, stream: str, value: str) -> bool:
         """Delete the lease if it still holds ``value``; False when it was lost before."""
-        reply = await _guard(
+        reply = await guard(
             self._release(keys=[self.lease_key(stream)], args=[value]), "lease release script"
         )
         return bool(reply)
 
     async def holder(self, stream: str) -> str | None:
         """Return the lease value (``<token> <consumer> <instance>``); None when free."""
-        value = await _guard(self.redis.get(self.lease_key(stream)), "GET")
-        return None if value is None else _text(value)
+        value = await guard(self.redis.get(self.lease_key(stream)), "GET")
+        return None if value is None else as_text(value)
 
     async def heartbeat(self, member: str, ttl_ms: int) -> list[str]:
         """Say ``member`` is live for ``ttl_ms``; return every live member, sorted."""
-        reply = await _guard(
+        reply = await guard(
             self._heartbeat(keys=[self.members_key], args=[member, ttl_ms]), "heartbeat script"
         )
-        return sorted(_text(m) for m in reply)
+        return sorted(as_text(m) for m in reply)
 
     async def leave(self, member: str) -> None:
         """Remove ``member`` from the live replicas at once (a clean shutdown)."""
-        await _guard(self.redis.zrem(self.members_key, member), "ZREM")
+        await guard(self.redis.zrem(self.members_key, member), "ZREM")
 
 
 async def take_pending(
@@ -154,7 +156,7 @@ async def take_pending(
     script = stream.redis.register_script(_TAKE_LUA)
     cursor, taken, deleted = "0-0", 0, list[str]()
     while True:
-        reply = await _guard(
+        reply = await guard(
             script(
                 keys=[stream.stream, lease_key],
                 args=[stream.group, stream.consumer, cursor, count, lease_value],
@@ -163,8 +165,8 @@ async def take_pending(
         )
         if not reply or reply[0] is None:
             return None
-        cursor = _text(reply[0])
+        cursor = as_text(reply[0])
         taken += int(reply[1])
-        deleted.extend(_text(i) for i in reply[2])
+        deleted.extend(as_text(i) for i in reply[2])
         if cursor == "0-0":
             return taken, deleted

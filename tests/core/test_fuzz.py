@@ -34,7 +34,8 @@ from bridge.edge.client import HmacClient
 from bridge.edge.clockskew import SkewEstimator
 from bridge.edge.http import Limits, RawResponse, _Connection
 from bridge.errors import DeliveryError, InvalidSignalError
-from bridge.streams.stream import DLQ_PREFIX, Entry, SignalStream
+from bridge.streams.entries import DLQ_PREFIX, Entry
+from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import JsonFormatter
 from tests import support
 from tests.fixtures_ingest import KEY_ID, PRODUCER_ID, TEST_SECRET, Server, make_outbound_config

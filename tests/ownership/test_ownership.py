@@ -34,7 +34,8 @@ from bridge.ownership.coordinator import (
     members_key,
 )
 from bridge.ownership.leases import LeaseStore, hash_tagged, take_pending
-from bridge.streams.stream import SignalStream, publish
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish
 from tests.fixtures_ingest import Server
 from tests.support import FAST, bridge_config, eventually, make_signal
 

@@ -26,7 +26,7 @@ from bridge.delivery.jobs import idempotency_key
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
 from bridge.ownership.coordinator import members_key
 from bridge.ownership.leases import LeaseStore
-from bridge.streams.stream import publish
+from bridge.streams.producer import publish
 from tests.procs import Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
 

@@ -30,14 +30,10 @@ from bridge.core.signal import Signal
 from bridge.delivery.jobs import idempotency_key
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
 from bridge.ownership.leases import LeaseStore
-from bridge.streams.stream import (
-    DLQ_PREFIX,
-    SignalStream,
-    connect,
-    publish,
-    publish_raw,
-    shard_for,
-)
+from bridge.streams.connection import connect
+from bridge.streams.entries import DLQ_PREFIX
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish, publish_raw, shard_for
 from tests.cluster_support import RedisProcess, redis_cluster
 from tests.procs import Replica, Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
