@@ -13,57 +13,15 @@ import redis.asyncio as aioredis
 from bridge.streams.connection import guard
 from bridge.streams.entries import as_text
 from bridge.streams.group import SignalStream
+from bridge.streams.scripts import load
 
 __all__ = ["LeaseStore", "hash_tagged", "take_pending"]
 
-# KEYS: lease, fencing counter. ARGV: owner ("<consumer> <instance>"), ttl ms.
-# Returns {token, value} when taken, {0, current value} when someone holds it.
-_ACQUIRE_LUA: Final = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  return {0, current}
-end
-local token = redis.call('INCR', KEYS[2])
-local value = token .. ' ' .. ARGV[1]
-redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
-return {token, value}
-"""
-# KEYS: lease. ARGV: value, ttl ms. Only the holder of exactly this value renews.
-_RENEW_LUA: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# KEYS: lease. ARGV: value. Only the holder of exactly this value releases.
-_RELEASE_LUA: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-# KEYS: members sorted set. ARGV: member, ttl ms. Scores are expiry times on the Redis clock,
-# so replicas with skewed clocks agree on who is live. Returns the live members.
-_HEARTBEAT_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-"""
-# KEYS: stream, the shard's lease. ARGV: group, consumer, cursor, count, lease value.
-# XAUTOCLAIM at idle 0 with JUSTID (no delivery counted), only while the lease holds exactly that
-# value: a paused process that wakes up mid-takeover cannot pull entries from the new owner.
-# Returns {next cursor, claimed count, deleted ids}, or {false} when the lease is not ours.
-_TAKE_LUA: Final = """
-if redis.call('GET', KEYS[2]) ~= ARGV[5] then
-  return {false}
-end
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3],
-                    'COUNT', ARGV[4], 'JUSTID')
-return {r[1], #r[2], r[3] or {}}
-"""
+_ACQUIRE_LUA: Final = load("lease_acquire")
+_RENEW_LUA: Final = load("lease_renew")
+_RELEASE_LUA: Final = load("lease_release")
+_HEARTBEAT_LUA: Final = load("heartbeat")
+_TAKE_LUA: Final = load("take_pending")
 
 
 def hash_tagged(name: str) -> str:
