@@ -28,6 +28,7 @@ from bridge.core.outcome import OutcomeTable, parse_statuses
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE
 from bridge.core.signing import INGEST_PATH
 from bridge.errors import ConfigError
+from bridge.streams.entries import is_stream_id
 from bridge.telemetry.otel_env import OTEL_SIGNALS, validate_otel_env
 
 __all__ = [
@@ -954,7 +955,7 @@ def _validate_stream(cfg: StreamConfig) -> None:
             "BRIDGE_STREAMS must list distinct streams that are not dead-letter streams",
             variable="BRIDGE_STREAMS",
         )
-    if not (cfg.start_id in ("$", "0") or _is_stream_id(cfg.start_id)):
+    if not (cfg.start_id in ("$", "0") or is_stream_id(cfg.start_id)):
         raise ConfigError(
             f"BRIDGE_START_ID must be '$', '0' or a stream id, got {cfg.start_id!r}",
             variable="BRIDGE_START_ID",
@@ -1035,11 +1036,6 @@ def _validate_recovery(cfg: StreamConfig) -> None:
             variable="BRIDGE_BACKOFF_CAP_MS",
         )
     _positive("BRIDGE_TRIM_INTERVAL_SECONDS", cfg.trim_interval_s)
-
-
-def _is_stream_id(value: str) -> bool:
-    ms, _, seq = value.partition("-")
-    return ms.isdigit() and (not seq or seq.isdigit())
 
 
 def _validate_telemetry(cfg: TelemetryConfig) -> None:

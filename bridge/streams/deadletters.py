@@ -19,17 +19,12 @@ from bridge.streams.entries import (
     ORIGIN_FIELD,
     Entry,
     as_text,
+    is_entry_id,
     split_entries,
 )
 from bridge.streams.group import SignalStream
 
 __all__ = ["DeadLetterStore"]
-
-
-def _is_entry_id(value: str) -> bool:
-    """Tell whether ``value`` is a full stream entry id (``<ms>-<seq>``)."""
-    ms, sep, seq = value.partition("-")
-    return bool(sep) and ms.isdigit() and seq.isdigit()
 
 
 class DeadLetterStore:
@@ -50,7 +45,7 @@ class DeadLetterStore:
 
     async def get(self, dlq_id: str) -> Entry | None:
         """Return one dead letter by id, or None when the stream has no such entry."""
-        if not _is_entry_id(dlq_id):
+        if not is_entry_id(dlq_id):
             return None
         raw = await guard(self.redis.xrange(self.dlq_stream, dlq_id, dlq_id), "XRANGE")
         live, _ = split_entries(raw)

@@ -1,7 +1,8 @@
 """The shape of what the bridge keeps in Redis: entries, dead letters, status, stream ids.
 
-Pure data, no I/O: the field names of a signal entry and of a dead letter, and the Structs that
-the consumer-group operations return.
+Pure data, no I/O: the field names of a signal entry and of a dead letter, the Structs that the
+consumer-group operations return, and the one parser of stream ids (``<ms>-<seq>``) that the
+worker, the lanes, the dead-letter store and the configuration share.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ __all__ = [
     "Entry",
     "GroupStatus",
     "Pending",
+    "StreamId",
     "TrimResult",
     "as_text",
+    "is_entry_id",
+    "is_stream_id",
+    "parse_id",
     "split_entries",
 ]
 
@@ -33,6 +38,35 @@ DLQ_PREFIX: Final = "dlq_"
 # Set by `dlq replay --allow-expired`: the worker posts the entry whatever its age. Its value
 # says when and by whom the operator waived the limit.
 MAX_AGE_WAIVED_FIELD: Final = b"replay_max_age_waived"
+
+# A stream id as integers (milliseconds, sequence): tuples compare in stream order.
+StreamId = tuple[int, int]
+
+
+def parse_id(entry_id: str) -> StreamId:
+    """Split ``<ms>-<seq>`` (or ``<ms>``, sequence 0) into integers; ValueError if not an id.
+
+    The one grammar of stream ids here: digits, optionally a dash and more digits (an empty
+    sequence, ``<ms>-``, counts as 0). Redis's own ids always parse.
+    """
+    ms, _, seq = entry_id.partition("-")
+    if not (ms.isdigit() and (not seq or seq.isdigit())):
+        raise ValueError(f"not a stream id: {entry_id!r}")
+    return int(ms), int(seq or 0)
+
+
+def is_stream_id(value: str) -> bool:
+    """Tell whether ``value`` names a stream position: ``<ms>``, ``<ms>-`` or ``<ms>-<seq>``."""
+    try:
+        parse_id(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_entry_id(value: str) -> bool:
+    """Tell whether ``value`` is a full entry id, ``<ms>-<seq>``: a sequence is required."""
+    return bool(value.partition("-")[2]) and is_stream_id(value)
 
 
 def as_text(value: bytes | str) -> str:

@@ -29,6 +29,7 @@ from bridge.streams.entries import (
     Pending,
     TrimResult,
     as_text,
+    parse_id,
     split_entries,
 )
 from bridge.streams.scripts import load
@@ -42,11 +43,6 @@ _DEAD_LETTER_LUA: Final = load("dead_letter")
 _TRIM_ACKED_LUA: Final = load("trim_acked")
 # New entries a producer may add between XGROUP CREATE and the count of skipped ones.
 _NEWER_SCAN_LIMIT: Final = 10_000
-
-
-def _id_ms(entry_id: bytes | str) -> int:
-    """Return the millisecond part of a stream entry id."""
-    return int(as_text(entry_id).partition("-")[0])
 
 
 class SignalStream:
@@ -341,13 +337,15 @@ class SignalStream:
                 )
                 if first:
                     first_id = as_text(first[0]["message_id"])
-                    oldest = max(0, int(time.time() * 1000) - int(first_id.split("-")[0]))
+                    oldest = max(0, int(time.time() * 1000) - parse_id(first_id)[0])
         dead = int(await guard(self.redis.xlen(self.dlq_stream), "XLEN"))
         dead_oldest: int | None = None
         if dead:
             first_letter = await guard(self.redis.xrange(self.dlq_stream, count=1), "XRANGE")
             if first_letter:
-                dead_oldest = max(0, int(time.time() * 1000) - _id_ms(first_letter[0][0]))
+                dead_oldest = max(
+                    0, int(time.time() * 1000) - parse_id(as_text(first_letter[0][0]))[0]
+                )
         return GroupStatus(
             stream=self.stream,
             group=self.group,
