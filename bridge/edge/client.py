@@ -38,7 +38,9 @@ from bridge.core.outcome import Action, OutcomeTable, TransportFailure, Verdict
 from bridge.core.signal import Signal, encode_canonical
 from bridge.core.signing import Signer, format_timestamp, key_fingerprint
 from bridge.edge.clockskew import SkewEstimator, describe_skew
-from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport, Limits, ProxyRefusedError
+from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport
+from bridge.edge.protocol import Limits
+from bridge.edge.tunnel import ProxyRefusedError
 from bridge.errors import (
     AlreadyReceivedError,
     AuthError,
