@@ -80,7 +80,7 @@ def cluster_url(cluster: list[RedisProcess]) -> str:
 
 @pytest.fixture
 async def cluster_client(cluster_url: str) -> AsyncIterator[RedisCluster]:
-    """redis-py's asyncio cluster client, opened by ``streams.stream.connect(cluster=True)``."""
+    """redis-py's asyncio cluster client, opened by ``streams.connection.connect(cluster=True)``."""
     async with connect(cluster_url, cluster=True) as client:
         cluster_client = cast("object", client)
         assert isinstance(cluster_client, RedisCluster), "connect(cluster=True) is a RedisCluster"
