@@ -111,7 +111,7 @@ def _http_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
         from bridge.config.loader import load_config  # noqa: PLC0415
         from bridge.edge.client import HmacClient  # noqa: PLC0415
         from bridge.edge.clockskew import SkewEstimator  # noqa: PLC0415
-        from bridge.edge.http import Limits, _Connection  # noqa: PLC0415
+        from bridge.edge.protocol import Connection, Limits  # noqa: PLC0415
         from bridge.errors import DeliveryError  # noqa: PLC0415
 
     env = {
@@ -139,7 +139,7 @@ def _http_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
             """Nothing to abort."""
 
     async def parse(data: bytes) -> Any:  # noqa: ANN401 - a RawResponse or an exception
-        conn = _Connection(Limits())
+        conn = Connection(Limits())
         conn.connection_made(Sink())
         waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n")
         half = len(data) // 2

@@ -31,7 +31,8 @@ from bridge.delivery.worker import Worker
 from bridge.devkit.embedded import redis_server
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
-from bridge.streams.stream import SignalStream, publish
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish
 
 __all__ = ["main"]
 

@@ -45,7 +45,7 @@ from bench.procstat import die_with_parent
 from bridge.config.loader import setting_names
 from bridge.devkit.embedded import redis_server
 from bridge.devkit.ingest import IngestApp, serve_in_thread
-from bridge.streams.stream import shard_for
+from bridge.streams.producer import shard_for
 
 __all__ = ["main"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bridge.devkit.embedded import redis_server
-from bridge.streams.stream import SignalStream
+from bridge.streams.group import SignalStream
 
 _BODY = b'{"instrument":"XAUUSD","side":"buy","entry_price":2000.5}' + b" " * 180
 

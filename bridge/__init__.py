@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from bridge.core.signal import Signal
     from bridge.core.signing import verify_request
-    from bridge.streams.stream import publish
+    from bridge.streams.producer import publish
 
 __all__ = ["Signal", "__version__", "publish", "verify_request"]
 
@@ -26,7 +26,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # Each public name and the module that defines it.
 _LAZY: Final = {
     "Signal": "bridge.core.signal",
-    "publish": "bridge.streams.stream",
+    "publish": "bridge.streams.producer",
     "verify_request": "bridge.core.signing",
 }
 

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bridge.devkit.embedded import redis_server
-from bridge.streams.stream import SignalStream
+from bridge.streams.group import SignalStream
 
 
 @pytest.fixture(scope="session")

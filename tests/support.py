@@ -17,7 +17,7 @@ from bridge.core.signal import Signal
 from bridge.delivery.backoff import Backoff, Breaker
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient
-from bridge.streams.stream import SignalStream
+from bridge.streams.group import SignalStream
 from bridge.telemetry.metrics import Metrics
 
 SECRET: Final = "test-secret-0123456789abcdef"

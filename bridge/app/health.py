@@ -25,7 +25,8 @@ import msgspec
 
 from bridge.delivery.worker import Worker
 from bridge.errors import ConfigError, StreamError
-from bridge.streams.stream import GroupStatus, SignalStream
+from bridge.streams.entries import GroupStatus
+from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 

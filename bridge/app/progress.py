@@ -1,10 +1,8 @@
-"""What the bridge tells its operator while it runs: progress, skipped history, the drain.
+"""What the bridge tells its operator while it runs: progress and the drain.
 
 * :class:`ProgressSummary` logs one INFO line every ``BRIDGE_SUMMARY_INTERVAL_SECONDS`` while
   work flows (delivered, duplicates, dead letters by reason, retries, lag, oldest pending age),
   and stays quiet while idle, so a draining backlog shows progress without a line per signal.
-* :func:`report_new_group` warns at start when a group created at ``$`` skips entries already in
-  the stream, and says how many and how to take them.
 * :class:`DrainReport` logs the line on SIGTERM and the line when the drain has ended.
 """
 
@@ -16,11 +14,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from bridge.errors import StreamError
-from bridge.streams.stream import GroupStatus, SignalStream
+from bridge.streams.entries import GroupStatus
 from bridge.telemetry.logs import log_fields
 
-__all__ = ["Counts", "DrainReport", "ProgressSummary", "report_new_group"]
+__all__ = ["Counts", "DrainReport", "ProgressSummary"]
 
 log = logging.getLogger("bridge.feedback")
 
@@ -94,28 +91,6 @@ class ProgressSummary:
         while True:
             await asyncio.sleep(self.interval_s)
             self.emit()
-
-
-async def report_new_group(stream: SignalStream, start_id: str) -> int:
-    """After creating the group: WARN when it starts at ``$`` past existing entries.
-
-    Returns how many entries it skips (0 when it starts at ``0`` or an explicit id, or when
-    Redis cannot say).
-    """
-    if start_id != "$":
-        return 0
-    try:
-        skipped = await stream.skipped_by_new_group()
-    except StreamError:
-        return 0
-    if skipped:
-        log.warning(
-            "new consumer group starts at '$': entries already in the stream are skipped "
-            "(not delivered); to deliver them, XGROUP SETID <stream> <group> 0 before they "
-            "expire, or start with BRIDGE_START_ID=0",
-            extra=log_fields(stream=stream.stream, group=stream.group, skipped=skipped),
-        )
-    return skipped
 
 
 class DrainReport:

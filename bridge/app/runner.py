@@ -30,9 +30,10 @@ from bridge.errors import StreamError
 from bridge.ownership.coordinator import Coordinator, CoordinatorSettings
 from bridge.ownership.leases import LeaseStore, members_key
 from bridge.ownership.strategy import AllShards, Ownership
+from bridge.streams.connection import connect, probe_database
+from bridge.streams.group import SignalStream
 from bridge.streams.retention import Retention
 from bridge.streams.settings import StreamConfig, redis_db
-from bridge.streams.stream import SignalStream, connect, probe_database
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.setup import TelemetryHandle, setup_telemetry
 

@@ -18,7 +18,7 @@ from opentelemetry import context as otel_context
 
 from bridge.core.signal import Signal, decode_signal, encode_canonical
 from bridge.errors import InvalidSignalError
-from bridge.streams.stream import MAX_AGE_WAIVED_FIELD, ORIGIN_FIELD, SIGNAL_FIELD, Entry
+from bridge.streams.entries import MAX_AGE_WAIVED_FIELD, ORIGIN_FIELD, SIGNAL_FIELD, Entry
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.propagation import extract_parent
 

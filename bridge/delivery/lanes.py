@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
+from bridge.streams.entries import StreamId, parse_id
+
 __all__ = [
     "CURRENT_LANE",
     "Lane",
@@ -26,18 +28,10 @@ __all__ = [
     "Offer",
     "format_id",
     "next_id",
-    "parse_id",
 ]
 
 J = TypeVar("J")
-StreamId = tuple[int, int]
 _MAX_SEQ: Final = (1 << 64) - 1
-
-
-def parse_id(entry_id: str) -> StreamId:
-    """Split ``<ms>-<seq>`` into integers, so ids compare in stream order."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def format_id(stream_id: StreamId) -> str:

@@ -35,7 +35,6 @@ from typing import Any, Final
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg_attrs
 
-from bridge.app.progress import report_new_group
 from bridge.core.signal import Signal, guess_signal_id
 from bridge.delivery.backoff import Backoff
 from bridge.delivery.breaker import Admission, Breaker, BreakerState
@@ -45,10 +44,8 @@ from bridge.delivery.lanes import (
     Lane,
     Lanes,
     Offer,
-    StreamId,
     format_id,
     next_id,
-    parse_id,
 )
 from bridge.edge.client import Delivery, HmacClient
 from bridge.errors import (
@@ -60,13 +57,9 @@ from bridge.errors import (
     StreamError,
     SystemicError,
 )
+from bridge.streams.entries import SIGNAL_FIELD, DeadLetter, Entry, StreamId, parse_id
+from bridge.streams.group import SignalStream, report_new_group
 from bridge.streams.settings import StreamConfig
-from bridge.streams.stream import (
-    SIGNAL_FIELD,
-    DeadLetter,
-    Entry,
-    SignalStream,
-)
 from bridge.telemetry.logs import log_fields, log_info
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.tracing import get_tracer
@@ -289,7 +282,7 @@ class Worker:
                 "resuming own pending entries",
                 extra=log_fields(count=len(entries), consumer=self.stream.consumer),
             )
-            after = max(entries[-1].id, gone[-1] if gone else "0", key=_id_key)
+            after = max(entries[-1].id, gone[-1] if gone else "0", key=parse_id)
             self._dispatch_all(entries)
 
     async def _read_loop(self) -> None:
@@ -1199,11 +1192,6 @@ def _collect(task: asyncio.Future[Any]) -> None:
     """Retrieve a finished background task's exception so asyncio does not report it."""
     if not task.cancelled():
         task.exception()
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _short(details: object, limit: int = 512) -> str:

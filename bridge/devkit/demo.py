@@ -25,7 +25,11 @@ from bridge.devkit.embedded import embedded_redis
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
 from bridge.ops.publish import sample_signal
-from bridge.streams.stream import DLQ_PREFIX, Entry, SignalStream, connect, publish, publish_raw
+from bridge.streams.connection import connect
+from bridge.streams.deadletters import DeadLetterStore
+from bridge.streams.entries import DLQ_PREFIX, Entry
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish, publish_raw
 from bridge.telemetry.logs import configure_logging
 
 __all__ = ["run_demo"]
@@ -69,7 +73,8 @@ async def run_demo(count: int = 20) -> int:
                 drained = await _wait_drained(stream, runner)
                 worker.stop()
                 await runner
-            letters = {e.field(f"{DLQ_PREFIX}source_id"): e for e in await stream.dead_letters()}
+            dead = await DeadLetterStore.of(stream).letters()
+            letters = {e.field(f"{DLQ_PREFIX}source_id"): e for e in dead}
         _report(published, letters, app, config.stream.stream)
         print(
             f"\ndelivered {worker.stats.delivered}, duplicates {worker.stats.duplicates}, "

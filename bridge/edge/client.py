@@ -39,8 +39,10 @@ from bridge.core.signal import Signal, encode_canonical
 from bridge.core.signing import Signer
 from bridge.core.timestamps import format_timestamp
 from bridge.edge.clockskew import SkewEstimator, describe_skew
-from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport, Limits, ProxyRefusedError
+from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport
+from bridge.edge.protocol import Limits
 from bridge.edge.settings import OutboundConfig
+from bridge.edge.tunnel import ProxyRefusedError
 from bridge.errors import (
     AlreadyReceivedError,
     AuthError,

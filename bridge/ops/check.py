@@ -24,8 +24,8 @@ from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.edge.client import build_ssl_context
 from bridge.edge.settings import OutboundConfig
 from bridge.errors import BridgeError, ConfigError, StreamError
+from bridge.streams.connection import connect, probe_database
 from bridge.streams.settings import redis_db
-from bridge.streams.stream import connect, probe_database
 
 __all__ = ["CheckFailedError", "run_check"]
 

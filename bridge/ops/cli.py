@@ -22,7 +22,7 @@ from bridge.ops.dlq import parse_since, run_dlq_command
 from bridge.ops.ingest_server import run_ingest_server
 from bridge.ops.publish import run_publish
 from bridge.ops.status import run_status
-from bridge.streams.stream import connect
+from bridge.streams.connection import connect
 from bridge.telemetry.logs import configure_logging
 
 __all__ = ["main"]

@@ -2,10 +2,9 @@
 
 Every command reads the WHOLE dead-letter stream of each configured stream (page by page), so
 filters (``--reason``, ``--since``) never stop at the first N entries. ``replay`` re-publishes to
-the source stream through :meth:`bridge.streams.stream.SignalStream.replay`; ``--allow-expired``
-waives
-the maximum age of the replayed entries, explicitly and logged. Exit codes: 0 done, 1 an id in no
-dead-letter stream, 2 a usage error.
+the source stream through :meth:`bridge.streams.deadletters.DeadLetterStore.replay`;
+``--allow-expired`` waives the maximum age of the replayed entries, explicitly and logged.
+Exit codes: 0 done, 1 an id in no dead-letter stream, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ import msgspec
 from bridge.core.signal import decode_signal, encode_canonical, guess_signal_id
 from bridge.core.timestamps import TimestampError, parse_timestamp
 from bridge.errors import InvalidSignalError
-from bridge.streams.stream import DLQ_PREFIX, SIGNAL_FIELD, Entry, SignalStream
+from bridge.streams.deadletters import DeadLetterStore
+from bridge.streams.entries import DLQ_PREFIX, SIGNAL_FIELD, Entry
+from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import log_fields
 
 __all__ = ["parse_since", "run_dlq_command"]
@@ -32,15 +33,16 @@ log = logging.getLogger("bridge.dlq")
 
 async def run_dlq_command(streams: Sequence[SignalStream], args: argparse.Namespace) -> int:
     """Run the chosen ``dlq`` sub-command over every stream's dead letters; return the exit code."""
+    stores = [DeadLetterStore.of(stream) for stream in streams]
     if args.dlq_command == "list":
-        return await _dlq_list(streams, args)
+        return await _dlq_list(stores, args)
     if args.dlq_command == "show":
-        return await _dlq_show(streams, args)
+        return await _dlq_show(stores, args)
     if args.dlq_command == "replay":
-        return await _dlq_replay(streams, args)
-    for stream in streams:
-        purged = await stream.purge_dead_letters()
-        print(f"purged {purged} dead letters from {stream.dlq_stream}")
+        return await _dlq_replay(stores, args)
+    for store in stores:
+        purged = await store.purge()
+        print(f"purged {purged} dead letters from {store.dlq_stream}")
     return 0
 
 
@@ -73,25 +75,23 @@ def _letter_row(entry: Entry) -> dict[str, str]:
 
 
 async def _selected(
-    streams: Sequence[SignalStream], args: argparse.Namespace
-) -> list[tuple[SignalStream, Entry]]:
+    stores: Sequence[DeadLetterStore], args: argparse.Namespace
+) -> list[tuple[DeadLetterStore, Entry]]:
     """Find the dead letters matching --reason / --since (whole streams), at most --count."""
     limit = getattr(args, "count", None)
-    found: list[tuple[SignalStream, Entry]] = []
-    for stream in streams:
+    found: list[tuple[DeadLetterStore, Entry]] = []
+    for store in stores:
         remaining = None if limit is None else limit - len(found)
         if remaining is not None and remaining <= 0:
             break
-        async for entry in stream.scan_dead_letters(
-            reason=args.reason, since_ms=args.since, limit=remaining
-        ):
-            found.append((stream, entry))
+        async for entry in store.scan(reason=args.reason, since_ms=args.since, limit=remaining):
+            found.append((store, entry))
     return found
 
 
-async def _dlq_list(streams: Sequence[SignalStream], args: argparse.Namespace) -> int:
+async def _dlq_list(stores: Sequence[DeadLetterStore], args: argparse.Namespace) -> int:
     """Print the dead letters matching the filters, as a table or JSON."""
-    rows = [_letter_row(entry) for _, entry in await _selected(streams, args)]
+    rows = [_letter_row(entry) for _, entry in await _selected(stores, args)]
     if args.json:
         print(msgspec.json.encode(rows).decode())
         return 0
@@ -105,34 +105,34 @@ async def _dlq_list(streams: Sequence[SignalStream], args: argparse.Namespace) -
 
 
 async def _find_letters(
-    streams: Sequence[SignalStream], ids: Sequence[str]
-) -> tuple[list[tuple[SignalStream, Entry]], list[str]]:
+    stores: Sequence[DeadLetterStore], ids: Sequence[str]
+) -> tuple[list[tuple[DeadLetterStore, Entry]], list[str]]:
     """Look each id up in every dead-letter stream: (found, ids found nowhere)."""
-    found: list[tuple[SignalStream, Entry]] = []
+    found: list[tuple[DeadLetterStore, Entry]] = []
     missing: list[str] = []
     for dlq_id in ids:
-        for stream in streams:
-            entry = await stream.dead_letter_entry(dlq_id)
+        for store in stores:
+            entry = await store.get(dlq_id)
             if entry is not None:
-                found.append((stream, entry))
+                found.append((store, entry))
                 break
         else:
             missing.append(dlq_id)
     return found, missing
 
 
-def _report_missing(streams: Sequence[SignalStream], missing: Sequence[str]) -> int:
-    where = ", ".join(s.dlq_stream for s in streams)
+def _report_missing(stores: Sequence[DeadLetterStore], missing: Sequence[str]) -> int:
+    where = ", ".join(s.dlq_stream for s in stores)
     print(f"signal-bridge: no dead letter {', '.join(missing)} in {where}", file=sys.stderr)
     return 1
 
 
-async def _dlq_show(streams: Sequence[SignalStream], args: argparse.Namespace) -> int:
+async def _dlq_show(stores: Sequence[DeadLetterStore], args: argparse.Namespace) -> int:
     """Print one dead letter: every field, the decoded signal (or why not), the error."""
-    found, missing = await _find_letters(streams, [args.id])
+    found, missing = await _find_letters(stores, [args.id])
     if missing:
-        return _report_missing(streams, missing)
-    stream, entry = found[0]
+        return _report_missing(stores, missing)
+    store, entry = found[0]
     raw = entry.fields.get(SIGNAL_FIELD)
     signal: dict[str, Any] | None = None
     problem: str | None = None
@@ -145,7 +145,7 @@ async def _dlq_show(streams: Sequence[SignalStream], args: argparse.Namespace) -
     row = _letter_row(entry)
     if args.json:
         payload = {
-            "dlq_stream": stream.dlq_stream,
+            "dlq_stream": store.dlq_stream,
             "fields": row,
             "signal": signal,
             "signal_error": problem,
@@ -153,7 +153,7 @@ async def _dlq_show(streams: Sequence[SignalStream], args: argparse.Namespace) -
         }
         print(msgspec.json.encode(payload).decode())
         return 0
-    print(f"dead letter {entry.id} in {stream.dlq_stream}")
+    print(f"dead letter {entry.id} in {store.dlq_stream}")
     for name, value in row.items():
         if name != "id":
             print(f"  {name}: {value}")
@@ -166,24 +166,24 @@ async def _dlq_show(streams: Sequence[SignalStream], args: argparse.Namespace) -
     return 0
 
 
-async def _dlq_replay(streams: Sequence[SignalStream], args: argparse.Namespace) -> int:
+async def _dlq_replay(stores: Sequence[DeadLetterStore], args: argparse.Namespace) -> int:
     """Replay chosen dead letters to their source stream (or say what would be replayed)."""
     filtered = args.all or args.reason is not None or args.since is not None
     if args.ids and filtered:
         print("signal-bridge: give IDs, or --all / --reason / --since, not both", file=sys.stderr)
         return 2
     if args.ids:
-        chosen, missing = await _find_letters(streams, args.ids)
+        chosen, missing = await _find_letters(stores, args.ids)
         if missing:
-            return _report_missing(streams, missing)
+            return _report_missing(stores, missing)
     elif filtered:
-        chosen = await _selected(streams, args)
+        chosen = await _selected(stores, args)
     else:
         print("nothing to replay (give IDs, --all, --reason or --since)", file=sys.stderr)
         return 2
     waiver = _waiver_note() if args.allow_expired else None
-    for stream, entry in chosen:
-        source = entry.field(f"{DLQ_PREFIX}source_stream") or stream.stream
+    for store, entry in chosen:
+        source = entry.field(f"{DLQ_PREFIX}source_stream") or store.stream
         what = (
             f"{entry.id} ({entry.field(f'{DLQ_PREFIX}reason') or '?'}, source "
             f"{source}/{entry.field(f'{DLQ_PREFIX}source_id') or '?'})"
@@ -203,7 +203,7 @@ async def _dlq_replay(streams: Sequence[SignalStream], args: argparse.Namespace)
                     waived_by=waiver,
                 ),
             )
-        for dlq_id, new_id in await stream.replay([entry.id], waive_max_age=waiver):
+        for dlq_id, new_id in await store.replay([entry.id], waive_max_age=waiver):
             print(f"{dlq_id} -> {new_id}")
     if args.dry_run:
         print(f"dry run: {len(chosen)} dead letters would be replayed; nothing changed")

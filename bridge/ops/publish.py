@@ -23,7 +23,8 @@ from bridge.config.loader import BridgeConfig
 from bridge.core.signal import Signal, decode_signal
 from bridge.core.timestamps import TimestampError, parse_timestamp
 from bridge.errors import InvalidSignalError, UsageError
-from bridge.streams.stream import connect, publish
+from bridge.streams.connection import connect
+from bridge.streams.producer import publish
 from bridge.telemetry.setup import setup_telemetry
 
 __all__ = ["run_publish", "sample_signal"]

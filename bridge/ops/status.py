@@ -8,7 +8,7 @@ import msgspec
 
 from bridge.app.runner import signal_streams
 from bridge.config.loader import BridgeConfig
-from bridge.streams.stream import connect
+from bridge.streams.connection import connect
 
 __all__ = ["run_status"]
 

@@ -36,7 +36,7 @@ from bridge.errors import StreamError
 from bridge.ownership.assign import Lease, assign
 from bridge.ownership.leases import LeaseStore, take_pending
 from bridge.ownership.strategy import WORKER_EXIT_EXTRA_S, ShardListener, WorkerFactory
-from bridge.streams.stream import SignalStream
+from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 

@@ -11,58 +11,18 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from bridge.streams.stream import SignalStream, _guard, _text
+from bridge.streams.connection import guard
+from bridge.streams.entries import as_text
+from bridge.streams.group import SignalStream
+from bridge.streams.scripts import load
 
 __all__ = ["LeaseStore", "hash_tagged", "members_key", "take_pending"]
 
-# KEYS: lease, fencing counter. ARGV: owner ("<consumer> <instance>"), ttl ms.
-# Returns {token, value} when taken, {0, current value} when someone holds it.
-_ACQUIRE_LUA: Final = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  return {0, current}
-end
-local token = redis.call('INCR', KEYS[2])
-local value = token .. ' ' .. ARGV[1]
-redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
-return {token, value}
-"""
-# KEYS: lease. ARGV: value, ttl ms. Only the holder of exactly this value renews.
-_RENEW_LUA: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# KEYS: lease. ARGV: value. Only the holder of exactly this value releases.
-_RELEASE_LUA: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-# KEYS: members sorted set. ARGV: member, ttl ms. Scores are expiry times on the Redis clock,
-# so replicas with skewed clocks agree on who is live. Returns the live members.
-_HEARTBEAT_LUA: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-"""
-# KEYS: stream, the shard's lease. ARGV: group, consumer, cursor, count, lease value.
-# XAUTOCLAIM at idle 0 with JUSTID (no delivery counted), only while the lease holds exactly that
-# value: a paused process that wakes up mid-takeover cannot pull entries from the new owner.
-# Returns {next cursor, claimed count, deleted ids}, or {false} when the lease is not ours.
-_TAKE_LUA: Final = """
-if redis.call('GET', KEYS[2]) ~= ARGV[5] then
-  return {false}
-end
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3],
-                    'COUNT', ARGV[4], 'JUSTID')
-return {r[1], #r[2], r[3] or {}}
-"""
+_ACQUIRE_LUA: Final = load("lease_acquire")
+_RENEW_LUA: Final = load("lease_renew")
+_RELEASE_LUA: Final = load("lease_release")
+_HEARTBEAT_LUA: Final = load("heartbeat")
+_TAKE_LUA: Final = load("take_pending")
 
 
 def hash_tagged(name: str) -> str:
@@ -106,17 +66,17 @@ class LeaseStore:
 
     async def acquire(self, stream: str, owner: str, ttl_ms: int) -> tuple[int, str]:
         """SET NX PX the shard's lease; (token, value) when taken, (0, holder's value) if not."""
-        reply = await _guard(
+        reply = await guard(
             self._acquire(
                 keys=[self.lease_key(stream), self.fence_key(stream)], args=[owner, ttl_ms]
             ),
             "lease acquire script",
         )
-        return int(reply[0]), _text(reply[1])
+        return int(reply[0]), as_text(reply[1])
 
     async def renew(self, stream: str, value: str, ttl_ms: int) -> bool:
         """Extend the lease to ``ttl_ms`` from now if it still holds ``value``."""
-        reply = await _guard(
+        reply = await guard(
             self._renew(keys=[self.lease_key(stream)], args=[value, ttl_ms]),
             "lease renew script",
         )
@@ -124,26 +84,26 @@ class LeaseStore:
 
     async def release(self, stream: str, value: str) -> bool:
         """Delete the lease if it still holds ``value``; False when it was lost before."""
-        reply = await _guard(
+        reply = await guard(
             self._release(keys=[self.lease_key(stream)], args=[value]), "lease release script"
         )
         return bool(reply)
 
     async def holder(self, stream: str) -> str | None:
         """Return the lease value (``<token> <consumer> <instance>``); None when free."""
-        value = await _guard(self.redis.get(self.lease_key(stream)), "GET")
-        return None if value is None else _text(value)
+        value = await guard(self.redis.get(self.lease_key(stream)), "GET")
+        return None if value is None else as_text(value)
 
     async def heartbeat(self, member: str, ttl_ms: int) -> list[str]:
         """Say ``member`` is live for ``ttl_ms``; return every live member, sorted."""
-        reply = await _guard(
+        reply = await guard(
             self._heartbeat(keys=[self.members_key], args=[member, ttl_ms]), "heartbeat script"
         )
-        return sorted(_text(m) for m in reply)
+        return sorted(as_text(m) for m in reply)
 
     async def leave(self, member: str) -> None:
         """Remove ``member`` from the live replicas at once (a clean shutdown)."""
-        await _guard(self.redis.zrem(self.members_key, member), "ZREM")
+        await guard(self.redis.zrem(self.members_key, member), "ZREM")
 
 
 async def take_pending(
@@ -160,7 +120,7 @@ async def take_pending(
     script = stream.redis.register_script(_TAKE_LUA)
     cursor, taken, deleted = "0-0", 0, list[str]()
     while True:
-        reply = await _guard(
+        reply = await guard(
             script(
                 keys=[stream.stream, lease_key],
                 args=[stream.group, stream.consumer, cursor, count, lease_value],
@@ -169,8 +129,8 @@ async def take_pending(
         )
         if not reply or reply[0] is None:
             return None
-        cursor = _text(reply[0])
+        cursor = as_text(reply[0])
         taken += int(reply[1])
-        deleted.extend(_text(i) for i in reply[2])
+        deleted.extend(as_text(i) for i in reply[2])
         if cursor == "0-0":
             return taken, deleted

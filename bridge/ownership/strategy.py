@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from bridge.delivery.worker import Worker
-from bridge.streams.stream import SignalStream
+from bridge.streams.group import SignalStream
 
 __all__ = ["WORKER_EXIT_EXTRA_S", "AllShards", "Ownership", "ShardListener", "WorkerFactory"]
 

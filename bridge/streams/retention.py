@@ -2,10 +2,9 @@
 
 With ``BRIDGE_TRIM_ACKED=true`` each replica runs one :class:`Retention` per stream. Every
 ``BRIDGE_TRIM_INTERVAL_SECONDS`` it asks Redis (one script, see
-:meth:`bridge.streams.stream.SignalStream.trim_acked`) for the lowest id that any consumer group of
-the
-stream, ours or another, still needs, and XTRIMs MINID there. Replicas trimming at once is
-harmless: the same floor, or a higher one, is computed each time.
+:meth:`bridge.streams.group.SignalStream.trim_acked`) for the lowest id that any consumer
+group of the stream, ours or another, still needs, and XTRIMs MINID there. Replicas trimming at
+once is harmless: the same floor, or a higher one, is computed each time.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ import logging
 from typing import Final
 
 from bridge.errors import StreamError
-from bridge.streams.stream import SignalStream, TrimResult
+from bridge.streams.entries import TrimResult
+from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 

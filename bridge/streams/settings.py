@@ -16,6 +16,7 @@ from redis.crc import key_slot
 from bridge.core.secrets import redact_url
 from bridge.core.settings import Setting, check_bounds, parse_name, parse_names
 from bridge.errors import ConfigError
+from bridge.streams.entries import is_stream_id
 
 __all__ = ["MAX_BLOCK_MS", "MIN_LEASE_TTL_MS", "StreamConfig", "redis_db"]
 
@@ -127,7 +128,7 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
                 "BRIDGE_STREAMS must list distinct streams that are not dead-letter streams",
                 variable="BRIDGE_STREAMS",
             )
-        if not (self.start_id in ("$", "0") or _is_stream_id(self.start_id)):
+        if not (self.start_id in ("$", "0") or is_stream_id(self.start_id)):
             raise ConfigError(
                 f"BRIDGE_START_ID must be '$', '0' or a stream id, got {self.start_id!r}",
                 variable="BRIDGE_START_ID",
@@ -225,8 +226,3 @@ def _check_redis_url(url: str, *, cluster: bool) -> None:
             "BRIDGE_REDIS_URL: Redis Cluster has only database 0 (BRIDGE_REDIS_CLUSTER is true)",
             variable="BRIDGE_REDIS_URL",
         )
-
-
-def _is_stream_id(value: str) -> bool:
-    ms, _, seq = value.partition("-")
-    return ms.isdigit() and (not seq or seq.isdigit())

@@ -29,7 +29,9 @@ from bridge.core.signal import Signal, encode_canonical
 from bridge.delivery.jobs import idempotency_key
 from bridge.devkit.embedded import free_port, redis_server
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
-from bridge.streams.stream import DLQ_PREFIX, connect, publish, publish_raw
+from bridge.streams.connection import connect
+from bridge.streams.entries import DLQ_PREFIX
+from bridge.streams.producer import publish, publish_raw
 from tests.procs import Replica, Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
 

@@ -31,7 +31,9 @@ from bridge.delivery.worker import Worker
 from bridge.devkit.embedded import free_port, redis_server
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
-from bridge.streams.stream import SignalStream, connect, publish
+from bridge.streams.connection import connect
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish
 from tests.support import KEY_ID, SECRET, bridge_config, eventually, fast_breaker, make_signal
 
 pytestmark = pytest.mark.redis

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 
 from bridge.app.progress import ProgressSummary
 from bridge.core.signal import guess_signal_id
-from bridge.streams.stream import GroupStatus, publish, publish_raw
+from bridge.streams.entries import GroupStatus
+from bridge.streams.producer import publish, publish_raw
 from tests.fixtures_ingest import Server
 from tests.ops.test_cli import cli
 from tests.otlp_receiver import OtlpReceiver

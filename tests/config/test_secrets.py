@@ -45,7 +45,9 @@ from bridge.delivery.worker import Worker
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
 from bridge.errors import ConfigError, DeliveryError
-from bridge.streams.stream import SignalStream, publish, publish_raw
+from bridge.streams.deadletters import DeadLetterStore
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish, publish_raw
 from bridge.telemetry.logs import JsonFormatter, TextFormatter
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.tracing import get_tracer
@@ -321,7 +323,7 @@ async def test_a_worker_run_with_failures_never_exposes_the_hmac_secret(
 
     assert len(server.app.received) == 3
     assert worker.stats.retries == 2
-    letters = await stream.dead_letters()
+    letters = await DeadLetterStore.of(stream).letters()
     assert sorted(e.field("dlq_reason") or "" for e in letters) == ["invalid", "rejected"]
     messages = {r.getMessage() for r in caplog.records}
     assert {"signal delivered", "delivery failed, will retry", "signal dead-lettered"} <= messages

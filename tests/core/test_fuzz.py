@@ -33,9 +33,10 @@ from bridge.delivery.worker import Worker
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
 from bridge.edge.clockskew import SkewEstimator
-from bridge.edge.http import Limits, RawResponse, _Connection
+from bridge.edge.protocol import Connection, Limits, RawResponse
 from bridge.errors import DeliveryError, InvalidSignalError
-from bridge.streams.stream import DLQ_PREFIX, Entry, SignalStream
+from bridge.streams.entries import DLQ_PREFIX, Entry
+from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import JsonFormatter
 from tests import support
 from tests.fixtures_ingest import KEY_ID, PRODUCER_ID, TEST_SECRET, Server, make_outbound_config
@@ -323,7 +324,7 @@ raw_answers = st.one_of(
 
 async def _parse(data: bytes, splits: list[int]) -> RawResponse | BaseException:
     """Feed ``data`` (in pieces) to one connection as the server's answer; return the outcome."""
-    conn = _Connection(Limits())
+    conn = Connection(Limits())
     conn.connection_made(_Sink())
     waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n")
     start = 0

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bridge.core.signal import decode_signal, encode_canonical, parse_signal_timestamp
 from bridge.delivery.jobs import idempotency_key
 from bridge.errors import InvalidSignalError
-from bridge.streams.stream import publish_raw
+from bridge.streams.producer import publish_raw
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, eventually, running
 

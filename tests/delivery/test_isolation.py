@@ -15,7 +15,7 @@ from bridge.config.loader import BridgeConfig
 from bridge.core.signal import Signal
 from bridge.delivery.backoff import Backoff, Breaker
 from bridge.delivery.jobs import idempotency_key
-from bridge.streams.stream import publish
+from bridge.streams.producer import publish
 from tests.fixtures_ingest import MetricsCapture, Server, metric_points
 from tests.support import (
     INSTRUMENTS,

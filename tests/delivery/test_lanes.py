@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bridge.delivery.lanes import Lane, Lanes, Offer, format_id, next_id, parse_id
+from bridge.delivery.lanes import Lane, Lanes, Offer, format_id, next_id
+from bridge.streams.entries import parse_id
 
 
 class Clock:

@@ -18,7 +18,8 @@ from bridge.delivery.backoff import Backoff
 from bridge.delivery.breaker import Breaker
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient
-from bridge.streams.stream import SignalStream, publish
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish
 from tests.fixtures_ingest import RawRequest, RawResponse, ScriptedServer, StartScripted
 from tests.support import bridge_config, drained, eventually, fast_breaker, make_signal, running
 

@@ -16,7 +16,10 @@ from bridge.core.signal import Signal
 from bridge.delivery.backoff import Breaker
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
-from bridge.streams.stream import DLQ_PREFIX, SignalStream, publish, publish_raw
+from bridge.streams.deadletters import DeadLetterStore
+from bridge.streams.entries import DLQ_PREFIX
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish, publish_raw
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, eventually, fast_breaker, make_signal, running
 
@@ -115,10 +118,10 @@ async def test_bad_entries_are_dead_lettered_with_reason_and_replayable(
     stream = SignalStream(
         redis, stream=stream_name, group="g", consumer="ops", dlq_stream=f"{stream_name}:dlq"
     )
-    ids = [e.id for e in await stream.dead_letters(reason="rejected")]
-    replayed = await stream.replay(ids)
+    ids = [e.id for e in await DeadLetterStore.of(stream).letters(reason="rejected")]
+    replayed = await DeadLetterStore.of(stream).replay(ids)
     assert len(replayed) == 1
-    assert len(await stream.dead_letters()) == 4
+    assert len(await DeadLetterStore.of(stream).letters()) == 4
     async with running(redis, _config(server, redis_url, stream_name)):
         await eventually(lambda: len(server.app.received) == 2, what="replayed delivery")
     assert server.app.received[1].signal.signal_id == "refuse-me"
@@ -321,7 +324,7 @@ async def test_dead_letter_and_ack_are_atomic(
     redis: aioredis.Redis, signal_stream: SignalStream, stream_name: str
 ) -> None:
     """The dead letter appears and the entry leaves the PEL in the same MULTI/EXEC."""
-    from bridge.streams.stream import DeadLetter  # noqa: PLC0415 - only this test builds one by hand
+    from bridge.streams.entries import DeadLetter  # noqa: PLC0415 - only this test builds one by hand
 
     await signal_stream.ensure_group("0")
     entry_id = await publish(redis, make_signal(1), stream=stream_name)
@@ -330,7 +333,7 @@ async def test_dead_letter_and_ack_are_atomic(
     await signal_stream.dead_letter(entry, DeadLetter(reason="rejected", error="no", http_code=400))
     pending = await redis.xpending(stream_name, "g")
     assert pending["pending"] == 0
-    [letter] = await signal_stream.dead_letters()
+    [letter] = await DeadLetterStore.of(signal_stream).letters()
     assert letter.field(f"{DLQ_PREFIX}reason") == "rejected"
     assert letter.field(f"{DLQ_PREFIX}source_id") == entry_id
     assert letter.field(f"{DLQ_PREFIX}consumer") == "c1"
@@ -366,7 +369,7 @@ async def test_a_dead_letter_never_acks_without_its_letter(
 ) -> None:
     """With the dead-letter key of the wrong type, the entry stays pending (nothing is lost)."""
     from bridge.errors import StreamError  # noqa: PLC0415 - only this test expects it
-    from bridge.streams.stream import DeadLetter  # noqa: PLC0415 - built by hand for this test
+    from bridge.streams.entries import DeadLetter  # noqa: PLC0415 - built by hand for this test
 
     await signal_stream.ensure_group("0")
     await publish(redis, make_signal(1), stream=stream_name)
@@ -409,8 +412,8 @@ async def test_a_replayed_dead_letter_keeps_its_first_idempotency_key(
         },
         stream=f"{stream_name}:dlq",
     )
-    [letter] = await stream.dead_letters()
-    [(_, new_id)] = await stream.replay([letter.id])
+    [letter] = await DeadLetterStore.of(stream).letters()
+    [(_, new_id)] = await DeadLetterStore.of(stream).replay([letter.id])
     assert new_id != entry_id
     async with running(redis, config) as worker:
         await eventually(lambda: _drained(redis, stream_name), what="replay handled")

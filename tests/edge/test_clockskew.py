@@ -15,7 +15,7 @@ from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
 from bridge.edge.clockskew import SkewEstimator, describe_skew, parse_http_date
 from bridge.errors import AuthError
-from bridge.streams.stream import publish
+from bridge.streams.producer import publish
 from bridge.telemetry.logs import JsonFormatter
 from tests import support
 from tests.fixtures_ingest import (

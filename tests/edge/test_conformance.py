@@ -44,7 +44,7 @@ from bridge.errors import (
     SystemicError,
     TransientDeliveryError,
 )
-from bridge.streams.stream import publish
+from bridge.streams.producer import publish
 from tests import support
 from tests.fixtures_ingest import KEY_ID, TEST_SECRET, make_outbound_config, make_signal
 from tests.procs import ROOT

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport, Limits, RawResponse
+from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport
+from bridge.edge.protocol import Limits, RawResponse
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 

@@ -34,7 +34,7 @@ from bridge.devkit.ingest import IngestApp
 from bridge.edge.client import HmacClient, IngestResponse
 from bridge.edge.settings import OutboundConfig
 from bridge.errors import AuthError, DeliveryError, Outcome
-from bridge.streams.stream import publish
+from bridge.streams.producer import publish
 from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal, running
 
 # Redis is never reached by the client-level tests; the config only has to be valid.

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bridge.streams.stream import SignalStream, publish, publish_raw
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish, publish_raw
 from tests.support import make_signal
 
 pytestmark = pytest.mark.redis
@@ -187,7 +188,7 @@ async def test_status_and_dlq_commands(
     await publish(redis, make_signal(1, now=datetime.now(UTC)), stream=stream_name)
     await publish_raw(redis, {"signal": b"{broken"}, stream=stream_name)
     entries = await stream.read(10, None)
-    from bridge.streams.stream import DeadLetter  # noqa: PLC0415 - built by hand for this test
+    from bridge.streams.entries import DeadLetter  # noqa: PLC0415 - built by hand for this test
 
     await stream.dead_letter(entries[1], DeadLetter(reason="invalid", error="broken JSON"))
 

@@ -29,8 +29,9 @@ from bridge.errors import ConfigError, StreamError
 from bridge.ownership.assign import Lease, assign, fence_margin_s
 from bridge.ownership.coordinator import Coordinator, _Owned
 from bridge.ownership.leases import LeaseStore, hash_tagged, members_key, take_pending
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish
 from bridge.streams.settings import StreamConfig
-from bridge.streams.stream import SignalStream, publish
 from tests.fixtures_ingest import Server
 from tests.support import FAST, bridge_config, eventually, make_signal
 

@@ -19,7 +19,7 @@ from bridge.ownership.assign import Lease
 from bridge.ownership.coordinator import Coordinator, CoordinatorSettings, _Owned
 from bridge.ownership.leases import LeaseStore
 from bridge.ownership.strategy import AllShards
-from bridge.streams.stream import SignalStream
+from bridge.streams.group import SignalStream
 
 OWNERSHIP: Final = Path(__file__).resolve().parents[2] / "bridge" / "ownership"
 SETTINGS: Final = CoordinatorSettings(

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from bridge.delivery.jobs import idempotency_key
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
 from bridge.ownership.leases import LeaseStore, members_key
-from bridge.streams.stream import publish
+from bridge.streams.producer import publish
 from tests.procs import Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
 

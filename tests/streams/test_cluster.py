@@ -30,14 +30,10 @@ from bridge.core.signal import Signal
 from bridge.delivery.jobs import idempotency_key
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send, serve_in_thread
 from bridge.ownership.leases import LeaseStore
-from bridge.streams.stream import (
-    DLQ_PREFIX,
-    SignalStream,
-    connect,
-    publish,
-    publish_raw,
-    shard_for,
-)
+from bridge.streams.connection import connect
+from bridge.streams.entries import DLQ_PREFIX
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish, publish_raw, shard_for
 from tests.cluster_support import RedisProcess, redis_cluster
 from tests.procs import Replica, Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
@@ -84,7 +80,7 @@ def cluster_url(cluster: list[RedisProcess]) -> str:
 
 @pytest.fixture
 async def cluster_client(cluster_url: str) -> AsyncIterator[RedisCluster]:
-    """redis-py's asyncio cluster client, opened by ``streams.stream.connect(cluster=True)``."""
+    """redis-py's asyncio cluster client, opened by ``streams.connection.connect(cluster=True)``."""
     async with connect(cluster_url, cluster=True) as client:
         cluster_client = cast("object", client)
         assert isinstance(cluster_client, RedisCluster), "connect(cluster=True) is a RedisCluster"

@@ -10,7 +10,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from bridge.delivery.jobs import idempotency_key
-from bridge.streams.stream import DLQ_PREFIX, DeadLetter, SignalStream, publish, publish_raw
+from bridge.streams.deadletters import DeadLetterStore
+from bridge.streams.entries import DLQ_PREFIX, DeadLetter
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish, publish_raw
 from tests.fixtures_ingest import Server
 from tests.ops.test_cli import cli
 from tests.support import bridge_config, eventually, make_signal, running
@@ -43,7 +46,7 @@ async def _letters(
     entries = await stream.read(len(reasons), None)
     for entry, reason in zip(entries, reasons, strict=True):
         await stream.dead_letter(entry, DeadLetter(reason=reason, error=f"because {reason}"))
-    return stream, [e.id async for e in stream.scan_dead_letters()]
+    return stream, [e.id async for e in DeadLetterStore.of(stream).scan()]
 
 
 async def test_filters_cover_the_whole_dead_letter_stream(
@@ -59,9 +62,9 @@ async def test_filters_cover_the_whole_dead_letter_stream(
         cli, "dlq", "list", "--reason", "rejected", "--count", "1", "--json", env=env
     )
     assert [row["id"] for row in json.loads(listing.stdout)] == [ids[7]]
-    paged = [e.id async for e in stream.scan_dead_letters(reason="expired", page=2)]
+    paged = [e.id async for e in DeadLetterStore.of(stream).scan(reason="expired", page=2)]
     assert paged == ids[:7]
-    assert [e.id async for e in stream.scan_dead_letters(limit=3, page=2)] == ids[:3]
+    assert [e.id async for e in DeadLetterStore.of(stream).scan(limit=3, page=2)] == ids[:3]
     recent = await asyncio.to_thread(cli, "dlq", "list", "--since", "10m", "--json", env=env)
     assert len(json.loads(recent.stdout)) == 9
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -131,9 +134,9 @@ async def test_replay_dry_run_filters_and_unknown_ids(
     assert [line.split(" -> ")[0] for line in done.stdout.splitlines()] == [ids[0], ids[2]]
     left = [
         e.id
-        async for e in SignalStream(
-            redis, stream=stream_name, group="g", consumer="ops", dlq_stream=f"{stream_name}:dlq"
-        ).scan_dead_letters()
+        async for e in DeadLetterStore(
+            redis, stream=stream_name, dlq_stream=f"{stream_name}:dlq"
+        ).scan()
     ]
     assert left == [ids[1], ids[3]]
     assert await redis.xlen(stream_name) == length + 2

@@ -19,7 +19,8 @@ from bridge.app.health import HealthServer
 from bridge.core.signal import Signal
 from bridge.delivery.backoff import Backoff, Breaker
 from bridge.delivery.jobs import idempotency_key
-from bridge.streams.stream import connect, publish, read_timeout_s
+from bridge.streams.connection import connect, read_timeout_s
+from bridge.streams.producer import publish
 from tests.fault_proxy import fault_proxy
 from tests.fixtures_ingest import Server
 from tests.support import (

@@ -30,7 +30,8 @@ from bridge.delivery.backoff import Backoff
 from bridge.delivery.jobs import idempotency_key
 from bridge.devkit.embedded import free_port, redis_server
 from bridge.errors import StreamError
-from bridge.streams.stream import DLQ_PREFIX, publish, publish_raw
+from bridge.streams.entries import DLQ_PREFIX
+from bridge.streams.producer import publish, publish_raw
 from bridge.telemetry.logs import JsonFormatter
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, eventually, make_signal, running

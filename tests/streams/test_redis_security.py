@@ -38,7 +38,9 @@ from bridge.devkit.embedded import free_port
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
 from bridge.errors import StreamError
-from bridge.streams.stream import SignalStream, connect, publish
+from bridge.streams.connection import connect
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish
 from bridge.telemetry.logs import JsonFormatter
 from tests.cluster_support import redis_process
 from tests.procs import ROOT, Replicas

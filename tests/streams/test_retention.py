@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from bridge.streams.group import SignalStream
 from bridge.streams.retention import Retention
-from bridge.streams.stream import SignalStream
 from tests.fixtures_ingest import MetricsCapture
 
 pytestmark = pytest.mark.redis

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from bridge.streams.stream import publish
+from bridge.streams.producer import publish
 from bridge.telemetry.logs import configure_logging, log_fields, log_info
 from tests.fixtures_ingest import Server
 from tests.procs import Replicas

@@ -51,7 +51,9 @@ from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient
 from bridge.errors import TransientDeliveryError
-from bridge.streams.stream import DeadLetter, SignalStream, publish, publish_raw
+from bridge.streams.entries import DeadLetter
+from bridge.streams.group import SignalStream
+from bridge.streams.producer import publish, publish_raw
 from bridge.telemetry.logs import JsonFormatter, TextFormatter, configure_logging, log_fields
 from bridge.telemetry.metrics import DURATION_BUCKETS_S, Metrics
 from bridge.telemetry.setup import setup_telemetry

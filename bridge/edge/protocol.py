@@ -1,0 +1,275 @@
+"""One keep-alive HTTP/1.1 connection: an asyncio Protocol that parses answers with httptools.
+
+:class:`Connection` writes one request at a time and resolves a future with the whole answer,
+a :class:`RawResponse`. What it reads is bounded (:class:`Limits`): past the response head or
+body limit it stops reading, drops what it buffered and aborts the connection; the response
+then carries ``oversized`` (the status line is known, the body is not). Framings:
+Content-Length, chunked, close-delimited (the body ends when the server closes, RFC 9112
+section 6.3), 1xx interim answers, ``Connection: close`` and HTTP/1.0. The pool that reuses
+connections is :class:`bridge.edge.http.FastTransport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Final, NamedTuple, cast
+
+import httptools
+import httpx
+
+__all__ = [
+    "DEFAULT_TCP_USER_TIMEOUT_S",
+    "Connection",
+    "Limits",
+    "RawResponse",
+    "StaleConnectionError",
+]
+
+# Unacknowledged data (or unanswered keepalive probes) for this long ends a connection.
+DEFAULT_TCP_USER_TIMEOUT_S: Final = 10.0
+
+
+class Limits(NamedTuple):
+    """How much of one response the transport reads before it gives up on the rest."""
+
+    max_head_bytes: int = 64 * 1024
+    max_header_lines: int = 100
+    max_body_bytes: int = 1024 * 1024
+
+
+class StaleConnectionError(httpx.RemoteProtocolError):
+    """A kept-alive connection closed before any byte of the response arrived."""
+
+
+class _OverLimitError(Exception):
+    """Raised from a parser callback to stop parsing at once; the reason is kept on the conn."""
+
+
+class RawResponse:
+    """Status, lower-cased headers and the whole body of one response.
+
+    ``oversized`` names the limit the answer went past (then ``body`` is empty and the headers
+    are those read before the limit); None for an answer read whole.
+    """
+
+    __slots__ = ("body", "headers", "oversized", "status")
+
+    def __init__(
+        self, status: int, headers: dict[str, str], body: bytes, oversized: str | None = None
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.oversized = oversized
+
+
+def _keepalive(transport: asyncio.BaseTransport, user_timeout_s: float) -> None:
+    """Turn on TCP keepalive and TCP_USER_TIMEOUT so a silently dead peer is noticed."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or user_timeout_s <= 0:
+        return
+    idle = max(1, int(user_timeout_s / 3))
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", 0), idle),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", 0), max(1, idle // 2)),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", 0), 3),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 0), int(user_timeout_s * 1000)),
+    ]
+    for level, option, value in options:
+        if option:
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError:  # a platform without the option: the request timeout still holds
+                continue
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; one request at a time; bounded reads."""
+
+    def __init__(self, limits: Limits, user_timeout_s: float = DEFAULT_TCP_USER_TIMEOUT_S) -> None:
+        # Made by the running loop's create_connection. Kept: on Python 3.11 every
+        # get_running_loop() is a getpid() system call, and a request needs the loop twice.
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self._limits = limits
+        self._user_timeout_s = user_timeout_s
+        self._waiter: asyncio.Future[RawResponse] | None = None
+        self._reset()
+        self._received = False
+
+    def _reset(self) -> None:
+        """Forget the message being read (a new request, or an interim answer done)."""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._head_bytes = 0
+        self._header_bytes = 0
+        self._header_lines = 0
+        self._body_bytes = 0
+        self._status: int | None = None
+        self._headers_done = False
+        self._until_close = False
+        self._over: str | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; requests are written to it."""
+        # A stream transport (asyncio's or uvloop's, which is not an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
+        _keepalive(transport, self._user_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser within the limits; a parse error fails the waiting request."""
+        if self._waiter is None or self.closed:
+            self.close(abort=True)  # bytes nobody asked for can never answer a later request
+            return
+        self._received = True
+        if not self._headers_done:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self._over is not None:
+                self._stop_reading()
+                return
+            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            self.close(abort=True)
+            return
+        if not self._headers_done and self._head_bytes > self._limits.max_head_bytes:
+            self._over = f"response head over {self._limits.max_head_bytes} bytes"
+            self._stop_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """End a close-delimited body, or fail a waiting request the server cut off."""
+        self.closed = True
+        if self._waiter is None:
+            self._reset()
+            return
+        if self._until_close and exc is None:
+            self._complete()  # RFC 9112 6.3: without a length, the close ends the body
+        elif isinstance(exc, TimeoutError):  # ETIMEDOUT: keepalive or TCP_USER_TIMEOUT
+            self._fail(
+                httpx.ReadError(
+                    f"connection died: nothing acknowledged within {self._user_timeout_s:g}s "
+                    "(TCP keepalive / TCP_USER_TIMEOUT)"
+                )
+            )
+        elif self._received:
+            reason = f": {exc}" if exc is not None else ""
+            self._fail(
+                httpx.RemoteProtocolError(f"server closed the connection mid-response{reason}")
+            )
+        else:
+            self._fail(StaleConnectionError("server closed the connection before answering"))
+        self._reset()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        """Start a new message (the final answer after a 1xx) with a clean state."""
+        head_bytes = self._head_bytes
+        self._reset()
+        self._head_bytes = head_bytes
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Collect a header (lower-cased name; a repeated header keeps the last value)."""
+        if self._status is None:  # headers follow a whole status line: now it is known
+            self._status = self.parser.get_status_code()
+        self._header_lines += 1
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_lines > self._limits.max_header_lines:
+            self._over = f"more than {self._limits.max_header_lines} response header lines"
+            raise _OverLimitError
+        if self._header_bytes > self._limits.max_head_bytes:
+            self._over = f"response head over {self._limits.max_head_bytes} bytes"
+            raise _OverLimitError
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        """Note whether the body is delimited by the close of the connection."""
+        self._headers_done = True
+        status = self.parser.get_status_code()
+        self._status = status
+        self._until_close = not (
+            100 <= status < 200
+            or status in (204, 304)
+            or "content-length" in self._headers
+            or self._headers.get("transfer-encoding", "").lower().rstrip().endswith("chunked")
+        )
+
+    def on_body(self, body: bytes) -> None:
+        """Collect a body chunk, up to the body limit."""
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limits.max_body_bytes:
+            self._over = f"response body over {self._limits.max_body_bytes} bytes"
+            raise _OverLimitError
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        """Resolve the waiting request with the whole response."""
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim (100 Continue, 103 Early Hints): the final response follows.
+            self._reset()
+            return
+        keep_alive = self.parser.should_keep_alive()
+        self._complete()
+        if not keep_alive:
+            self.close()
+
+    # requests
+
+    def _complete(self) -> None:
+        """Resolve the waiter with the message read so far (complete, or ended by a close)."""
+        response = RawResponse(self._status or 0, self._headers, b"".join(self._body))
+        self._reset()
+        waiter, self._waiter = self._waiter, None
+        if waiter is None or waiter.done():
+            # An answer nobody waits for (a late one after a timeout) must never be taken as
+            # the answer to the next request on this connection.
+            self.close(abort=True)
+            return
+        waiter.set_result(response)
+
+    def _stop_reading(self) -> None:
+        """Past a limit: answer with what is known, drop the buffers, abort the connection."""
+        reason = self._over or "response over a limit"
+        if self._status is None:
+            self._fail(httpx.RemoteProtocolError(f"{reason} before a status line"))
+        else:
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(RawResponse(self._status, self._headers, b"", reason))
+        self.close(abort=True)
+
+    def _fail(self, exc: Exception) -> None:
+        """Fail the waiting request, if any, with ``exc``."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def send(self, data: bytes) -> asyncio.Future[RawResponse]:
+        """Write one request; the future resolves with its response."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise StaleConnectionError("connection is closed")
+        self._reset()
+        self._received = False
+        waiter: asyncio.Future[RawResponse] = self.loop.create_future()
+        self._waiter = waiter
+        self.transport.write(data)
+        return waiter
+
+    def close(self, *, abort: bool = False) -> None:
+        """Close (or abort) the socket and free the buffers; the pool drops closed ones."""
+        self.closed = True
+        self._body = []
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
