@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from opentelemetry import metrics, trace
 
+from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.histograms import LocalHistograms
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.otel_env import otel_exporter_names
@@ -39,13 +40,14 @@ def _span_exporter(name: str) -> Any:  # noqa: ANN401 - any SDK SpanExporter
     """Build the SDK's exporter registered as ``name`` (``console``: one line each, on stderr).
 
     ``otlp_proto_http`` is the SDK's OTLP/HTTP exporter with the bridge's protobuf encoder
-    (``bridge.telemetry.fastpath.otlp``: same bytes on the wire, a fraction of the CPU per span).
+    (``bridge.telemetry.fastpath.otlp``: same bytes on the wire, a fraction of the CPU per span)
+    while ``fast_paths()`` is on, else the SDK's own.
     """
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
 
         return ConsoleSpanExporter(out=sys.stderr, formatter=_console_line)
-    if name == "otlp_proto_http":
+    if name == "otlp_proto_http" and fast_paths().enabled:
         from bridge.telemetry.fastpath.otlp_export import OtlpHttpSpanExporter  # noqa: PLC0415 - SDK only when set up
 
         return OtlpHttpSpanExporter()
@@ -131,6 +133,8 @@ def setup_telemetry(
     headers. Console exporters write one JSON object per line to stderr, never into the log
     stream on stdout. ``OTEL_SDK_DISABLED=true``: no tracing and no export at all, but
     ``/metrics`` still serves every bridge metric from a local meter (scraping is not export).
+    The SDK mirrors (lean spans, local histograms, the OTLP encoder) run only where
+    ``fast_paths()`` says the installed SDK is verified; elsewhere the stock SDK does it all.
     """
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415 - SDK only when set up
     from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
@@ -144,6 +148,7 @@ def setup_telemetry(
 
     from bridge import __version__  # noqa: PLC0415 - the package imports this module
 
+    fast = fast_paths().enabled
     disabled = otel_env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
     attributes: dict[str, str] = {
         "service.instance.id": instance_id,
@@ -164,6 +169,8 @@ def setup_telemetry(
 
     def attach_local(provider: Any) -> None:  # noqa: ANN401 - an SDK MeterProvider
         """Record histograms locally, with the exemplars the provider's own filter would take."""
+        if not fast:
+            return
         config = getattr(provider, "_sdk_config", None)  # the filter the SDK resolved
         name = exemplar_filter_name(getattr(config, "exemplar_filter", None))
         if name is not None:  # another filter type: the SDK's histograms apply it
@@ -171,15 +178,21 @@ def setup_telemetry(
 
     # Histograms are kept in-process and added to what each reader collects (one bisect per
     # record instead of the SDK's pipeline per reader, exemplars as the SDK's filter and
-    # reservoir take them), unless an exporter wants other than cumulative explicit buckets.
+    # reservoir take them), unless an exporter wants other than cumulative explicit buckets
+    # or the fast paths are off.
     local = LocalHistograms()
     registry = None
     readers: list[MetricReader] = []
     if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
         from prometheus_client import CollectorRegistry  # noqa: PLC0415 - optional reader
 
         registry = CollectorRegistry(auto_describe=True)
-        readers.append(LocalHistogramPrometheusReader(local, registry=registry))
+        readers.append(
+            LocalHistogramPrometheusReader(local, registry=registry)
+            if fast
+            else PrometheusMetricReader(registry=registry)
+        )
         _add_process_metrics(registry)
     if disabled:
         # No spans, no export: the API's no-op tracer. /metrics keeps its meaning (a local
@@ -194,7 +207,7 @@ def setup_telemetry(
             if readers
             else metrics.NoOpMeterProvider()
         )
-        if getattr(meter_provider, "_disabled", False):
+        if fast and getattr(meter_provider, "_disabled", False):
             # The SDK's provider reads OTEL_SDK_DISABLED from the process environment too and
             # would hand out no-op meters: this one exports nothing, it only answers scrapes.
             meter_provider._disabled = False
@@ -215,7 +228,7 @@ def setup_telemetry(
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
     exporters = [_metric_exporter(name) for name in otel_exporter_names(otel_env, "metrics")]
     exemplar_filter = _exemplar_filter(otel_env, spans_exported=bool(span_exporters))
-    use_local = all(map(reports_local_histograms, exporters))
+    use_local = fast and all(map(reports_local_histograms, exporters))
     readers.extend(
         PeriodicExportingMetricReader(
             LocalHistogramExporter(exporter, local) if use_local else exporter

@@ -19,6 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 
+from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.spans import LeanSpan, SpanRecorder
 
 __all__ = ["INSTRUMENTATION_NAME", "LeanTracer", "get_tracer"]
@@ -138,12 +139,14 @@ class LeanTracer(trace.Tracer):
     but a recording one is a ``LeanSpan`` when ``SpanRecorder.applies``: only the SDK's
     SimpleSpanProcessor/BatchSpanProcessor in the SDK's synchronous processor, the tracer
     enabled, no internal SDK span metrics, no attribute length limit. A span started with
-    links, or on any other set-up, is the SDK's.
+    links, or on any other set-up, is the SDK's, as is every span when ``fast_paths()`` is off.
     """
 
     def __init__(self, delegate: trace.Tracer, provider: Any) -> None:  # noqa: ANN401 - SDK
         """Wrap ``delegate`` (a tracer of ``provider``)."""
         self._delegate = delegate
+        if not fast_paths().enabled:  # an SDK the mirrors are not verified on: always delegate
+            provider = None
         # The SDK's own list of span processors, read on each span so a later
         # add_span_processor() takes effect; no SDK provider: always delegate.
         self._processors = getattr(provider, "_active_span_processor", None)
