@@ -207,9 +207,11 @@ def setup_telemetry(
             if readers
             else metrics.NoOpMeterProvider()
         )
-        if fast and getattr(meter_provider, "_disabled", False):
+        if getattr(meter_provider, "_disabled", False):
             # The SDK's provider reads OTEL_SDK_DISABLED from the process environment too and
             # would hand out no-op meters: this one exports nothing, it only answers scrapes.
+            # Not a fast path, so not behind the gate: without it /metrics loses every bridge
+            # metric on any SDK; an SDK without the flag is left as it is.
             meter_provider._disabled = False
         if readers:
             attach_local(meter_provider)

@@ -133,6 +133,26 @@ def test_verified_sdk_keeps_every_fast_path_on(caplog: pytest.LogCaptureFixture)
     assert _gate_lines(caplog) == []
 
 
+def test_with_the_sdk_disabled_metrics_are_still_served_when_the_gate_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_SDK_DISABLED=true on an unverified SDK: /metrics still has the bridge's metrics."""
+    _newer_sdk(monkeypatch)
+    _no_otel_env(monkeypatch)
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")  # where the SDK's providers read it
+    handle = setup_telemetry({"OTEL_SDK_DISABLED": "true"}, instance_id="g", prometheus=True)
+    try:
+        handle.metrics.posted_total.add(1, {"result": "success", "http_code": "201"})
+        handle.metrics.posted_duration.record(0.02, {"result": "success"})
+        families = {
+            f.name: f for f in text_string_to_metric_families(handle.prometheus_text().decode())
+        }
+    finally:
+        handle.shutdown()
+    assert [s.value for s in families["signals_posted"].samples if s.name.endswith("_total")] == [1]
+    assert families["signals_posted_duration_seconds"].type == "histogram"
+
+
 def _refuse(*args: object, **kwargs: object) -> NoReturn:
     """A mirror that must not run while the gate is off."""
     raise AssertionError("a fast path ran although the gate is off")

@@ -61,7 +61,6 @@ _OBJECT_NAMES: Final = (
     ("ParentBased", "_local_parent_not_sampled"),
     ("TraceFlags", "random_trace_id"),
     ("MeterProvider", "_sdk_config.exemplar_filter"),
-    ("MeterProvider", "_disabled"),
     ("MetricExporter", "_preferred_temporality"),
     ("MetricExporter", "_preferred_aggregation"),
     ("OTLPSpanExporter", "_shutdown"),
