@@ -21,7 +21,7 @@ from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.histograms import LocalHistograms
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.otel_env import otel_exporter_names
-from bridge.telemetry.tracing import INSTRUMENTATION_NAME, LeanTracer, get_tracer
+from bridge.telemetry.tracing import INSTRUMENTATION_NAME, IdsTracer, LeanTracer, get_tracer
 
 __all__ = ["TelemetryHandle", "setup_telemetry"]
 
@@ -73,12 +73,16 @@ class TelemetryHandle:
         tracer_provider: Any,  # noqa: ANN401 - SDK or no-op provider
         meter_provider: Any,  # noqa: ANN401 - SDK or no-op provider
         registry: Any,  # noqa: ANN401 - prometheus_client.CollectorRegistry or None
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        """Hold the providers; ``tracer`` defaults to a LeanTracer of ``tracer_provider``."""
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.registry = registry
         self.metrics = Metrics(meter_provider)
-        self.tracer: trace.Tracer = LeanTracer(get_tracer(tracer_provider), tracer_provider)
+        self.tracer: trace.Tracer = tracer or LeanTracer(
+            get_tracer(tracer_provider), tracer_provider
+        )
 
     def prometheus_text(self) -> bytes:
         """Render the metrics in the Prometheus text format (empty without a health port)."""
@@ -142,9 +146,6 @@ def setup_telemetry(
         PeriodicExportingMetricReader,
     )
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased  # noqa: PLC0415
 
     from bridge import __version__  # noqa: PLC0415 - the package imports this module
 
@@ -218,16 +219,7 @@ def setup_telemetry(
         return TelemetryHandle(trace.NoOpTracerProvider(), meter_provider, registry)
 
     span_exporters = otel_exporter_names(otel_env, "traces")
-    # With no exporter, recording root spans is pure cost (about 40 us a delivery): record only
-    # what the producer's traceparent marks as sampled, so the chain's decision is kept. Trace
-    # context still flows: ids for the logs and the traceparent header either way.
-    tracer_provider = TracerProvider(
-        resource=resource,
-        sampler=ParentBased(ALWAYS_OFF) if not span_exporters else None,
-        shutdown_on_exit=False,  # TelemetryHandle.shutdown does it, with a bound
-    )
-    for name in span_exporters:
-        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
+    tracer_provider, tracer = _tracing(resource, span_exporters)
     exporters = [_metric_exporter(name) for name in otel_exporter_names(otel_env, "metrics")]
     exemplar_filter = _exemplar_filter(otel_env, spans_exported=bool(span_exporters))
     use_local = fast and all(map(reports_local_histograms, exporters))
@@ -247,7 +239,38 @@ def setup_telemetry(
         attach_local(meter_provider)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
-    return TelemetryHandle(tracer_provider, meter_provider, registry)
+    return TelemetryHandle(tracer_provider, meter_provider, registry, tracer)
+
+
+def _tracing(
+    resource: Any,  # noqa: ANN401 - an SDK Resource
+    span_exporters: list[str],
+) -> tuple[Any, trace.Tracer | None]:
+    """Build the SDK's TracerProvider exporting to ``span_exporters``, and its ids-only tracer.
+
+    The tracer is None when spans are exported (TelemetryHandle then makes a LeanTracer).
+    """
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415 - SDK only when set up
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased  # noqa: PLC0415
+
+    # With no exporter, recording root spans is pure cost (about 40 us a delivery): record only
+    # what the producer's traceparent marks as sampled, so the chain's decision is kept. Trace
+    # context still flows: ids for the logs and the traceparent header either way, from a
+    # tracer that makes only those (IdsTracer: public API, so whatever the fast-path gate says).
+    ids = RandomIdGenerator()
+    sampler = ParentBased(ALWAYS_OFF) if not span_exporters else None
+    tracer_provider = TracerProvider(
+        resource=resource,
+        sampler=sampler,
+        id_generator=ids,
+        shutdown_on_exit=False,  # TelemetryHandle.shutdown does it, with a bound
+    )
+    tracer = None if sampler is None else IdsTracer(ids, sampler, follows_parent=True)
+    for name in span_exporters:
+        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
+    return tracer_provider, tracer
 
 
 def _add_process_metrics(registry: Any) -> None:  # noqa: ANN401 - a prometheus_client registry

@@ -26,7 +26,7 @@ from bridge.telemetry.fastpath import gate, otlp_export
 from bridge.telemetry.fastpath.histograms import LocalHistogram, LocalHistograms
 from bridge.telemetry.fastpath.spans import LeanSpan
 from bridge.telemetry.setup import _span_exporter, setup_telemetry
-from bridge.telemetry.tracing import LeanTracer, get_tracer
+from bridge.telemetry.tracing import IdsTracer, LeanTracer, get_tracer
 from tests.fixtures_ingest import Server
 from tests.otlp_receiver import OtlpReceiver
 from tests.support import bridge_config, eventually, make_signal
@@ -108,6 +108,9 @@ def test_the_gate_turns_every_fast_path_off_at_once(
                 assert not isinstance(span, LeanSpan)
         finally:
             handle.shutdown()
+    handle = setup_telemetry({}, instance_id="g", prometheus=False)
+    handle.shutdown()
+    assert isinstance(handle.tracer, IdsTracer), "the ids-only tracer needs no gate"
 
     lines = _gate_lines(caplog)
     assert [r.levelno for r in lines] == [logging.INFO], "one line, however many mirrors asked"
