@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.streams.stream import publish
-from bridge.telemetry import tracing
+from bridge.telemetry import propagation, tracing
 from bridge.telemetry.fastpath import gate, otlp_export
 from bridge.telemetry.fastpath.histograms import LocalHistogram, LocalHistograms
 from bridge.telemetry.fastpath.spans import LeanSpan
@@ -111,6 +111,11 @@ def test_the_gate_turns_every_fast_path_off_at_once(
     handle = setup_telemetry({}, instance_id="g", prometheus=False)
     handle.shutdown()
     assert isinstance(handle.tracer, IdsTracer), "the ids-only tracer needs no gate"
+    monkeypatch.setattr(propagation._Textmap, "seen", None)  # the verdict is read on a change
+    monkeypatch.setattr(propagation._Textmap, "default", True)
+    monkeypatch.setattr(propagation, "_TRACECONTEXT", _refuse)
+    parent = propagation.extract_parent(f"00-{1:032x}-{2:016x}-01")
+    assert trace.get_current_span(parent).get_span_context().trace_id == 1
 
     lines = _gate_lines(caplog)
     assert [r.levelno for r in lines] == [logging.INFO], "one line, however many mirrors asked"

@@ -1,12 +1,13 @@
 """One start-up check that says whether the SDK mirrors in ``fastpath`` may run at all.
 
 The lean tracer and span (``tracing``, ``spans``), the local histograms (``histograms``,
-``histogram_export``) and the OTLP encoder (``otlp``, ``otlp_export``) copy behaviour of the
-OpenTelemetry SDK and read its private names. They are proven equal to the SDK only by the
-differential tests, run against the versions in ``VERIFIED_VERSIONS``. ``fast_paths()`` checks,
-once per process, that the installed SDK is such a version and that every private name the
-mirrors read still exists; if either fails, every fast path is off at once, the stock SDK runs,
-and one INFO line names the version and the missing names. Every mirror asks ``fast_paths()``.
+``histogram_export``), the OTLP encoder (``otlp``, ``otlp_export``) and the trace-header
+shortcut (``propagation``) copy behaviour of the OpenTelemetry SDK and read its private names.
+They are proven equal to the SDK only by the differential tests, run against the versions in
+``VERIFIED_VERSIONS``. ``fast_paths()`` checks, once per process, that the installed SDK is such
+a version and that every private name the mirrors read still exists; if either fails, every
+fast path is off at once, the stock SDK runs, and one INFO line names the version and the
+missing names. Every mirror asks ``fast_paths()``.
 
 To verify a new release: ``scripts/check-latest-otel.sh`` runs the differential tests against it;
 when they pass, add its version here.
@@ -67,6 +68,7 @@ _OBJECT_NAMES: Final = (
     ("OTLPSpanExporter", "_max_request_size"),
     ("OTLPSpanExporter", "_client.export"),
     ("OTLPSpanExporter", "_metrics.export_operation"),
+    ("CompositePropagator", "_propagators"),
 )
 
 _logger = logging.getLogger("bridge.telemetry")
@@ -115,6 +117,7 @@ def _probes() -> dict[str, Callable[[], Any]]:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415 - SDK only here
         OTLPSpanExporter,
     )
+    from opentelemetry.propagators.composite import CompositePropagator  # noqa: PLC0415
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
@@ -129,6 +132,7 @@ def _probes() -> dict[str, Callable[[], Any]]:
         "MeterProvider": lambda: MeterProvider(shutdown_on_exit=False),
         "MetricExporter": lambda: ConsoleMetricExporter(out=io.StringIO()),
         "OTLPSpanExporter": lambda: OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces"),
+        "CompositePropagator": lambda: CompositePropagator([]),
     }
 
 
