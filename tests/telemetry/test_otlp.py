@@ -339,7 +339,7 @@ def test_exporter_falls_back_to_the_sdk_encoder_when_a_private_part_is_missing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An SDK without what the fast path uses: one INFO line, then exactly the stock export."""
-    monkeypatch.setattr(gate, "_OBJECT_NAMES", (*gate._OBJECT_NAMES, ("OTLPSpanExporter", "_gone")))
+    monkeypatch.setattr(gate, "_EXPORTER_ATTRIBUTES", (*gate._EXPORTER_ATTRIBUTES, "_gone"))
 
     def refuse(spans: Sequence[ReadableSpan]) -> bytes:
         """The fast encoder must not be used."""

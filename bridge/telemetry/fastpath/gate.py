@@ -44,7 +44,17 @@ _MODULE_NAMES: Final = (
     ("opentelemetry.exporter.otlp.proto.http._common", "RequestPayloadTooLargeError"),
     ("opentelemetry.exporter.otlp.proto.common._internal", "_encode_value"),
     ("opentelemetry.exporter.prometheus", "PrometheusMetricReader._receive_metrics"),
+    ("opentelemetry.exporter.otlp.common.http", "_OTLPHTTPClient.export"),
+    ("opentelemetry.exporter.otlp.common._exporter_metrics", "ExporterMetrics.export_operation"),
+    (
+        "opentelemetry.exporter.otlp.common._exporter_metrics",
+        "NoOpExporterMetrics.export_operation",
+    ),
 )
+
+# What the SDK's OTLP/HTTP span exporter sets in ``__init__``, read from its code: building one
+# would import its HTTP stack, which a bridge without an OTLP endpoint never needs.
+_EXPORTER_ATTRIBUTES: Final = ("_shutdown", "_max_request_size", "_client", "_metrics")
 
 # Private attributes of live SDK objects, by the probe that builds one (see ``_probes``).
 _OBJECT_NAMES: Final = (
@@ -64,10 +74,6 @@ _OBJECT_NAMES: Final = (
     ("MeterProvider", "_sdk_config.exemplar_filter"),
     ("MetricExporter", "_preferred_temporality"),
     ("MetricExporter", "_preferred_aggregation"),
-    ("OTLPSpanExporter", "_shutdown"),
-    ("OTLPSpanExporter", "_max_request_size"),
-    ("OTLPSpanExporter", "_client.export"),
-    ("OTLPSpanExporter", "_metrics.export_operation"),
     ("CompositePropagator", "_propagators"),
 )
 
@@ -114,9 +120,6 @@ def _has_path(target: object, path: str) -> bool:
 
 def _probes() -> dict[str, Callable[[], Any]]:
     """Builders of throw-away SDK objects whose attributes the mirrors read."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415 - SDK only here
-        OTLPSpanExporter,
-    )
     from opentelemetry.propagators.composite import CompositePropagator  # noqa: PLC0415
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
@@ -131,7 +134,6 @@ def _probes() -> dict[str, Callable[[], Any]]:
         "TraceFlags": lambda: TraceFlags(0),
         "MeterProvider": lambda: MeterProvider(shutdown_on_exit=False),
         "MetricExporter": lambda: ConsoleMetricExporter(out=io.StringIO()),
-        "OTLPSpanExporter": lambda: OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces"),
         "CompositePropagator": lambda: CompositePropagator([]),
     }
 
@@ -147,6 +149,17 @@ def _missing_names() -> list[str]:
             continue
         if not _has_path(module, path):
             missing.append(f"{module_name}.{path}")
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+    except ImportError:
+        missing.append("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    else:
+        assigned = OTLPSpanExporter.__init__.__code__.co_names
+        missing.extend(
+            f"OTLPSpanExporter.{name}" for name in _EXPORTER_ATTRIBUTES if name not in assigned
+        )
     probes = _probes()
     built: dict[str, Any] = {}
     for probe, path in _OBJECT_NAMES:
