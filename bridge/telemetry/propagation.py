@@ -3,8 +3,9 @@
 With the propagators the SDK installs by default (``OTEL_PROPAGATORS`` unset or
 ``tracecontext,baggage``) and no baggage in play, the headers are exactly the TraceContext
 propagator's, made without the composite propagator's per-call work (about half its cost on
-every delivery). Any other configuration (b3, jaeger, baggage set by someone) goes through
-``opentelemetry.propagate`` as usual.
+every delivery). Telling the default pair apart reads the composite's private list, so this
+shortcut runs only while ``fast_paths()`` is on. Any other configuration (b3, jaeger, baggage
+set by someone) goes through ``opentelemetry.propagate`` as usual.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from bridge.telemetry.fastpath.gate import fast_paths
 
 __all__ = ["extract_parent", "inject_trace"]
 
@@ -46,7 +49,8 @@ def _default_textmap() -> bool:
     """Say whether the global propagator (as set now) is the default pair."""
     textmap = propagate.get_global_textmap()
     if textmap is not _Textmap.seen:
-        _Textmap.seen, _Textmap.default = textmap, _is_default_pair(textmap)
+        _Textmap.seen = textmap
+        _Textmap.default = fast_paths().enabled and _is_default_pair(textmap)
     return _Textmap.default
 
 

@@ -17,10 +17,11 @@ from typing import Any, Final
 
 from opentelemetry import metrics, trace
 
+from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.histograms import LocalHistograms
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.otel_env import otel_exporter_names
-from bridge.telemetry.tracing import INSTRUMENTATION_NAME, LeanTracer, get_tracer
+from bridge.telemetry.tracing import INSTRUMENTATION_NAME, IdsTracer, LeanTracer, get_tracer
 
 __all__ = ["TelemetryHandle", "setup_telemetry"]
 
@@ -39,13 +40,14 @@ def _span_exporter(name: str) -> Any:  # noqa: ANN401 - any SDK SpanExporter
     """Build the SDK's exporter registered as ``name`` (``console``: one line each, on stderr).
 
     ``otlp_proto_http`` is the SDK's OTLP/HTTP exporter with the bridge's protobuf encoder
-    (``bridge.telemetry.fastpath.otlp``: same bytes on the wire, a fraction of the CPU per span).
+    (``bridge.telemetry.fastpath.otlp``: same bytes on the wire, a fraction of the CPU per span)
+    while ``fast_paths()`` is on, else the SDK's own.
     """
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
 
         return ConsoleSpanExporter(out=sys.stderr, formatter=_console_line)
-    if name == "otlp_proto_http":
+    if name == "otlp_proto_http" and fast_paths().enabled:
         from bridge.telemetry.fastpath.otlp_export import OtlpHttpSpanExporter  # noqa: PLC0415 - SDK only when set up
 
         return OtlpHttpSpanExporter()
@@ -71,12 +73,16 @@ class TelemetryHandle:
         tracer_provider: Any,  # noqa: ANN401 - SDK or no-op provider
         meter_provider: Any,  # noqa: ANN401 - SDK or no-op provider
         registry: Any,  # noqa: ANN401 - prometheus_client.CollectorRegistry or None
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        """Hold the providers; ``tracer`` defaults to a LeanTracer of ``tracer_provider``."""
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.registry = registry
         self.metrics = Metrics(meter_provider)
-        self.tracer: trace.Tracer = LeanTracer(get_tracer(tracer_provider), tracer_provider)
+        self.tracer: trace.Tracer = tracer or LeanTracer(
+            get_tracer(tracer_provider), tracer_provider
+        )
 
     def prometheus_text(self) -> bytes:
         """Render the metrics in the Prometheus text format (empty without a health port)."""
@@ -131,6 +137,8 @@ def setup_telemetry(
     headers. Console exporters write one JSON object per line to stderr, never into the log
     stream on stdout. ``OTEL_SDK_DISABLED=true``: no tracing and no export at all, but
     ``/metrics`` still serves every bridge metric from a local meter (scraping is not export).
+    The SDK mirrors (lean spans, local histograms, the OTLP encoder) run only where
+    ``fast_paths()`` says the installed SDK is verified; elsewhere the stock SDK does it all.
     """
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415 - SDK only when set up
     from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
@@ -138,12 +146,10 @@ def setup_telemetry(
         PeriodicExportingMetricReader,
     )
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased  # noqa: PLC0415
 
     from bridge import __version__  # noqa: PLC0415 - the package imports this module
 
+    fast = fast_paths().enabled
     disabled = otel_env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
     attributes: dict[str, str] = {
         "service.instance.id": instance_id,
@@ -164,6 +170,8 @@ def setup_telemetry(
 
     def attach_local(provider: Any) -> None:  # noqa: ANN401 - an SDK MeterProvider
         """Record histograms locally, with the exemplars the provider's own filter would take."""
+        if not fast:
+            return
         config = getattr(provider, "_sdk_config", None)  # the filter the SDK resolved
         name = exemplar_filter_name(getattr(config, "exemplar_filter", None))
         if name is not None:  # another filter type: the SDK's histograms apply it
@@ -171,15 +179,21 @@ def setup_telemetry(
 
     # Histograms are kept in-process and added to what each reader collects (one bisect per
     # record instead of the SDK's pipeline per reader, exemplars as the SDK's filter and
-    # reservoir take them), unless an exporter wants other than cumulative explicit buckets.
+    # reservoir take them), unless an exporter wants other than cumulative explicit buckets
+    # or the fast paths are off.
     local = LocalHistograms()
     registry = None
     readers: list[MetricReader] = []
     if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
         from prometheus_client import CollectorRegistry  # noqa: PLC0415 - optional reader
 
         registry = CollectorRegistry(auto_describe=True)
-        readers.append(LocalHistogramPrometheusReader(local, registry=registry))
+        readers.append(
+            LocalHistogramPrometheusReader(local, registry=registry)
+            if fast
+            else PrometheusMetricReader(registry=registry)
+        )
         _add_process_metrics(registry)
     if disabled:
         # No spans, no export: the API's no-op tracer. /metrics keeps its meaning (a local
@@ -197,25 +211,18 @@ def setup_telemetry(
         if getattr(meter_provider, "_disabled", False):
             # The SDK's provider reads OTEL_SDK_DISABLED from the process environment too and
             # would hand out no-op meters: this one exports nothing, it only answers scrapes.
+            # Not a fast path, so not behind the gate: without it /metrics loses every bridge
+            # metric on any SDK; an SDK without the flag is left as it is.
             meter_provider._disabled = False
         if readers:
             attach_local(meter_provider)
         return TelemetryHandle(trace.NoOpTracerProvider(), meter_provider, registry)
 
     span_exporters = otel_exporter_names(otel_env, "traces")
-    # With no exporter, recording root spans is pure cost (about 40 us a delivery): record only
-    # what the producer's traceparent marks as sampled, so the chain's decision is kept. Trace
-    # context still flows: ids for the logs and the traceparent header either way.
-    tracer_provider = TracerProvider(
-        resource=resource,
-        sampler=ParentBased(ALWAYS_OFF) if not span_exporters else None,
-        shutdown_on_exit=False,  # TelemetryHandle.shutdown does it, with a bound
-    )
-    for name in span_exporters:
-        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
+    tracer_provider, tracer = _tracing(resource, span_exporters)
     exporters = [_metric_exporter(name) for name in otel_exporter_names(otel_env, "metrics")]
     exemplar_filter = _exemplar_filter(otel_env, spans_exported=bool(span_exporters))
-    use_local = all(map(reports_local_histograms, exporters))
+    use_local = fast and all(map(reports_local_histograms, exporters))
     readers.extend(
         PeriodicExportingMetricReader(
             LocalHistogramExporter(exporter, local) if use_local else exporter
@@ -232,7 +239,38 @@ def setup_telemetry(
         attach_local(meter_provider)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
-    return TelemetryHandle(tracer_provider, meter_provider, registry)
+    return TelemetryHandle(tracer_provider, meter_provider, registry, tracer)
+
+
+def _tracing(
+    resource: Any,  # noqa: ANN401 - an SDK Resource
+    span_exporters: list[str],
+) -> tuple[Any, trace.Tracer | None]:
+    """Build the SDK's TracerProvider exporting to ``span_exporters``, and its ids-only tracer.
+
+    The tracer is None when spans are exported (TelemetryHandle then makes a LeanTracer).
+    """
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415 - SDK only when set up
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased  # noqa: PLC0415
+
+    # With no exporter, recording root spans is pure cost (about 40 us a delivery): record only
+    # what the producer's traceparent marks as sampled, so the chain's decision is kept. Trace
+    # context still flows: ids for the logs and the traceparent header either way, from a
+    # tracer that makes only those (IdsTracer: public API, so whatever the fast-path gate says).
+    ids = RandomIdGenerator()
+    sampler = ParentBased(ALWAYS_OFF) if not span_exporters else None
+    tracer_provider = TracerProvider(
+        resource=resource,
+        sampler=sampler,
+        id_generator=ids,
+        shutdown_on_exit=False,  # TelemetryHandle.shutdown does it, with a bound
+    )
+    tracer = None if sampler is None else IdsTracer(ids, sampler, follows_parent=True)
+    for name in span_exporters:
+        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
+    return tracer_provider, tracer
 
 
 def _add_process_metrics(registry: Any) -> None:  # noqa: ANN401 - a prometheus_client registry

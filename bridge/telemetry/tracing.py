@@ -1,11 +1,11 @@
 """Spans for the delivery path: the bridge's tracer, cheap whether spans are exported or not.
 
-A tracer whose provider has no span processor makes no span objects, only the ids a
-``traceparent`` and a log line need (``LeanTracer``): with no exporter configured, tracing costs
-a span id and a context switch per delivery. With the SDK's Simple/Batch span processors a
-recorded span is a ``bridge.telemetry.fastpath.spans.LeanSpan``: slots and a dict until it ends,
-then the SDK's
-``ReadableSpan`` handed to the processors, as the SDK's own span would hand it.
+With no exporter configured, no span objects are made, only the ids a ``traceparent`` and a log
+line need (``IdsTracer``, on the public API alone): tracing costs a span id and a context switch
+per delivery. With the SDK's Simple/Batch span processors a recorded span is a
+``bridge.telemetry.fastpath.spans.LeanSpan`` (``LeanTracer``, behind the fast-path gate): slots
+and a dict until it ends, then the SDK's ``ReadableSpan`` handed to the processors, as the SDK's
+own span would hand it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 
+from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.spans import LeanSpan, SpanRecorder
 
-__all__ = ["INSTRUMENTATION_NAME", "LeanTracer", "get_tracer"]
+__all__ = ["INSTRUMENTATION_NAME", "IdsTracer", "LeanTracer", "get_tracer"]
 
 INSTRUMENTATION_NAME: Final = "signal-bridge"
 
@@ -122,7 +123,119 @@ class _CurrentSpan:
             span.end()
 
 
-class LeanTracer(trace.Tracer):
+class _PlainTracer(trace.Tracer):
+    """A tracer whose ``start_as_current_span`` is a plain context manager over ``start_span``."""
+
+    # The API types this as its generator-based context manager; ours is a plain one, used alike.
+    def start_as_current_span(  # type: ignore[override] # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> _CurrentSpan:
+        """Start a span and make it current for a ``with`` block."""
+        span = self.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        return _CurrentSpan(
+            span,
+            end=end_on_exit,
+            record_exception=record_exception,
+            set_status=set_status_on_exception,
+        )
+
+
+def _ids_only_span(  # noqa: PLR0917 - the sampler's arguments
+    ids: Any,  # noqa: ANN401 - the SDK's IdGenerator
+    sampler: Any,  # noqa: ANN401 - the SDK's Sampler
+    name: str,
+    context: otel_context.Context | None,
+    kind: trace.SpanKind,
+    attributes: Attributes,
+    links: Sequence[trace.Link] | None,
+    *,
+    follows_parent: bool,
+    random_root: bool,
+) -> trace.Span:
+    """Make the span the SDK would, reduced to its context: ids, flags and trace state.
+
+    ``follows_parent``: ``sampler`` is known to answer a valid parent with the parent's sampled
+    flag and trace state (a ParentBased with the stock delegates), so it is not asked then.
+    """
+    parent = trace.get_current_span(context).get_span_context()
+    span_id = ids.generate_span_id()
+    if parent.is_valid and follows_parent:
+        flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
+        return trace.NonRecordingSpan(
+            trace.SpanContext(parent.trace_id, span_id, False, flags, parent.trace_state)
+        )
+    if parent.is_valid:
+        trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+    else:
+        trace_id, random_id = ids.generate_trace_id(), random_root
+    result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+    bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
+    return trace.NonRecordingSpan(
+        trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
+    )
+
+
+class IdsTracer(_PlainTracer):
+    """The tracer of a provider that exports nothing: spans are only their ids, never recorded.
+
+    Built on the public API (``IdGenerator``, ``Sampler``, ``NonRecordingSpan``), so it needs no
+    gate. ``setup_telemetry`` uses it when no span exporter is configured, with the
+    ``ParentBased(ALWAYS_OFF)`` sampler it gave the provider: a span follows its parent's sampled
+    flag and trace state, and a root is unsampled, exactly the ids and flags the SDK would give.
+    """
+
+    def __init__(self, ids: Any, sampler: Any, *, follows_parent: bool) -> None:  # noqa: ANN401 - SDK
+        """Use ``ids`` (an IdGenerator) and ``sampler``; see ``_ids_only_span``."""
+        self._ids = ids
+        self._sampler = sampler
+        self._follows_parent = follows_parent
+        self._random_root = bool(ids.is_trace_id_random())
+
+    def start_span(  # noqa: PLR0917 - the API's signature
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        """Start a span that is only its context (nothing records it)."""
+        del start_time, record_exception, set_status_on_exception
+        return _ids_only_span(
+            self._ids,
+            self._sampler,
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            follows_parent=self._follows_parent,
+            random_root=self._random_root,
+        )
+
+
+class LeanTracer(_PlainTracer):
     """A tracer that makes no span objects unseen, and cheap ones when spans are exported.
 
     Without a processor a span is seen only through its ids (the ``traceparent`` header, the
@@ -138,12 +251,14 @@ class LeanTracer(trace.Tracer):
     but a recording one is a ``LeanSpan`` when ``SpanRecorder.applies``: only the SDK's
     SimpleSpanProcessor/BatchSpanProcessor in the SDK's synchronous processor, the tracer
     enabled, no internal SDK span metrics, no attribute length limit. A span started with
-    links, or on any other set-up, is the SDK's.
+    links, or on any other set-up, is the SDK's, as is every span when ``fast_paths()`` is off.
     """
 
     def __init__(self, delegate: trace.Tracer, provider: Any) -> None:  # noqa: ANN401 - SDK
         """Wrap ``delegate`` (a tracer of ``provider``)."""
         self._delegate = delegate
+        if not fast_paths().enabled:  # an SDK the mirrors are not verified on: always delegate
+            provider = None
         # The SDK's own list of span processors, read on each span so a later
         # add_span_processor() takes effect; no SDK provider: always delegate.
         self._processors = getattr(provider, "_active_span_processor", None)
@@ -169,23 +284,16 @@ class LeanTracer(trace.Tracer):
         links: Sequence[trace.Link] | None,
     ) -> trace.Span:
         """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
-        parent = trace.get_current_span(context).get_span_context()
-        span_id = self._ids.generate_span_id()  # type: ignore[union-attr] # set whenever _usable, which the caller checked
-        if parent.is_valid and self._follows_parent:
-            flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
-            return trace.NonRecordingSpan(
-                trace.SpanContext(parent.trace_id, span_id, False, flags, parent.trace_state)
-            )
-        if parent.is_valid:
-            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
-        else:
-            trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
-        result = self._sampler.should_sample(  # type: ignore[union-attr] # set whenever _usable, which the caller checked
-            context, trace_id, name, kind, attributes, links
-        )
-        bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
-        return trace.NonRecordingSpan(
-            trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
+        return _ids_only_span(
+            self._ids,
+            self._sampler,
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            follows_parent=self._follows_parent,
+            random_root=self._random_root,
         )
 
     def _recorded(
@@ -280,35 +388,4 @@ class LeanTracer(trace.Tracer):
             start_time,
             record_exception,
             set_status_on_exception,
-        )
-
-    # The API types this as its generator-based context manager; ours is a plain one, used alike.
-    def start_as_current_span(  # type: ignore[override] # noqa: PLR0917 - the API's signature
-        self,
-        name: str,
-        context: otel_context.Context | None = None,
-        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[trace.Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
-    ) -> _CurrentSpan:
-        """Start a span and make it current for a ``with`` block."""
-        span = self.start_span(
-            name,
-            context,
-            kind,
-            attributes,
-            links,
-            start_time,
-            record_exception,
-            set_status_on_exception,
-        )
-        return _CurrentSpan(
-            span,
-            end=end_on_exit,
-            record_exception=record_exception,
-            set_status=set_status_on_exception,
         )

@@ -24,6 +24,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
@@ -35,7 +36,7 @@ from bridge.edge.settings import OutboundConfig
 from bridge.telemetry.logs import JsonFormatter, log_fields
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.setup import setup_telemetry
-from bridge.telemetry.tracing import LeanTracer, get_tracer
+from bridge.telemetry.tracing import IdsTracer, LeanTracer, get_tracer
 from tests.fixtures_ingest import make_signal, metric_points
 from tests.otlp_receiver import OtlpReceiver
 
@@ -91,6 +92,51 @@ def test_without_a_processor_the_ids_and_flags_are_the_sdks(
     ctx = client.get_span_context()
     header = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
     assert _traceparent(client) == header
+
+
+@pytest.mark.parametrize("parent_flags", [None, "00", "01", "03"])
+def test_the_ids_tracer_gives_the_ids_flags_and_state_the_sdk_gives(
+    parent_flags: str | None,
+) -> None:
+    """IdsTracer (no exporter, public API only): the SDK's flags and trace state, never a record."""
+    ids = RandomIdGenerator()
+    sampler = ParentBased(ALWAYS_OFF)
+    sdk = get_tracer(TracerProvider(sampler=sampler, id_generator=ids, shutdown_on_exit=False))
+    tracer = IdsTracer(ids, sampler, follows_parent=True)
+    parent = None
+    if parent_flags is not None:
+        carrier = {
+            "traceparent": f"00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-{parent_flags}",
+            "tracestate": "vendor=v1",
+        }
+        parent = propagate.extract(carrier)
+    with tracer.start_as_current_span("process s", context=parent, kind=SpanKind.CONSUMER) as span:
+        assert trace.get_current_span() is span
+        client = tracer.start_span("POST", kind=SpanKind.CLIENT)
+    expected = sdk.start_span("process s", context=parent, kind=SpanKind.CONSUMER)
+    expected_child = sdk.start_span("POST", context=trace.set_span_in_context(expected))
+    for made, reference in ((span, expected), (client, expected_child)):
+        ctx, ref = made.get_span_context(), reference.get_span_context()
+        assert not made.is_recording()
+        assert ctx.is_valid
+        assert (ctx.trace_flags, ctx.trace_state) == (ref.trace_flags, ref.trace_state)
+        if parent_flags is not None:
+            assert f"{ctx.trace_id:032x}" == PRODUCER_TRACE
+    assert client.get_span_context().trace_id == span.get_span_context().trace_id
+
+
+def test_without_a_span_exporter_setup_uses_the_ids_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No endpoint: the bridge's tracer is the public-API IdsTracer, whatever the gate says."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda provider: None)
+    monkeypatch.setattr(otel_metrics, "set_meter_provider", lambda provider: None)
+    handle = setup_telemetry({}, instance_id="x", prometheus=False)
+    try:
+        assert isinstance(handle.tracer, IdsTracer)
+    finally:
+        handle.shutdown()
 
 
 def test_spans_are_recorded_again_once_a_processor_is_added() -> None:

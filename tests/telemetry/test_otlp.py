@@ -34,7 +34,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from bridge.telemetry.fastpath import otlp_export
+from bridge.telemetry.fastpath import gate, otlp_export
 from bridge.telemetry.fastpath.otlp import encode_spans
 from bridge.telemetry.fastpath.otlp_export import OtlpHttpSpanExporter
 from bridge.telemetry.fastpath.spans import LeanSpan
@@ -334,13 +334,12 @@ def test_exporter_keeps_the_sdk_settings(monkeypatch: pytest.MonkeyPatch) -> Non
     assert request == sdk_encode(spans)
 
 
+@pytest.mark.usefixtures("fresh_gate")
 def test_exporter_falls_back_to_the_sdk_encoder_when_a_private_part_is_missing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An SDK without what the fast path uses: one INFO line, then exactly the stock export."""
-    monkeypatch.setattr(
-        otlp_export, "_EXPORTER_ATTRIBUTES", (*otlp_export._EXPORTER_ATTRIBUTES, "_gone")
-    )
+    monkeypatch.setattr(gate, "_EXPORTER_ATTRIBUTES", (*gate._EXPORTER_ATTRIBUTES, "_gone"))
 
     def refuse(spans: Sequence[ReadableSpan]) -> bytes:
         """The fast encoder must not be used."""
@@ -351,10 +350,10 @@ def test_exporter_falls_back_to_the_sdk_encoder_when_a_private_part_is_missing(
     monkeypatch.setattr(otlp_export, "encode_spans", refuse)
     spans = _tracer_spans()
     with OtlpReceiver() as receiver:
-        with caplog.at_level(logging.INFO, logger="bridge.otlp_export"):
+        with caplog.at_level(logging.INFO, logger="bridge.telemetry"):
             exporter = OtlpHttpSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
         _export_to(receiver, exporter, spans)
-    lines = [r for r in caplog.records if r.name == "bridge.otlp_export"]
+    lines = [r for r in caplog.records if r.name == "bridge.telemetry"]
     assert [r.levelno for r in lines] == [logging.INFO]
     assert "_gone" in lines[0].getMessage()
     (request,) = receiver.trace_requests

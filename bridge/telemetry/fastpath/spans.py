@@ -93,14 +93,10 @@ class SpanRecorder:
 
     def __init__(self, tracer: Any, multi: Any, limits: Any) -> None:  # noqa: ANN401 - SDK objects
         """Read what spans of the SDK ``tracer`` (over processor ``multi``, ``limits``) share."""
-        try:  # private: an SDK without it gets the SDK's spans, not an error
-            from opentelemetry.sdk.trace._tracer_metrics import (  # noqa: PLC0415
-                NoOpTracerMetrics,
-            )
-        except ImportError:
-            no_metrics: tuple[type, ...] = ()
-        else:
-            no_metrics = (NoOpTracerMetrics,)
+        from opentelemetry.sdk.trace._tracer_metrics import (  # noqa: PLC0415 - private: the gate checked it
+            NoOpTracerMetrics,
+        )
+
         self._tracer = tracer
         self._multi = multi
         self.limits: SpanLimits = limits
@@ -113,7 +109,7 @@ class SpanRecorder:
             type(multi) is SynchronousMultiSpanProcessor
             and isinstance(limits, SpanLimits)
             and isinstance(self.scope, InstrumentationScope)
-            and isinstance(getattr(tracer, "_tracer_metrics", None), no_metrics)
+            and isinstance(getattr(tracer, "_tracer_metrics", None), NoOpTracerMetrics)
             and callable(getattr(tracer, "_is_enabled", None))
             and isinstance(getattr(tracer, "resource", None), Resource)
             and limits.max_span_attribute_length is None
