@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.streams.stream import publish
+from bridge.streams.producer import publish
 from bridge.telemetry import propagation, tracing
 from bridge.telemetry.fastpath import gate, otlp_export
 from bridge.telemetry.fastpath.histograms import LocalHistogram, LocalHistograms
