@@ -1,4 +1,4 @@
-"""CPU per POST of HTTP engines, in this process, against an nginx sink on loopback (issue 11).
+"""CPU per POST of HTTP engines, in this process, against an nginx sink on loopback.
 
 ``python -m bench.engines`` sends the same signed-looking POST (same headers, same body) through
 each engine with a fixed number in flight and prints a Markdown table: CPU per request of this

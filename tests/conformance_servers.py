@@ -1,4 +1,4 @@
-"""Ingest apps for servers nobody here wrote, and hostile raw-socket servers (issue 11).
+"""Ingest apps for servers nobody here wrote, and hostile raw-socket servers.
 
 Run by the conformance suite in separate processes:
 

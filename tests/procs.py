@@ -30,7 +30,7 @@ _SETTING_PREFIXES: Final = (
     "PRODUCER_ID",
     "INGEST_",
     "OTEL_",
-    # The proxy variables the bridge honours (issue 11): loopback tests connect directly.
+    # The proxy variables the bridge honours: loopback tests connect directly.
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "ALL_PROXY",

@@ -214,7 +214,7 @@ class Metrics:
             unit="1",
             description="1 while the circuit breaker is open (reading paused), else 0",
         )
-        # issue 12: retention and Redis reachability
+        # retention and Redis reachability
         self.trimmed_total = meter.create_counter(
             "signals_trimmed_total",
             unit="1",
@@ -227,7 +227,7 @@ class Metrics:
             unit="1",
             description="1 when the last status poll reached Redis, else 0",
         )
-        # issue 14: the ingest server's clock, from the Date header of every answer.
+        # the ingest server's clock, from the Date header of every answer.
         self._clock_skews: dict[str, Callable[[], float | None]] = {}
         meter.create_observable_gauge(
             "signals_server_clock_skew_seconds",

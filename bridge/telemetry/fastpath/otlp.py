@@ -1,4 +1,4 @@
-"""A hand-written OTLP protobuf encoder for spans (issue 13).
+"""A hand-written OTLP protobuf encoder for spans.
 
 ``encode_spans`` writes an ``ExportTraceServiceRequest`` straight to bytes: the SDK builds a
 pb2 object per span, attribute and value (~33 us a span); this writer caches what repeats from
