@@ -37,6 +37,7 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 
 from bridge.app.progress import report_new_group
 from bridge.config.loader import StreamConfig
+from bridge.core.outcome import Action, Verdict
 from bridge.core.signal import Signal, guess_signal_id
 from bridge.delivery.backoff import Backoff
 from bridge.delivery.breaker import Admission, Breaker, BreakerState
@@ -51,12 +52,11 @@ from bridge.delivery.lanes import (
     next_id,
     parse_id,
 )
-from bridge.edge.client import Delivery, HmacClient
+from bridge.edge.client import HmacClient
+from bridge.edge.results import Attempt, Delivered, Duplicate, Failed, Rejected
 from bridge.errors import (
-    AlreadyReceivedError,
-    AuthError,
-    DeliveryError,
     InvalidSignalError,
+    Outcome,
     RejectedError,
     StreamError,
     SystemicError,
@@ -783,17 +783,7 @@ class Worker:
         if job.attempts > 1:
             span.add_event("retry", {"bridge.attempt": job.attempts})
         try:
-            delivery = await self._post(job, signal)
-        except AlreadyReceivedError as exc:
-            self.breaker.success()
-            self._acked(
-                job, signal, span, outcome="duplicate", delivery=None, http_code=exc.http_code
-            )
-            return None
-        except (RejectedError, InvalidSignalError) as exc:
-            self.breaker.success()  # the server answered and judged this signal
-            await self._dead_letter(job, self._rejection(job, exc), span)
-            return None
+            outcome = await self._post(job, signal)
         except _ExpiredError as exc:
             # It aged past the limit while waiting for a posting slot.
             job.attempts -= 1
@@ -804,8 +794,6 @@ class Worker:
         except _StoppedError:
             job.attempts -= 1
             return _Abandoned()
-        except DeliveryError as exc:
-            return self._retry_after_failure(job, exc)
         except Exception as exc:  # our bug or a bad setting: systemic, like a 401
             log.error(
                 "unexpected error posting a signal; paused and retrying",
@@ -813,14 +801,26 @@ class Worker:
                     entry_id=job.entry.id, error=str(exc), error_type=type(exc).__name__
                 ),
             )
-            systemic = SystemicError(
-                f"unexpected {type(exc).__name__}: {exc}", cause="a bug or a bad setting"
-            )
-            return self._retry_after_failure(job, systemic)
-        self.breaker.success()
-        self._acked(
-            job, signal, span, outcome="success", delivery=delivery, http_code=delivery.http_code
-        )
+            outcome = _bug(exc)
+        match outcome:
+            case Delivered():
+                self.breaker.success()
+                self._acked(
+                    job,
+                    signal,
+                    span,
+                    outcome="success",
+                    delivery=outcome,
+                    http_code=outcome.http_code,
+                )
+            case Duplicate(status=status):
+                self.breaker.success()
+                self._acked(job, signal, span, outcome="duplicate", delivery=None, http_code=status)
+            case Rejected(cause=cause):
+                self.breaker.success()  # the server answered and judged this signal
+                await self._dead_letter(job, self._rejection(job, cause), span)
+            case Failed():
+                return self._retry_after_failure(job, outcome)
         return None
 
     def _too_old(self, signal: Signal, *, waived: bool = False) -> str | None:
@@ -831,7 +831,7 @@ class Worker:
             return f"signal is {age_s:.1f}s old, limit {max_age:g}s"
         return None
 
-    async def _post(self, job: Job, signal: Signal) -> Delivery:
+    async def _post(self, job: Job, signal: Signal) -> Attempt:
         """POST within a posting slot; after stop() only while the server's last answer was good."""
         async with self._posting:
             too_old = self._too_old(signal, waived=job.age_waived)  # the wait may have been long
@@ -848,8 +848,8 @@ class Worker:
             finally:
                 self.posting -= 1
 
-    async def _send(self, job: Job, signal: Signal) -> Delivery:
-        return await self.client.send_body(
+    async def _send(self, job: Job, signal: Signal) -> Attempt:
+        return await self.client.attempt(
             job.body, idempotency_key=job.key, signal_id=signal.signal_id
         )
 
@@ -861,27 +861,28 @@ class Worker:
             reason="rejected", error=detail, http_code=exc.http_code, attempts=job.attempts
         )
 
-    def _retry_after_failure(self, job: Job, exc: DeliveryError) -> float:
+    def _retry_after_failure(self, job: Job, failed: Failed) -> float:
         """Count a transient or systemic failure, log it, and return the entry's backoff.
 
         A systemic answer opens the breaker at once and logs one ERROR naming the likely cause;
         later refusals until the breaker closes again are WARNINGs.
         """
-        systemic = isinstance(exc, SystemicError)
-        if isinstance(exc, AuthError):
+        exc = failed.cause
+        systemic = failed.verdict.action is Action.SYSTEMIC
+        if exc.outcome is Outcome.AUTH:
             reason = "auth"
         elif systemic:
             reason = "systemic"
         else:
-            reason = str(exc.http_code) if exc.http_code else "network"
-        self.breaker.failure(reason, systemic=systemic, retry_after_s=exc.retry_after_s)
-        delay = self.backoff.delay(job.attempts, exc.retry_after_s)
+            reason = str(failed.status) if failed.status else "network"
+        self.breaker.failure(reason, systemic=systemic, retry_after_s=failed.retry_after_s)
+        delay = self.backoff.delay(job.attempts, failed.retry_after_s)
         self.stats.retries += 1
         self.metrics.retries_total.add(1, {"reason": reason})
         fields = log_fields(
             entry_id=job.entry.id,
             signal_id=job.signal.signal_id if job.signal else None,
-            http_code=exc.http_code,
+            http_code=failed.status,
             error=str(exc),
             error_type=type(exc).__name__,
             attempt=job.attempts,
@@ -889,7 +890,7 @@ class Worker:
         )
         if systemic and not self._systemic_alerted:
             self._systemic_alerted = True  # once per outage: reset when the breaker closes
-            cause = exc.cause if isinstance(exc, SystemicError) else ""
+            cause = failed.verdict.cause
             skew = self.client.clock_skew_s
             if skew is not None:
                 fields = log_fields(**fields["fields"], server_clock_skew_s=round(skew, 1))
@@ -909,7 +910,7 @@ class Worker:
         span: trace.Span,
         *,
         outcome: str,
-        delivery: Delivery | None,
+        delivery: Delivered | None,
         http_code: int | None,
     ) -> None:
         """Buffer the ack of a delivered entry and record it."""
@@ -1193,6 +1194,15 @@ class _Abandoned:
     """An attempt that did not start because the worker is stopping."""
 
     __slots__ = ()
+
+
+def _bug(exc: Exception) -> Failed:
+    """Judge an attempt that raised as systemic, so the breaker pauses delivery and probes."""
+    cause = "a bug or a bad setting"
+    systemic = SystemicError(f"unexpected {type(exc).__name__}: {exc}", cause=cause)
+    return Failed(
+        verdict=Verdict(Action.SYSTEMIC, cause), status=None, retry_after_s=None, cause=systemic
+    )
 
 
 def _collect(task: asyncio.Future[Any]) -> None:

@@ -31,7 +31,8 @@ from bridge.config.loader import BridgeConfig, OutboundConfig
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
 from bridge.devkit.ingest import IngestApp
-from bridge.edge.client import HmacClient, IngestResponse
+from bridge.edge.client import HmacClient
+from bridge.edge.results import IngestResponse
 from bridge.errors import AuthError, DeliveryError, Outcome
 from bridge.streams.stream import publish
 from tests.support import KEY_ID, SECRET, bridge_config, eventually, make_signal, running
