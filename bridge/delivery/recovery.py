@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from bridge.delivery.jobs import Job
+from bridge.delivery.jobs import Job, instrument_of
 from bridge.delivery.lanes import Lane, StreamId, format_id, next_id
 from bridge.delivery.redis_link import RedisLink, pending_pages
 from bridge.delivery.window import Window
@@ -214,7 +214,8 @@ class Recovery:
 
         Scans this consumer's pending entries from where the lane's parked entries start, up to
         the highest id routed so far, and keeps those of the lane's instrument. XPENDING +
-        XRANGE count no delivery, so waiting never pushes an entry toward max deliveries.
+        XRANGE count no delivery, so waiting never pushes an entry toward max deliveries. Only
+        the instrument of other entries is decoded.
         """
         if not await self._window.wait_for_room(whole_batch=False):
             return
@@ -241,10 +242,10 @@ class Recovery:
                 for item in page:
                     scan.cursor = next_id(item.id)
                     entry = by_id.get(item.id)
-                    if entry is None:
+                    if entry is None or instrument_of(entry) != instrument:
                         continue
                     job = self._prepare(entry)
-                    if job.signal is not None and job.signal.instrument == instrument:
+                    if job.signal is not None:
                         scan.found.append(job)
                         if len(scan.found) >= want:
                             return
