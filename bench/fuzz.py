@@ -99,7 +99,7 @@ def _verify_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
 
 
 def _http_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
-    """Raw bytes as the server's answer: parsed or RemoteProtocolError; then ok or DeliveryError."""
+    """Raw bytes as the server's answer: parsed or RemoteProtocolError; then judged into a value."""
     # Third-party code first and uninstrumented (instrumenting httpx and OpenTelemetry takes
     # minutes); coverage guides the fuzzer through bridge's own parsing and interpretation.
     import httptools  # noqa: F401, PLC0415
@@ -112,7 +112,6 @@ def _http_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
         from bridge.edge.client import HmacClient  # noqa: PLC0415
         from bridge.edge.clockskew import SkewEstimator  # noqa: PLC0415
         from bridge.edge.protocol import Connection, Limits  # noqa: PLC0415
-        from bridge.errors import DeliveryError  # noqa: PLC0415
 
     env = {
         "HMAC_PRODUCER_SECRET": _SECRET.decode(),
@@ -156,10 +155,7 @@ def _http_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
         if isinstance(outcome, Exception):
             return
         SkewEstimator().observe(outcome.headers.get("date"), _NOW_S, _NOW_S)
-        try:
-            client._interpret(outcome.status, outcome.headers, outcome.body)
-        except DeliveryError:
-            return
+        client._judge(outcome.status, outcome.headers, outcome.body, 0.0)
 
     return one
 

@@ -2,7 +2,8 @@
 
 Part 1 encodes the same finished spans (the shapes of one delivery: a CONSUMER span with the
 messaging attributes and a CLIENT child with the HTTP ones, recorded by the bridge's
-LeanTracer as bridge/delivery/worker.py and bridge/edge/client.py make them) with the SDK's encoder
+LeanTracer as bridge/delivery/observer.py and bridge/edge/client.py make them) with the SDK's
+encoder
 (``encode_spans(...).SerializePartialToString()``, what the stock OTLP/HTTP exporter sends) and
 with ``bridge.telemetry.fastpath.otlp.encode_spans``, in batches of the BatchSpanProcessor's sizes,
 and reports

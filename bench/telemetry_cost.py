@@ -83,7 +83,7 @@ class EncodingExporter(SpanExporter):
 def deliver(
     tracer: trace.Tracer, metrics: Metrics, log: logging.Logger, index: int, *, parents: bool
 ) -> None:
-    """Do the telemetry of one successful delivery, as worker.py and client.py do it.
+    """Do the telemetry of one successful delivery, as the delivery observer and the client do it.
 
     With ``parents`` every other entry carries a sampled producer ``traceparent`` (as in
     ``bench.run``'s backlogs), extracted as the worker does.

@@ -19,7 +19,7 @@
             +-- ResponseTooLargeError              a non-2xx answer past a read limit
 
 A 2xx answer past a read limit is not an error: the server has the signal, so the client returns
-its ``Delivery`` with ``oversized`` set (the caller acks; the client logs a WARNING).
+its ``Delivered`` value with ``oversized`` set (the caller acks; the client logs a WARNING).
 
 Every error carries its context as keyword-only attributes; none of them ever holds a secret.
 """

@@ -14,7 +14,8 @@ from opentelemetry import trace
 
 from bridge.config.loader import BridgeConfig, load_config
 from bridge.core.signal import Signal
-from bridge.delivery.backoff import Backoff, Breaker
+from bridge.delivery.backoff import Backoff
+from bridge.delivery.breaker import Breaker
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient
 from bridge.streams.group import SignalStream

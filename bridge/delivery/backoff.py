@@ -3,7 +3,7 @@
 Backoff is exponential with full jitter (base 0.5 s, cap 30 s by default; settings
 BRIDGE_BACKOFF_BASE_MS / BRIDGE_BACKOFF_CAP_MS). When the server sends Retry-After, that *sets*
 the wait (capped by BRIDGE_RETRY_AFTER_CAP_SECONDS) instead of a random one. The circuit
-breaker lives in :mod:`bridge.delivery.breaker` and is re-exported here.
+breaker lives in :mod:`bridge.delivery.breaker`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,9 @@ import random
 from collections.abc import Callable
 from typing import Final
 
-from bridge.delivery.breaker import (
-    DEFAULT_FAILURE_THRESHOLD,
-    DEFAULT_RETRY_AFTER_CAP_S,
-    Breaker,
-    BreakerState,
-)
+from bridge.delivery.breaker import DEFAULT_RETRY_AFTER_CAP_S
 
-__all__ = ["DEFAULT_FAILURE_THRESHOLD", "Backoff", "Breaker", "BreakerState"]
+__all__ = ["Backoff"]
 
 DEFAULT_BASE_S: Final = 0.5
 DEFAULT_CAP_S: Final = 30.0

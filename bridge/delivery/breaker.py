@@ -80,11 +80,6 @@ class Breaker:
         return self.state is BreakerState.OPEN
 
     @property
-    def stopped(self) -> bool:
-        """Tell whether stop() was called: nothing more is admitted."""
-        return self._stopped
-
-    @property
     def next_probe_in_s(self) -> float:
         """Seconds until the next probe may start (0 when closed or due)."""
         if not self.is_open:

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 from opentelemetry import context as otel_context
 
 from bridge.core.signal import Signal, decode_signal, encode_canonical
@@ -22,7 +23,7 @@ from bridge.streams.entries import MAX_AGE_WAIVED_FIELD, ORIGIN_FIELD, SIGNAL_FI
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.propagation import extract_parent
 
-__all__ = ["IDEMPOTENCY_NAMESPACE", "Job", "idempotency_key", "prepare_job"]
+__all__ = ["IDEMPOTENCY_NAMESPACE", "Job", "idempotency_key", "instrument_of", "prepare_job"]
 
 log = logging.getLogger("bridge.jobs")
 
@@ -62,6 +63,30 @@ class Job:
     parent: otel_context.Context | None = None
     done: bool = False
     age_waived: bool = False  # replayed with `dlq replay --allow-expired`
+
+
+class _Routing(msgspec.Struct):
+    """The one field a blocked lane needs to find its own entries among all pending ones."""
+
+    instrument: str
+
+
+_ROUTING_DECODER: Final = msgspec.json.Decoder(_Routing)
+
+
+def instrument_of(entry: Entry) -> str | None:
+    """Read only the instrument of an entry's signal; None when there is none to read.
+
+    Far cheaper than :func:`prepare_job` (no validation, no canonical encoding): a lane looking
+    for its next entries decodes fully only those of its own instrument.
+    """
+    raw = entry.fields.get(SIGNAL_FIELD)
+    if raw is None:
+        return None
+    try:
+        return _ROUTING_DECODER.decode(raw).instrument
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
 
 
 def prepare_job(entry: Entry, *, stream: str, max_body_size: int) -> Job:

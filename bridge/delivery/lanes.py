@@ -11,7 +11,6 @@ entries back, in id order. This module is pure state, no I/O: the worker does th
 
 from __future__ import annotations
 
-import contextvars
 import enum
 import time
 from collections import deque
@@ -22,7 +21,6 @@ from typing import Final, Generic, TypeVar
 from bridge.streams.entries import StreamId, parse_id
 
 __all__ = [
-    "CURRENT_LANE",
     "Lane",
     "Lanes",
     "Offer",
@@ -105,12 +103,6 @@ class Lane(Generic[J]):
     def waits_in_redis(self, entry_id: str) -> bool:
         """Tell whether a pending entry of this instrument is one the lane will bring back."""
         return self.parked_from is not None and parse_id(entry_id) >= self.parked_from
-
-
-# The instrument whose lane task is running: set by that task, read where a retry starts waiting.
-CURRENT_LANE: Final[contextvars.ContextVar[str | None]] = contextvars.ContextVar(
-    "bridge_current_lane", default=None
-)
 
 
 class Lanes(Generic[J]):

@@ -1,22 +1,21 @@
 """``HmacClient``: one signed POST to the ingest server, and what its answer means.
 
 The client owns httpx: it signs each attempt afresh (new ``X-Timestamp``, new signature), sends
-it on one pooled connection set, and translates every answer through the outcome table
-(:mod:`bridge.core.outcome`) so the caller only sees a :class:`Delivery` (any status the table acks:
-the server has the signal, whatever its body says) or a :class:`~bridge.errors.DeliveryError`
-whose class says duplicate / rejected / systemic / transient.
+it on one pooled connection set, and judges every answer and every transport failure through
+the outcome table (:mod:`bridge.core.outcome`). :meth:`HmacClient.attempt` returns the verdict as
+a value (:mod:`bridge.edge.results`: ``Delivered | Duplicate | Rejected | Failed``);
+:meth:`HmacClient.post_signal` and its siblings raise the matching
+:class:`~bridge.errors.DeliveryError` instead, for callers that want one answer or an exception.
 """
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import logging
 import ssl
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, Self
 from urllib.parse import urlsplit
@@ -26,94 +25,51 @@ import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import (
-    error_attributes,
     http_attributes,
     server_attributes,
     url_attributes,
 )
 
 from bridge import __version__
-from bridge.core.outcome import Action, OutcomeTable, TransportFailure, Verdict
+from bridge.core.outcome import Action, OutcomeTable, TransportFailure
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.core.signal import Signal, encode_canonical
 from bridge.core.signing import Signer
 from bridge.core.timestamps import format_timestamp
 from bridge.edge.clockskew import SkewEstimator, describe_skew
+from bridge.edge.failures import transport_failure
 from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport
+from bridge.edge.posts import PostRecorder
 from bridge.edge.protocol import Limits
-from bridge.edge.settings import OutboundConfig
-from bridge.edge.tunnel import ProxyRefusedError
-from bridge.errors import (
-    AlreadyReceivedError,
-    AuthError,
-    BridgeError,
-    DeliveryError,
-    DeliveryTimeoutError,
-    InvalidSignalError,
-    RejectedError,
-    ResponseTooLargeError,
-    SystemicError,
-    TransientDeliveryError,
+from bridge.edge.results import (
+    Attempt,
+    Delivered,
+    Failed,
+    IngestResponse,
+    Rejected,
+    parse_retry_after,
+    refusal,
+    server_details,
 )
-from bridge.telemetry.logs import log_fields, trace_fields
+from bridge.edge.settings import OutboundConfig
+from bridge.errors import (
+    BridgeError,
+    InvalidSignalError,
+    ResponseTooLargeError,
+)
+from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.propagation import inject_trace
 from bridge.telemetry.tracing import get_tracer
 
-__all__ = [
-    "MAX_DETAIL_BYTES",
-    "Delivery",
-    "HmacClient",
-    "IngestResponse",
-    "classify_status",
-    "cut_detail",
-    "outcome_table",
-    "parse_retry_after",
-]
+__all__ = ["HmacClient", "build_ssl_context", "outcome_table"]
 
 log = logging.getLogger("bridge.client")
 
-# Error bodies in logs, spans and dead letters: at most this many bytes of UTF-8.
-MAX_DETAIL_BYTES: Final = 2048
 _MAX_WARNING_BODY_CHARS: Final = 256
-
-
-class IngestResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """The server's answer to an accepted signal."""
-
-    signal_id: str
-    status: str
-    server_timestamp: datetime
-    message: str | None = None
-    errors: list[str] | None = None
-
-
-class Delivery(msgspec.Struct, frozen=True):
-    """A successful POST: the server's answer, its status code and how long it took.
-
-    ``response`` is None and ``warning`` says why when the server acknowledged the signal with
-    a body that is not the documented IngestResponse (empty, not JSON, odd types), or with an
-    answer past a read limit: then ``oversized`` names the limit and the body was never read.
-    """
-
-    response: IngestResponse | None
-    http_code: int
-    duration_s: float
-    warning: str | None = None
-    oversized: str | None = None
-
-
 _RESPONSE_DECODER: Final = msgspec.json.Decoder(IngestResponse)
-_ANY_DECODER: Final = msgspec.json.Decoder()
-
-
-_ERROR_OF: Final[dict[Action, type[DeliveryError]]] = {
-    Action.ACK_DUPLICATE: AlreadyReceivedError,
-    Action.SYSTEMIC: SystemicError,
-    Action.DEAD_LETTER: RejectedError,
-    Action.TRANSIENT: TransientDeliveryError,
-}
-_AUTH_CODES: Final = frozenset({401, 403})
+# Per answer: the raw pieces of an exchange (status, headers, body, read limit passed).
+_Exchanged = tuple[int, Mapping[str, str], bytes, str | None]
 
 
 def outcome_table(config: OutboundConfig) -> OutcomeTable:
@@ -123,80 +79,6 @@ def outcome_table(config: OutboundConfig) -> OutcomeTable:
         systemic=config.systemic_statuses,
         reject=config.reject_statuses,
     )
-
-
-def _error_class(code: int, verdict: Verdict) -> type[DeliveryError] | None:
-    """Return the error class an answer raises; None when the table acks it."""
-    if verdict.action is Action.ACK:
-        return None
-    if verdict.action is Action.SYSTEMIC and code in _AUTH_CODES:
-        return AuthError
-    return _ERROR_OF[verdict.action]
-
-
-def classify_status(code: int, table: OutcomeTable | None = None) -> type[DeliveryError] | None:
-    """Map an HTTP status to the error class it raises; None when the table acks it."""
-    verdict = (table or _DEFAULT_TABLE).for_status(code)
-    return _error_class(code, verdict)
-
-
-_DEFAULT_TABLE: Final = OutcomeTable()
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Parse Retry-After (seconds or an HTTP date) into seconds from now; None if absent/bad."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-def cut_detail(content: bytes | str, limit: int = MAX_DETAIL_BYTES) -> str:
-    """Return ``content`` as text of at most ``limit`` UTF-8 bytes, noting the original size.
-
-    The one place error bodies are cut for logs, spans and dead letters: a cut text ends with
-    ``... [cut: N bytes in all]`` and never splits a UTF-8 character.
-    """
-    raw = content.encode("utf-8", "replace") if isinstance(content, str) else content
-    if len(raw) <= limit:
-        return raw.decode("utf-8", "replace")
-    note = f"... [cut: {len(raw)} bytes in all]"
-    keep = max(0, limit - len(note.encode()))
-    head = raw[:keep].decode("utf-8", "ignore")
-    while len(head.encode("utf-8")) > keep:  # a replacement character can grow the text
-        head = head[:-1]
-    return head + note
-
-
-def _server_details(content: bytes) -> object:
-    """Return the server's error body: small JSON decoded, anything else as cut text."""
-    if len(content) <= MAX_DETAIL_BYTES:
-        try:
-            return _ANY_DECODER.decode(content)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            pass  # bad UTF-8 in a string, nesting past the recursion limit (found by fuzzing)
-    return cut_detail(content)
-
-
-def _is_tls_verification_failure(exc: BaseException) -> bool:
-    """Tell whether a connect error comes from a refused certificate (never a retry matter)."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError | ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def build_ssl_context(config: OutboundConfig) -> ssl.SSLContext:
@@ -270,6 +152,7 @@ class HmacClient:
             self._fast_head = head[:-2]  # drop the blank line: per-request headers follow
         self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
         self._metrics = metrics if metrics is not None else Metrics()
+        self._posts = PostRecorder(self._metrics, config.producer_id)
         self._tracer = tracer if tracer is not None else get_tracer()
         self._clock = clock
         self._skew = SkewEstimator()
@@ -295,11 +178,6 @@ class HmacClient:
     def clock_skew_s(self) -> float | None:
         """The ingest server's clock minus ours (smoothed, from Date headers); None if unknown."""
         return self._skew.skew_s
-
-    @property
-    def clock_skew_beyond_warning(self) -> bool:
-        """Tell whether the measured skew is over the 30 s warning threshold."""
-        return self._skew.beyond_warning
 
     @property
     def producer_id(self) -> str:
@@ -360,11 +238,6 @@ class HmacClient:
             "X-Idempotency-Key": idempotency_key,
         }
 
-    @property
-    def table(self) -> OutcomeTable:
-        """The outcome table this client judges answers by."""
-        return self._table
-
     async def post_signal(
         self,
         signal: Signal,
@@ -382,16 +255,7 @@ class HmacClient:
         try:
             body = encode_canonical(signal, max_body_size=self._config.max_body_size)
         except InvalidSignalError as exc:
-            self._record("validation_error", None, None)
-            log.error(
-                "Signal validation failed",
-                extra=log_fields(
-                    producer_id=self.producer_id,
-                    signal_id=signal.signal_id,
-                    error=str(exc),
-                    error_type=type(exc).__name__,
-                ),
-            )
+            self._posts.invalid(signal.signal_id, exc)
             raise
         return await self.post_body(
             body,
@@ -423,19 +287,37 @@ class HmacClient:
         idempotency_key: str,
         timeout: float | None = None,
         signal_id: str | None = None,
+    ) -> Delivered:
+        """Like :meth:`post_body`, but also return the status code and the duration."""
+        outcome = await self.attempt(
+            body, idempotency_key=idempotency_key, timeout=timeout, signal_id=signal_id
+        )
+        if isinstance(outcome, Delivered):
+            return outcome
+        raise outcome.cause
+
+    async def attempt(
+        self,
+        body: bytes,
+        *,
+        idempotency_key: str,
+        timeout: float | None = None,
+        signal_id: str | None = None,
         context: otel_context.Context | None = None,
-    ) -> Delivery:
-        """Like :meth:`post_body`, but also return the status code and the duration.
+    ) -> Attempt:
+        """POST one canonical body and return what it came to, judged by the outcome table.
 
         ``context`` is the parent of the CLIENT span (default: the current context); passing
-        it explicitly spares attaching a context on the hot path.
+        it explicitly spares attaching a context on the hot path. Raises only for a client
+        that is not open (a bug).
         """
         if self._state is not _State.OPENED:
             raise BridgeError("HmacClient is not open (use 'async with')")
         if len(body) > self._config.max_body_size:
-            raise InvalidSignalError(
+            too_large = InvalidSignalError(
                 f"body is {len(body)} bytes, over the limit of {self._config.max_body_size}"
             )
+            return Rejected(status=None, cause=too_large)
         headers = self._attempt_headers(body, idempotency_key)
         span = self._tracer.start_span(
             "POST", context=context, kind=trace.SpanKind.CLIENT, attributes=self._span_attributes
@@ -444,47 +326,35 @@ class HmacClient:
             inject_trace(headers, span, context)
             started = time.perf_counter()
             sent_at = self._signed_at  # the clock reading the signature was made with
-            try:
-                status, response_headers, content, oversized = await self._exchange(
-                    body, headers, timeout
-                )
-                self._observe_clock(
-                    response_headers.get("date"), sent_at, time.perf_counter() - started
-                )
-                span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
-                warning: str | None
-                if oversized is not None:
-                    result, warning = self._oversized(status, oversized, span, signal_id)
-                else:
-                    result, warning = self._interpret(status, response_headers, content)
-            except DeliveryError as exc:
-                self._fail(span, exc, started, signal_id)
-                raise
-            elapsed = time.perf_counter() - started
-            self._record("success", status, elapsed)
-            if warning is not None and oversized is None:
-                log.warning(
-                    "ingest server accepted the signal with an unexpected answer body; acked, "
-                    "not posted again",
-                    extra=log_fields(
-                        **trace_fields(span),
-                        producer_id=self.producer_id,
-                        signal_id=signal_id,
-                        http_code=status,
-                        error=warning,
-                    ),
-                )
-            return Delivery(result, status, elapsed, warning, oversized)
+            exchanged = await self._exchange(body, headers, timeout)
+            if isinstance(exchanged, Failed):
+                self._posts.failed(span, exchanged, started, signal_id)
+                return exchanged
+            status, response_headers, content, oversized = exchanged
+            self._observe_clock(
+                response_headers.get("date"), sent_at, time.perf_counter() - started
+            )
+            span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
+            outcome: Attempt
+            if oversized is not None:
+                outcome = self._oversized(status, oversized, span, signal_id, started)
+            else:
+                outcome = self._judge(status, response_headers, content, started)
+            if not isinstance(outcome, Delivered):
+                self._posts.failed(span, outcome, started, signal_id)
+                return outcome
+            self._posts.delivered(span, outcome, signal_id)
+            return outcome
         finally:
             span.end()
 
     async def _exchange(
         self, body: bytes, headers: dict[str, str], timeout: float | None
-    ) -> tuple[int, Mapping[str, str], bytes, str | None]:
-        """Send one request; return (status, headers, body, oversized). httpx errors become ours.
+    ) -> _Exchanged | Failed:
+        """Send one request; return (status, headers, body, oversized), or the transport failure.
 
         ``headers`` are the attempt's own (signature, trace context); the static ones are added
-        here.
+        here. httpx errors end here, judged by the outcome table.
         """
         timeout_s = self._config.timeout_s if timeout is None else timeout
         try:
@@ -496,96 +366,49 @@ class HmacClient:
                     % (self._fast_head, dynamic.encode("latin-1"), len(body), body),
                     timeout_s,
                 )
-                exchanged: tuple[int, Mapping[str, str], bytes, str | None] = (
-                    raw.status,
-                    raw.headers,
-                    raw.body,
-                    raw.oversized,
-                )
-            else:
-                response = await self._client.post(
-                    self._url,
-                    content=body,
-                    headers={**self._static_headers, **headers},
-                    timeout=httpx.Timeout(timeout_s),
-                )
-                oversized = response.extensions.get(OVERSIZED_EXTENSION)
-                exchanged = (
-                    response.status_code,
-                    response.headers,
-                    response.content,
-                    oversized if isinstance(oversized, str) else None,
-                )
-        except httpx.ConnectTimeout as exc:
-            raise DeliveryTimeoutError(
-                f"could not connect to the ingest server within "
-                f"{min(timeout_s, self._config.connect_timeout_s):g}s "
-                f"(OUTBOUND_CONNECT_TIMEOUT_SECONDS): {exc}"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise DeliveryTimeoutError(
-                f"no answer from the ingest server within {timeout_s}s"
-            ) from exc
-        except httpx.ConnectError as exc:
-            if _is_tls_verification_failure(exc):
-                verdict = self._table.for_failure(TransportFailure.TLS)
-                raise AuthError(
-                    f"TLS verification of the ingest server failed: {exc}; check "
-                    "OUTBOUND_CA_BUNDLE and the server certificate",
-                    cause=verdict.cause,
-                ) from exc
-            raise TransientDeliveryError(f"cannot connect to the ingest server: {exc}") from exc
-        except ProxyRefusedError as exc:
-            verdict = self._table.for_status(exc.status)
-            if verdict.action is Action.SYSTEMIC:
-                raise SystemicError(
-                    f"the proxy refused the tunnel: {exc}; likely cause: {verdict.cause}",
-                    http_code=exc.status,
-                    cause=verdict.cause,
-                ) from exc
-            raise TransientDeliveryError(f"proxy failure: {exc}") from exc
-        except httpx.ProxyError as exc:
-            raise TransientDeliveryError(f"proxy failure: {exc}") from exc
-        except httpx.HTTPError as exc:
-            hint = (
-                " (over TLS this is also how a server refuses a missing or untrusted client "
-                "certificate: check OUTBOUND_CLIENT_CERT)"
-                if self._url.startswith("https:") and isinstance(exc, httpx.RemoteProtocolError)
-                else ""
+                return raw.status, raw.headers, raw.body, raw.oversized
+            response = await self._client.post(
+                self._url,
+                content=body,
+                headers={**self._static_headers, **headers},
+                timeout=httpx.Timeout(timeout_s),
             )
-            raise TransientDeliveryError(
-                f"ingest request failed: {type(exc).__name__}: {exc}{hint}"
-            ) from exc
-        return exchanged
+            oversized = response.extensions.get(OVERSIZED_EXTENSION)
+            return (
+                response.status_code,
+                response.headers,
+                response.content,
+                oversized if isinstance(oversized, str) else None,
+            )
+        except httpx.HTTPError as exc:
+            return transport_failure(
+                exc,
+                self._table,
+                https=self._url.startswith("https:"),
+                timeout_s=timeout_s,
+                connect_timeout_s=self._config.connect_timeout_s,
+            )
 
     def _oversized(
-        self, code: int, limit: str, span: trace.Span, signal_id: str | None
-    ) -> tuple[IngestResponse | None, str]:
+        self, code: int, limit: str, span: trace.Span, signal_id: str | None, started: float
+    ) -> Delivered | Failed:
         """Decide on an answer past a read limit from its status line alone.
 
         A status the outcome table acks (2xx by default): the server has the signal; say so
-        with a WARNING and return (None, warning). Anything else: ResponseTooLargeError, a
+        with a WARNING and deliver it unread. Anything else fails with ResponseTooLargeError, a
         transient failure (the rest of the answer is unknown).
         """
         if self._table.for_status(code).action is not Action.ACK:
-            raise ResponseTooLargeError(
+            too_large = ResponseTooLargeError(
                 f"ingest server answered {code} past a read limit ({limit}); not read",
                 http_code=code,
                 limit=limit,
             )
-        span.set_attribute("bridge.response_oversized", limit)
-        log.warning(
-            "ingest server accepted the signal but its answer is past a read limit; "
-            "acked without reading it",
-            extra=log_fields(
-                **trace_fields(span),
-                producer_id=self.producer_id,
-                signal_id=signal_id,
-                http_code=code,
-                error=limit,
-            ),
-        )
-        return None, f"answer not read: {limit}"
+            verdict = self._table.for_failure(TransportFailure.PROTOCOL)
+            return Failed(verdict=verdict, status=code, retry_after_s=None, cause=too_large)
+        self._posts.unread(span, code, limit, signal_id)
+        elapsed = time.perf_counter() - started
+        return Delivered(None, code, elapsed, f"answer not read: {limit}", limit)
 
     def _observe_clock(self, date: str | None, sent_at: float, elapsed_s: float) -> None:
         """Feed the answer's Date header to the skew estimate; warn once when it is large."""
@@ -601,19 +424,19 @@ class HmacClient:
                 ),
             )
 
-    def _interpret(
-        self, code: int, headers: Mapping[str, str], content: bytes
-    ) -> tuple[IngestResponse | None, str | None]:
-        """Judge a response by the outcome table: (answer, warning) when acked, else raise.
+    def _judge(
+        self, code: int, headers: Mapping[str, str], content: bytes, started: float
+    ) -> Attempt:
+        """Judge a response by the outcome table.
 
         An acked status is final whatever the body: the server has the signal, so a body that
         is not the documented IngestResponse is a warning, never a reason to post again.
         """
         verdict = self._table.for_status(code)
-        error_class = _error_class(code, verdict)
-        if error_class is None:
+        if verdict.action is Action.ACK:
+            warning: str | None = None
             try:
-                return _RESPONSE_DECODER.decode(content), None
+                response: IngestResponse | None = _RESPONSE_DECODER.decode(content)
             except (
                 msgspec.DecodeError,
                 msgspec.ValidationError,
@@ -621,64 +444,20 @@ class HmacClient:
                 RecursionError,  # nesting past the interpreter's limit (found by fuzzing)
             ) as exc:
                 snippet = content[:_MAX_WARNING_BODY_CHARS].decode("utf-8", "replace")
-                return None, f"answer body is not an IngestResponse ({exc}): {snippet!r}"
-        retry_after_s = parse_retry_after(headers.get("retry-after"), now=self._clock())
-        details = _server_details(content)
-        if issubclass(error_class, SystemicError):
-            location = headers.get("location")
-            moved = f" (Location: {location[:_MAX_WARNING_BODY_CHARS]!r})" if location else ""
-            cause = verdict.cause
-            skew = self._skew.skew_s
-            if code == 401 and skew is not None and self._skew.beyond_warning:
-                cause = describe_skew(skew)  # measured, so more likely than the table's guess
-            raise error_class(
-                f"ingest server answered {code}{moved}: likely cause: {cause}",
-                http_code=code,
-                details=details,
-                retry_after_s=retry_after_s,
-                cause=cause,
-            )
-        message = (
-            "the server already has this idempotency key"
-            if error_class is AlreadyReceivedError
-            else f"ingest server answered {code}"
+                response, warning = (
+                    None,
+                    f"answer body is not an IngestResponse ({exc}): {snippet!r}",
+                )
+            return Delivered(response, code, time.perf_counter() - started, warning)
+        cause = verdict.cause
+        skew = self._skew.skew_s
+        if code == 401 and skew is not None and self._skew.beyond_warning:
+            cause = describe_skew(skew)  # measured, so more likely than the table's guess
+        return refusal(
+            code,
+            verdict,
+            server_details(content),
+            retry_after_s=parse_retry_after(headers.get("retry-after"), now=self._clock()),
+            location=headers.get("location"),
+            cause=cause,
         )
-        raise error_class(message, http_code=code, details=details, retry_after_s=retry_after_s)
-
-    def _fail(
-        self, span: trace.Span, exc: DeliveryError, started: float, signal_id: str | None
-    ) -> None:
-        """Record a failed attempt in the span, metrics and log."""
-        elapsed = time.perf_counter() - started
-        if isinstance(exc, AlreadyReceivedError):
-            self._record("duplicate", exc.http_code, elapsed)
-            return
-        result = "timeout" if isinstance(exc, DeliveryTimeoutError) else "failure"
-        self._record(result, exc.http_code, elapsed)
-        span.set_attribute(error_attributes.ERROR_TYPE, str(exc.http_code or type(exc).__name__))
-        span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
-        log.warning(
-            "Signal post failed",
-            extra=log_fields(
-                **trace_fields(span),
-                producer_id=self.producer_id,
-                signal_id=signal_id,
-                http_code=exc.http_code,
-                error=str(exc),
-                error_type=type(exc).__name__,
-                details=exc.details,
-                outcome=exc.outcome.value,
-            ),
-        )
-
-    def _record(self, result: str, http_code: int | None, elapsed_s: float | None) -> None:
-        """Count the attempt and its duration under the seed's metric names."""
-        producer = self._config.producer_id
-        self._metrics.posted_total.add(
-            1,
-            {"result": result, "http_code": str(http_code or 0), "producer_id": producer},
-        )
-        if elapsed_s is not None:
-            self._metrics.posted_duration.record(
-                elapsed_s, {"result": result, "producer_id": producer}
-            )

@@ -26,7 +26,8 @@ from redis.exceptions import ResponseError
 from bridge.app.health import HealthServer
 from bridge.config.loader import BridgeConfig
 from bridge.core.signal import Signal
-from bridge.delivery.backoff import Backoff, Breaker
+from bridge.delivery.backoff import Backoff
+from bridge.delivery.breaker import Breaker
 from bridge.delivery.worker import Worker
 from bridge.devkit.embedded import free_port, redis_server
 from bridge.devkit.ingest import IngestApp, serve_in_thread

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
@@ -34,6 +35,7 @@ from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
 from bridge.edge.clockskew import SkewEstimator
 from bridge.edge.protocol import Connection, Limits, RawResponse
+from bridge.edge.results import Delivered, IngestResponse
 from bridge.errors import DeliveryError, InvalidSignalError
 from bridge.streams.entries import DLQ_PREFIX, Entry
 from bridge.streams.group import SignalStream
@@ -357,13 +359,23 @@ def test_any_http_answer_parses_or_fails_as_documented(
     SkewEstimator().observe(outcome.headers.get("date"), 0.0, 0.0)
     error: DeliveryError | None = None
     try:
-        interpreting_client._interpret(outcome.status, outcome.headers, outcome.body)
+        _interpret(interpreting_client, outcome.status, outcome.headers, outcome.body)
     except DeliveryError as exc:
         error = exc
     if error is not None:
         assert str(error)
         assert error.http_code == outcome.status
         assert JsonFormatter().format(_record(error))
+
+
+def _interpret(
+    client: HmacClient, code: int, headers: Mapping[str, str], body: bytes
+) -> tuple[IngestResponse | None, str | None]:
+    """Judge an answer as post_signal does: (answer, warning) when acked, else raise its error."""
+    outcome = client._judge(code, headers, body, time.perf_counter())
+    if isinstance(outcome, Delivered):
+        return outcome.response, outcome.warning
+    raise outcome.cause
 
 
 def _record(exc: DeliveryError) -> logging.LogRecord:
@@ -383,7 +395,7 @@ def test_any_answer_body_becomes_a_result_or_a_delivery_error(
     """Every status with any body (deep JSON too): an IngestResponse or a DeliveryError."""
     headers = {} if retry_after is None else {"retry-after": retry_after}
     with contextlib.suppress(DeliveryError):
-        interpreting_client._interpret(code, headers, body)
+        _interpret(interpreting_client, code, headers, body)
 
 
 # --- every entry ends delivered, dead-lettered with a reason, or pending --------------------
@@ -461,12 +473,12 @@ def test_deeply_nested_answers_found_by_fuzzing_are_delivery_errors(
 ) -> None:
     """Kept from fuzzing: JSON nested past the recursion limit, in a 201 or a 422 body."""
     deep_object = b'{"a":' * 5000 + b"1" + b"}" * 5000
-    answer, warning = interpreting_client._interpret(201, {}, deep_object)
+    answer, warning = _interpret(interpreting_client, 201, {}, deep_object)
     assert answer is None  # acked all the same: a 201 is final whatever its body
     assert warning is not None
     assert "not an IngestResponse" in warning
     with pytest.raises(DeliveryError) as rejected:
-        interpreting_client._interpret(422, {}, b"[" * 5000 + b"]" * 5000)
+        _interpret(interpreting_client, 422, {}, b"[" * 5000 + b"]" * 5000)
     assert isinstance(rejected.value.details, str)
     assert rejected.value.details.startswith("[[[")
 
@@ -477,14 +489,14 @@ def test_bad_utf8_inside_json_strings_found_by_fuzzing_is_refused_with_a_reason(
     """Kept from atheris: raw non-UTF-8 bytes inside a JSON string, in an entry or an answer."""
     with pytest.raises(InvalidSignalError, match="not valid UTF-8"):
         decode_signal(b'{"comment":"\xe3"}')
-    answer, warning = interpreting_client._interpret(
-        201, {}, b'{"signal_id":"srv_\xe3","status":"received"}'
+    answer, warning = _interpret(
+        interpreting_client, 201, {}, b'{"signal_id":"srv_\xe3","status":"received"}'
     )
     assert answer is None  # acked with a warning: a 201 is final whatever its body
     assert warning is not None
     assert "utf-8" in warning
     with pytest.raises(DeliveryError) as rejected:
-        interpreting_client._interpret(422, {}, b'{"detail":"\xff"}')
+        _interpret(interpreting_client, 422, {}, b'{"detail":"\xff"}')
     assert rejected.value.details == '{"detail":"\ufffd"}'
 
 

@@ -28,9 +28,13 @@ from opentelemetry.propagators.textmap import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from bridge.core.signal import encode_canonical
 from bridge.core.timestamps import format_timestamp
-from bridge.delivery.jobs import idempotency_key
+from bridge.delivery.jobs import idempotency_key, instrument_of, prepare_job
+from bridge.errors import InvalidSignalError
+from bridge.streams.entries import SIGNAL_FIELD, Entry
 from bridge.telemetry.propagation import extract_parent, inject_trace
+from tests.support import make_signal
 
 _EPOCH_S = st.floats(min_value=-6e10, max_value=2.5e11, allow_nan=False, allow_infinity=False)
 
@@ -185,3 +189,31 @@ def test_the_default_pair_is_recognised() -> None:
     assert isinstance(textmap, CompositePropagator)
     kinds = [type(part) for part in textmap._propagators]  # what the shortcut reads
     assert kinds == [TraceContextTextMapPropagator, W3CBaggagePropagator]
+
+
+@given(
+    st.text(min_size=1, max_size=40).filter(lambda text: text == text.strip()),
+    st.integers(min_value=0, max_value=50),
+)
+def test_instrument_of_reads_what_the_full_decode_reads(instrument: str, i: int) -> None:
+    """A lane's refetch reads only the instrument: the same text the full decode validates."""
+    try:
+        signal = make_signal(i, instrument=instrument)
+    except InvalidSignalError:
+        return  # not a valid instrument: the full decode refuses it too
+    entry = Entry(f"{i}-0", {SIGNAL_FIELD: encode_canonical(signal)})
+    decoded = prepare_job(entry, stream="s", max_body_size=65536).signal
+    assert decoded is not None
+    assert instrument_of(entry) == decoded.instrument == instrument
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {SIGNAL_FIELD: b"{not json"}, {SIGNAL_FIELD: b'{"instrument": 1}'}, {SIGNAL_FIELD: b"[]"}],
+    ids=["no-signal", "broken", "number", "array"],
+)
+def test_instrument_of_is_none_when_there_is_no_instrument_to_read(
+    fields: dict[bytes, bytes],
+) -> None:
+    """An entry without a readable instrument is never taken as one of a lane's own."""
+    assert instrument_of(Entry("1-0", fields)) is None

@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 
 from bridge.config.loader import BridgeConfig
 from bridge.core.signal import Signal
-from bridge.delivery.backoff import Backoff, Breaker
+from bridge.delivery.backoff import Backoff
+from bridge.delivery.breaker import Breaker
 from bridge.delivery.jobs import idempotency_key
 from bridge.streams.producer import publish
 from tests.fixtures_ingest import MetricsCapture, Server, metric_points

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from bridge.config.loader import BridgeConfig
 from bridge.core.signal import Signal
-from bridge.delivery.backoff import Breaker
+from bridge.delivery.breaker import Breaker
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
 from bridge.streams.deadletters import DeadLetterStore

@@ -23,9 +23,9 @@ from bridge.config.loader import load_config
 from bridge.core.signal import encode_canonical
 from bridge.core.signing import INGEST_PATH, build_signature, verify_request
 from bridge.devkit.ingest import IngestApp
-from bridge.edge.client import (
+from bridge.edge.client import HmacClient
+from bridge.edge.results import (
     MAX_DETAIL_BYTES,
-    HmacClient,
     IngestResponse,
     classify_status,
     cut_detail,

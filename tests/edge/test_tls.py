@@ -31,7 +31,8 @@ from bridge.config.loader import BridgeConfig
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
 from bridge.devkit.ingest import IngestApp
-from bridge.edge.client import HmacClient, IngestResponse
+from bridge.edge.client import HmacClient
+from bridge.edge.results import IngestResponse
 from bridge.edge.settings import OutboundConfig
 from bridge.errors import AuthError, DeliveryError, Outcome
 from bridge.streams.producer import publish

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 
 from bridge.app.health import HealthServer
 from bridge.core.signal import Signal
-from bridge.delivery.backoff import Backoff, Breaker
+from bridge.delivery.backoff import Backoff
+from bridge.delivery.breaker import Breaker
 from bridge.delivery.jobs import idempotency_key
 from bridge.streams.connection import connect, read_timeout_s
 from bridge.streams.producer import publish

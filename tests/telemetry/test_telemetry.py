@@ -46,7 +46,7 @@ import bridge.devkit.ingest
 from bridge.app.health import GroupMonitor, HealthServer
 from bridge.config.loader import BridgeConfig
 from bridge.core.signing import INGEST_PATH
-from bridge.delivery.backoff import Breaker
+from bridge.delivery.breaker import Breaker
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
 from bridge.edge.client import HmacClient

@@ -1,0 +1,243 @@
+"""One entry's delivery: attempts until delivered, dead-lettered, expired or left pending.
+
+Each attempt posts within a posting slot (at most ``max_in_flight`` at once) and comes back as
+a value (:mod:`bridge.edge.results`, plus :class:`Expired` and :data:`STOPPED` decided here);
+:meth:`Attempts._attempt` matches it in the one place that decides ack, dead letter or retry.
+A retry blocks the entry's lane (its later entries wait in Redis) and backs off with full
+jitter, cut short when the breaker opens or the worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import msgspec
+from opentelemetry import trace
+
+from bridge.core.outcome import Action, Verdict
+from bridge.core.signal import Signal
+from bridge.delivery.backoff import Backoff
+from bridge.delivery.breaker import Admission, Breaker
+from bridge.delivery.jobs import Job
+from bridge.delivery.lanes import Lane
+from bridge.delivery.letters import DeadLetters
+from bridge.delivery.observer import DeliveryObserver
+from bridge.edge.results import Attempt, Delivered, Duplicate, Failed, Rejected
+from bridge.errors import InvalidSignalError, Outcome, RejectedError, SystemicError
+from bridge.streams.entries import DeadLetter
+
+__all__ = ["STOPPED", "Attempts", "Expired", "Stopped", "retry_reason"]
+
+_BUG_CAUSE: Final = "a bug or a bad setting"
+
+
+class Expired(msgspec.Struct, frozen=True):
+    """The signal passed its maximum age while waiting for a posting slot: nothing was sent."""
+
+    error: str
+
+
+class Stopped(msgspec.Struct, frozen=True):
+    """stop() was called, or the fence closed, while the attempt waited: nothing was sent."""
+
+
+STOPPED: Final = Stopped()
+
+
+class _Abandoned:
+    """An entry left pending for a replica (stopping or fenced)."""
+
+    __slots__ = ()
+
+
+_ABANDONED: Final = _Abandoned()
+
+
+def retry_reason(failed: Failed) -> str:
+    """Label a failure for the breaker and the retries metric: auth, systemic or the code."""
+    if failed.cause.outcome is Outcome.AUTH:
+        return "auth"
+    if failed.verdict.action is Action.SYSTEMIC:
+        return "systemic"
+    return str(failed.status) if failed.status else "network"
+
+
+class Attempts:
+    """Delivers entries one attempt at a time, within the posting window and the breaker."""
+
+    def __init__(
+        self,
+        *,
+        send: Callable[[Job, Signal], Awaitable[Attempt]],
+        max_in_flight: int,
+        max_age_s: float,
+        breaker: Breaker,
+        backoff: Backoff,
+        clock: Callable[[], float],
+        observer: DeliveryObserver,
+        letters: DeadLetters,
+        acked: Callable[[Job], None],
+        block: Callable[[Lane[Job]], None],
+        stopping: Callable[[], bool],
+        fence_closed: Callable[[], bool],
+        fenced: Callable[[], None],
+    ) -> None:
+        self.posting = 0  # POSTs in flight right now (at most max_in_flight)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._send = send
+        self._max_age_s = max_age_s
+        self._breaker = breaker
+        self._backoff = backoff
+        self._clock = clock
+        self._observer = observer
+        self._letters = letters
+        self._acked = acked
+        self._block = block
+        self._stopping = stopping
+        self._fence_closed = fence_closed
+        self._fenced = fenced
+
+    async def deliver(self, job: Job, signal: Signal, lane: Lane[Job]) -> bool:
+        """Deliver one entry: retry transient failures until delivered, expired or stopped.
+
+        Returns False when the entry was left pending (stop() before or between attempts: no
+        new POST starts after stop, the entry stays pending for a replica).
+        """
+        breaker = self._breaker
+        with self._observer.span(job, signal.instrument) as span:
+            while True:
+                too_old = self._too_old(signal, waived=job.age_waived)
+                if too_old is not None:
+                    letter = DeadLetter(reason="expired", error=too_old, attempts=job.attempts)
+                    await self._letters.write(job, letter, span)
+                    return True
+                # After stop(): no retry, no probe, no wait for the breaker. A first attempt
+                # still goes within the grace period while the server answers well (checked
+                # again once a slot is free), so a healthy drain does not strand entries.
+                if self._stopping() and job.attempts:
+                    admission = None
+                else:  # a closed breaker admits at once: no coroutine for the common case
+                    admission = breaker.try_admit() or await breaker.admit()
+                if admission is None:
+                    self._observer.on_abandoned(span)
+                    return False  # stopping: leave it pending for a replica
+                try:
+                    delay = await self._attempt(job, signal, span)
+                finally:
+                    if admission is Admission.PROBE:
+                        breaker.probe_done()
+                if delay is None:
+                    return True
+                if isinstance(delay, _Abandoned):
+                    self._observer.on_abandoned(span)
+                    return False
+                # A retry is coming: the lane is blocked, its later entries wait in Redis.
+                self._block(lane)
+                if not breaker.is_open:
+                    # One entry's failure while the server is otherwise healthy: its own
+                    # backoff, cut short when the breaker opens (then admit() waits for the
+                    # probe) or stop() is called.
+                    await breaker.wait(delay)
+
+    async def _attempt(
+        self, job: Job, signal: Signal, span: trace.Span
+    ) -> float | _Abandoned | None:
+        """Make one attempt; None when the entry is settled, else the backoff before the next."""
+        job.attempts += 1
+        if job.attempts > 1:
+            span.add_event("retry", {"bridge.attempt": job.attempts})
+        try:
+            outcome = await self._post(job, signal)
+        except Exception as exc:  # our bug or a bad setting: systemic, like a 401
+            self._observer.on_bug(job, exc)
+            outcome = _bug(exc)
+        match outcome:
+            case Delivered():
+                self._breaker.success()
+                self._acked(job)
+                self._observer.on_delivered(job, signal, span, outcome)
+                return None
+            case Duplicate(status=status):
+                self._breaker.success()
+                self._acked(job)
+                self._observer.on_duplicate(job, signal, span, status)
+                return None
+            case Rejected(cause=cause):
+                self._breaker.success()  # the server answered and judged this signal
+                await self._letters.write(job, _rejection(job, cause), span)
+                return None
+            case Failed():
+                return self._retry(job, outcome)
+            case Expired(error=error):  # it aged past the limit while waiting for a slot
+                job.attempts -= 1
+                letter = DeadLetter(reason="expired", error=error, attempts=job.attempts)
+                await self._letters.write(job, letter, span)
+                return None
+            case Stopped():
+                job.attempts -= 1
+                return _ABANDONED
+
+    def _retry(self, job: Job, failed: Failed) -> float:
+        """Count a transient or systemic failure and return the entry's backoff.
+
+        A systemic answer opens the breaker at once.
+        """
+        reason = retry_reason(failed)
+        self._breaker.failure(
+            reason,
+            systemic=failed.verdict.action is Action.SYSTEMIC,
+            retry_after_s=failed.retry_after_s,
+        )
+        delay = self._backoff.delay(job.attempts, failed.retry_after_s)
+        self._observer.on_retry(job, failed, reason, delay)
+        return delay
+
+    def _too_old(self, signal: Signal, *, waived: bool = False) -> str | None:
+        """Say why ``signal`` is too old to send now, or None while fresh enough (or waived)."""
+        max_age = 0.0 if waived else self._max_age_s
+        age_s = self._clock() - signal.timestamp.timestamp()
+        if max_age and age_s > max_age:
+            return f"signal is {age_s:.1f}s old, limit {max_age:g}s"
+        return None
+
+    async def _post(self, job: Job, signal: Signal) -> Attempt | Expired | Stopped:
+        """POST within a posting slot; after stop() only while the server's last answer was good."""
+        async with self._slots:
+            too_old = self._too_old(signal, waived=job.age_waived)  # the wait may have been long
+            if too_old is not None:
+                return Expired(too_old)
+            breaker = self._breaker
+            if self._stopping() and (breaker.is_open or breaker.consecutive_failures):
+                return STOPPED  # a slot freed by a failure: the server is not draining
+            if self._fence_closed():
+                self._fenced()
+                return STOPPED  # the shard's lease is lost or expiring: leave it pending
+            self.posting += 1
+            try:
+                return await self._send(job, signal)
+            finally:
+                self.posting -= 1
+
+
+def _bug(exc: Exception) -> Failed:
+    """Judge an attempt that raised as systemic, so the breaker pauses delivery and probes."""
+    systemic = SystemicError(f"unexpected {type(exc).__name__}: {exc}", cause=_BUG_CAUSE)
+    verdict = Verdict(Action.SYSTEMIC, _BUG_CAUSE)
+    return Failed(verdict=verdict, status=None, retry_after_s=None, cause=systemic)
+
+
+def _rejection(job: Job, exc: RejectedError | InvalidSignalError) -> DeadLetter:
+    """Build the dead letter of a signal refused for good, or one that could not be sent."""
+    if isinstance(exc, InvalidSignalError):
+        return DeadLetter(reason=exc.reason, error=str(exc), attempts=job.attempts)
+    detail = f"{exc}: {_short(exc.details)}" if exc.details is not None else str(exc)
+    return DeadLetter(
+        reason="rejected", error=detail, http_code=exc.http_code, attempts=job.attempts
+    )
+
+
+def _short(details: object, limit: int = 512) -> str:
+    text = details if isinstance(details, str) else repr(details)
+    return text[:limit]
