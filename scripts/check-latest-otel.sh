@@ -3,8 +3,8 @@
 #
 # Builds a scratch venv (uv) with the locked dependencies except OpenTelemetry, which comes at
 # its newest release (api, sdk, exporter-otlp, exporter-prometheus and what they pull in), and
-# runs tests/telemetry/test_lean_spans.py, test_local_histogram.py, test_otlp.py and
-# test_gate.py there with the installed versions treated as verified by the fast-path gate.
+# runs tests/telemetry/test_lean_spans.py, test_local_histogram.py, test_otlp.py, test_gate.py
+# and tests/delivery/test_hot_path.py (the trace-header shortcut against the SDK's propagators) there with the installed versions treated as verified by the fast-path gate.
 # Prints the versions it tested and PASS or FAIL (exit 0 or 1). On PASS, add the version to
 # VERIFIED_VERSIONS in bridge/telemetry/fastpath/gate.py. Extra arguments go to pytest.
 set -euo pipefail
@@ -28,6 +28,7 @@ TESTS=(
   tests/telemetry/test_local_histogram.py
   tests/telemetry/test_otlp.py
   tests/telemetry/test_gate.py
+  tests/delivery/test_hot_path.py
 )
 
 scratch="$(mktemp -d)"

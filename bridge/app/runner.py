@@ -31,35 +31,18 @@ from bridge.ownership.coordinator import Coordinator, CoordinatorSettings
 from bridge.ownership.leases import LeaseStore, members_key
 from bridge.ownership.strategy import AllShards, Ownership
 from bridge.streams.connection import connect, probe_database
-from bridge.streams.group import SignalStream
+from bridge.streams.group import SignalStream, signal_streams
 from bridge.streams.retention import Retention
 from bridge.streams.settings import StreamConfig, redis_db
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.setup import TelemetryHandle, setup_telemetry
 
-__all__ = ["ShardWorkers", "coordinator_settings", "run", "signal_streams"]
+__all__ = ["ShardWorkers", "coordinator_settings", "run"]
 
 log = logging.getLogger("bridge")
 _ownership_log = logging.getLogger("bridge.ownership")
 
 _STOP_SIGNALS: Final = (os_signal.SIGTERM, os_signal.SIGINT)
-
-
-def signal_streams(
-    config: StreamConfig,
-    redis: Any,  # noqa: ANN401 - a redis-py client (single node or cluster)
-) -> list[SignalStream]:
-    """One SignalStream per configured stream (BRIDGE_STREAMS, else BRIDGE_STREAM)."""
-    return [
-        SignalStream(
-            redis,
-            stream=name,
-            group=config.group,
-            consumer=config.consumer,
-            dlq_stream=config.dlq_for(name),
-        )
-        for name in config.stream_names()
-    ]
 
 
 def coordinator_settings(config: StreamConfig) -> CoordinatorSettings:

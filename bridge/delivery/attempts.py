@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, assert_never
 
 import msgspec
 from opentelemetry import trace
@@ -178,6 +178,8 @@ class Attempts:
             case Stopped():
                 job.attempts -= 1
                 return _ABANDONED
+            case _:
+                assert_never(outcome)
 
     def _retry(self, job: Job, failed: Failed) -> float:
         """Count a transient or systemic failure and return the entry's backoff.

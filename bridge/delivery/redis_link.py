@@ -124,6 +124,8 @@ class RedisLink:
                     self.failed(exc)
                     raise
                 await self.after(exc, attempt, wake_on_stop=wake_on_stop)
+                if wake_on_stop and self._stopped.is_set():
+                    raise  # stopped during the wait: no further command after stop
 
 
 async def pending_pages(

@@ -1,11 +1,11 @@
 """The consumer loop: read or reclaim -> deliver -> ack | retry | dead-letter.
 
-One ``Worker`` per stream (the CLI runs one per entry of BRIDGE_STREAMS). It reads batches
-with XREADGROUP (BLOCK, so idle costs nothing), holds at most ``max_in_flight`` plus one batch
-of entries in memory (:mod:`~bridge.delivery.window`; each decoded once into a job by
+One ``Worker`` per stream (the runner's ownership strategy starts one per shard it owns). It reads
+batches with XREADGROUP (BLOCK, so idle costs nothing), holds at most ``max_in_flight`` plus one
+batch of entries in memory (:mod:`~bridge.delivery.window`; each decoded once into a job by
 :mod:`~bridge.delivery.jobs`), and delivers each instrument's signals in stream order through a
-*lane* (one task per instrument with work queued; different instruments run in parallel). A
-lane whose head is being retried keeps its later entries in Redis, not in memory
+*lane* (one task per instrument with work queued; different instruments run in parallel). A lane
+whose head is being retried keeps its later entries in Redis, not in memory
 (:mod:`~bridge.delivery.lanes`), so reading goes on for the other instruments.
 
 ``Worker`` is a facade: it reads and routes, and wires collaborators that each get only the

@@ -28,7 +28,7 @@ from bridge.ops.publish import sample_signal
 from bridge.streams.connection import connect
 from bridge.streams.deadletters import DeadLetterStore
 from bridge.streams.entries import DLQ_PREFIX, Entry
-from bridge.streams.group import SignalStream
+from bridge.streams.group import SignalStream, signal_streams
 from bridge.streams.producer import publish, publish_raw
 from bridge.telemetry.logs import configure_logging
 
@@ -59,13 +59,7 @@ async def run_demo(count: int = 20) -> int:
             }
         )
         async with connect(redis_url) as redis:
-            stream = SignalStream(
-                redis,
-                stream=config.stream.stream,
-                group=config.stream.group,
-                consumer=config.stream.consumer,
-                dlq_stream=config.stream.dlq_stream,
-            )
+            [stream] = signal_streams(config.stream, redis)
             published = await _publish_samples(redis, config.stream.stream, count)
             async with HmacClient(config.outbound) as client:
                 worker = Worker(stream, client, config.stream, backoff=Backoff(0.05, 0.5))

@@ -96,7 +96,9 @@ class _State(enum.Enum):
 
 
 class HmacClient:
-    """Posts HMAC-signed signals over one pooled ``httpx.AsyncClient``.
+    """Posts HMAC-signed signals: straight over ``FastTransport`` on the delivery path.
+
+    An injected httpx transport (tests, odd deployments) goes through an ``httpx.AsyncClient``.
 
     Use as ``async with HmacClient(config) as client: await client.post_signal(signal)``.
     A closed client cannot be reopened.

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
-from bridge.app.runner import signal_streams
 from bridge.config.loader import BridgeConfig, effective_settings
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.edge.client import build_ssl_context
 from bridge.edge.settings import OutboundConfig
 from bridge.errors import BridgeError, ConfigError, StreamError
 from bridge.streams.connection import connect, probe_database
+from bridge.streams.group import signal_streams
 from bridge.streams.settings import redis_db
 
 __all__ = ["CheckFailedError", "run_check"]

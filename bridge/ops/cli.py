@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from bridge import __version__
-from bridge.app.runner import run, signal_streams
+from bridge.app.runner import run
 from bridge.config.loader import BridgeConfig, load_config
 from bridge.errors import BridgeError, ConfigError, UsageError
 from bridge.ops.dlq import parse_since, run_dlq_command
@@ -23,6 +23,7 @@ from bridge.ops.ingest_server import run_ingest_server
 from bridge.ops.publish import run_publish
 from bridge.ops.status import run_status
 from bridge.streams.connection import connect
+from bridge.streams.group import signal_streams
 from bridge.telemetry.logs import configure_logging
 
 __all__ = ["main"]

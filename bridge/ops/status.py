@@ -6,9 +6,9 @@ import argparse
 
 import msgspec
 
-from bridge.app.runner import signal_streams
 from bridge.config.loader import BridgeConfig
 from bridge.streams.connection import connect
+from bridge.streams.group import signal_streams
 
 __all__ = ["run_status"]
 

@@ -33,9 +33,10 @@ from bridge.streams.entries import (
     split_entries,
 )
 from bridge.streams.scripts import load
+from bridge.streams.settings import StreamConfig
 from bridge.telemetry.logs import log_fields
 
-__all__ = ["SignalStream", "report_new_group"]
+__all__ = ["SignalStream", "report_new_group", "signal_streams"]
 
 log = logging.getLogger("bridge.feedback")
 
@@ -408,3 +409,20 @@ async def report_new_group(stream: SignalStream, start_id: str) -> int:
             extra=log_fields(stream=stream.stream, group=stream.group, skipped=skipped),
         )
     return skipped
+
+
+def signal_streams(
+    config: StreamConfig,
+    redis: Any,  # noqa: ANN401 - a redis-py client (single node or cluster)
+) -> list[SignalStream]:
+    """One SignalStream per configured stream (BRIDGE_STREAMS, else BRIDGE_STREAM)."""
+    return [
+        SignalStream(
+            redis,
+            stream=name,
+            group=config.group,
+            consumer=config.consumer,
+            dlq_stream=config.dlq_for(name),
+        )
+        for name in config.stream_names()
+    ]

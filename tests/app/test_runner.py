@@ -12,8 +12,9 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
-from bridge.app.runner import ShardWorkers, coordinator_settings, signal_streams
+from bridge.app.runner import ShardWorkers, coordinator_settings
 from bridge.delivery.worker import Worker
+from bridge.streams.group import signal_streams
 from bridge.streams.settings import StreamConfig
 
 

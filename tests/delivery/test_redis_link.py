@@ -88,6 +88,24 @@ async def test_stop_wakes_a_call_waiting_out_its_backoff() -> None:
         await asyncio.wait_for(waiting, BOUND_S)
 
 
+async def test_no_command_is_sent_after_stop_ends_the_wait() -> None:
+    """Stop during the backoff raises the last error without one more try at Redis."""
+    stopped = asyncio.Event()
+    link = _link(stopped, [], Backoff(60.0, 60.0, rand=lambda: 1.0))
+    tries: list[bool] = []
+
+    async def operation() -> str:
+        tries.append(stopped.is_set())
+        raise StreamError("down")
+
+    waiting = asyncio.create_task(link.call(operation))
+    await asyncio.sleep(0.05)
+    stopped.set()
+    with pytest.raises(StreamError):
+        await asyncio.wait_for(waiting, BOUND_S)
+    assert tries == [False]
+
+
 async def test_pending_pages_walks_every_page_and_stops_at_a_short_one() -> None:
     """Each page starts after the last id of the one before; a short page ends the walk."""
     ids = [f"{n}-0" for n in range(1, 8)]
