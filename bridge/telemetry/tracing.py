@@ -274,26 +274,11 @@ class LeanTracer(_PlainTracer):
         self._follows_parent = _follows_parent(self._sampler)
         self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         self._recorder = _recorder(delegate, provider) if usable else None
-
-    def _ids_only(
-        self,
-        name: str,
-        context: otel_context.Context | None,
-        kind: trace.SpanKind,
-        attributes: Attributes,
-        links: Sequence[trace.Link] | None,
-    ) -> trace.Span:
-        """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
-        return _ids_only_span(
-            self._ids,
-            self._sampler,
-            name,
-            context,
-            kind,
-            attributes,
-            links,
-            follows_parent=self._follows_parent,
-            random_root=self._random_root,
+        # Without a processor a span is only its ids: exactly what IdsTracer makes.
+        self._ids_only = (
+            IdsTracer(self._ids, self._sampler, follows_parent=self._follows_parent)
+            if usable
+            else None
         )
 
     def _recorded(
@@ -366,7 +351,7 @@ class LeanTracer(_PlainTracer):
         if self._usable:
             processors = self._processors._span_processors  # type: ignore[union-attr] # set whenever _usable, which the caller checked
             if not processors:
-                return self._ids_only(name, context, kind, attributes, links)
+                return self._ids_only.start_span(name, context, kind, attributes, links)  # type: ignore[union-attr] # set whenever _usable
             recorder = self._recorder
             if not links and recorder is not None and recorder.applies(processors):
                 return self._recorded(
