@@ -31,6 +31,7 @@ from opentelemetry.semconv.attributes import (
 )
 
 from bridge import __version__
+from bridge.core.fencing import LEASE_HEADER, LeaseStamp
 from bridge.core.outcome import Action, OutcomeTable, TransportFailure
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.core.signal import Signal, encode_canonical
@@ -231,14 +232,19 @@ class HmacClient:
         self._signed_at = at = self._clock()
         return format_timestamp(at)
 
-    def _attempt_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
+    def _attempt_headers(
+        self, body: bytes, idempotency_key: str, lease: LeaseStamp | None
+    ) -> dict[str, str]:
         """Build the headers that change with each attempt (the static ones are built once)."""
         timestamp = self.timestamp()
-        return {
+        headers = {
             "X-Timestamp": timestamp,
             "X-Signature": self._signer.sign(body, timestamp),
             "X-Idempotency-Key": idempotency_key,
         }
+        if lease is not None:
+            headers[LEASE_HEADER] = lease.header_value()
+        return headers
 
     async def post_signal(
         self,
@@ -306,12 +312,14 @@ class HmacClient:
         timeout: float | None = None,
         signal_id: str | None = None,
         context: otel_context.Context | None = None,
+        lease: LeaseStamp | None = None,
     ) -> Attempt:
         """POST one canonical body and return what it came to, judged by the outcome table.
 
         ``context`` is the parent of the CLIENT span (default: the current context); passing
-        it explicitly spares attaching a context on the hot path. Raises only for a client
-        that is not open (a bug).
+        it explicitly spares attaching a context on the hot path. ``lease`` is the shard lease
+        the POST is made under (strict ordering), sent as ``X-Signal-Lease``. Raises only for a
+        client that is not open (a bug).
         """
         if self._state is not _State.OPENED:
             raise BridgeError("HmacClient is not open (use 'async with')")
@@ -320,7 +328,7 @@ class HmacClient:
                 f"body is {len(body)} bytes, over the limit of {self._config.max_body_size}"
             )
             return Rejected(status=None, cause=too_large)
-        headers = self._attempt_headers(body, idempotency_key)
+        headers = self._attempt_headers(body, idempotency_key, lease)
         span = self._tracer.start_span(
             "POST", context=context, kind=trace.SpanKind.CLIENT, attributes=self._span_attributes
         )

@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import bridge
 from bridge.config.loader import load_config
+from bridge.core.fencing import LeaseStamp
 from bridge.core.signal import encode_canonical
 from bridge.core.signing import INGEST_PATH, build_signature, verify_request
 from bridge.devkit.ingest import IngestApp
@@ -191,6 +192,23 @@ async def test_post_signal_sets_headers_correctly(
     assert headers["x-signature"] == build_signature(
         TEST_SECRET, encode_canonical(signal), headers["x-timestamp"], PRODUCER_ID
     )
+
+
+async def test_attempt_under_a_lease_sends_its_stamp_and_none_without(
+    ingest_server: tuple[IngestApp, str], outbound_config: OutboundConfig
+) -> None:
+    """A POST made under a shard lease carries X-Signal-Lease; one made without carries none."""
+    app, _ = ingest_server
+    seen = _capture_headers(app)
+    body = encode_canonical(make_signal())
+    async with HmacClient(outbound_config) as client:
+        stamp = LeaseStamp("signals:{3}", 17)
+        await client.attempt(body, idempotency_key=str(uuid.uuid4()), lease=stamp)
+        await client.attempt(body, idempotency_key=str(uuid.uuid4()))
+    with_lease, without = seen
+    assert with_lease["x-signal-lease"] == 'shard="signals:{3}", token=17'
+    assert LeaseStamp.parse(with_lease["x-signal-lease"]) == stamp
+    assert "x-signal-lease" not in without
 
 
 async def test_post_signal_sends_a_given_idempotency_key_verbatim(
