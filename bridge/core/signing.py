@@ -21,16 +21,18 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 
+from bridge.core.fencing import LeaseStamp
 from bridge.core.timestamps import TimestampError, parse_timestamp
 from bridge.errors import SigningError
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",
     "INGEST_PATH",
+    "RequestSigner",
     "Signer",
     "Verification",
     "body_sha256",
@@ -72,6 +74,26 @@ def canonical_request(
     ).encode()
 
 
+class RequestSigner(Protocol):
+    """One signature scheme, as the client uses it: the headers that sign one attempt.
+
+    ``timestamp`` is the attempt's ``X-Timestamp`` (RFC 3339) and ``at`` the same instant in
+    Unix seconds; ``lease`` is the shard lease the POST is made under (strict ordering only).
+    A scheme covers as much of these as its format allows; the client sends the rest as is.
+    """
+
+    def signature_headers(
+        self,
+        body: bytes,
+        timestamp: str,
+        at: float,
+        idempotency_key: str,
+        lease: LeaseStamp | None,
+    ) -> dict[str, str]:
+        """Return the headers that carry this attempt's signature."""
+        ...
+
+
 class Signer:
     """Signs many requests with one secret: the HMAC key schedule is computed once.
 
@@ -106,6 +128,17 @@ class Signer:
             f"BODY_SHA256:{body_sha256(body)}".encode()
         )
         return base64.b64encode(mac.digest()).decode("ascii")
+
+    def signature_headers(
+        self,
+        body: bytes,
+        timestamp: str,
+        at: float,
+        idempotency_key: str,
+        lease: LeaseStamp | None,
+    ) -> dict[str, str]:
+        """Return v1's one header, ``X-Signature``; v1 leaves the key and the lease unsigned."""
+        return {"X-Signature": self.sign(body, timestamp)}
 
 
 def build_signature(

@@ -35,7 +35,7 @@ from bridge.core.fencing import LEASE_HEADER, LeaseStamp
 from bridge.core.outcome import Action, OutcomeTable, TransportFailure
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.core.signal import Signal, encode_canonical
-from bridge.core.signing import Signer
+from bridge.core.signing import RequestSigner, Signer
 from bridge.core.timestamps import format_timestamp
 from bridge.edge.clockskew import SkewEstimator, describe_skew
 from bridge.edge.failures import transport_failure
@@ -115,7 +115,9 @@ class HmacClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
-        self._signer = Signer(config.secret_bytes(), config.producer_id, path=config.ingest_path)
+        self._signer: RequestSigner = Signer(
+            config.secret_bytes(), config.producer_id, path=config.ingest_path
+        )
         self._table = outcome_table(config)
         self._url = config.ingest_url
         parts = urlsplit(self._url)
@@ -237,11 +239,10 @@ class HmacClient:
     ) -> dict[str, str]:
         """Build the headers that change with each attempt (the static ones are built once)."""
         timestamp = self.timestamp()
-        headers = {
-            "X-Timestamp": timestamp,
-            "X-Signature": self._signer.sign(body, timestamp),
-            "X-Idempotency-Key": idempotency_key,
-        }
+        headers = {"X-Timestamp": timestamp, "X-Idempotency-Key": idempotency_key}
+        headers.update(
+            self._signer.signature_headers(body, timestamp, self._signed_at, idempotency_key, lease)
+        )
         if lease is not None:
             headers[LEASE_HEADER] = lease.header_value()
         return headers
