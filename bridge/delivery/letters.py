@@ -2,7 +2,9 @@
 
 The write runs in its own task, shielded, so a cancel (the end of the grace period) cannot
 split it, and it is retried while Redis is away; only when stopping does it give up after a
-few tries, and then the entry stays pending for a replica.
+few tries, and then the entry stays pending for a replica. In strict ordering no dead letter is
+written once the fence has closed, and the script itself checks the shard's lease first: a
+fenced replica's dead letter is a no-op, the entry stays pending for the shard's owner.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class DeadLetters:
         *,
         release: Callable[[Job], None],
         stopping: Callable[[], bool],
+        lease: tuple[str, str] | None = None,
+        fence_closed: Callable[[], bool] = lambda: False,
+        fenced: Callable[[], None] = lambda: None,
     ) -> None:
         self._stream = stream
         self._link = link
@@ -47,6 +52,9 @@ class DeadLetters:
         self._release = release
         self._stopping = stopping
         self._writes: set[asyncio.Task[Any]] = set()
+        self._lease = lease  # strict ordering: (lease key, lease value) the script checks
+        self._fence_closed = fence_closed
+        self._fenced = fenced
 
     async def write_now(self, job: Job, letter: DeadLetter) -> None:
         """Dead-letter an entry that is never posted (invalid, poison), in its own span."""
@@ -67,9 +75,12 @@ class DeadLetters:
             await asyncio.gather(*set(self._writes), return_exceptions=True)
 
     async def _write(self, job: Job, letter: DeadLetter) -> None:
+        if self._fence_closed():
+            self._not_written(job)
+            return
         try:
-            await self._link.call(
-                lambda: self._stream.dead_letter(job.entry, letter),
+            written = await self._link.call(
+                lambda: self._stream.dead_letter(job.entry, letter, self._lease),
                 give_up=lambda tries: self._stopping() and tries >= _TRIES_WHEN_STOPPING,
                 wake_on_stop=False,
             )
@@ -80,5 +91,17 @@ class DeadLetters:
             )
             self._release(job)
             return
+        if not written:
+            self._not_written(job)
+            return
         self._release(job)
         self._observer.on_dead_lettered(job, letter)
+
+    def _not_written(self, job: Job) -> None:
+        """Fenced: no dead letter, no ack; the entry stays pending for the shard's owner."""
+        log.info(
+            "dead letter not written: the shard's lease is no longer ours",
+            extra=log_fields(entry_id=job.entry.id),
+        )
+        self._release(job)
+        self._fenced()

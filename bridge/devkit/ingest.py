@@ -26,10 +26,12 @@ import msgspec
 from opentelemetry import propagate, trace
 from opentelemetry.semconv.attributes import http_attributes, url_attributes
 
+from bridge.core.fencing import PROBLEM_CONTENT_TYPE, stale_lease_problem
 from bridge.core.secrets import key_fingerprint
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal
 from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
 from bridge.core.timestamps import format_timestamp
+from bridge.devkit.fences import Fences, LeaseVerdict
 from bridge.errors import BridgeError, InvalidSignalError
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.tracing import get_tracer
@@ -44,6 +46,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A refusal sent as ``application/problem+json`` (RFC 9457) rather than plain JSON."""
+
+    body: dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,8 @@ class IngestApp:
     # this a captured request could be replayed under a new key inside the replay window.
     _signatures: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per (producer, shard) the highest lease token accepted (INGEST_FENCING); see devkit/fences.
+    fences: Fences = field(default_factory=Fences)
 
     def __post_init__(self) -> None:
         """Log each key id with its fingerprint, so both teams can compare keys without sharing."""
@@ -166,6 +177,10 @@ class IngestApp:
             return self._refuse(400, "X-Idempotency-Key must be a UUID")
         signature = headers.get("x-signature", "")
         with self._lock:
+            lease = self.fences.check(verdict.producer_id or "", headers)
+            if lease.malformed or lease.stale:
+                return self._refuse_lease(lease)
+            self.fences.record(verdict.producer_id or "", lease)
             existing = self._keys.get(key)
             replayed = existing is None and signature in self._signatures
             if existing is None and not replayed:
@@ -195,6 +210,13 @@ class IngestApp:
             "errors": None,
         }
 
+    def _refuse_lease(self, lease: LeaseVerdict) -> tuple[int, object]:
+        """Refuse a malformed lease header (400) or a stale lease (409 problem+json)."""
+        if lease.stamp is None or lease.current_token is None:
+            return self._refuse(400, 'X-Signal-Lease must be shard="<stream>", token=<n>')
+        self.refusals["stale lease"] = self.refusals.get("stale lease", 0) + 1
+        return 409, Problem(stale_lease_problem(lease.stamp, lease.current_token))
+
     def _remember(self, signature: str) -> None:
         """Keep an accepted signature for two replay windows, then forget it (bounded)."""
         now = self.clock()
@@ -222,6 +244,8 @@ def _log_outcome(
 ) -> None:
     """Log one request's outcome as one line: INFO when stored or a duplicate, else WARNING."""
     outcome = {201: "accepted", 409: "duplicate"}.get(status, "refused")
+    if isinstance(payload, Problem):  # a stale lease: refused, not a duplicate
+        outcome, payload = "refused", payload.body
     level = logging.INFO if outcome != "refused" else logging.WARNING
     if not log.isEnabledFor(level):
         return
@@ -262,13 +286,16 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 async def _respond(send: Send, status: int, payload: object, *, date: str) -> None:
     """Send a JSON response with a ``Date`` header from the app's own (injectable) clock."""
+    media = b"application/json"
+    if isinstance(payload, Problem):
+        payload, media = payload.body, PROBLEM_CONTENT_TYPE.encode()
     body = _ENCODER.encode(payload)
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", media),
                 (b"content-length", str(len(body)).encode()),
                 (b"date", date.encode("latin-1")),
             ],

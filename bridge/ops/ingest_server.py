@@ -35,7 +35,11 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         prometheus=False,
         service_name="signal-bridge-ingest",
     )
-    app = IngestApp(secrets=secrets, tolerance_s=args.tolerance)
+    from bridge.devkit.fences import Fences, fencing_from_env  # noqa: PLC0415 - server side only
+
+    app = IngestApp(
+        secrets=secrets, tolerance_s=args.tolerance, fences=Fences(enabled=fencing_from_env())
+    )
     log.info(
         "ingest server starting",
         extra=log_fields(
@@ -45,6 +49,7 @@ def run_ingest_server(args: argparse.Namespace) -> int:
             tls=bool(args.ssl_certfile),
             key_ids=sorted(secrets),
             tolerance_s=args.tolerance,
+            fencing=app.fences.enabled,
         ),
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make

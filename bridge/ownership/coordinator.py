@@ -31,6 +31,8 @@ from typing import Any, Final
 import msgspec
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from bridge.core.fencing import LeaseStamp
+from bridge.delivery.fence import ShardFence
 from bridge.delivery.worker import Worker
 from bridge.errors import StreamError
 from bridge.ownership.assign import Lease, assign
@@ -296,7 +298,13 @@ class Coordinator:
             )
             return
         lease.renewed_at = confirm_started
-        worker = self.worker_factory(stream, lambda: lease.valid(self.clock()))
+        fence = ShardFence(
+            valid=lambda: lease.valid(self.clock()),
+            stamp=LeaseStamp(shard, token),
+            lease_key=self.leases.lease_key(shard),
+            lease_value=value,
+        )
+        worker = self.worker_factory(stream, fence)
         task = asyncio.create_task(worker.run(), name=f"worker {shard}")
         self.owned[shard] = _Owned(lease, worker, task, acquired_at=self.clock())
         if self.listener is not None:

@@ -41,6 +41,7 @@ __all__ = ["SignalStream", "report_new_group", "signal_streams"]
 log = logging.getLogger("bridge.feedback")
 
 _DEAD_LETTER_LUA: Final = load("dead_letter")
+_ACK_LEASED_LUA: Final = load("ack_leased")
 _TRIM_ACKED_LUA: Final = load("trim_acked")
 # New entries a producer may add between XGROUP CREATE and the count of skipped ones.
 _NEWER_SCAN_LIMIT: Final = 10_000
@@ -64,6 +65,7 @@ class SignalStream:
         self.consumer = consumer
         self.dlq_stream = dlq_stream
         self._dead_letter_script = redis.register_script(_DEAD_LETTER_LUA)
+        self._ack_leased_script = redis.register_script(_ACK_LEASED_LUA)
         self._trim_script = redis.register_script(_TRIM_ACKED_LUA)
 
     def __repr__(self) -> str:
@@ -245,6 +247,20 @@ class SignalStream:
             return 0
         return int(await guard(self.redis.xack(self.stream, self.group, *ids), "XACK"))
 
+    async def ack_leased(self, ids: Sequence[str], lease: tuple[str, str]) -> int | None:
+        """XACK entries while the shard's lease ``(key, value)`` is ours; None when it is not.
+
+        One script: the lease check and the XACK cannot be split by a pause (strict ordering).
+        """
+        if not ids:
+            return 0
+        key, value = lease
+        reply = await guard(
+            self._ack_leased_script(keys=[self.stream, key], args=[self.group, value, *ids]),
+            "XACK script (lease checked)",
+        )
+        return None if int(reply) < 0 else int(reply)
+
     async def touch(self, ids: Sequence[str]) -> None:
         """Reset the idle time of entries this consumer is still working on.
 
@@ -259,8 +275,13 @@ class SignalStream:
                 "XCLAIM",
             )
 
-    async def dead_letter(self, entry: Entry, letter: DeadLetter) -> None:
+    async def dead_letter(
+        self, entry: Entry, letter: DeadLetter, lease: tuple[str, str] | None = None
+    ) -> bool:
         """Write the entry with its reason to the dead-letter stream and XACK it, atomically.
+
+        ``lease`` (strict ordering: the shard's lease key and value): the script first checks the
+        lease is still ours and writes nothing when it is not; then this returns False (fenced).
 
         One Lua script, not MULTI: MULTI/EXEC does not roll back a command that fails at run
         time, so a WRONGTYPE dead-letter key would ack without a dead letter, and a NOGROUP ack
@@ -285,10 +306,14 @@ class SignalStream:
         args: list[Any] = [self.group, entry.id]
         for name, value in fields.items():
             args += (name, value)
-        await guard(
-            self._dead_letter_script(keys=[self.stream, self.dlq_stream], args=args),
-            "dead letter (XACK + XADD script)",
+        keys = [self.stream, self.dlq_stream]
+        if lease is not None:
+            keys.append(lease[0])
+            args.append(lease[1])
+        reply = await guard(
+            self._dead_letter_script(keys=keys, args=args), "dead letter (XACK + XADD script)"
         )
+        return int(reply) >= 0
 
     async def own_pending(self) -> int:
         """How many entries this consumer holds."""
