@@ -469,6 +469,13 @@ class Worker:
         self._window.release(job)
         self._acks.add(job.entry.id)
 
+    def adopt_pending(self) -> None:
+        """Deliver own pending entries nobody here holds (moved here from another consumer).
+
+        They go in id order before the next read; see ``Recovery.reread_own_pending``.
+        """
+        self._recovery.reread = True
+
     def _reread_later(self) -> None:
         """Any Redis error may have eaten a reply that handed this consumer entries."""
         self._recovery.reread = True

@@ -36,7 +36,7 @@ from bridge.delivery.fence import ShardFence
 from bridge.delivery.worker import Worker
 from bridge.errors import StreamError
 from bridge.ownership.assign import Lease, assign
-from bridge.ownership.leases import LeaseStore, take_pending
+from bridge.ownership.leases import LeaseStore, claim_strays, take_pending
 from bridge.ownership.strategy import WORKER_EXIT_EXTRA_S, ShardListener, WorkerFactory
 from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import log_fields
@@ -218,8 +218,35 @@ class Coordinator:
             return
         if renewed:
             lease.renewed_at = max(lease.renewed_at, started)
+            await self._claim_strays(owned)
         elif self.owned.get(lease.shard) is owned and not lease.lost:
             self._lose(owned, "lease expired or taken by another replica")
+
+    async def _claim_strays(self, owned: _Owned) -> None:
+        """Move the shard's entries pending for other consumers here; the worker delivers them.
+
+        A dead owner's XREADGROUP that reached Redis after the takeover handed it entries; each
+        renewal moves them to this replica's consumer (lease checked in the same script), and the
+        worker re-reads its own pending entries, in id order, before its next read.
+        """
+        lease = owned.lease
+        if owned.releasing or lease.lost:
+            return
+        try:
+            moved = await asyncio.wait_for(
+                claim_strays(
+                    self.streams[lease.shard], self.leases.lease_key(lease.shard), lease.value
+                ),
+                self._renew_s,
+            )
+        except (StreamError, TimeoutError):
+            return  # tried again at the next renewal
+        if moved:
+            owned.worker.adopt_pending()
+            log.warning(
+                "entries pending for another consumer of an owned shard moved here",
+                extra=log_fields(shard=lease.shard, fencing_token=lease.token, count=moved),
+            )
 
     def _lose(self, owned: _Owned, why: str) -> None:
         """Fence a shard's worker: it stops posting and reading, its entries stay pending."""

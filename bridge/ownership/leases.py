@@ -16,13 +16,16 @@ from bridge.streams.entries import as_text
 from bridge.streams.group import SignalStream
 from bridge.streams.scripts import load
 
-__all__ = ["LeaseStore", "hash_tagged", "members_key", "take_pending"]
+__all__ = ["LeaseStore", "claim_strays", "hash_tagged", "members_key", "take_pending"]
 
 _ACQUIRE_LUA: Final = load("lease_acquire")
 _RENEW_LUA: Final = load("lease_renew")
 _RELEASE_LUA: Final = load("lease_release")
 _HEARTBEAT_LUA: Final = load("heartbeat")
 _TAKE_LUA: Final = load("take_pending")
+_STRAYS_LUA: Final = load("claim_strays")
+# Entries moved per periodic claim of strays (a late XREADGROUP hands out one batch at most).
+_STRAYS_PER_CALL: Final = 1000
 
 
 def hash_tagged(name: str) -> str:
@@ -134,3 +137,23 @@ async def take_pending(
         deleted.extend(as_text(i) for i in reply[2])
         if cursor == "0-0":
             return taken, deleted
+
+
+async def claim_strays(stream: SignalStream, lease_key: str, lease_value: str) -> int | None:
+    """Move to ``stream.consumer`` the shard's entries pending for any other consumer.
+
+    The owner runs it with each renewal: entries a dead owner's late XREADGROUP took after the
+    takeover are moved here (idle 0, JUSTID) within one renew period, in the same script that
+    checks the lease still holds ``lease_value``. Returns how many moved; None when the lease is
+    no longer ours.
+    """
+    script = stream.redis.register_script(_STRAYS_LUA)
+    reply = await guard(
+        script(
+            keys=[stream.stream, lease_key],
+            args=[stream.group, stream.consumer, lease_value, _STRAYS_PER_CALL],
+        ),
+        "XCLAIM strays script",
+    )
+    moved = int(reply)
+    return None if moved < 0 else moved

@@ -5,7 +5,8 @@ what it stores. Replica r1 reaches the server through a delay proxy and Redis th
 proxy: its POSTs are held on the wire past the takeover, then it is cut from Redis. Replica r2
 takes the shard over. With the server's fence on, r1's late POSTs are refused (stale lease):
 no inversion, no signal both stored and dead-lettered. With it off, they land: the residual
-risk the README describes. A replica that wakes after the heal writes no ack, no dead letter.
+risk the README describes. A replica that wakes after the heal writes no ack, no dead letter,
+and entries a dead owner's late read took are moved to the owner within a renewal.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import redis.asyncio as aioredis
 from bridge.app.runner import coordinator_settings
 from bridge.config.loader import BridgeConfig
 from bridge.core.fencing import LeaseStamp
-from bridge.core.signal import decode_signal
+from bridge.core.signal import decode_signal, encode_canonical
 from bridge.delivery.fence import ShardFence
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
@@ -251,3 +252,31 @@ async def test_a_fenced_replica_that_wakes_after_the_heal_writes_no_ack_and_no_d
                 assert len(pending) == 2  # neither acked by r1
                 assert await redis.xlen(f"{shard}:dlq") == 0  # no dead letter from r1
     assert [r.signal.signal_id for r in server.app.received] == [accepted]
+
+
+async def test_entries_a_dead_owners_late_read_took_are_delivered_in_order_within_a_renewal(
+    server: Server, redis: aioredis.Redis, redis_url: str
+) -> None:
+    """A late XREADGROUP by the old consumer after the takeover: the owner delivers them soon."""
+    shard = f"t:{uuid.uuid4().hex[:8]}:{{0}}"
+    run = uuid.uuid4().hex[:6]
+    config = _config(server.url, redis_url, shard, "r2", BRIDGE_CLAIM_IDLE_MS="60000")
+    ids = [f"{run}-{i}" for i in range(5)]
+    async with _replica(redis_url, config) as r2:
+        await eventually(lambda: shard in r2.owned, timeout_s=5, what="r2 owns the shard")
+        warm = make_signal(9, instrument="EURUSD", signal_id=f"{run}-warm")
+        await publish(redis, warm, stream=shard)
+        await eventually(lambda: len(server.app.received) == 1, timeout_s=5, what="warmed up")
+        # One transaction: the entries and the dead owner's read, so r2's blocked read gets none.
+        async with redis.pipeline(transaction=True) as tx:
+            for i, signal_id in enumerate(ids):
+                item = make_signal(i, instrument="XAUUSD", signal_id=signal_id)
+                tx.xadd(shard, {"signal": encode_canonical(item)})
+            tx.xreadgroup("g", "r1", {shard: ">"}, count=len(ids))
+            replies = await tx.execute()
+        assert len(replies[-1][0][1]) == len(ids)  # pending on the dead consumer r1
+        handed = time.monotonic()
+        await eventually(lambda: len(server.app.received) == 6, timeout_s=5, what="all 5")
+        took = time.monotonic() - handed
+    assert [r.signal.signal_id for r in server.app.received[1:]] == ids
+    assert took < 1.0, f"took {took:.2f}s with a 100 ms renew period"
