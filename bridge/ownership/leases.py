@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+import msgspec
 import redis.asyncio as aioredis
 
 from bridge.streams.connection import guard
@@ -16,7 +17,14 @@ from bridge.streams.entries import as_text
 from bridge.streams.group import SignalStream
 from bridge.streams.scripts import load
 
-__all__ = ["LeaseStore", "claim_strays", "hash_tagged", "members_key", "take_pending"]
+__all__ = [
+    "LeaseHolder",
+    "LeaseStore",
+    "claim_strays",
+    "hash_tagged",
+    "members_key",
+    "take_pending",
+]
 
 _ACQUIRE_LUA: Final = load("lease_acquire")
 _RENEW_LUA: Final = load("lease_renew")
@@ -26,6 +34,15 @@ _TAKE_LUA: Final = load("take_pending")
 _STRAYS_LUA: Final = load("claim_strays")
 # Entries moved per periodic claim of strays (a late XREADGROUP hands out one batch at most).
 _STRAYS_PER_CALL: Final = 1000
+
+
+class LeaseHolder(msgspec.Struct, frozen=True, kw_only=True):
+    """Who holds a shard's lease right now, as ``status`` shows it."""
+
+    consumer: str
+    instance: str
+    fencing_token: int
+    expires_in_ms: int
 
 
 def hash_tagged(name: str) -> str:
@@ -96,6 +113,24 @@ class LeaseStore:
         """Return the lease value (``<token> <consumer> <instance>``); None when free."""
         value = await guard(self.redis.get(self.lease_key(stream)), "GET")
         return None if value is None else as_text(value)
+
+    async def describe(self, stream: str) -> LeaseHolder | None:
+        """Return the shard's lease holder, its fencing token and time left; None when free."""
+        key = self.lease_key(stream)
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.get(key)
+            tx.pttl(key)
+            value, ttl = await guard(tx.execute(), "GET + PTTL")
+        if value is None:
+            return None
+        token, _, owner = as_text(value).partition(" ")
+        consumer, _, instance = owner.partition(" ")
+        return LeaseHolder(
+            consumer=consumer,
+            instance=instance,
+            fencing_token=int(token) if token.isdigit() else 0,
+            expires_in_ms=max(int(ttl), 0),
+        )
 
     async def heartbeat(self, member: str, ttl_ms: int) -> list[str]:
         """Say ``member`` is live for ``ttl_ms``; return every live member, sorted."""
