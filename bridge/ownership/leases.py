@@ -6,6 +6,7 @@ stream's hash tag so one Lua script can touch them on Redis Cluster.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -132,16 +133,34 @@ class LeaseStore:
             expires_in_ms=max(int(ttl), 0),
         )
 
-    async def heartbeat(self, member: str, ttl_ms: int) -> list[str]:
-        """Say ``member`` is live for ``ttl_ms``; return every live member, sorted."""
+    @property
+    def standby_key(self) -> str:
+        """Return the key of the live replicas that said they are not assignable (same tag)."""
+        return f"{self.members_key}:standby"
+
+    async def heartbeat(self, member: str, ttl_ms: int, *, assignable: bool = True) -> list[str]:
+        """Say ``member`` is live for ``ttl_ms``; return the members to assign shards to, sorted.
+
+        Those are the live members that are assignable, or every live member when none is.
+        ``assignable=False``: the member cannot keep leases now; it is passed over. The send
+        time (this host's clock, taken now) lets Redis ignore a heartbeat overtaken by a later
+        one of the same member.
+        """
+        sent_ms = time.time_ns() // 1_000_000
         reply = await guard(
-            self._heartbeat(keys=[self.members_key], args=[member, ttl_ms]), "heartbeat script"
+            self._heartbeat(
+                keys=[self.members_key, self.standby_key, f"{self.members_key}:sent"],
+                args=[member, ttl_ms, 1 if assignable else 0, sent_ms],
+            ),
+            "heartbeat script",
         )
         return sorted(as_text(m) for m in reply)
 
     async def leave(self, member: str) -> None:
         """Remove ``member`` from the live replicas at once (a clean shutdown)."""
         await guard(self.redis.zrem(self.members_key, member), "ZREM")
+        await guard(self.redis.zrem(self.standby_key, member), "ZREM")
+        await guard(self.redis.hdel(f"{self.members_key}:sent", member), "HDEL")
 
 
 async def take_pending(

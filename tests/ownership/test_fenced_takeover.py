@@ -57,16 +57,21 @@ def _config(
         "BRIDGE_BACKOFF_CAP_MS": "50",
         **extra,
     }
+    first = shard.split(",", 1)[0]  # ``shard`` may list several, comma-separated
     return bridge_config(
-        server_url, redis_url, shard, BRIDGE_STREAMS=shard, BRIDGE_CONSUMER=consumer, **settings
+        server_url, redis_url, first, BRIDGE_STREAMS=shard, BRIDGE_CONSUMER=consumer, **settings
     )
 
 
 @contextlib.asynccontextmanager
-async def _replica(redis_url: str, config: BridgeConfig) -> AsyncIterator[Coordinator]:
+async def _replica(
+    redis_url: str, config: BridgeConfig, *, socket_timeout_s: float = 1.0
+) -> AsyncIterator[Coordinator]:
     """One strict-mode replica with its own Redis connection (through ``redis_url``)."""
     cfg = config.stream
-    redis = aioredis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    redis = aioredis.Redis.from_url(
+        redis_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+    )
     streams = [
         SignalStream(redis, stream=n, group=cfg.group, consumer=cfg.consumer, dlq_stream=f"{n}:dlq")
         for n in cfg.stream_names()
