@@ -25,6 +25,9 @@ class ShardFence:
     stamp: LeaseStamp
     lease_key: str
     lease_value: str
+    # Told the token the server holds when it refused this lease as stale (the coordinator
+    # raises the shard's fencing counter past it).
+    refused: Callable[[int], None] = lambda token: None
 
     def __call__(self) -> bool:
         """Tell whether this replica may still post and read for the shard."""

@@ -495,6 +495,8 @@ class Worker:
 
         ``current_token``: the server refused our lease as stale (it accepted that token).
         """
+        if current_token is not None and self.lease is not None:
+            self.lease.refused(current_token)
         if not self.fenced:
             self.fenced = True
             if current_token is None:

@@ -133,6 +133,7 @@ class Coordinator:
         # two more like it and the fence closes.
         self._slow_s = settings.lease_ttl_ms / 2000
         self._acquire_failures = 0  # in a row; at _ACQUIRE_FAILURES this replica is passed over
+        self._stale_tokens: dict[str, int] = {}  # shard -> token the server named refusing ours
         self.left_pending = 0  # entries still held by workers when the hand-over let them go
         if metrics is not None:
             metrics.meter.create_observable_gauge(
@@ -433,6 +434,7 @@ class Coordinator:
             stamp=LeaseStamp(shard, token),
             lease_key=self.leases.lease_key(shard),
             lease_value=value,
+            refused=lambda server_token: self._stale(shard, server_token),
         )
         worker = self.worker_factory(stream, fence)
         task = asyncio.create_task(worker.run(), name=f"worker {shard}")
@@ -463,6 +465,35 @@ class Coordinator:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
+    def _stale(self, shard: str, server_token: int) -> None:
+        """Remember the token the server holds for a shard whose POST it refused as stale."""
+        self._stale_tokens[shard] = max(self._stale_tokens.get(shard, 0), server_token)
+
+    async def _raise_fence(self, lease: Lease, server_token: int) -> None:
+        """Make the next acquisition's token higher than the one the server holds.
+
+        Redis may have lost the counter (restarted without persistence), so tokens began again
+        below what the server holds; raising the counter lets the next owner, us or another,
+        post again. It only ever grows.
+        """
+        try:
+            counter = await self._bounded(self.leases.raise_fence(lease.shard, server_token))
+        except (StreamError, TimeoutError) as exc:
+            log.warning(
+                "could not raise the shard's fencing counter",
+                extra=log_fields(shard=lease.shard, error=str(exc)),
+            )
+            return
+        log.info(
+            "the server holds a higher lease token: the fencing counter is at least that now",
+            extra=log_fields(
+                shard=lease.shard,
+                fencing_token=lease.token,
+                server_token=server_token,
+                counter=counter,
+            ),
+        )
+
     def _revoke(self, owned: _Owned) -> None:
         """Tell the listener, once, that the shard's worker no longer counts for this replica."""
         if not owned.revoked:
@@ -477,6 +508,9 @@ class Coordinator:
         await asyncio.wait(
             {owned.task}, timeout=self.settings.shutdown_grace_s + WORKER_EXIT_EXTRA_S
         )
+        server_token = self._stale_tokens.pop(lease.shard, 0)
+        if server_token:
+            await self._raise_fence(lease, server_token)
         released = False
         if not lease.lost:
             try:

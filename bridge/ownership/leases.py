@@ -31,6 +31,7 @@ _ACQUIRE_LUA: Final = load("lease_acquire")
 _RENEW_LUA: Final = load("lease_renew")
 _RELEASE_LUA: Final = load("lease_release")
 _HEARTBEAT_LUA: Final = load("heartbeat")
+_FENCE_RAISE_LUA: Final = load("fence_raise")
 _TAKE_LUA: Final = load("take_pending")
 _STRAYS_LUA: Final = load("claim_strays")
 # Entries moved per periodic claim of strays (a late XREADGROUP hands out one batch at most).
@@ -76,6 +77,7 @@ class LeaseStore:
         self._renew = redis.register_script(_RENEW_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._heartbeat = redis.register_script(_HEARTBEAT_LUA)
+        self._fence_raise = redis.register_script(_FENCE_RAISE_LUA)
 
     def lease_key(self, stream: str) -> str:
         """Return the lease key of one shard for this group (carries the shard's hash tag)."""
@@ -102,6 +104,13 @@ class LeaseStore:
             "lease renew script",
         )
         return bool(reply)
+
+    async def raise_fence(self, stream: str, token: int) -> int:
+        """Raise the shard's fencing counter to at least ``token``; return the counter."""
+        reply = await guard(
+            self._fence_raise(keys=[self.fence_key(stream)], args=[token]), "fence raise script"
+        )
+        return int(reply)
 
     async def release(self, stream: str, value: str) -> bool:
         """Delete the lease if it still holds ``value``; False when it was lost before."""

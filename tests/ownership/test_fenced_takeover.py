@@ -285,3 +285,17 @@ async def test_entries_a_dead_owners_late_read_took_are_delivered_in_order_withi
         took = time.monotonic() - handed
     assert [r.signal.signal_id for r in server.app.received[1:]] == ids
     assert took < 1.0, f"took {took:.2f}s with a 100 ms renew period"
+
+
+async def test_after_redis_lost_the_fencing_counter_the_next_owner_posts_again(
+    server: Server, redis: aioredis.Redis, redis_url: str
+) -> None:
+    """The server holds token 50 (Redis restarted empty): one refusal, then token 51 delivers."""
+    shard = f"t:{uuid.uuid4().hex[:8]}:{{0}}"
+    server.app.fences.highest[("test-producer", shard)] = 50
+    run = uuid.uuid4().hex[:6]
+    await publish(redis, make_signal(0, signal_id=f"{run}-0"), stream=shard)
+    async with _replica(redis_url, _config(server.url, redis_url, shard, "r1")) as r1:
+        await eventually(lambda: len(server.app.received) == 1, timeout_s=10, what="delivered")
+        assert r1.owned[shard].lease.token == 51
+    assert server.app.refusals["stale lease"] == 1
