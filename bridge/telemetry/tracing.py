@@ -19,6 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 
+from bridge.telemetry.bounds import bounded
 from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.spans import LeanSpan, SpanRecorder
 
@@ -117,7 +118,7 @@ class _CurrentSpan:
                 span.record_exception(exc)
             if self._set_status:
                 span.set_status(
-                    trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+                    trace.Status(trace.StatusCode.ERROR, bounded(f"{type(exc).__name__}: {exc}"))
                 )
         if self._end:
             span.end()
