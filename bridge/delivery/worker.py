@@ -218,6 +218,11 @@ class Worker:
         return self._link.error
 
     @property
+    def redis_lost_at(self) -> float | None:
+        """When (monotonic) the worker's connection to Redis last failed, while it is down."""
+        return None if self._link.ok else self._link.lost_at
+
+    @property
     def dead_letter_error(self) -> str:
         """Why the dead-letter stream refuses letters ("" while it takes them)."""
         return self._letters.health.error
