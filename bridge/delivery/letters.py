@@ -16,6 +16,7 @@ written again, and tells ``/readyz`` and the metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -103,6 +104,7 @@ class DeadLetters:
         release: Callable[[Job], None],
         let_go: Callable[[Job], None],
         stopping: Callable[[], bool],
+        fence_closed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.health = LetterHealth(stream.stream, stream.dlq_stream)
         self._stream = stream
@@ -111,6 +113,7 @@ class DeadLetters:
         self._release = release  # a settled job (its letter written, or no longer pending)
         self._let_go = let_go  # a job left pending in Redis and not kept fresh
         self._stopping = stopping
+        self._fence_closed = fence_closed
         self._writes: set[asyncio.Task[Any]] = set()
         self._deferred: OrderedDict[str, DeadLetter] = OrderedDict()
 
@@ -165,6 +168,11 @@ class DeadLetters:
         if isinstance(result, StreamError):
             self.health.failed(result, job.entry.id)
             self._defer(job.entry.id, letter)
+            # Its idle time starts again, so the claim scan brings it back once per
+            # BRIDGE_CLAIM_IDLE_MS, not at every pass (a fetch by id does not reset it).
+            if not self._fence_closed():  # never pull an entry from the shard's next owner
+                with contextlib.suppress(StreamError):
+                    await self._stream.touch([job.entry.id])
             self._let_go(job)
             return False
         self._deferred.pop(job.entry.id, None)

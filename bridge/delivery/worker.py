@@ -125,6 +125,7 @@ class Worker:
             release=self._window.release,
             let_go=self._let_go,
             stopping=lambda: self._stopping,
+            fence_closed=self._fence_closed,
         )
         self._router = Router(
             self._window,
