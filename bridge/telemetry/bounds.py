@@ -52,18 +52,16 @@ def bounded(value: Any) -> Any:  # noqa: ANN401 - passes any value through, cutt
 def bounded_fields(fields: Mapping[str, Any]) -> dict[str, Any] | None:
     """Return a copy of ``fields`` with long values cut, or None when none needed cutting.
 
-    Only strings longer than a quarter of the limit in code points are looked at further, so the
-    usual log line costs one ``len`` per text field.
+    Only strings longer than a quarter of the limit in code points (and long bytes) are looked
+    at further, so the usual log line costs one ``type`` and ``len`` per value.
     """
-    out: dict[str, Any] | None = None
-    for key, value in fields.items():
+    for value in fields.values():
         kind = type(value)
         if (kind is str and len(value) > _SURELY_SHORT) or (
             (kind is bytes or kind is bytearray) and len(value) > MAX_FIELD_BYTES
         ):
-            cut = bounded(value)
-            if cut is not value:
-                if out is None:
-                    out = dict(fields)
-                out[key] = cut
-    return out
+            break
+    else:
+        return None
+    out = {key: bounded(value) for key, value in fields.items()}
+    return out if any(out[key] is not value for key, value in fields.items()) else None
