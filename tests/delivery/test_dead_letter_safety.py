@@ -13,6 +13,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from bridge.app.health import HealthServer
 from bridge.ops.check import CheckFailedError, run_check
 from bridge.streams.connection import connect
 from bridge.streams.entries import DLQ_PREFIX, DeadLetter
@@ -143,6 +144,8 @@ async def test_an_unwritable_dead_letter_stream_lets_valid_signals_through(
         await eventually(lambda: len(server.app.received) == 5, what="5 valid signals delivered")
         assert not worker.ready()
         assert "WRONGTYPE" in worker.dead_letter_error
+        _, checks = HealthServer(lambda: [worker], host="127.0.0.1", port=0).answer()
+        assert str(checks["dead_letters"]).startswith(f"cannot be written: {dlq}: "), checks
 
         async def only_invalid_pending() -> bool:  # the 5 acks go out in a burst just after
             return await _pending(redis, stream_name) == 100
