@@ -1,4 +1,4 @@
-"""Log fields and span texts taken from input are cut to 2 KiB with the original size (issue 21)."""
+"""Log fields and span texts taken from input are cut to 2 KiB with the original size."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bridge.telemetry.bounds import MAX_FIELD_BYTES, bounded, cut_text
 from bridge.telemetry.logs import configure_logging, log_fields, log_info
+from bridge.telemetry.tracing import LeanTracer, get_tracer
 
 MEGABYTE = 1 << 20
 
@@ -68,3 +72,23 @@ def test_short_values_pass_unchanged_and_cuts_never_split_a_character() -> None:
     assert len(cut.encode()) <= MAX_FIELD_BYTES
     assert "\ufffd" not in cut
     assert cut.endswith("... [cut: 4000 bytes in all]")
+
+
+def test_a_span_ending_in_a_huge_exception_records_it_cut() -> None:
+    """The lean span's status and exception event carry at most 2 KiB of a 1 MB message."""
+    provider = TracerProvider(shutdown_on_exit=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = LeanTracer(get_tracer(provider), provider)
+    huge = "x" * MEGABYTE
+    with pytest.raises(ValueError, match="x"), tracer.start_as_current_span("process signals"):
+        raise ValueError(huge)
+    [span] = exporter.get_finished_spans()
+    provider.shutdown()
+    assert span.status.description is not None
+    assert len(span.status.description.encode()) <= MAX_FIELD_BYTES
+    [event] = span.events
+    assert event.attributes is not None
+    message = str(event.attributes["exception.message"])
+    assert message.endswith(f"... [cut: {MEGABYTE} bytes in all]")
+    assert len(str(event.attributes["exception.stacktrace"])) < 4 * MAX_FIELD_BYTES
