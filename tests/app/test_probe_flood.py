@@ -21,8 +21,17 @@ from bridge.devkit.embedded import free_port
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.ownership.leases import hash_tagged
 from bridge.streams.producer import publish
+from tests.fixtures_ingest import Server
 from tests.procs import Replicas
-from tests.support import KEY_ID, SECRET, bridge_env, make_signal
+from tests.support import (
+    KEY_ID,
+    SECRET,
+    bridge_config,
+    bridge_env,
+    eventually,
+    make_signal,
+    running,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -140,3 +149,26 @@ async def test_metrics_are_rendered_at_most_once_per_interval() -> None:
     assert first.endswith(b"signals_up 1\n")
     assert second.endswith(b"signals_up 1\n")
     assert len(renders) == 1
+
+
+async def test_readyz_requests_send_no_command_to_redis(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """300 /readyz answers over a second or two cost only the 0.5 s refresh's PINGs and XINFOs."""
+    config = bridge_config(server.url, redis_url, stream_name)
+    async with running(redis, config) as worker:
+        await eventually(worker.ready, what="worker ready")
+        async with HealthServer(lambda: [worker], host="127.0.0.1", port=0) as health:
+            await redis.config_resetstat()
+            started = time.monotonic()
+            codes = []
+            for _ in range(300):  # over more than a second: the refresh runs a few times
+                codes.append(await _probe(health.port))
+                await asyncio.sleep(0.004)
+            elapsed_s = time.monotonic() - started
+            stats = await redis.info("commandstats")
+    assert codes == [200] * 300
+    refreshes = int(elapsed_s / 0.5) + 2
+    for command in ("cmdstat_ping", "cmdstat_xinfo|groups"):
+        calls = int(stats.get(command, {}).get("calls", 0))
+        assert 1 <= calls <= refreshes, (command, calls, elapsed_s)
