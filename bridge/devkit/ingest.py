@@ -81,13 +81,13 @@ class IngestApp:
     """
 
     secrets: Mapping[str, bytes] = field(repr=False)
-    producers: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    required_version: int | None = None
     tolerance_s: float = DEFAULT_TOLERANCE_S
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     clock: Callable[[], float] = time.time
     fault: Callable[[Mapping[str, str]], int | None] | None = None
     tracer: trace.Tracer | None = None
+    producers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    required_version: int | None = None
     received: list[Received] = field(default_factory=list)
     requests_total: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
