@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -19,14 +20,19 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
+from bridge.core.fencing import LEASE_HEADER, LeaseStamp
+from bridge.core.signal import encode_canonical
 from bridge.delivery.jobs import idempotency_key
+from bridge.edge.client import HmacClient
+from bridge.edge.results import Delivered, Failed
 from bridge.streams.producer import publish
-from tests.fixtures_ingest import Server
-from tests.support import bridge_config, eventually, make_signal, running
+from tests.fixtures_ingest import Server, make_outbound_config
+from tests.support import SECRET, bridge_config, eventually, make_signal, running
 
 pytestmark = pytest.mark.redis
 
 _KEY_HEADER: Final = b"x-idempotency-key"
+_LEASE_HEADER: Final = LEASE_HEADER.lower().encode()
 _MAX_HEAD_BYTES: Final = 65536
 
 
@@ -34,12 +40,14 @@ _MAX_HEAD_BYTES: Final = 65536
 class KeyRewritingRelay:
     """Forwards 127.0.0.1:<port> to the server; rewrites X-Idempotency-Key while ``rewrite_to``.
 
+    ``lease_to`` likewise replaces the X-Signal-Lease value (an empty string drops the header).
     Requests are parsed one by one (head, then Content-Length bytes of body) so keep-alive
     connections work; answers are passed back untouched.
     """
 
     upstream_port: int
     rewrite_to: str | None = None
+    lease_to: str | None = None
     rewritten: int = 0
     port: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -78,16 +86,21 @@ class KeyRewritingRelay:
 
     def _rewrite(self, head: bytes) -> tuple[bytes, int]:
         """Return the request head (its key rewritten while armed) and its body's length."""
-        lines = head.split(b"\r\n")
+        out: list[bytes] = []
         length = 0
-        for index, line in enumerate(lines):
+        for line in head.split(b"\r\n"):
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            lowered = name.strip().lower()
+            if lowered == b"content-length":
                 length = int(value)
-            elif name.strip().lower() == _KEY_HEADER and self.rewrite_to is not None:
-                lines[index] = name + b": " + self.rewrite_to.encode()
-                self.rewritten += 1
-        return b"\r\n".join(lines), length
+            replacement = {_KEY_HEADER: self.rewrite_to, _LEASE_HEADER: self.lease_to}.get(lowered)
+            if replacement is None:
+                out.append(line)
+                continue
+            self.rewritten += 1
+            if replacement:
+                out.append(name + b": " + replacement.encode())
+        return b"\r\n".join(out), length
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -164,3 +177,31 @@ async def test_v1_residual_risk_a_rewritten_key_is_acked_as_a_duplicate_never_st
     assert relay.rewritten == 1
     assert [r.signal.signal_id for r in server.app.received] == ["sig-0"]  # sig-1 is lost
     assert await _dead_letters(redis, stream_name) == 0
+
+
+@pytest.mark.parametrize(
+    "lease_to",
+    [
+        'shard="signals:{0}", token=18',
+        'shard="signals:{1}", token=17',
+        "",
+        "signals:{0} 17",
+    ],
+    ids=["token changed", "shard changed", "lease dropped", "lease garbled"],
+)
+async def test_v2_a_changed_lease_is_refused_401(server: Server, lease_to: str) -> None:
+    """v2 signs the lease: a relay that changes, drops or garbles X-Signal-Lease gets 401."""
+    lease = LeaseStamp("signals:{0}", 17)
+    body = encode_canonical(make_signal(0))
+    async with key_rewriting_relay(server.url) as relay:
+        env = {"OUTBOUND_SIGNATURE_VERSION": "2", "HMAC_PRODUCER_SECRET": SECRET}
+        config = make_outbound_config(relay.url, env)
+        async with HmacClient(config) as client:
+            relay.lease_to = lease_to
+            refused = await client.attempt(body, idempotency_key=str(uuid.uuid4()), lease=lease)
+            relay.lease_to = None
+            stored = await client.attempt(body, idempotency_key=str(uuid.uuid4()), lease=lease)
+    assert isinstance(refused, Failed)
+    assert (refused.status, relay.rewritten) == (401, 1)
+    assert isinstance(stored, Delivered)
+    assert len(server.app.received) == 1
