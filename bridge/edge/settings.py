@@ -55,6 +55,9 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         DEFAULT_MAX_BODY_SIZE
     )
     key_id: Annotated[str | None, Setting("HMAC_PRODUCER_KEY_ID")] = None
+    signature_version: Annotated[
+        int, Setting("OUTBOUND_SIGNATURE_VERSION", ge=1, le=2, note="1 or 2")
+    ] = 1
     ca_bundle: Annotated[
         str | None, Setting("OUTBOUND_CA_BUNDLE", readme_default="system store")
     ] = None
