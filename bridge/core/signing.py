@@ -21,13 +21,16 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
 from bridge.core.fencing import LeaseStamp
 from bridge.core.timestamps import TimestampError, parse_timestamp
 from bridge.errors import SigningError
+
+if TYPE_CHECKING:
+    from bridge.core.ed25519 import Ed25519PublicKey
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",
@@ -222,7 +225,37 @@ def _header(headers: Mapping[str, str], lowered: Mapping[str, str], name: str) -
     return value if value is not None else lowered.get(name.lower())
 
 
-def verify_request(
+def _verify_profile(
+    lowered: Mapping[str, str],
+    body: bytes,
+    secrets: Mapping[str, bytes],
+    public_keys: Mapping[str, Ed25519PublicKey] | None,
+    *,
+    now: datetime | None,
+    tolerance_s: float,
+    method: str,
+    target_uri: str,
+) -> Verification:
+    """Verify a Standard Webhooks or RFC 9421 request (``lowered``: headers in lower case)."""
+    from bridge.core import rfc9421, webhooks  # noqa: PLC0415 - they import this module
+
+    if "webhook-signature" in lowered:
+        return webhooks.verify_webhook(
+            lowered, body, secrets, public_keys, now=now, tolerance_s=tolerance_s
+        )
+    return rfc9421.verify_rfc9421(
+        lowered,
+        body,
+        secrets,
+        public_keys,
+        target_uri=target_uri,
+        method=method,
+        now=now,
+        tolerance_s=tolerance_s,
+    )
+
+
+def verify_request(  # noqa: PLR0912 - the scheme by its headers, then one refusal per check
     headers: Mapping[str, str],
     body: bytes,
     secrets: Mapping[str, bytes],
@@ -231,6 +264,8 @@ def verify_request(
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     method: str = "POST",
     path: str = INGEST_PATH,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    target_uri: str | None = None,
 ) -> Verification:
     """Verify a signed ingest request the way the server must, before parsing any JSON.
 
@@ -238,8 +273,24 @@ def verify_request(
     without one every key is tried. The timestamp must lie within ``tolerance_s`` of ``now``
     (past or future) so a captured request cannot be replayed later. Every refusal returns
     ``ok=False`` with a short reason the server can log; nothing raises on hostile input.
+
+    The scheme is told by its headers: ``webhook-signature`` is Standard Webhooks
+    (:mod:`bridge.core.webhooks`), ``Signature-Input`` is RFC 9421 (:mod:`bridge.core.rfc9421`,
+    against ``target_uri``, by default ``https://<Host><path>``); ``public_keys`` (key id ->
+    Ed25519 public key) serve both.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
+    if "webhook-signature" in lowered or "signature-input" in lowered:
+        return _verify_profile(
+            lowered,
+            body,
+            secrets,
+            public_keys,
+            now=now,
+            tolerance_s=tolerance_s,
+            method=method,
+            target_uri=target_uri or f"https://{lowered.get('host', '')}{path}",
+        )
     producer_id = _header(headers, lowered, "X-Producer-Id")
     timestamp = _header(headers, lowered, "X-Timestamp")
     signature = _header(headers, lowered, "X-Signature")

@@ -26,6 +26,7 @@ import msgspec
 from opentelemetry import propagate, trace
 from opentelemetry.semconv.attributes import http_attributes, url_attributes
 
+from bridge.core.ed25519 import Ed25519PublicKey
 from bridge.core.secrets import key_fingerprint
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal
 from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
@@ -67,6 +68,9 @@ class IngestApp:
     """
 
     secrets: Mapping[str, bytes] = field(repr=False)
+    # Ed25519 public keys by key id (their fingerprint), for the standard-webhooks and rfc9421
+    # schemes (INGEST_ED25519_PUBLIC_KEYS).
+    public_keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
     tolerance_s: float = DEFAULT_TOLERANCE_S
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     clock: Callable[[], float] = time.time
@@ -151,6 +155,8 @@ class IngestApp:
             now=datetime.fromtimestamp(self.clock(), UTC),
             tolerance_s=self.tolerance_s,
             path=INGEST_PATH,
+            public_keys=self.public_keys,
+            target_uri=f"{scope.get('scheme', 'http')}://{headers.get('host', '')}{INGEST_PATH}",
         )
         if not verdict.ok:
             kind = "timestamp outside window" if verdict.check == "window" else None
@@ -164,12 +170,14 @@ class IngestApp:
             uuid.UUID(key)
         except ValueError:
             return self._refuse(400, "X-Idempotency-Key must be a UUID")
-        signature = headers.get("x-signature", "")
+        # Only v1 leaves the key unsigned; the other schemes sign it, so the key check suffices.
+        signature = headers.get("x-signature")
         with self._lock:
             existing = self._keys.get(key)
-            replayed = existing is None and signature in self._signatures
+            replayed = existing is None and signature is not None and signature in self._signatures
             if existing is None and not replayed:
-                self._remember(signature)
+                if signature is not None:
+                    self._remember(signature)
                 server_id = f"srv_{uuid.uuid4().hex[:16]}"
                 self._keys[key] = server_id
                 self.received.append(

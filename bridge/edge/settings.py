@@ -7,11 +7,12 @@ Each field declares its environment name and bounds once (see :mod:`bridge.core.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
+from bridge.core.ed25519 import Ed25519PrivateKey, read_private_key
 from bridge.core.outcome import OutcomeTable
 from bridge.core.secrets import Secret, redact_url
 from bridge.core.settings import (
@@ -101,6 +102,11 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         Setting("OUTBOUND_PROXY_URL", readme_default="from the environment", redact=True),
     ] = None
     proxy_env: dict[str, str] = msgspec.field(default_factory=dict)
+    signature_scheme: Annotated[
+        Literal["hmac", "standard-webhooks", "rfc9421"], Setting("OUTBOUND_SIGNATURE_SCHEME")
+    ] = "hmac"
+    ed25519_key_file: Annotated[str | None, Setting("OUTBOUND_ED25519_KEY_FILE")] = None
+    ed25519_next_key_file: Annotated[str | None, Setting("OUTBOUND_ED25519_NEXT_KEY_FILE")] = None
 
     def __repr__(self) -> str:
         # Proxy URLs may carry credentials: show them redacted; the secret is a Secret.
@@ -167,6 +173,33 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
             )
         self._check_proxy()
         check_tls_files(self.ca_bundle, self.client_cert, self.client_key)
+        self.ed25519_keys()
+
+    def ed25519_keys(self) -> list[Ed25519PrivateKey]:
+        """Read the Ed25519 key files (current, then next); refuse one the scheme cannot send.
+
+        ``hmac`` (v1/v2) has no place for an Ed25519 signature, so a key with it is refused
+        rather than silently unused; a next key needs a current one.
+        """
+        if self.ed25519_key_file is None:
+            if self.ed25519_next_key_file is not None:
+                raise ConfigError(
+                    "OUTBOUND_ED25519_NEXT_KEY_FILE needs OUTBOUND_ED25519_KEY_FILE",
+                    variable="OUTBOUND_ED25519_KEY_FILE",
+                )
+            return []
+        if self.signature_scheme == "hmac":
+            raise ConfigError(
+                "OUTBOUND_ED25519_KEY_FILE is set but OUTBOUND_SIGNATURE_SCHEME=hmac cannot carry "
+                "an Ed25519 signature: set OUTBOUND_SIGNATURE_SCHEME=standard-webhooks or rfc9421",
+                variable="OUTBOUND_ED25519_KEY_FILE",
+            )
+        keys = [read_private_key("OUTBOUND_ED25519_KEY_FILE", self.ed25519_key_file)]
+        if self.ed25519_next_key_file is not None:
+            keys.append(
+                read_private_key("OUTBOUND_ED25519_NEXT_KEY_FILE", self.ed25519_next_key_file)
+            )
+        return keys
 
     def _check_server_url(self) -> None:
         """Refuse a server URL without http(s) and a host, with credentials, or remote over http."""
