@@ -68,6 +68,7 @@ _INPUT_MEMBER: Final = re.compile(
 _SIGNATURE_MEMBER: Final = re.compile(rf"({_KEY_NAME})=:([A-Za-z0-9+/=]{{0,1024}}):")
 _COMPONENT: Final = re.compile(_STRING)
 _PARAM: Final = re.compile(rf";({_KEY_NAME})=(-?[0-9]{{1,15}}|{_STRING})")
+_ESCAPE: Final = re.compile(r"\\(.)")
 _DIGEST: Final = re.compile(r"\s*sha-256=:([A-Za-z0-9+/=]{44}):\s*")
 
 
@@ -79,7 +80,9 @@ def _sf_string(value: str) -> str:
 
 
 def _unquote(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text[1:-1])
+    """Read an RFC 8941 string's content (its quotes dropped, escapes resolved)."""
+    inner = text[1:-1]
+    return _ESCAPE.sub(r"\1", inner) if "\\" in inner else inner
 
 
 def content_digest(body: bytes) -> str:
