@@ -5,6 +5,8 @@ from typing import Final
 
 import pytest
 from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.core.ed25519 import generate_private_key, public_key_fingerprint
 from bridge.core.fencing import LeaseStamp
@@ -181,3 +183,36 @@ def test_the_signer_needs_a_key_and_shows_none() -> None:
         Rfc9421Signer(URL, "desk-1")
     shown = repr(Rfc9421Signer(URL, "desk-1", secret=SECRET))
     assert shown == f"Rfc9421Signer(target_uri={URL!r}, alg='hmac-sha256')"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    signature_input=st.text(
+        alphabet=st.sampled_from('sig1=()";, :*-abcdkeyltg0123456789\\@'), max_size=200
+    ),
+    signature=st.text(alphabet=st.sampled_from("sig1=:, AB+/=x"), max_size=120),
+    webhook=st.text(max_size=80),
+)
+def test_hostile_signature_headers_never_raise(
+    signature_input: str, signature: str, webhook: str
+) -> None:
+    """Any text in the signature headers of either profile is a refusal, never an exception."""
+    rfc = {"signature-input": signature_input, "signature": signature, "content-digest": "x"}
+    assert not verify_request(rfc, BODY, {"k1": SECRET}, now=NOW).ok
+    hooks = {"webhook-id": "a", "webhook-timestamp": str(int(AT)), "webhook-signature": webhook}
+    assert not verify_request(hooks, BODY, {"k1": SECRET}, now=NOW).ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_valid_request_with_any_splice_never_raises(data: st.DataObject) -> None:
+    """Any run of characters spliced into a valid header is verified or refused, never raised."""
+    headers = _request(Rfc9421Signer(URL, "desk-1", secret=SECRET, hmac_key_id="k1"))
+    name = data.draw(st.sampled_from(["signature-input", "signature", "content-digest"]))
+    value = headers[name]
+    start = data.draw(st.integers(0, len(value)))
+    end = data.draw(st.integers(start, len(value)))
+    junk = data.draw(st.text(max_size=12))
+    headers[name] = value[:start] + junk + value[end:]
+    verdict = verify_rfc9421(headers, BODY, {"k1": SECRET}, target_uri=URL, now=NOW)
+    assert verdict.ok is (headers[name].strip() == value)  # edge whitespace is no change
