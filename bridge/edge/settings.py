@@ -7,7 +7,7 @@ Each field declares its environment name and bounds once (see :mod:`bridge.core.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 import msgspec
@@ -27,13 +27,26 @@ from bridge.edge.proxy import is_loopback_host, select_proxy
 from bridge.edge.tls import check_tls_files
 from bridge.errors import ConfigError
 
-__all__ = ["MIN_SECRET_BYTES", "OutboundConfig"]
+__all__ = ["MIN_SECRET_BYTES", "OutboundConfig", "SignatureScheme"]
 
 MIN_SECRET_BYTES: Final = 16
 MIN_TIMEOUT_S: Final = 5.0
 _SUCCESS: Final = "OUTBOUND_SUCCESS_STATUSES"
 _SYSTEMIC: Final = "OUTBOUND_SYSTEMIC_STATUSES"
 _REJECT: Final = "OUTBOUND_REJECT_STATUSES"
+
+
+SignatureScheme = Literal["hmac", "standard-webhooks", "rfc9421"]
+_SCHEMES: Final = get_args(SignatureScheme)
+
+
+def _parse_scheme(variable: str, raw: str) -> str:
+    """Read OUTBOUND_SIGNATURE_SCHEME; anything but a known scheme is refused, naming them."""
+    if raw not in _SCHEMES:
+        raise ConfigError(
+            f"{variable} must be one of {', '.join(_SCHEMES)}, got {raw!r}", variable=variable
+        )
+    return raw
 
 
 class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,7 +116,7 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
     ] = None
     proxy_env: dict[str, str] = msgspec.field(default_factory=dict)
     signature_scheme: Annotated[
-        Literal["hmac", "standard-webhooks", "rfc9421"], Setting("OUTBOUND_SIGNATURE_SCHEME")
+        SignatureScheme, Setting("OUTBOUND_SIGNATURE_SCHEME", parse=_parse_scheme)
     ] = "hmac"
     ed25519_key_file: Annotated[str | None, Setting("OUTBOUND_ED25519_KEY_FILE")] = None
     ed25519_next_key_file: Annotated[str | None, Setting("OUTBOUND_ED25519_NEXT_KEY_FILE")] = None

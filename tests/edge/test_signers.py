@@ -66,6 +66,7 @@ def test_an_unknown_scheme_is_refused_naming_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env=outbound_env(URL, {"OUTBOUND_SIGNATURE_SCHEME": "svix"}))
     assert info.value.variable == "OUTBOUND_SIGNATURE_SCHEME"
+    assert "hmac, standard-webhooks, rfc9421" in str(info.value)
 
 
 def test_an_ed25519_key_with_the_hmac_scheme_is_refused_in_one_line(tmp_path: Path) -> None:
