@@ -30,13 +30,16 @@ import hmac
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
 from bridge.core.fencing import LEASE_HEADER, LeaseStamp
 from bridge.core.timestamps import TimestampError, parse_timestamp
 from bridge.errors import SigningError
+
+if TYPE_CHECKING:
+    from bridge.core.ed25519 import Ed25519PublicKey
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",
@@ -330,6 +333,36 @@ def _header(headers: Mapping[str, str], lowered: Mapping[str, str], name: str) -
     return value if value is not None else lowered.get(name.lower())
 
 
+def _verify_profile(
+    lowered: Mapping[str, str],
+    body: bytes,
+    secrets: Mapping[str, bytes],
+    public_keys: Mapping[str, Ed25519PublicKey] | None,
+    *,
+    now: datetime | None,
+    tolerance_s: float,
+    method: str,
+    target_uri: str,
+) -> Verification:
+    """Verify a Standard Webhooks or RFC 9421 request (``lowered``: headers in lower case)."""
+    from bridge.core import rfc9421, webhooks  # noqa: PLC0415 - they import this module
+
+    if "webhook-signature" in lowered:
+        return webhooks.verify_webhook(
+            lowered, body, secrets, public_keys, now=now, tolerance_s=tolerance_s
+        )
+    return rfc9421.verify_rfc9421(
+        lowered,
+        body,
+        secrets,
+        public_keys,
+        target_uri=target_uri,
+        method=method,
+        now=now,
+        tolerance_s=tolerance_s,
+    )
+
+
 def verify_request(
     headers: Mapping[str, str],
     body: bytes,
@@ -341,19 +374,37 @@ def verify_request(
     path: str = INGEST_PATH,
     producers: Mapping[str, Collection[str]] | None = None,
     required_version: int | None = None,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    target_uri: str | None = None,
 ) -> Verification:
     """Verify a signed ingest request the way the server must, before parsing any JSON.
 
-    The scheme is picked by the headers present (v1 without ``X-Signature-Version``, v2 with
-    ``X-Signature-Version: 2``); ``required_version`` refuses the other one. ``secrets`` maps
-    key id to secret. With an ``X-Key-Id`` header only that key is tried; without one every key
-    is tried. ``producers`` binds a key id to the producer ids it may sign for (a key id
-    absent from it may sign for any). The timestamp must lie within ``tolerance_s`` of ``now``
-    (past or future) so a captured request cannot be replayed later. Every refusal returns
-    ``ok=False`` with a reason for the server's log; nothing raises on hostile input.
+    The scheme is picked by the headers present: ``webhook-signature`` is Standard Webhooks
+    (:mod:`bridge.core.webhooks`), ``Signature-Input`` is RFC 9421 (:mod:`bridge.core.rfc9421`,
+    against ``target_uri``, by default ``https://<Host><path>``), else ``X-Signature`` v1
+    (without ``X-Signature-Version``) or v2 (with ``X-Signature-Version: 2``);
+    ``required_version`` refuses the other of v1 and v2 (the two profiles sign the key too).
+    ``secrets`` maps key id to secret, ``public_keys`` key id to Ed25519 public key. With an
+    ``X-Key-Id`` header only that key is tried; without one every key is tried. ``producers``
+    binds a key id to the producer ids it may sign for (a key id absent from it may sign for
+    any). The timestamp must lie within ``tolerance_s`` of ``now`` (past or future) so a
+    captured request cannot be replayed later. Every refusal returns ``ok=False`` with a reason
+    for the server's log; nothing raises on hostile input.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     # Which scheme signed the request, by the headers it carries: one branch per scheme.
+    if "webhook-signature" in lowered or "signature-input" in lowered:
+        verdict = _verify_profile(
+            lowered,
+            body,
+            secrets,
+            public_keys,
+            now=now,
+            tolerance_s=tolerance_s,
+            method=method,
+            target_uri=target_uri or f"https://{lowered.get('host', '')}{path}",
+        )
+        return _bound(verdict, producers)
     version_header = _header(headers, lowered, SIGNATURE_VERSION_HEADER)
     if version_header is None or version_header == "1":
         version = 1
@@ -371,7 +422,11 @@ def verify_request(
     signed = _HmacRequest.read(headers, lowered, body, version)
     if isinstance(signed, Verification):
         return signed
-    verdict = signed.verify(secrets, now, tolerance_s, method=method, path=path)
+    return _bound(signed.verify(secrets, now, tolerance_s, method=method, path=path), producers)
+
+
+def _bound(verdict: Verification, producers: Mapping[str, Collection[str]] | None) -> Verification:
+    """Refuse an accepted request whose key id is bound to other producer ids than its own."""
     bound = None if producers is None or verdict.key_id is None else producers.get(verdict.key_id)
     if verdict.ok and bound is not None and verdict.producer_id not in bound:
         return Verification(
@@ -380,7 +435,7 @@ def verify_request(
             producer_id=verdict.producer_id,
             key_id=verdict.key_id,
             check="producer",
-            version=version,
+            version=verdict.version,
         )
     return verdict
 

@@ -28,6 +28,7 @@ import msgspec
 from opentelemetry import propagate, trace
 from opentelemetry.semconv.attributes import http_attributes, url_attributes
 
+from bridge.core.ed25519 import Ed25519PublicKey
 from bridge.core.secrets import key_fingerprint
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal
 from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
@@ -81,6 +82,9 @@ class IngestApp:
     """
 
     secrets: Mapping[str, bytes] = field(repr=False)
+    # Ed25519 public keys by key id (their fingerprint), for the standard-webhooks and rfc9421
+    # schemes (INGEST_ED25519_PUBLIC_KEYS).
+    public_keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
     tolerance_s: float = DEFAULT_TOLERANCE_S
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     clock: Callable[[], float] = time.time
@@ -181,6 +185,8 @@ class IngestApp:
             path=INGEST_PATH,
             producers=self.producers,
             required_version=self.required_version,
+            public_keys=self.public_keys,
+            target_uri=f"{scope.get('scheme', 'http')}://{headers.get('host', '')}{INGEST_PATH}",
         )
         if not verdict.ok:
             kind = "timestamp outside window" if verdict.check == "window" else None
@@ -198,11 +204,15 @@ class IngestApp:
             return self._refuse(400, "X-Idempotency-Key must be a UUID")
         producer_id = verdict.producer_id or ""
         # Remembered until its timestamp leaves the window: no later copy can pass before then.
+        # Only X-Signature requests need it (v1 leaves the key unsigned); the profiles sign the
+        # key, so for them the key check suffices.
         until = (verdict.timestamp.timestamp() if verdict.timestamp else 0.0) + self.tolerance_s
         with self._lock:
             existing = self._keys.get((producer_id, key))
-            replayed = existing is None and not self._replays.first_use(
-                verdict.signature or b"", until=until, now=self.clock()
+            replayed = (
+                existing is None
+                and verdict.signature is not None
+                and not self._replays.first_use(verdict.signature, until=until, now=self.clock())
             )
             if existing is None and not replayed:
                 server_id = f"srv_{uuid.uuid4().hex[:16]}"

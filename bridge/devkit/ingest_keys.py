@@ -12,11 +12,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bridge.core.ed25519 import Ed25519PublicKey, parse_public_key, public_key_fingerprint
 from bridge.core.secrets import read_secret_file
 from bridge.edge.settings import MIN_SECRET_BYTES
 from bridge.errors import ConfigError
 
-__all__ = ["IngestKeys", "load_ingest_keys", "load_ingest_secrets", "load_required_version"]
+__all__ = [
+    "IngestKeys",
+    "load_ingest_keys",
+    "load_ingest_public_keys",
+    "load_ingest_secrets",
+    "load_required_version",
+]
 
 _SPELLING = "INGEST_SECRETS must be key_id[@producer[:producer...]]=secret[,...]"
 
@@ -97,3 +104,24 @@ def load_required_version(env: Mapping[str, str] | None = None) -> int | None:
 def _is_producer_id(name: str) -> bool:
     """Whether ``name`` can be an X-Producer-Id (non-empty printable ASCII, no space)."""
     return bool(name) and name.isascii() and name.isprintable() and " " not in name
+
+
+def load_ingest_public_keys(env: Mapping[str, str] | None = None) -> dict[str, Ed25519PublicKey]:
+    """Load the Ed25519 public keys, by key id (fingerprint), from ``INGEST_ED25519_PUBLIC_KEYS``.
+
+    The value lists base64 public keys (what ``signal-bridge keys`` and ``check`` print),
+    comma-separated; none is fine (the HMAC secrets still verify).
+    """
+    environ = os.environ if env is None else env
+    keys: dict[str, Ed25519PublicKey] = {}
+    for item in filter(
+        None, (part.strip() for part in environ.get("INGEST_ED25519_PUBLIC_KEYS", "").split(","))
+    ):
+        key = parse_public_key(item)
+        if key is None:
+            raise ConfigError(
+                "INGEST_ED25519_PUBLIC_KEYS must list base64 Ed25519 public keys (32 bytes each)",
+                variable="INGEST_ED25519_PUBLIC_KEYS",
+            )
+        keys[public_key_fingerprint(key)] = key
+    return keys

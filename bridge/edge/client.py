@@ -199,6 +199,7 @@ class HmacClient:
                 producer_id=self._config.producer_id,
                 key_id=self._config.key_id,
                 key_fingerprint=key_fingerprint(self._config.secret_bytes()),
+                signature_scheme=self._config.signature_scheme,
                 url=self._url,
             ),
         )

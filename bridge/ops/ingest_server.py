@@ -27,12 +27,14 @@ def run_ingest_server(args: argparse.Namespace) -> int:
     from bridge.devkit.ingest import IngestApp  # noqa: PLC0415 - server side only
     from bridge.devkit.ingest_keys import (  # noqa: PLC0415 - server side only
         load_ingest_keys,
+        load_ingest_public_keys,
         load_required_version,
     )
 
     configure_logging("INFO", "json")
     keys = load_ingest_keys()
     secrets = keys.secrets
+    public_keys = load_ingest_public_keys()
     required_version = load_required_version()
     telemetry = setup_telemetry(
         otel_environment(),
@@ -44,6 +46,7 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         secrets=secrets,
         producers=keys.producers,
         required_version=required_version,
+        public_keys=public_keys,
         tolerance_s=args.tolerance,
     )
     log.info(
@@ -54,6 +57,7 @@ def run_ingest_server(args: argparse.Namespace) -> int:
             port=args.port,
             tls=bool(args.ssl_certfile),
             key_ids=sorted(secrets),
+            ed25519_key_ids=sorted(public_keys),
             tolerance_s=args.tolerance,
             required_signature_version=required_version,
         ),
