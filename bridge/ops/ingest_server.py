@@ -25,17 +25,30 @@ def run_ingest_server(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     from bridge.devkit.ingest import IngestApp  # noqa: PLC0415 - server side only
-    from bridge.devkit.ingest_keys import load_ingest_secrets  # noqa: PLC0415 - server side only
+    from bridge.devkit.ingest_keys import (  # noqa: PLC0415 - server side only
+        load_ingest_keys,
+        load_ingest_public_keys,
+        load_required_version,
+    )
 
     configure_logging("INFO", "json")
-    secrets = load_ingest_secrets()
+    keys = load_ingest_keys()
+    secrets = keys.secrets
+    public_keys = load_ingest_public_keys()
+    required_version = load_required_version()
     telemetry = setup_telemetry(
         otel_environment(),
         instance_id=f"{args.host}:{args.port}",
         prometheus=False,
         service_name="signal-bridge-ingest",
     )
-    app = IngestApp(secrets=secrets, tolerance_s=args.tolerance)
+    app = IngestApp(
+        secrets=secrets,
+        producers=keys.producers,
+        required_version=required_version,
+        public_keys=public_keys,
+        tolerance_s=args.tolerance,
+    )
     log.info(
         "ingest server starting",
         extra=log_fields(
@@ -44,7 +57,9 @@ def run_ingest_server(args: argparse.Namespace) -> int:
             port=args.port,
             tls=bool(args.ssl_certfile),
             key_ids=sorted(secrets),
+            ed25519_key_ids=sorted(public_keys),
             tolerance_s=args.tolerance,
+            required_signature_version=required_version,
         ),
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make
