@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from opentelemetry import propagate, trace
@@ -33,6 +33,9 @@ from bridge.core.timestamps import format_timestamp
 from bridge.errors import BridgeError, InvalidSignalError
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.tracing import get_tracer
+
+if TYPE_CHECKING:
+    from bridge.devkit.ingest_guard import ServerLimits
 
 __all__ = ["IngestApp", "Received", "serve_in_thread"]
 
@@ -71,6 +74,7 @@ class IngestApp:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     clock: Callable[[], float] = time.time
     fault: Callable[[Mapping[str, str]], int | None] | None = None
+    max_stored: int = 100_000
     tracer: trace.Tracer | None = None
     received: list[Received] = field(default_factory=list)
     requests_total: int = 0
@@ -171,8 +175,7 @@ class IngestApp:
             if existing is None and not replayed:
                 self._remember(signature)
                 server_id = f"srv_{uuid.uuid4().hex[:16]}"
-                self._keys[key] = server_id
-                self.received.append(
+                self._store(
                     Received(
                         idempotency_key=key,
                         signal=signal,
@@ -194,6 +197,21 @@ class IngestApp:
             "message": None,
             "errors": None,
         }
+
+    def _store(self, accepted: Received) -> None:
+        """Keep an accepted signal and its key; past ``max_stored`` forget the oldest first.
+
+        A forgotten key is accepted again as new: the bound keeps the demo's memory flat (about
+        0.7 KiB a signal); a real server keeps its keys in its database for as long as producers
+        may retry.
+        """
+        self._keys[accepted.idempotency_key] = accepted.server_signal_id
+        self.received.append(accepted)
+        while len(self._keys) > self.max_stored:
+            del self._keys[next(iter(self._keys))]
+        # Trimmed in batches (an eighth of the bound) so each accept stays O(1) on average.
+        if len(self.received) > self.max_stored + max(1, self.max_stored // 8):
+            del self.received[: len(self.received) - self.max_stored]
 
     def _remember(self, signature: str) -> None:
         """Keep an accepted signature for two replay windows, then forget it (bounded)."""
@@ -279,10 +297,19 @@ async def _respond(send: Send, status: int, payload: object, *, date: str) -> No
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: Callable[[Scope, Receive, Send], Awaitable[None]], host: str = "127.0.0.1", port: int = 0
+    app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: ServerLimits | None = None,
 ) -> Iterator[str]:
-    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL."""
+    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL.
+
+    The server runs within ``limits`` (:mod:`bridge.devkit.ingest_guard`); the app writes its
+    own Date header, from its clock (a test can set it 400 s off).
+    """
     import uvicorn  # noqa: PLC0415 - the server is optional at import time of this module
+
+    from bridge.devkit.ingest_guard import ServerLimits, uvicorn_config  # noqa: PLC0415 - ditto
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -291,11 +318,7 @@ def serve_in_thread(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    # The app writes its own Date header, from its clock (a test can set it 400 s off).
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", date_header=False
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, limits or ServerLimits()))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="ingest-server", daemon=True
     )

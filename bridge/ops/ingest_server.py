@@ -25,6 +25,7 @@ def run_ingest_server(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     from bridge.devkit.ingest import IngestApp  # noqa: PLC0415 - server side only
+    from bridge.devkit.ingest_guard import ServerLimits, uvicorn_config  # noqa: PLC0415 - ditto
     from bridge.devkit.ingest_keys import load_ingest_secrets  # noqa: PLC0415 - server side only
 
     configure_logging("INFO", "json")
@@ -35,7 +36,15 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         prometheus=False,
         service_name="signal-bridge-ingest",
     )
-    app = IngestApp(secrets=secrets, tolerance_s=args.tolerance)
+    app = IngestApp(secrets=secrets, tolerance_s=args.tolerance, max_stored=args.max_stored)
+    limits = ServerLimits(
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
+        max_concurrent_requests=args.max_concurrent_requests,
+    )
     log.info(
         "ingest server starting",
         extra=log_fields(
@@ -45,6 +54,13 @@ def run_ingest_server(args: argparse.Namespace) -> int:
             tls=bool(args.ssl_certfile),
             key_ids=sorted(secrets),
             tolerance_s=args.tolerance,
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            header_timeout_s=limits.header_timeout_s,
+            body_timeout_s=limits.body_timeout_s,
+            max_connections=limits.max_connections,
+            max_concurrent_requests=limits.max_concurrent_requests,
+            max_stored=args.max_stored,
         ),
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make
@@ -54,17 +70,17 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         os_signal.SIGTERM, lambda sig, frame: stopped_by.append(os_signal.Signals(sig).name)
     )
     try:
-        uvicorn.run(
+        config = uvicorn_config(
             app,
+            limits,
             host=args.host,
             port=args.port,
-            log_level="warning",
-            log_config=None,  # keep our one-JSON-object-per-line handler
-            access_log=False,
-            date_header=False,  # the app sends Date from its own clock
+            lifespan="auto",
+            keep_log_config=True,  # keep our one-JSON-object-per-line handler
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
         )
+        uvicorn.Server(config).run()
     finally:
         os_signal.signal(os_signal.SIGTERM, previous)
         telemetry.shutdown()
