@@ -7,6 +7,7 @@ between fields (backoff, cluster slots, lease timings).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -15,6 +16,7 @@ from redis.crc import key_slot
 
 from bridge.core.secrets import redact_url
 from bridge.core.settings import Setting, check_bounds, parse_name, parse_names
+from bridge.core.signal import SignalRules
 from bridge.errors import ConfigError
 from bridge.streams.entries import is_stream_id
 
@@ -48,6 +50,8 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     signal_max_age_s: Annotated[
         float, Setting("BRIDGE_SIGNAL_MAX_AGE_SECONDS", ge=0, note="0 disables")
     ] = 300.0
+    max_clock_ahead_s: Annotated[float, Setting("BRIDGE_MAX_CLOCK_AHEAD_SECONDS", ge=0)] = 60.0
+    instrument_pattern: Annotated[str, Setting("BRIDGE_INSTRUMENT_PATTERN")] = ""
     batch_size: Annotated[int, Setting("BRIDGE_BATCH_SIZE", positive=True)] = 100
     block_ms: Annotated[
         int,
@@ -102,6 +106,19 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
         )
         return f"StreamConfig({fields})"
 
+    def signal_rules(self) -> SignalRules:
+        """Return the rules a worker checks each signal against when it reads it."""
+        pattern = None
+        if self.instrument_pattern:
+            try:
+                pattern = re.compile(self.instrument_pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"BRIDGE_INSTRUMENT_PATTERN is not a regular expression: {exc}",
+                    variable="BRIDGE_INSTRUMENT_PATTERN",
+                ) from None
+        return SignalRules(max_clock_ahead_s=self.max_clock_ahead_s, instrument_pattern=pattern)
+
     def check(self) -> None:
         """Check the settings at start; the first broken rule is refused, naming its variable.
 
@@ -110,6 +127,7 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
         consumer name yet, short leases for coordinators that never read).
         """
         _check_redis_url(self.redis_url, cluster=self.cluster)
+        self.signal_rules()  # refuses a pattern that does not compile
         for variable, name in (
             ("BRIDGE_STREAM", self.stream),
             ("BRIDGE_GROUP", self.group),
