@@ -2,12 +2,17 @@
 
 A secret never shows itself (repr, str, pickling); URLs lose their passwords before they are
 logged; a secret file loses exactly one trailing newline; both sides of a signed exchange log the
-same fingerprint so operators can compare keys without seeing them.
+same fingerprint so operators can compare keys without seeing them. A secret file readable by
+group or others is read all the same, with one WARNING (as ssh and kubectl warn): the key may
+have been seen by another account.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -20,7 +25,10 @@ __all__ = [
     "read_secret_file",
     "redact_url",
     "secret_file_bytes",
+    "warn_if_exposed",
 ]
+
+log = logging.getLogger("bridge.config")
 
 
 class Secret:
@@ -86,12 +94,30 @@ def secret_file_bytes(raw: bytes) -> bytes:
     return raw
 
 
+def warn_if_exposed(variable: str, path: str, mode: int) -> bool:
+    """Log a WARNING when a secret file's ``mode`` lets group or others read it; say whether."""
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return False
+    log.warning(
+        f"{variable}: secret file {path} is readable by group or others (mode "
+        f"{stat.S_IMODE(mode):04o}); make it 0400 or 0600, owned by the user the bridge runs as",
+        extra={"fields": {"variable": variable, "path": path, "mode": f"{stat.S_IMODE(mode):04o}"}},
+    )
+    return True
+
+
 def read_secret_file(variable: str, path: str) -> Secret:
-    """Read the secret file ``path``; ConfigError naming ``variable`` when it is unreadable."""
+    """Read the secret file ``path``; ConfigError naming ``variable`` when it is unreadable.
+
+    A file that group or others may read is used, with a WARNING (:func:`warn_if_exposed`).
+    """
     try:
-        raw = Path(path).read_bytes()
+        with Path(path).open("rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            raw = file.read()
     except OSError as exc:
         raise ConfigError(
             f"{variable}: cannot read {path}: {exc.strerror}", variable=variable
         ) from None
+    warn_if_exposed(variable, path, mode)
     return Secret(secret_file_bytes(raw))
