@@ -41,6 +41,7 @@ def test_group_or_world_readable_secret_file_warns_with_its_mode(
             "OUTBOUND_SERVER_URL": "https://api.example.com",
         }
     )
+    assert config.outbound.secret is not None
     assert config.outbound.secret.get() == SECRET.rstrip(b"\n")
     assert _warnings(caplog) == [
         f"HMAC_PRODUCER_SECRET_FILE: secret file {path} is readable by group or others (mode "
