@@ -17,6 +17,7 @@ from redis.crc import key_slot
 from bridge.core.secrets import redact_url
 from bridge.core.settings import Setting, check_bounds, parse_name, parse_names
 from bridge.core.signal import SignalRules
+from bridge.core.urls import split_url
 from bridge.errors import ConfigError
 from bridge.streams.entries import is_stream_id
 
@@ -222,19 +223,12 @@ def redis_db(url: str) -> int:
 
 def _check_redis_url(url: str, *, cluster: bool) -> None:
     """Refuse a Redis URL without a known scheme, a host, a valid port or a usable database."""
-    parts = urlsplit(url)
+    parts = split_url("BRIDGE_REDIS_URL", url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             f"BRIDGE_REDIS_URL must be redis://, rediss:// or unix://, got {redact_url(url)!r}",
             variable="BRIDGE_REDIS_URL",
         )
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError(
-            f"BRIDGE_REDIS_URL has an invalid port: {redact_url(url)!r}",
-            variable="BRIDGE_REDIS_URL",
-        ) from None
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError(
             f"BRIDGE_REDIS_URL needs a host: {redact_url(url)!r}", variable="BRIDGE_REDIS_URL"
