@@ -32,7 +32,11 @@ __all__ = ["main"]
 
 async def _dlq(config: BridgeConfig, args: argparse.Namespace) -> int:
     """Run one ``dlq`` sub-command over every configured stream."""
-    async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+    async with connect(
+        config.stream.redis_url,
+        cluster=config.stream.cluster,
+        password=config.stream.redis_password,
+    ) as redis:
         return await run_dlq_command(signal_streams(config.stream, redis), args)
 
 

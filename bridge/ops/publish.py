@@ -242,7 +242,11 @@ async def run_publish(config: BridgeConfig, args: argparse.Namespace) -> int:
         config.telemetry.otel_env, instance_id=config.stream.consumer, prometheus=False
     )
     try:
-        async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+        async with connect(
+            config.stream.redis_url,
+            cluster=config.stream.cluster,
+            password=config.stream.redis_password,
+        ) as redis:
             for item in signals:
                 with _producer_span(telemetry.tracer, config.stream.stream_names()):
                     entry_id = await publish(redis, item, stream=config.stream.stream_names())

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import msgspec
 from redis.crc import key_slot
 
-from bridge.core.secrets import redact_url
+from bridge.core.secrets import Secret, redact_url
 from bridge.core.settings import Setting, check_bounds, parse_name, parse_names
 from bridge.core.signal import SignalRules
 from bridge.core.urls import split_url
@@ -31,6 +31,8 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Where signals come from and how the consumer group treats them."""
 
     redis_url: Annotated[str, Setting("BRIDGE_REDIS_URL", redact=True)] = "redis://localhost:6379/0"
+    # From BRIDGE_REDIS_PASSWORD_FILE (read by the loader, never from the config file).
+    redis_password: Secret | None = None
     stream: Annotated[str, Setting("BRIDGE_STREAM", parse=parse_name, sees_blank=True)] = "signals"
     group: Annotated[str, Setting("BRIDGE_GROUP", parse=parse_name, sees_blank=True)] = (
         "signal-bridge"
@@ -128,6 +130,12 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
         consumer name yet, short leases for coordinators that never read).
         """
         _check_redis_url(self.redis_url, cluster=self.cluster)
+        if self.redis_password is not None and split_url("", self.redis_url).password:
+            raise ConfigError(
+                "BRIDGE_REDIS_URL carries a password and BRIDGE_REDIS_PASSWORD_FILE is set: give "
+                "one (the file keeps it out of the URL)",
+                variable="BRIDGE_REDIS_PASSWORD_FILE",
+            )
         self.signal_rules()  # refuses a pattern that does not compile
         for variable, name in (
             ("BRIDGE_STREAM", self.stream),

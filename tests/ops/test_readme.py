@@ -24,6 +24,7 @@ README: Final = Path(__file__).resolve().parents[2] / "README.md"
 OTHER_VARIABLES: Final = (
     "BRIDGE_CONFIG",
     "HMAC_PRODUCER_SECRET_FILE",
+    "BRIDGE_REDIS_PASSWORD_FILE",
     "INGEST_SECRETS",
     "INGEST_SECRET_FILE",
     # The proxy variables curl and httpx read (either case; the table names the upper case).
