@@ -53,7 +53,7 @@ class ServerLimits:
     body_timeout_s: float = 10.0
     keep_alive_s: int = 5
     max_connections: int = 256
-    max_concurrent_requests: int = 64
+    max_concurrent_requests: int = 128
 
 
 class _Refused(Exception):

@@ -154,7 +154,7 @@ def _add_ingest_server(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     limits.add_argument("--header-timeout", type=_positive_float, default=10.0, metavar="S")
     limits.add_argument("--body-timeout", type=_positive_float, default=10.0, metavar="S")
     limits.add_argument("--max-connections", type=_positive_int, default=256)
-    limits.add_argument("--max-concurrent-requests", type=_positive_int, default=64)
+    limits.add_argument("--max-concurrent-requests", type=_positive_int, default=128)
     limits.add_argument(
         "--max-stored",
         type=_positive_int,

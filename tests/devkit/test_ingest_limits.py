@@ -239,3 +239,27 @@ async def test_the_idempotency_store_keeps_at_most_max_stored_keys_oldest_forgot
     assert app.keys() == set(keys[-3:])
     assert len(app.received) <= 4
     assert app.received[-1].idempotency_key == keys[-1]
+
+
+def test_the_command_line_defaults_are_the_server_limits_defaults() -> None:
+    """`signal-bridge ingest-server` without options runs with ServerLimits() and 100,000 keys."""
+    from bridge.ops.cli import _parser  # noqa: PLC0415 - the command's own parser
+
+    args = _parser().parse_args(["ingest-server"])
+    limits = ServerLimits()
+    assert (
+        args.max_header_bytes,
+        args.max_headers,
+        args.header_timeout,
+        args.body_timeout,
+        args.max_connections,
+        args.max_concurrent_requests,
+    ) == (
+        limits.max_header_bytes,
+        limits.max_headers,
+        limits.header_timeout_s,
+        limits.body_timeout_s,
+        limits.max_connections,
+        limits.max_concurrent_requests,
+    )
+    assert args.max_stored == IngestApp(secrets={}).max_stored
