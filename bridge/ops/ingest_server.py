@@ -12,7 +12,7 @@ import signal as os_signal
 
 from bridge import __version__
 from bridge.telemetry.logs import configure_logging, log_fields
-from bridge.telemetry.otel_env import otel_environment
+from bridge.telemetry.otel_env import otel_environment, validate_otel_endpoints
 from bridge.telemetry.setup import setup_telemetry
 
 __all__ = ["run_ingest_server"]
@@ -30,8 +30,10 @@ def run_ingest_server(args: argparse.Namespace) -> int:
 
     configure_logging("INFO", "json")
     secrets = load_ingest_secrets()
+    otel_env = otel_environment()
+    validate_otel_endpoints(otel_env)  # a malformed endpoint: one line, exit 2
     telemetry = setup_telemetry(
-        otel_environment(),
+        otel_env,
         instance_id=f"{args.host}:{args.port}",
         prometheus=False,
         service_name="signal-bridge-ingest",

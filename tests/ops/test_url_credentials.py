@@ -139,3 +139,22 @@ async def test_a_password_in_the_redis_url_query_never_appears_in_any_output(
     for output in outputs:
         assert password not in output
         assert api_key not in output
+
+
+def test_the_ingest_server_refuses_a_malformed_otlp_endpoint_in_one_line() -> None:
+    """`ingest-server` with OTEL_EXPORTER_OTLP_ENDPOINT=...:5290x exits 2 with one line."""
+    result = cli(
+        "ingest-server",
+        "--port",
+        "1",
+        env={
+            "INGEST_SECRETS": "k1=url-test-secret-0123456789abcdef",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:5290x",
+        },
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "signal-bridge: configuration error: OTEL_EXPORTER_OTLP_ENDPOINT has an invalid port"
+    )
