@@ -123,7 +123,10 @@ class IngestApp:
                 url_attributes.URL_PATH: scope["path"],
             },
         ) as span:
-            status, payload = await self._handle(scope, receive, headers)
+            try:
+                status, payload = await self._handle(scope, receive, headers)
+            except _ClientGone:  # the server's limits closed it (and logged why)
+                return
             span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
             if status >= 500:
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
@@ -262,13 +265,23 @@ def _log_outcome(
     )
 
 
+class _ClientGone(Exception):
+    """The connection closed before the whole body arrived: there is no one to answer."""
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """Read the whole request body; None once it grows past ``limit``."""
+    """Read the whole request body; None once it grows past ``limit``.
+
+    Raises :class:`_ClientGone` on a disconnect (a body timeout of the server's limits, or the
+    client leaving): a partial body is never judged.
+    """
     chunks: list[bytes] = []
     size = 0
     more = True
     while more:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

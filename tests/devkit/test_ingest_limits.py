@@ -189,6 +189,12 @@ async def test_slow_heads_and_bodies_are_dropped_and_normal_requests_still_serve
     assert sum(b"request body timeout" in answer for answer in answers) == 20
     assert elapsed < 5, f"slow clients were held {elapsed:.1f} s (timeouts are 1 s)"
     assert _peak_rss(child.proc.pid) < RSS_LIMIT
+    # Each slow client is logged once, by the limits; a cut-off body is never judged as a request.
+    logged = child.stdout()
+    assert logged.count('"reason":"request body timeout"') == 20
+    assert logged.count('"reason":"request head timeout"') == 20
+    assert "ingest refused" not in logged
+    assert "Exception in ASGI application" not in child.output()
 
 
 async def test_too_many_headers_get_431() -> None:
