@@ -73,7 +73,7 @@ def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
         "message": record.getMessage(),
         "logger": record.name,
     }
-    if not record.name.startswith("bridge"):  # a library may log a URL with its credentials
+    if not str(record.name).startswith("bridge"):  # a library may log a URL with credentials
         out["message"] = redact_text(out["message"])
     extra = getattr(record, _FIELDS_ATTR, None)
     if extra is not None and type(extra) is not dict:
