@@ -7,11 +7,12 @@ Each field declares its environment name and bounds once (see :mod:`bridge.core.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 import msgspec
 
+from bridge.core.ed25519 import Ed25519PrivateKey, read_private_key
 from bridge.core.outcome import OutcomeTable
 from bridge.core.secrets import Secret, redact_url
 from bridge.core.settings import (
@@ -27,13 +28,26 @@ from bridge.edge.proxy import is_loopback_host, select_proxy
 from bridge.edge.tls import check_tls_files
 from bridge.errors import ConfigError
 
-__all__ = ["MIN_SECRET_BYTES", "OutboundConfig"]
+__all__ = ["MIN_SECRET_BYTES", "OutboundConfig", "SignatureScheme"]
 
 MIN_SECRET_BYTES: Final = 16
 MIN_TIMEOUT_S: Final = 5.0
 _SUCCESS: Final = "OUTBOUND_SUCCESS_STATUSES"
 _SYSTEMIC: Final = "OUTBOUND_SYSTEMIC_STATUSES"
 _REJECT: Final = "OUTBOUND_REJECT_STATUSES"
+
+
+SignatureScheme = Literal["hmac", "standard-webhooks", "rfc9421"]
+_SCHEMES: Final = get_args(SignatureScheme)
+
+
+def _parse_scheme(variable: str, raw: str) -> str:
+    """Read OUTBOUND_SIGNATURE_SCHEME; anything but a known scheme is refused, naming them."""
+    if raw not in _SCHEMES:
+        raise ConfigError(
+            f"{variable} must be one of {', '.join(_SCHEMES)}, got {raw!r}", variable=variable
+        )
+    return raw
 
 
 class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +70,9 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         DEFAULT_MAX_BODY_SIZE
     )
     key_id: Annotated[str | None, Setting("HMAC_PRODUCER_KEY_ID")] = None
+    signature_version: Annotated[
+        int, Setting("OUTBOUND_SIGNATURE_VERSION", ge=1, le=2, note="1 or 2")
+    ] = 1
     ca_bundle: Annotated[
         str | None, Setting("OUTBOUND_CA_BUNDLE", readme_default="system store")
     ] = None
@@ -102,6 +119,11 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         Setting("OUTBOUND_PROXY_URL", readme_default="from the environment", redact=True),
     ] = None
     proxy_env: dict[str, str] = msgspec.field(default_factory=dict)
+    signature_scheme: Annotated[
+        SignatureScheme, Setting("OUTBOUND_SIGNATURE_SCHEME", parse=_parse_scheme)
+    ] = "hmac"
+    ed25519_key_file: Annotated[str | None, Setting("OUTBOUND_ED25519_KEY_FILE")] = None
+    ed25519_next_key_file: Annotated[str | None, Setting("OUTBOUND_ED25519_NEXT_KEY_FILE")] = None
 
     def __repr__(self) -> str:
         # Proxy URLs may carry credentials: show them redacted; the secret is a Secret.
@@ -168,6 +190,33 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
             )
         self._check_proxy()
         check_tls_files(self.ca_bundle, self.client_cert, self.client_key)
+        self.ed25519_keys()
+
+    def ed25519_keys(self) -> list[Ed25519PrivateKey]:
+        """Read the Ed25519 key files (current, then next); refuse one the scheme cannot send.
+
+        ``hmac`` (v1/v2) has no place for an Ed25519 signature, so a key with it is refused
+        rather than silently unused; a next key needs a current one.
+        """
+        if self.ed25519_key_file is None:
+            if self.ed25519_next_key_file is not None:
+                raise ConfigError(
+                    "OUTBOUND_ED25519_NEXT_KEY_FILE needs OUTBOUND_ED25519_KEY_FILE",
+                    variable="OUTBOUND_ED25519_KEY_FILE",
+                )
+            return []
+        if self.signature_scheme == "hmac":
+            raise ConfigError(
+                "OUTBOUND_ED25519_KEY_FILE is set but OUTBOUND_SIGNATURE_SCHEME=hmac cannot carry "
+                "an Ed25519 signature: set OUTBOUND_SIGNATURE_SCHEME=standard-webhooks or rfc9421",
+                variable="OUTBOUND_ED25519_KEY_FILE",
+            )
+        keys = [read_private_key("OUTBOUND_ED25519_KEY_FILE", self.ed25519_key_file)]
+        if self.ed25519_next_key_file is not None:
+            keys.append(
+                read_private_key("OUTBOUND_ED25519_NEXT_KEY_FILE", self.ed25519_next_key_file)
+            )
+        return keys
 
     def _check_server_url(self) -> None:
         """Refuse a server URL without http(s) and a host, with credentials, or remote over http."""

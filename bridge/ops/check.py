@@ -19,6 +19,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from bridge.config.loader import BridgeConfig, effective_settings
+from bridge.core.ed25519 import public_key_b64, public_key_fingerprint
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.edge.client import build_ssl_context
 from bridge.edge.settings import OutboundConfig
@@ -52,6 +53,13 @@ async def run_check(config: BridgeConfig, out: Print = print) -> int:
         out(f"secret    sha256 fingerprint {key_fingerprint(secret.get())} (first 8 hex digits)")
     else:
         out("secret    not set (HMAC_PRODUCER_ENABLED is false)")
+    if config.outbound.enabled:
+        out(f"scheme    {config.outbound.signature_scheme}")
+        for key in config.outbound.ed25519_keys():
+            out(
+                f"ed25519   public key {public_key_b64(key)} "
+                f"(fingerprint {public_key_fingerprint(key)})"
+            )
     await _check_redis(config, out)
     if config.outbound.enabled:
         await _check_ingest(config.outbound, out)

@@ -1,4 +1,4 @@
-"""The ``signal-bridge`` command: run, check, publish, status, dlq, demo, ingest-server.
+"""The ``signal-bridge`` command: run, check, publish, status, dlq, keys, demo, ingest-server.
 
 It parses the command line, loads the settings, runs the chosen command and maps errors to exit
 codes. ``run`` is the service (:func:`bridge.app.runner.run`); each other command lives in its
@@ -21,6 +21,7 @@ from bridge.config.loader import BridgeConfig, load_config
 from bridge.errors import BridgeError, ConfigError, UsageError
 from bridge.ops.dlq import parse_since, run_dlq_command
 from bridge.ops.ingest_server import run_ingest_server
+from bridge.ops.keys import run_keys
 from bridge.ops.publish import run_publish
 from bridge.ops.status import run_status
 from bridge.streams.connection import connect
@@ -188,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     status = _command(sub, "status", "stream length, lag, pending, dead letters")
     status.add_argument("--json", action="store_true")
     _add_dlq(sub)
+    keys = _command(sub, "keys", "generate an Ed25519 key pair (private file 0600, <file>.pub)")
+    keys.add_argument("private_key_file", metavar="FILE", help="where the private key goes")
     demo = _command(sub, "demo", "self-contained demo: embedded Redis and ingest server")
     demo.add_argument("--signals", type=int, default=20)
     _add_ingest_server(sub)
@@ -213,6 +216,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo(args.signals))
     if args.command == "ingest-server":
         return run_ingest_server(args)
+    if args.command == "keys":
+        return run_keys(args.private_key_file)
     # Only run needs the ingest settings; operator commands need just Redis.
     env_path = args.config
     if args.command == "run":

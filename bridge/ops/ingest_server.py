@@ -26,10 +26,17 @@ def run_ingest_server(args: argparse.Namespace) -> int:
 
     from bridge.devkit.ingest import IngestApp  # noqa: PLC0415 - server side only
     from bridge.devkit.ingest_guard import ServerLimits, uvicorn_config  # noqa: PLC0415 - ditto
-    from bridge.devkit.ingest_keys import load_ingest_secrets  # noqa: PLC0415 - server side only
+    from bridge.devkit.ingest_keys import (  # noqa: PLC0415 - server side only
+        load_ingest_keys,
+        load_ingest_public_keys,
+        load_required_version,
+    )
 
     configure_logging("INFO", "json")
-    secrets = load_ingest_secrets()
+    keys = load_ingest_keys()
+    secrets = keys.secrets
+    public_keys = load_ingest_public_keys()
+    required_version = load_required_version()
     otel_env = otel_environment()
     validate_otel_endpoints(otel_env)  # a malformed endpoint: one line, exit 2
     telemetry = setup_telemetry(
@@ -38,7 +45,14 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         prometheus=False,
         service_name="signal-bridge-ingest",
     )
-    app = IngestApp(secrets=secrets, tolerance_s=args.tolerance, max_stored=args.max_stored)
+    app = IngestApp(
+        secrets=secrets,
+        producers=keys.producers,
+        required_version=required_version,
+        public_keys=public_keys,
+        tolerance_s=args.tolerance,
+        max_stored=args.max_stored,
+    )
     limits = ServerLimits(
         max_header_bytes=args.max_header_bytes,
         max_headers=args.max_headers,
@@ -55,7 +69,9 @@ def run_ingest_server(args: argparse.Namespace) -> int:
             port=args.port,
             tls=bool(args.ssl_certfile),
             key_ids=sorted(secrets),
+            ed25519_key_ids=sorted(public_keys),
             tolerance_s=args.tolerance,
+            required_signature_version=required_version,
             max_header_bytes=limits.max_header_bytes,
             max_headers=limits.max_headers,
             header_timeout_s=limits.header_timeout_s,
