@@ -75,3 +75,24 @@ def test_world_readable_client_key_warns(tmp_path: Path, caplog: pytest.LogCaptu
     check_tls_files(None, str(cert), str(key))
     [warning] = _warnings(caplog)
     assert warning.startswith(f"OUTBOUND_CLIENT_KEY: secret file {key} is readable by group")
+
+
+def test_group_readable_ed25519_key_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """OUTBOUND_ED25519_KEY_FILE at 0640 is used, with a WARNING; at 0600 quietly."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+
+    from bridge.core.ed25519 import read_private_key  # noqa: PLC0415
+
+    path = tmp_path / "ed25519.key"
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes_raw())
+    caplog.set_level(logging.WARNING)
+    path.chmod(0o600)
+    read_private_key("OUTBOUND_ED25519_KEY_FILE", str(path))
+    assert _warnings(caplog) == []
+    path.chmod(0o640)
+    read_private_key("OUTBOUND_ED25519_KEY_FILE", str(path))
+    [warning] = _warnings(caplog)
+    assert warning.startswith(f"OUTBOUND_ED25519_KEY_FILE: secret file {path} is readable")
+    assert "(mode 0640)" in warning
