@@ -21,6 +21,7 @@ from typing import Any, Final
 import msgspec
 from opentelemetry import trace
 
+from bridge.core.secrets import redact_text
 from bridge.core.timestamps import format_timestamp
 
 __all__ = [
@@ -72,6 +73,8 @@ def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
         "message": record.getMessage(),
         "logger": record.name,
     }
+    if not str(record.name).startswith("bridge"):  # a library may log a URL with credentials
+        out["message"] = redact_text(out["message"])
     extra = getattr(record, _FIELDS_ATTR, None)
     if extra is not None and type(extra) is not dict:
         extra = dict(extra) if isinstance(extra, Mapping) else None
