@@ -104,6 +104,7 @@ class Worker:
         self._stop_event = asyncio.Event()
         self._closed = asyncio.Event()
         self._window = Window(config.max_in_flight, config.batch_size)
+        self._rules = config.signal_rules()
         self._link = RedisLink(
             stream.stream, self.redis_backoff, self._stop_event, on_error=self._reread_later
         )
@@ -386,7 +387,11 @@ class Worker:
     def _prepare(self, entry: Entry) -> Job:
         """Decode and encode once per entry (see ``bridge.delivery.jobs.prepare_job``)."""
         return prepare_job(
-            entry, stream=self.stream.stream, max_body_size=self.client.max_body_size
+            entry,
+            stream=self.stream.stream,
+            max_body_size=self.client.max_body_size,
+            rules=self._rules,
+            now=self.clock(),
         )
 
     # --- lanes -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 from opentelemetry import propagate, trace
@@ -37,6 +37,9 @@ from bridge.devkit.replay import ReplayCache
 from bridge.errors import BridgeError, InvalidSignalError
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.tracing import get_tracer
+
+if TYPE_CHECKING:
+    from bridge.devkit.ingest_guard import ServerLimits
 
 __all__ = ["IngestApp", "Received", "serve_in_thread"]
 
@@ -89,6 +92,7 @@ class IngestApp:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     clock: Callable[[], float] = time.time
     fault: Callable[[Mapping[str, str]], int | None] | None = None
+    max_stored: int = 100_000
     tracer: trace.Tracer | None = None
     producers: Mapping[str, frozenset[str]] = field(default_factory=dict)
     required_version: int | None = None
@@ -141,7 +145,10 @@ class IngestApp:
                 url_attributes.URL_PATH: scope["path"],
             },
         ) as span:
-            answer = await self._handle(scope, receive, headers)
+            try:
+                answer = await self._handle(scope, receive, headers)
+            except _ClientGone:  # the server's limits closed it (and logged why)
+                return
             span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, answer.status)
             if answer.status >= 500:
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
@@ -216,8 +223,8 @@ class IngestApp:
             )
             if existing is None and not replayed:
                 server_id = f"srv_{uuid.uuid4().hex[:16]}"
-                self._keys[producer_id, key] = server_id
-                self.received.append(
+                self._store(
+                    (producer_id, key),
                     Received(
                         idempotency_key=key,
                         signal=signal,
@@ -226,7 +233,7 @@ class IngestApp:
                         key_id=verdict.key_id,
                         received_at=self.clock(),
                         traceparent=headers.get("traceparent"),
-                    )
+                    ),
                 )
         if existing is not None:
             return self._refuse(409, "duplicate idempotency key", signal_id=existing)
@@ -244,6 +251,21 @@ class IngestApp:
                 "errors": None,
             },
         )
+
+    def _store(self, key: tuple[str, str], accepted: Received) -> None:
+        """Keep an accepted signal and its key; past ``max_stored`` forget the oldest first.
+
+        A forgotten key is accepted again as new: the bound keeps the demo's memory flat (about
+        0.7 KiB a signal); a real server keeps its keys in its database for as long as producers
+        may retry.
+        """
+        self._keys[key] = accepted.server_signal_id
+        self.received.append(accepted)
+        while len(self._keys) > self.max_stored:
+            del self._keys[next(iter(self._keys))]
+        # Trimmed in batches (an eighth of the bound) so each accept stays O(1) on average.
+        if len(self.received) > self.max_stored + max(1, self.max_stored // 8):
+            del self.received[: len(self.received) - self.max_stored]
 
     def _refuse(
         self,
@@ -301,13 +323,23 @@ def _log_outcome(
     )
 
 
+class _ClientGone(Exception):
+    """The connection closed before the whole body arrived: there is no one to answer."""
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """Read the whole request body; None once it grows past ``limit``."""
+    """Read the whole request body; None once it grows past ``limit``.
+
+    Raises :class:`_ClientGone` on a disconnect (a body timeout of the server's limits, or the
+    client leaving): a partial body is never judged.
+    """
     chunks: list[bytes] = []
     size = 0
     more = True
     while more:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -336,10 +368,19 @@ async def _respond(send: Send, status: int, payload: object, *, date: str) -> No
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: Callable[[Scope, Receive, Send], Awaitable[None]], host: str = "127.0.0.1", port: int = 0
+    app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: ServerLimits | None = None,
 ) -> Iterator[str]:
-    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL."""
+    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL.
+
+    The server runs within ``limits`` (:mod:`bridge.devkit.ingest_guard`); the app writes its
+    own Date header, from its clock (a test can set it 400 s off).
+    """
     import uvicorn  # noqa: PLC0415 - the server is optional at import time of this module
+
+    from bridge.devkit.ingest_guard import ServerLimits, uvicorn_config  # noqa: PLC0415 - ditto
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -348,11 +389,7 @@ def serve_in_thread(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    # The app writes its own Date header, from its clock (a test can set it 400 s off).
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", date_header=False
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, limits or ServerLimits()))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="ingest-server", daemon=True
     )

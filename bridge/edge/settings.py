@@ -23,6 +23,7 @@ from bridge.core.settings import (
 )
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE
 from bridge.core.signing import INGEST_PATH
+from bridge.core.urls import split_url
 from bridge.edge.proxy import is_loopback_host, select_proxy
 from bridge.edge.tls import check_tls_files
 from bridge.errors import ConfigError
@@ -221,7 +222,7 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         """Refuse a server URL without http(s) and a host, with credentials, or remote over http."""
         if not self.server_url:
             raise ConfigError("OUTBOUND_SERVER_URL is required", variable="OUTBOUND_SERVER_URL")
-        url = urlsplit(self.server_url)
+        url = split_url("OUTBOUND_SERVER_URL", self.server_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError(
                 "OUTBOUND_SERVER_URL must be an http(s) URL with a host, got "
@@ -231,6 +232,14 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         if url.username or url.password:
             raise ConfigError(
                 "OUTBOUND_SERVER_URL must not carry credentials", variable="OUTBOUND_SERVER_URL"
+            )
+        if url.query or url.fragment or self.server_url.endswith(("?", "#")):
+            # The bridge POSTs to the server's origin + /api/v1/signals/ingest: a query or a
+            # fragment would be dropped, not sent (and may hold a token).
+            raise ConfigError(
+                "OUTBOUND_SERVER_URL must not have a query or fragment (the bridge posts to "
+                f"{INGEST_PATH} on its origin), got {redact_url(self.server_url)!r}",
+                variable="OUTBOUND_SERVER_URL",
             )
         if url.scheme == "http" and not is_loopback_host(url.hostname):
             raise ConfigError(
@@ -271,13 +280,7 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         proxy, variable = self.proxy()
         if proxy is None:
             return
-        parts = urlsplit(proxy)
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ConfigError(
-                f"{variable}: bad port in {redact_url(proxy)!r}", variable=variable
-            ) from None
+        parts = split_url(variable, proxy)
         if parts.scheme != "http" or not parts.hostname:
             raise ConfigError(
                 f"{variable} must be an http:// proxy URL (https targets go through it with "

@@ -77,7 +77,9 @@ async def _check_redis(config: BridgeConfig, out: Print) -> None:
     """PING (auth, TLS, the database), then each stream's length and its group."""
     cfg = config.stream
     where = redact_url(cfg.redis_url) + (" (cluster)" if cfg.cluster else "")
-    async with connect(cfg.redis_url, cluster=cfg.cluster) as redis:
+    if cfg.redis_password is not None:
+        where += " (password from BRIDGE_REDIS_PASSWORD_FILE)"
+    async with connect(cfg.redis_url, cluster=cfg.cluster, password=cfg.redis_password) as redis:
         started = time.perf_counter()
         try:
             await asyncio.wait_for(probe_database(redis, redis_db(cfg.redis_url)), STEP_TIMEOUT_S)

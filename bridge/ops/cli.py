@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -32,7 +33,11 @@ __all__ = ["main"]
 
 async def _dlq(config: BridgeConfig, args: argparse.Namespace) -> int:
     """Run one ``dlq`` sub-command over every configured stream."""
-    async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+    async with connect(
+        config.stream.redis_url,
+        cluster=config.stream.cluster,
+        password=config.stream.redis_password,
+    ) as redis:
         return await run_dlq_command(signal_streams(config.stream, redis), args)
 
 
@@ -120,6 +125,22 @@ def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _command(dlq_sub, "purge", "delete the dead-letter stream")
 
 
+def _positive_int(text: str) -> int:
+    """Parse a command-line count that must be above zero."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """Parse a command-line duration (seconds) that must be above zero."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
 def _add_ingest_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the reference ingest server command."""
     ingest = _command(sub, "ingest-server", "run the reference ingest server")
@@ -128,6 +149,19 @@ def _add_ingest_server(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     ingest.add_argument("--tolerance", type=float, default=300.0)
     ingest.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     ingest.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    limits = ingest.add_argument_group("limits against hostile peers (README: reference server)")
+    limits.add_argument("--max-header-bytes", type=_positive_int, default=16 * 1024)
+    limits.add_argument("--max-headers", type=_positive_int, default=64)
+    limits.add_argument("--header-timeout", type=_positive_float, default=10.0, metavar="S")
+    limits.add_argument("--body-timeout", type=_positive_float, default=10.0, metavar="S")
+    limits.add_argument("--max-connections", type=_positive_int, default=256)
+    limits.add_argument("--max-concurrent-requests", type=_positive_int, default=128)
+    limits.add_argument(
+        "--max-stored",
+        type=_positive_int,
+        default=100_000,
+        help="idempotency keys (and signals) kept; the oldest are forgotten first",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,7 +15,11 @@ __all__ = ["run_status"]
 
 async def run_status(config: BridgeConfig, args: argparse.Namespace) -> int:
     """Print each stream's length, lag, pending, oldest pending age and dead letters."""
-    async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+    async with connect(
+        config.stream.redis_url,
+        cluster=config.stream.cluster,
+        password=config.stream.redis_password,
+    ) as redis:
         statuses = [await stream.status() for stream in signal_streams(config.stream, redis)]
     if args.json:
         payload = statuses[0] if len(statuses) == 1 else statuses

@@ -23,6 +23,7 @@ from typing import Any, Final
 import msgspec
 from opentelemetry import trace
 
+from bridge.core.secrets import redact_text
 from bridge.core.timestamps import format_timestamp
 from bridge.telemetry.bounds import bounded, bounded_fields
 
@@ -72,9 +73,12 @@ def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
     out: dict[str, Any] = {
         "timestamp": _line_time(record.created),
         "level": record.levelname,
-        "message": bounded(record.getMessage()),
+        "message": record.getMessage(),
         "logger": record.name,
     }
+    if not str(record.name).startswith("bridge"):  # a library may log a URL with credentials
+        out["message"] = redact_text(out["message"])
+    out["message"] = bounded(out["message"])  # after redaction: a cut must not hide a password
     extra = getattr(record, _FIELDS_ATTR, None)
     if extra is not None and type(extra) is not dict:
         extra = dict(extra) if isinstance(extra, Mapping) else None

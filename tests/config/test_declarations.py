@@ -105,6 +105,7 @@ def test_every_setting_is_read_from_its_variable() -> None:
         "BRIDGE_HEALTH_HOST": ("127.0.0.1", "127.0.0.1"),
         "BRIDGE_BACKOFF_CAP_MS": ("40000", 40000),
         "BRIDGE_LEASE_RENEW_MS": ("1000", 1000),
+        "BRIDGE_INSTRUMENT_PATTERN": ("[A-Z0-9]{3,12}", "[A-Z0-9]{3,12}"),
         "OUTBOUND_SIGNATURE_SCHEME": ("rfc9421", "rfc9421"),
     }
     text = {
