@@ -124,7 +124,9 @@ class Worker:
             self._link,
             self._observer,
             release=self._window.release,
+            let_go=self._let_go,
             stopping=lambda: self._stopping,
+            fence_closed=self._fence_closed,
         )
         self._router = Router(
             self._window,
@@ -134,6 +136,7 @@ class Worker:
             unacked=self._acks.unsent,
             run_lane=self._run_lane,
             dead_letter_now=self._letters.write_now,
+            deferred=self._letters.deferred,
         )
         self._attempts = Attempts(
             send=self._send,
@@ -178,6 +181,7 @@ class Worker:
         )
         self.metrics.observe_in_flight(stream.stream, lambda: len(self._window))
         self.metrics.observe_lanes(stream.stream, self.lanes.blocked_for)
+        self.metrics.observe_dead_letters_writable(stream.stream, lambda: self._letters.health.ok)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -215,10 +219,24 @@ class Worker:
         """The last Redis error, while Redis is away (for /readyz)."""
         return self._link.error
 
+    @property
+    def redis_lost_at(self) -> float | None:
+        """When (monotonic) the worker's connection to Redis last failed, while it is down."""
+        return None if self._link.ok else self._link.lost_at
+
+    @property
+    def dead_letter_error(self) -> str:
+        """Why the dead-letter stream refuses letters ("" while it takes them)."""
+        return self._letters.health.error
+
     def ready(self) -> bool:
         """Tell whether the replica should get traffic: Redis up, group there, breaker closed."""
         return (
-            self._link.ok and self.group_ready and not self.breaker.is_open and not self._stopping
+            self._link.ok
+            and self.group_ready
+            and not self.breaker.is_open
+            and not self._stopping
+            and self._letters.health.ok
         )
 
     def stop(self) -> None:
@@ -443,6 +461,14 @@ class Worker:
         """Let go of a delivered entry and buffer its ack."""
         self._window.release(job)
         self._acks.add(job.entry.id)
+
+    def _let_go(self, job: Job) -> None:
+        """Leave an entry pending in Redis, unheld and not kept fresh (its letter was refused).
+
+        The claim scan brings it back once it is idle past BRIDGE_CLAIM_IDLE_MS.
+        """
+        self._window.release(job)
+        self._router.released.add(job.entry.id)
 
     def _reread_later(self) -> None:
         """Any Redis error may have eaten a reply that handed this consumer entries."""

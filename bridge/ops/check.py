@@ -97,6 +97,8 @@ async def _check_redis(config: BridgeConfig, out: Print) -> None:
                 present = await asyncio.wait_for(stream.group_exists(), STEP_TIMEOUT_S)
             except (StreamError, TimeoutError) as exc:
                 raise CheckFailedError("stream", f"{name}: {exc or 'no answer'}") from None
+            if status.dead_letter_error:
+                raise CheckFailedError("stream", f"{name}: {status.dead_letter_error}")
             if present:
                 group = (
                     f"group {cfg.group} present, lag "

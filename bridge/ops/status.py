@@ -33,6 +33,8 @@ async def run_status(config: BridgeConfig, args: argparse.Namespace) -> int:
         print(f"pending       {status.pending}")
         print(f"oldest        {'-' if age is None else f'{age / 1000:.1f}s'}")
         print(f"dead letters  {status.dead_letters} in {config.stream.dlq_for(status.stream)}")
+        if status.dead_letter_error:
+            print(f"PROBLEM       {status.dead_letter_error}")
         for consumer in status.consumers:
             print(
                 f"  consumer {consumer.name}: {consumer.pending} pending, "

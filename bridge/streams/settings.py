@@ -21,9 +21,18 @@ from bridge.core.urls import split_url
 from bridge.errors import ConfigError
 from bridge.streams.entries import is_stream_id
 
-__all__ = ["MAX_BLOCK_MS", "MIN_LEASE_TTL_MS", "StreamConfig", "redis_db"]
+__all__ = [
+    "DEAD_LETTER_MAX_BYTES",
+    "MAX_BLOCK_MS",
+    "MIN_LEASE_TTL_MS",
+    "StreamConfig",
+    "redis_db",
+]
 
 MAX_BLOCK_MS: Final = 20_000
+# Bytes of an entry's field names and values copied into its dead letter: twice the largest
+# canonical body sent by default, so any signal that could be posted is kept whole.
+DEAD_LETTER_MAX_BYTES: Final = 131_072
 MIN_LEASE_TTL_MS: Final = 300
 
 
@@ -88,6 +97,9 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     ] = 10000
     lease_renew_ms: Annotated[int, Setting("BRIDGE_LEASE_RENEW_MS", positive=True)] = 2000
     heartbeat_ttl_ms: Annotated[int, Setting("BRIDGE_HEARTBEAT_TTL_MS", positive=True)] = 10000
+    dead_letter_max_bytes: Annotated[int, Setting("BRIDGE_DEAD_LETTER_MAX_BYTES", ge=1024)] = (
+        DEAD_LETTER_MAX_BYTES
+    )
 
     def stream_names(self) -> list[str]:
         """Return the streams to consume: BRIDGE_STREAMS when set, else BRIDGE_STREAM."""

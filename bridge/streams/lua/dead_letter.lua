@@ -1,13 +1,33 @@
--- KEYS: stream, dead-letter stream. ARGV: group, entry id, field, value, field, value ...
--- XACK the entry, then XADD it with its reason to the dead-letter stream. The key's type is
--- checked first, so a WRONGTYPE dead-letter key acks nothing; an entry someone else already
--- acked gets no second dead letter. Returns 1 when written, 0 when it was no longer pending.
+-- KEYS: stream, dead-letter stream. ARGV: group, entry id, n, then n field/value pairs.
+-- Moves one pending entry to the dead-letter stream: the letter is written first, the ack
+-- second, so whatever fails leaves the entry pending (Redis does not roll back a script's
+-- earlier writes; a letter whose ack did not take is deleted again). The checks come first
+-- and write nothing; a further check (KEYS after the second, ARGV after the pairs) goes there.
+-- Returns 1 when the letter is in the stream and the entry acked, 0 when the entry was no
+-- longer pending (nothing written); an error reply when nothing could be done.
+local group, id = ARGV[1], ARGV[2]
+local last = 3 + 2 * tonumber(ARGV[3])
+
+-- checks: nothing is written before they pass
 local kind = redis.call('TYPE', KEYS[2])['ok']
 if kind ~= 'none' and kind ~= 'stream' then
   return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[2] .. ' is a ' .. kind)
 end
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+if #redis.call('XPENDING', KEYS[1], group, id, id, 1) == 0 then
   return 0
 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+
+-- the letter, then the ack; an ack that does not take removes the letter again. Out of
+-- memory (noeviction), Redis refuses a command that needs memory only as a script's first
+-- write: acking the id 0-0 (never pending) writes nothing but lets the small letter through.
+redis.call('XACK', KEYS[1], group, '0-0')
+local letter = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4, last))
+local acked = redis.pcall('XACK', KEYS[1], group, id)
+if acked ~= 1 then
+  redis.call('XDEL', KEYS[2], letter)
+  if type(acked) == 'table' then
+    return acked
+  end
+  return 0
+end
 return 1
