@@ -3,7 +3,8 @@
 
 FROM python:3.11-slim AS build
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never PIP_NO_CACHE_DIR=1
-RUN pip install uv
+# uv pinned: the lock file's format and resolution are uv's; a new uv must not change the build.
+RUN pip install uv==0.13.9
 WORKDIR /app
 # Dependencies first (cached while only the code changes), then the project itself.
 COPY pyproject.toml uv.lock README.md ./

@@ -89,6 +89,8 @@ class BridgeSpec:
     # signal-bridge variants: export spans and metrics over OTLP with this sampler spec
     # (``--sampler`` syntax; "" is the bridge's default, every span of a sampled trace).
     otlp_sampler: str | None = None
+    # Extra environment of this variant (the signature scheme and its key file).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 # signal-bridge with OTLP export on, as separate bridges so one run measures them beside the
@@ -98,6 +100,41 @@ OTLP_VARIANTS: Final = {
     "signal-bridge-otlp-10pct": "traceidratio:0.1",
     "signal-bridge-otlp-1pct": "traceidratio:0.01",
 }
+
+
+# signal-bridge with each signature scheme (issue 19), as separate bridges so one run measures
+# them beside the references; the Ed25519 key is made once per harness run (ED25519_KEY_FILE).
+ED25519_KEY_FILE: Final = RESULTS / "bench-ed25519.pem"
+
+
+def scheme_variants() -> dict[str, dict[str, str]]:
+    """Return the signature-scheme variants of signal-bridge: bridge name -> environment."""
+    key = {"OUTBOUND_ED25519_KEY_FILE": str(ED25519_KEY_FILE)}
+    return {
+        "signal-bridge-v2": {"OUTBOUND_SIGNATURE_VERSION": "2"},
+        "signal-bridge-webhooks": {"OUTBOUND_SIGNATURE_SCHEME": "standard-webhooks"},
+        "signal-bridge-webhooks-ed25519": {
+            "OUTBOUND_SIGNATURE_SCHEME": "standard-webhooks",
+            **key,
+        },
+        "signal-bridge-rfc9421": {"OUTBOUND_SIGNATURE_SCHEME": "rfc9421"},
+        "signal-bridge-rfc9421-ed25519": {"OUTBOUND_SIGNATURE_SCHEME": "rfc9421", **key},
+    }
+
+
+def ed25519_public_key() -> str:
+    """Write a fresh Ed25519 key for the scheme variants; return its public key (base64)."""
+    from bridge.core.ed25519 import (  # noqa: PLC0415 - only the scheme variants need it
+        generate_private_key,
+        private_key_pem,
+        public_key_b64,
+    )
+
+    key = generate_private_key()
+    ED25519_KEY_FILE.unlink(missing_ok=True)
+    ED25519_KEY_FILE.touch(mode=0o600)
+    ED25519_KEY_FILE.write_bytes(private_key_pem(key))
+    return public_key_b64(key)
 
 
 def bridge_specs(signal_bridge_cmd: str, baseline_cmd: str = "") -> dict[str, BridgeSpec]:
@@ -135,6 +172,8 @@ def bridge_specs(signal_bridge_cmd: str, baseline_cmd: str = "") -> dict[str, Br
     specs["signal-bridge"] = BridgeSpec("signal-bridge", argv, missing)
     for name, sampler in OTLP_VARIANTS.items():
         specs[name] = BridgeSpec(name, argv, missing, otlp_sampler=sampler)
+    for name, scheme_env in scheme_variants().items():
+        specs[name] = BridgeSpec(name, argv, missing, env=scheme_env)
     if baseline_cmd:
         base = shlex.split(baseline_cmd)
         gone = None if Path(base[0]).exists() else f"{base[0]} does not exist"
@@ -381,6 +420,7 @@ def bridge_env(
         **_sampler_env(sampler),
         BRIDGE_HEALTH_PORT="0",
     )
+    env.update(spec.env if spec is not None else {})
     return env
 
 
@@ -855,7 +895,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bridges",
         default="naive,aiohttp,signal-bridge,signal-bridge-otlp",
         help="comma-separated bridges (also: aiohttp-asyncio, signal-bridge-otlp-10pct, "
-        "signal-bridge-otlp-1pct)",
+        "signal-bridge-otlp-1pct, and one per signature scheme: signal-bridge-v2, "
+        "signal-bridge-webhooks, signal-bridge-webhooks-ed25519, signal-bridge-rfc9421, "
+        "signal-bridge-rfc9421-ed25519)",
     )
     add("--signals", "-n", type=int, default=20_000, help="backlog size of a drain run")
     add("--repeat", type=int, default=3, help="drain runs per bridge (median reported)")
@@ -1065,6 +1107,7 @@ def main(argv: list[str] | None = None) -> int:
             log_dir, allow_install=args.install_nginx, force_uvicorn=args.uvicorn_sink
         )
         procs.sinks.append(fast)
+        os.environ["BENCH_SINK_ED25519_PUBLIC_KEYS"] = ed25519_public_key()
         record = start_uvicorn_sink("record", log_dir, SECRET, PRODUCER_ID)
         procs.sinks.append(record)
         ctx = Context(args, procs, redis_server, fast, record, log_dir)

@@ -114,10 +114,32 @@ class RecordingSink:
             sent = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
             if abs(arrival_ns - int(sent.timestamp() * 1e9)) > MAX_SKEW_NS:
                 problems.append("timestamp-skew")
-        expected = sign(self.secret, stamp, headers.get("x-producer-id", ""), body)
-        if not hmac.compare_digest(expected, headers.get("x-signature", "")):
+        if "x-signature" in headers:
+            expected = sign(self.secret, stamp, headers.get("x-producer-id", ""), body)
+            if not hmac.compare_digest(expected, headers.get("x-signature", "")):
+                problems.append("signature")
+        elif not self._verify_profile(headers, body):
             problems.append("signature")
         return problems
+
+    def _verify_profile(self, headers: dict[str, str], body: bytes) -> bool:
+        """Check a standard-webhooks or rfc9421 request with the reference verifier."""
+        from bridge.core.ed25519 import (  # noqa: PLC0415 - only these schemes need it
+            parse_public_key,
+            public_key_fingerprint,
+        )
+        from bridge.core.signing import verify_request  # noqa: PLC0415 - as above
+
+        keys = {}
+        for text in filter(None, os.environ.get("BENCH_SINK_ED25519_PUBLIC_KEYS", "").split(",")):
+            key = parse_public_key(text)
+            if key is not None:
+                keys[public_key_fingerprint(key)] = key
+        target = f"http://{headers.get('host', '')}{INGEST_PATH}"
+        verdict = verify_request(
+            headers, body, {"default": self.secret}, public_keys=keys, target_uri=target
+        )
+        return verdict.ok
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route ingest POSTs, GET /stats, POST /reset and GET /health."""

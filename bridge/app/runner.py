@@ -129,6 +129,7 @@ async def run(config: BridgeConfig) -> None:
                     config.stream.redis_url,
                     cluster=config.stream.cluster,
                     block_ms=config.stream.block_ms,
+                    password=config.stream.redis_password,
                 )
             )
             # A database the server lacks is a settings error (exit 2); Redis being down at

@@ -67,6 +67,10 @@ CHECK_ORDER: Final = (
     "HMAC_PRODUCER_ENABLED",
     "HMAC_PRODUCER_SECRET",
     "HMAC_PRODUCER_KEY_ID",
+    "OUTBOUND_SIGNATURE_VERSION",
+    "OUTBOUND_SIGNATURE_SCHEME",
+    "OUTBOUND_ED25519_KEY_FILE",
+    "OUTBOUND_ED25519_NEXT_KEY_FILE",
     "PRODUCER_ID",
     "OUTBOUND_SERVER_URL",
     "OUTBOUND_TIMEOUT_SECONDS",
@@ -82,11 +86,14 @@ CHECK_ORDER: Final = (
     "BRIDGE_GROUP",
     "BRIDGE_CONSUMER",
     "BRIDGE_DLQ_STREAM",
+    "BRIDGE_DEAD_LETTER_MAX_BYTES",
     "BRIDGE_START_ID",
     "BRIDGE_MAX_IN_FLIGHT",
     "BRIDGE_CLAIM_IDLE_MS",
     "BRIDGE_MAX_DELIVERIES",
     "BRIDGE_SIGNAL_MAX_AGE_SECONDS",
+    "BRIDGE_MAX_CLOCK_AHEAD_SECONDS",
+    "BRIDGE_INSTRUMENT_PATTERN",
     "BRIDGE_BATCH_SIZE",
     "BRIDGE_BLOCK_MS",
     "BRIDGE_SHUTDOWN_GRACE_SECONDS",
@@ -192,6 +199,12 @@ def _read_file(path: Path) -> dict[str, dict[str, Any]]:
         for key in values:
             if key not in struct.__struct_fields__:
                 raise ConfigError(f"config file {path}: unknown key {key!r} in [{section}]")
+        if "redis_password" in values:
+            raise ConfigError(
+                f"config file {path}: put the Redis password in BRIDGE_REDIS_PASSWORD_FILE, "
+                "not in the file",
+                variable="BRIDGE_REDIS_PASSWORD_FILE",
+            )
         if "secret" in values:
             raise ConfigError(
                 f"config file {path}: put the secret in HMAC_PRODUCER_SECRET or "
@@ -230,6 +243,11 @@ def load_config(
     if secret_file and not environ.get("HMAC_PRODUCER_SECRET"):
         sections.setdefault("outbound", {})["secret"] = read_secret_file(
             "HMAC_PRODUCER_SECRET_FILE", secret_file
+        )
+    redis_password_file = environ.get("BRIDGE_REDIS_PASSWORD_FILE")
+    if redis_password_file:
+        sections.setdefault("stream", {})["redis_password"] = read_secret_file(
+            "BRIDGE_REDIS_PASSWORD_FILE", redis_password_file
         )
     # The OpenTelemetry SDK reads its own OTEL_* variables; keep a copy so setup can decide
     # whether an exporter is configured without reading the environment again.

@@ -1,16 +1,22 @@
 """Secrets and credentials in text: the Secret wrapper, URL redaction, secret files, fingerprints.
 
-A secret never shows itself (repr, str, pickling); URLs lose their passwords before they are
-logged; a secret file loses exactly one trailing newline; both sides of a signed exchange log the
-same fingerprint so operators can compare keys without seeing them.
+A secret never shows itself (repr, str, pickling); URLs lose their passwords and any query
+parameter named like a credential before they are shown; a secret file loses exactly one trailing
+newline; both sides of a signed exchange log the same fingerprint so operators can compare keys
+without seeing them. A secret file readable by
+group or others is read all the same, with one WARNING (as ssh and kubectl warn): the key may
+have been seen by another account.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import re
+import stat
 from pathlib import Path
-from typing import Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from typing import Any, Final
 
 from bridge.errors import ConfigError
 
@@ -18,9 +24,13 @@ __all__ = [
     "Secret",
     "key_fingerprint",
     "read_secret_file",
+    "redact_text",
     "redact_url",
     "secret_file_bytes",
+    "warn_if_exposed",
 ]
+
+log = logging.getLogger("bridge.config")
 
 
 class Secret:
@@ -58,19 +68,59 @@ def key_fingerprint(secret: bytes) -> str:
     return hashlib.sha256(secret).hexdigest()[:8]
 
 
+# Query and fragment parameters whose value is a credential: the name contains one of these.
+_SECRET_PARAM: Final = re.compile(
+    r"pass|pwd|token|secret|key|auth|sig|credential|session|cookie", re.IGNORECASE
+)
+_USERINFO: Final = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*:)?//([^/]*)@")
+_PARAM: Final = re.compile(r"([?&;#]([^=&;#]*)=)([^&;#]*)")
+
+
 def redact_url(url: str) -> str:
-    """Replace the password (and a lone user token) in a URL with ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    userinfo = f"{user}:***" if parts.password is not None else "***"
-    return urlunsplit(SplitResult(parts.scheme, f"{userinfo}@{host}", *parts[2:]))
+    """Replace a URL's credentials with ``***``, wherever a URL is shown.
+
+    The password, a lone user token, and query or fragment parameters named like a credential
+    (``password``, ``token``, ``api_key``, ``secret``, ``auth``...). It works on the text, so a
+    URL that does not parse is redacted too; a ``#``, ``?`` or ``@`` inside an unencoded
+    password is still taken as part of it (everything up to the last ``@`` before a ``/``).
+    """
+
+    def userinfo(found: re.Match[str]) -> str:
+        user, colon, _password = found.group(2).partition(":")
+        shown = f"{user}:***" if colon else "***"
+        return f"{found.group(1) or ''}//{shown}@"
+
+    def param(found: re.Match[str]) -> str:
+        if _SECRET_PARAM.search(found.group(2)) and found.group(3):
+            return f"{found.group(1)}***"
+        return found.group(0)
+
+    return _PARAM.sub(param, _USERINFO.sub(userinfo, url, count=1))
+
+
+_USERINFO_IN_TEXT: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/@]*)@")
+_PARAM_IN_TEXT: Final = re.compile(r"([?&;#]([^=&;#\s]*)=)([^&;#\s\"']*)")
+
+
+def redact_text(text: str) -> str:
+    """Redact every URL inside free text (a library's log message) as :func:`redact_url` does.
+
+    Userinfo up to an ``@`` (no spaces or ``/`` in it) and credential-named parameters after
+    ``?``, ``&``, ``;`` or ``#``; text without ``@`` or ``=`` is returned as is.
+    """
+    if "@" not in text and "=" not in text:
+        return text
+
+    def userinfo(found: re.Match[str]) -> str:
+        user, colon, _password = found.group(2).partition(":")
+        return f"{found.group(1)}{user}:***@" if colon else f"{found.group(1)}***@"
+
+    def param(found: re.Match[str]) -> str:
+        if _SECRET_PARAM.search(found.group(2)) and found.group(3):
+            return f"{found.group(1)}***"
+        return found.group(0)
+
+    return _PARAM_IN_TEXT.sub(param, _USERINFO_IN_TEXT.sub(userinfo, text))
 
 
 def secret_file_bytes(raw: bytes) -> bytes:
@@ -86,12 +136,30 @@ def secret_file_bytes(raw: bytes) -> bytes:
     return raw
 
 
+def warn_if_exposed(variable: str, path: str, mode: int) -> bool:
+    """Log a WARNING when a secret file's ``mode`` lets group or others read it; say whether."""
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return False
+    log.warning(
+        f"{variable}: secret file {path} is readable by group or others (mode "
+        f"{stat.S_IMODE(mode):04o}); make it 0400 or 0600, owned by the user the bridge runs as",
+        extra={"fields": {"variable": variable, "path": path, "mode": f"{stat.S_IMODE(mode):04o}"}},
+    )
+    return True
+
+
 def read_secret_file(variable: str, path: str) -> Secret:
-    """Read the secret file ``path``; ConfigError naming ``variable`` when it is unreadable."""
+    """Read the secret file ``path``; ConfigError naming ``variable`` when it is unreadable.
+
+    A file that group or others may read is used, with a WARNING (:func:`warn_if_exposed`).
+    """
     try:
-        raw = Path(path).read_bytes()
+        with Path(path).open("rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            raw = file.read()
     except OSError as exc:
         raise ConfigError(
             f"{variable}: cannot read {path}: {exc.strerror}", variable=variable
         ) from None
+    warn_if_exposed(variable, path, mode)
     return Secret(secret_file_bytes(raw))

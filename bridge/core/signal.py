@@ -7,8 +7,11 @@ bytes; ``tests/core/vectors`` pins them.
 
 A producer's data is never altered: a string is used exactly as written or refused (an
 ``InvalidSignalError`` naming the field and why), never trimmed. ``signal_id``, ``instrument``
-and ``strategy_name`` refuse edge whitespace and control characters; ``comment`` is free text
-(tabs and newlines allowed, other control characters refused). Lengths count Unicode code points.
+and ``strategy_name`` refuse edge whitespace, control characters and invisible ones (Unicode
+format and separator characters: categories Cf, Zl, Zp, which hold the bidi controls, zero-width
+characters and the BOM); ``comment`` is free text (tabs and newlines allowed, other control
+characters refused). :class:`SignalRules` adds the bridge's own checks: no timestamp far in the
+future, and optionally an instrument alphabet. Lengths count Unicode code points.
 Timestamps with more than 6 fractional digits are truncated (never rounded) to microseconds; a
 leap second (``:60``) is refused with that reason.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -28,6 +33,7 @@ from bridge.errors import BodyTooLargeError, InvalidSignalError
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
     "Signal",
+    "SignalRules",
     "decode_signal",
     "encode_canonical",
     "guess_signal_id",
@@ -138,8 +144,27 @@ def _exact_text(name: str, value: object, limit: int) -> str:
             field=name,
         )
     _no_control(name, value, _CONTROL)
+    _no_invisible(name, value)
     _max_code_points(name, value, limit)
     return value
+
+
+# Unicode categories that draw nothing (or reorder what follows): format characters (Cf: bidi
+# controls such as U+202E, zero-width space and joiners, the BOM) and line/paragraph separators.
+_INVISIBLE_CATEGORIES: Final = frozenset(("Cf", "Zl", "Zp"))
+
+
+def _no_invisible(name: str, value: str) -> None:
+    """Refuse an invisible or reordering character, naming its code point, name and position."""
+    if value.isascii():  # the usual identifier: no such character is ASCII
+        return
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+            raise InvalidSignalError(
+                f"{name} contains the invisible character U+{ord(char):04X} "
+                f"({unicodedata.name(char, 'unnamed')}) at position {position}",
+                field=name,
+            )
 
 
 def _no_control(name: str, value: str, pattern: re.Pattern[str]) -> None:
@@ -308,3 +333,35 @@ def guess_signal_id(raw: bytes | None) -> str | None:
     if isinstance(value, str) and value and len(value) <= MAX_SIGNAL_ID_LEN and value.isprintable():
         return value
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRules:
+    """The bridge's checks beyond a signal's own validity, decided when an entry is read.
+
+    A timestamp more than ``max_clock_ahead_s`` ahead of the bridge's clock would never expire
+    (its age stays negative), so it is refused naming the offset; ``instrument_pattern`` (a
+    regular expression the whole instrument must match) pins instruments to a desk's alphabet,
+    which also refuses look-alike letters from other scripts.
+    """
+
+    max_clock_ahead_s: float = 60.0
+    instrument_pattern: re.Pattern[str] | None = None
+
+    def check(self, signal: Signal, now: float) -> None:
+        """Raise :class:`InvalidSignalError` when ``signal`` breaks a rule at time ``now``."""
+        ahead_s = signal.timestamp.timestamp() - now
+        if ahead_s > self.max_clock_ahead_s:
+            raise InvalidSignalError(
+                f"timestamp {format_timestamp(signal.timestamp)} is {ahead_s:.1f}s ahead of the "
+                f"bridge's clock, limit {self.max_clock_ahead_s:g}s "
+                "(BRIDGE_MAX_CLOCK_AHEAD_SECONDS)",
+                field="timestamp",
+            )
+        pattern = self.instrument_pattern
+        if pattern is not None and pattern.fullmatch(signal.instrument) is None:
+            raise InvalidSignalError(
+                f"instrument {signal.instrument!r} does not match BRIDGE_INSTRUMENT_PATTERN "
+                f"{pattern.pattern!r}",
+                field="instrument",
+            )

@@ -17,7 +17,7 @@ from typing import Final
 import msgspec
 from opentelemetry import context as otel_context
 
-from bridge.core.signal import Signal, decode_signal, encode_canonical
+from bridge.core.signal import Signal, SignalRules, decode_signal, encode_canonical
 from bridge.errors import InvalidSignalError
 from bridge.streams.entries import MAX_AGE_WAIVED_FIELD, ORIGIN_FIELD, SIGNAL_FIELD, Entry
 from bridge.telemetry.logs import log_fields
@@ -90,11 +90,19 @@ def instrument_of(entry: Entry) -> str | None:
         return None
 
 
-def prepare_job(entry: Entry, *, stream: str, max_body_size: int) -> Job:
+def prepare_job(
+    entry: Entry,
+    *,
+    stream: str,
+    max_body_size: int,
+    rules: SignalRules | None = None,
+    now: float = 0.0,
+) -> Job:
     """Decode and encode an entry once; remember the producer's trace context and its key.
 
-    An entry that cannot be decoded gets ``signal`` None and ``error`` saying why (it is
-    dead-lettered, never posted); a decoder bug is caught here too, so the read loop goes on.
+    An entry that cannot be decoded, or breaks the bridge's ``rules`` at time ``now``, gets
+    ``signal`` None and ``error`` saying why (it is dead-lettered, never posted); a decoder bug
+    is caught here too, so the read loop goes on.
     """
     job = Job(entry)
     traceparent = entry.fields.get(b"traceparent")
@@ -109,6 +117,8 @@ def prepare_job(entry: Entry, *, stream: str, max_body_size: int) -> Job:
         if raw is None:
             raise InvalidSignalError("entry has no 'signal' field")  # noqa: TRY301 - one path for every invalid entry
         job.signal = decode_signal(raw)
+        if rules is not None:
+            rules.check(job.signal, now)
         job.body = encode_canonical(job.signal, max_body_size=max_body_size)
     except InvalidSignalError as exc:
         job.signal = None

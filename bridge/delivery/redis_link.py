@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
@@ -40,6 +41,7 @@ class RedisLink:
     ) -> None:
         self.ok = False
         self.error = ""  # the last Redis error, while Redis is away (for /readyz)
+        self.lost_at: float | None = None  # monotonic time the connection last failed (down)
         self._stream = stream
         self._backoff = backoff
         self._stopped = stopped
@@ -68,6 +70,7 @@ class RedisLink:
             self._code = exc.code
         self.ok = False
         self.error = str(exc)
+        self.lost_at = time.monotonic() if exc.code is None else None
         self._on_error()
 
     def recovered(self) -> None:
@@ -77,6 +80,7 @@ class RedisLink:
             self._logged = False
         self.ok = True
         self.error = ""
+        self.lost_at = None
 
     def started(self) -> None:
         """Redis answered at start-up: up, and a start-up outage is over without a line."""

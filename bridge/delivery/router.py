@@ -34,6 +34,7 @@ class Router:
         unacked: Callable[[], Iterable[str]],
         run_lane: Callable[[str], Coroutine[Any, Any, None]],
         dead_letter_now: Callable[[Job, DeadLetter], Coroutine[Any, Any, None]],
+        deferred: Callable[[str], DeadLetter | None],
     ) -> None:
         self.tasks: set[asyncio.Task[None]] = set()
         self.seen_high: StreamId = (0, 0)  # highest id routed so far (read, claimed, adopted)
@@ -46,6 +47,7 @@ class Router:
         self._unacked = unacked
         self._run_lane = run_lane
         self._dead_letter_now = dead_letter_now
+        self._deferred = deferred  # letters decided earlier whose write was refused
 
     def busy(self) -> set[str]:
         """Ids this worker holds or has delivered and not yet acked: never to be posted again."""
@@ -102,9 +104,16 @@ class Router:
                 lane.queue.append(job)
 
     def dead_letter_at_once(self, job: Job) -> bool:
-        """Dead-letter a poison (delivered too often) or invalid entry without posting it."""
+        """Dead-letter a poison (delivered too often) or invalid entry without posting it.
+
+        An entry whose letter was decided before (the dead-letter stream refused the write)
+        gets that letter again: a signal the server rejected is not posted a second time.
+        """
         entry = job.entry
-        if entry.deliveries > self._max_deliveries:
+        earlier = self._deferred(entry.id)
+        if earlier is not None:
+            letter = earlier
+        elif entry.deliveries > self._max_deliveries:
             letter = DeadLetter(
                 reason="max_deliveries",
                 error=f"delivered {entry.deliveries} times, limit {self._max_deliveries}",

@@ -109,6 +109,7 @@ class Worker:
         self._stop_event = asyncio.Event()
         self._closed = asyncio.Event()
         self._window = Window(config.max_in_flight, config.batch_size)
+        self._rules = config.signal_rules()
         self._link = RedisLink(
             stream.stream, self.redis_backoff, self._stop_event, on_error=self._reread_later
         )
@@ -136,9 +137,10 @@ class Worker:
             self._link,
             self._observer,
             release=self._window.release,
+            let_go=self._let_go,
             stopping=lambda: self._stopping,
-            lease=lease_check,
             fence_closed=self._fence_closed,
+            lease=lease_check,
             fenced=self._fenced,
         )
         self._router = Router(
@@ -149,6 +151,7 @@ class Worker:
             unacked=self._acks.unsent,
             run_lane=self._run_lane,
             dead_letter_now=self._letters.write_now,
+            deferred=self._letters.deferred,
         )
         self._attempts = Attempts(
             send=self._send,
@@ -193,6 +196,7 @@ class Worker:
         )
         self.metrics.observe_in_flight(stream.stream, lambda: len(self._window))
         self.metrics.observe_lanes(stream.stream, self.lanes.blocked_for)
+        self.metrics.observe_dead_letters_writable(stream.stream, lambda: self._letters.health.ok)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -230,10 +234,24 @@ class Worker:
         """The last Redis error, while Redis is away (for /readyz)."""
         return self._link.error
 
+    @property
+    def redis_lost_at(self) -> float | None:
+        """When (monotonic) the worker's connection to Redis last failed, while it is down."""
+        return None if self._link.ok else self._link.lost_at
+
+    @property
+    def dead_letter_error(self) -> str:
+        """Why the dead-letter stream refuses letters ("" while it takes them)."""
+        return self._letters.health.error
+
     def ready(self) -> bool:
         """Tell whether the replica should get traffic: Redis up, group there, breaker closed."""
         return (
-            self._link.ok and self.group_ready and not self.breaker.is_open and not self._stopping
+            self._link.ok
+            and self.group_ready
+            and not self.breaker.is_open
+            and not self._stopping
+            and self._letters.health.ok
         )
 
     def stop(self) -> None:
@@ -393,7 +411,13 @@ class Worker:
         previous owner may have posted it, so the server's answer decides, not a second
         expiry check (see "Order across replicas" in the README).
         """
-        job = prepare_job(entry, stream=self.stream.stream, max_body_size=self.client.max_body_size)
+        job = prepare_job(
+            entry,
+            stream=self.stream.stream,
+            max_body_size=self.client.max_body_size,
+            rules=self._rules,
+            now=self.clock(),
+        )
         if self._resuming and self.lease is not None:
             job.resend_first = True
         return job
@@ -475,6 +499,14 @@ class Worker:
         They go in id order before the next read; see ``Recovery.reread_own_pending``.
         """
         self._recovery.reread = True
+
+    def _let_go(self, job: Job) -> None:
+        """Leave an entry pending in Redis, unheld and not kept fresh (its letter was refused).
+
+        The claim scan brings it back once it is idle past BRIDGE_CLAIM_IDLE_MS.
+        """
+        self._window.release(job)
+        self._router.released.add(job.entry.id)
 
     def _reread_later(self) -> None:
         """Any Redis error may have eaten a reply that handed this consumer entries."""

@@ -1,11 +1,13 @@
 """The reference ingest server: the server side of the signing contract, as a small ASGI app.
 
-It verifies the signature with :func:`bridge.core.signing.verify_request` before parsing any JSON,
-refuses stale or future timestamps (401, its JSON naming the failed ``check``: headers, window,
-key, signature or replayed_signature), validates the body as a
-:class:`~bridge.core.signal.Signal` (422), drops repeated idempotency keys (409) and answers 201
-with an IngestResponse. The demo, the tests, the benchmark and docker compose run it; the
-server team can read it as a model.
+It verifies the signature with :func:`bridge.core.signing.verify_request` before parsing any JSON
+(v1 or v2; ``required_version`` refuses the other) and refuses a signature it has already
+accepted (:mod:`bridge.devkit.replay`); every such 401 says only "invalid signature" (or
+"invalid request"), while its log line names the reason and the failed ``check``. It
+validates the body as a :class:`~bridge.core.signal.Signal` (422), drops a repeated
+(producer id, idempotency key) (409) and answers 201 with an IngestResponse. A key id bound to
+producer ids (``producers``) signs for those only. The demo, the tests, the benchmark and
+docker compose run it; the server team can read it as a model.
 """
 
 from __future__ import annotations
@@ -20,21 +22,26 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 from opentelemetry import propagate, trace
 from opentelemetry.semconv.attributes import http_attributes, url_attributes
 
+from bridge.core.ed25519 import Ed25519PublicKey
 from bridge.core.fencing import PROBLEM_CONTENT_TYPE, stale_lease_problem
 from bridge.core.secrets import key_fingerprint
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal
 from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
 from bridge.core.timestamps import format_timestamp
 from bridge.devkit.fences import Fences, LeaseVerdict
+from bridge.devkit.replay import ReplayCache
 from bridge.errors import BridgeError, InvalidSignalError
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.tracing import get_tracer
+
+if TYPE_CHECKING:
+    from bridge.devkit.ingest_guard import ServerLimits
 
 __all__ = ["IngestApp", "Received", "serve_in_thread"]
 
@@ -55,6 +62,15 @@ class Problem:
     body: dict[str, object]
 
 
+class _Answer(NamedTuple):
+    """One request's status and JSON payload; ``reason`` and ``check`` go to the log only."""
+
+    status: int
+    payload: object
+    reason: str | None = None
+    check: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """One accepted signal as the server stored it."""
@@ -73,21 +89,30 @@ class IngestApp:
     """ASGI app for ``POST /api/v1/signals/ingest``; keeps what it accepted in memory.
 
     ``fault`` lets a test force a status for the next requests (return None to serve normally).
+    ``producers`` binds a key id to the producer ids it may sign for; a key id absent from it
+    signs for any (one WARNING at start lists those).
     """
 
     secrets: Mapping[str, bytes] = field(repr=False)
+    # Ed25519 public keys by key id (their fingerprint), for the standard-webhooks and rfc9421
+    # schemes (INGEST_ED25519_PUBLIC_KEYS).
+    public_keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
     tolerance_s: float = DEFAULT_TOLERANCE_S
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     clock: Callable[[], float] = time.time
     fault: Callable[[Mapping[str, str]], int | None] | None = None
+    max_stored: int = 100_000
     tracer: trace.Tracer | None = None
+    producers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    required_version: int | None = None
     received: list[Received] = field(default_factory=list)
     requests_total: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
-    _keys: dict[str, str] = field(default_factory=dict, repr=False)
-    # Signatures already accepted, with when: the idempotency key is not signed, so without
-    # this a captured request could be replayed under a new key inside the replay window.
-    _signatures: dict[str, float] = field(default_factory=dict, repr=False)
+    # Idempotency keys are scoped by the producer that sent them: (producer id, key) -> id.
+    _keys: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    # Signatures already accepted: v1 does not sign the idempotency key, so without this a
+    # captured request could be replayed under a new key inside the replay window.
+    _replays: ReplayCache = field(default_factory=ReplayCache, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Per (producer, shard) the highest lease token accepted (INGEST_FENCING); see devkit/fences.
     fences: Fences = field(default_factory=Fences)
@@ -106,6 +131,7 @@ class IngestApp:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    self._warn_unbound_keys()
                     log.info(
                         "ingest server ready",
                         extra=log_fields(
@@ -130,24 +156,37 @@ class IngestApp:
                 url_attributes.URL_PATH: scope["path"],
             },
         ) as span:
-            status, payload = await self._handle(scope, receive, headers)
-            span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
-            if status >= 500:
+            try:
+                answer = await self._handle(scope, receive, headers)
+            except _ClientGone:  # the server's limits closed it (and logged why)
+                return
+            span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, answer.status)
+            if answer.status >= 500:
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
-            _log_outcome(scope, headers, status, payload, time.perf_counter() - started)
+            _log_outcome(scope, headers, answer, time.perf_counter() - started)
         await _respond(
-            send, status, payload, date=email.utils.formatdate(self.clock(), usegmt=True)
+            send,
+            answer.status,
+            answer.payload,
+            date=email.utils.formatdate(self.clock(), usegmt=True),
         )
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, headers: Mapping[str, str]
-    ) -> tuple[int, object]:
+    def _warn_unbound_keys(self) -> None:
+        """Log one WARNING naming the key ids that may sign for any producer, if there are any."""
+        unbound = sorted(set(self.secrets) - set(self.producers))
+        if unbound:
+            log.warning(
+                "ingest keys not bound to producer ids: each may sign for any producer",
+                extra=log_fields(key_ids=unbound),
+            )
+
+    async def _handle(self, scope: Scope, receive: Receive, headers: Mapping[str, str]) -> _Answer:
         """Decide the status and JSON payload of one request."""
         self.requests_total += 1
         if scope["path"] != INGEST_PATH:
-            return 404, {"detail": "not found"}
+            return _Answer(404, {"detail": "not found"})
         if scope["method"] != "POST":
-            return 405, {"detail": "method not allowed"}
+            return _Answer(405, {"detail": "method not allowed"})
         body = await _read_body(receive, self.max_body_size)
         if body is None:
             return self._refuse(413, "body too large")
@@ -162,10 +201,16 @@ class IngestApp:
             now=datetime.fromtimestamp(self.clock(), UTC),
             tolerance_s=self.tolerance_s,
             path=INGEST_PATH,
+            producers=self.producers,
+            required_version=self.required_version,
+            public_keys=self.public_keys,
+            target_uri=f"{scope.get('scheme', 'http')}://{headers.get('host', '')}{INGEST_PATH}",
         )
         if not verdict.ok:
             kind = "timestamp outside window" if verdict.check == "window" else None
-            return self._refuse(401, verdict.reason, kind=kind, check=verdict.check)
+            return self._refuse(
+                401, verdict.reason, kind=kind, answer=verdict.answer, check=verdict.check
+            )
         try:
             signal = decode_signal(body)
         except InvalidSignalError as exc:
@@ -175,74 +220,108 @@ class IngestApp:
             uuid.UUID(key)
         except ValueError:
             return self._refuse(400, "X-Idempotency-Key must be a UUID")
-        signature = headers.get("x-signature", "")
+        producer_id = verdict.producer_id or ""
+        # Remembered until its timestamp leaves the window: no later copy can pass before then.
+        # Only X-Signature requests need it (v1 leaves the key unsigned); the profiles sign the
+        # key, so for them the key check suffices.
+        until = (verdict.timestamp.timestamp() if verdict.timestamp else 0.0) + self.tolerance_s
         with self._lock:
-            lease = self.fences.check(verdict.producer_id or "", headers)
+            lease = self.fences.check(producer_id, headers)
             if lease.malformed or lease.stale:
                 return self._refuse_lease(lease)
-            self.fences.record(verdict.producer_id or "", lease)
-            existing = self._keys.get(key)
-            replayed = existing is None and signature in self._signatures
+            self.fences.record(producer_id, lease)
+            existing = self._keys.get((producer_id, key))
+            replayed = (
+                existing is None
+                and verdict.signature is not None
+                and not self._replays.first_use(verdict.signature, until=until, now=self.clock())
+            )
             if existing is None and not replayed:
-                self._remember(signature)
                 server_id = f"srv_{uuid.uuid4().hex[:16]}"
-                self._keys[key] = server_id
-                self.received.append(
+                self._store(
+                    (producer_id, key),
                     Received(
                         idempotency_key=key,
                         signal=signal,
                         server_signal_id=server_id,
-                        producer_id=verdict.producer_id or "",
+                        producer_id=producer_id,
                         key_id=verdict.key_id,
                         received_at=self.clock(),
                         traceparent=headers.get("traceparent"),
-                    )
+                    ),
                 )
         if existing is not None:
             return self._refuse(409, "duplicate idempotency key", signal_id=existing)
         if replayed:
-            return self._refuse(401, "replayed signature", check="replayed_signature")
-        return 201, {
-            "signal_id": server_id,
-            "status": "received",
-            "server_timestamp": format_timestamp(datetime.fromtimestamp(self.clock(), UTC)),
-            "message": None,
-            "errors": None,
-        }
+            return self._refuse(
+                401, "replayed signature", answer="invalid signature", check="replayed_signature"
+            )
+        return _Answer(
+            201,
+            {
+                "signal_id": server_id,
+                "status": "received",
+                "server_timestamp": format_timestamp(datetime.fromtimestamp(self.clock(), UTC)),
+                "message": None,
+                "errors": None,
+            },
+        )
 
-    def _refuse_lease(self, lease: LeaseVerdict) -> tuple[int, object]:
+    def _store(self, key: tuple[str, str], accepted: Received) -> None:
+        """Keep an accepted signal and its key; past ``max_stored`` forget the oldest first.
+
+        A forgotten key is accepted again as new: the bound keeps the demo's memory flat (about
+        0.7 KiB a signal); a real server keeps its keys in its database for as long as producers
+        may retry.
+        """
+        self._keys[key] = accepted.server_signal_id
+        self.received.append(accepted)
+        while len(self._keys) > self.max_stored:
+            del self._keys[next(iter(self._keys))]
+        # Trimmed in batches (an eighth of the bound) so each accept stays O(1) on average.
+        if len(self.received) > self.max_stored + max(1, self.max_stored // 8):
+            del self.received[: len(self.received) - self.max_stored]
+
+    def _refuse_lease(self, lease: LeaseVerdict) -> _Answer:
         """Refuse a malformed lease header (400) or a stale lease (409 problem+json)."""
         if lease.stamp is None or lease.current_token is None:
             return self._refuse(400, 'X-Signal-Lease must be shard="<stream>", token=<n>')
         self.refusals["stale lease"] = self.refusals.get("stale lease", 0) + 1
-        return 409, Problem(stale_lease_problem(lease.stamp, lease.current_token))
-
-    def _remember(self, signature: str) -> None:
-        """Keep an accepted signature for two replay windows, then forget it (bounded)."""
-        now = self.clock()
-        self._signatures[signature] = now
-        if len(self._signatures) % 1024 == 0:
-            horizon = now - 2 * self.tolerance_s
-            for old in [sig for sig, seen in self._signatures.items() if seen < horizon]:
-                del self._signatures[old]
+        problem = stale_lease_problem(lease.stamp, lease.current_token)
+        return _Answer(409, Problem(problem), "stale lease", None)
 
     def _refuse(
-        self, status: int, reason: str, *, kind: str | None = None, **extra: object
-    ) -> tuple[int, object]:
-        """Count a refusal (by a bounded kind); the reason goes back to the client (and the log)."""
+        self,
+        status: int,
+        reason: str,
+        *,
+        kind: str | None = None,
+        answer: str | None = None,
+        check: str | None = None,
+        **extra: object,
+    ) -> _Answer:
+        """Count a refusal (by a bounded kind) and build its answer.
+
+        The client reads ``answer`` when given (a 401 names no check), else the reason; the
+        log line gets the reason and the check either way.
+        """
         self.refusals[kind or reason] = self.refusals.get(kind or reason, 0) + 1
-        return status, {"detail": reason, **extra}
+        return _Answer(status, {"detail": answer or reason, **extra}, reason, check)
 
     def keys(self) -> set[str]:
-        """Return the idempotency keys accepted so far."""
+        """Return the idempotency keys accepted so far (from any producer)."""
         with self._lock:
-            return set(self._keys)
+            return {key for _, key in self._keys}
 
 
 def _log_outcome(
-    scope: Scope, headers: Mapping[str, str], status: int, payload: object, duration_s: float
+    scope: Scope, headers: Mapping[str, str], answer: _Answer, duration_s: float
 ) -> None:
-    """Log one request's outcome as one line: INFO when stored or a duplicate, else WARNING."""
+    """Log one request's outcome as one line: INFO when stored or a duplicate, else WARNING.
+
+    A refusal's line carries the reason and the failed check the client was not told.
+    """
+    status, payload = answer.status, answer.payload
     outcome = {201: "accepted", 409: "duplicate"}.get(status, "refused")
     if isinstance(payload, Problem):  # a stale lease: refused, not a duplicate
         outcome, payload = "refused", payload.body
@@ -258,7 +337,8 @@ def _log_outcome(
             path=scope["path"],
             http_code=status,
             outcome=outcome,
-            reason=detail,
+            reason=answer.reason or detail,
+            check=answer.check,
             producer_id=headers.get("x-producer-id"),
             key_id=headers.get("x-key-id"),
             idempotency_key=headers.get("x-idempotency-key"),
@@ -268,13 +348,23 @@ def _log_outcome(
     )
 
 
+class _ClientGone(Exception):
+    """The connection closed before the whole body arrived: there is no one to answer."""
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """Read the whole request body; None once it grows past ``limit``."""
+    """Read the whole request body; None once it grows past ``limit``.
+
+    Raises :class:`_ClientGone` on a disconnect (a body timeout of the server's limits, or the
+    client leaving): a partial body is never judged.
+    """
     chunks: list[bytes] = []
     size = 0
     more = True
     while more:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -306,10 +396,19 @@ async def _respond(send: Send, status: int, payload: object, *, date: str) -> No
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: Callable[[Scope, Receive, Send], Awaitable[None]], host: str = "127.0.0.1", port: int = 0
+    app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: ServerLimits | None = None,
 ) -> Iterator[str]:
-    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL."""
+    """Run an ASGI ``app`` (IngestApp or a bench sink) on uvicorn in a thread; yield its URL.
+
+    The server runs within ``limits`` (:mod:`bridge.devkit.ingest_guard`); the app writes its
+    own Date header, from its clock (a test can set it 400 s off).
+    """
     import uvicorn  # noqa: PLC0415 - the server is optional at import time of this module
+
+    from bridge.devkit.ingest_guard import ServerLimits, uvicorn_config  # noqa: PLC0415 - ditto
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -318,11 +417,7 @@ def serve_in_thread(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    # The app writes its own Date header, from its clock (a test can set it 400 s off).
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", date_header=False
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, limits or ServerLimits()))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="ingest-server", daemon=True
     )

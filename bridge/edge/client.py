@@ -35,7 +35,7 @@ from bridge.core.fencing import LEASE_HEADER, LeaseStamp, stale_lease_token
 from bridge.core.outcome import Action, OutcomeTable, TransportFailure
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.core.signal import Signal, encode_canonical
-from bridge.core.signing import RequestSigner, Signer
+from bridge.core.signing import RequestSigner
 from bridge.core.timestamps import format_timestamp
 from bridge.edge.clockskew import SkewEstimator, describe_skew
 from bridge.edge.failures import transport_failure
@@ -54,6 +54,7 @@ from bridge.edge.results import (
     stale_lease,
 )
 from bridge.edge.settings import OutboundConfig
+from bridge.edge.signers import signer_for
 from bridge.errors import (
     BridgeError,
     InvalidSignalError,
@@ -116,9 +117,7 @@ class HmacClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
-        self._signer: RequestSigner = Signer(
-            config.secret_bytes(), config.producer_id, path=config.ingest_path
-        )
+        self._signer: RequestSigner = signer_for(config)
         self._table = outcome_table(config)
         self._url = config.ingest_url
         parts = urlsplit(self._url)
@@ -201,6 +200,7 @@ class HmacClient:
                 producer_id=self._config.producer_id,
                 key_id=self._config.key_id,
                 key_fingerprint=key_fingerprint(self._config.secret_bytes()),
+                signature_scheme=self._config.signature_scheme,
                 url=self._url,
             ),
         )

@@ -14,6 +14,7 @@ from opentelemetry.semconv.attributes import error_attributes
 
 from bridge.edge.results import Delivered, Duplicate, Failed, Fenced, Rejected
 from bridge.errors import DeliveryError, DeliveryTimeoutError, InvalidSignalError
+from bridge.telemetry.bounds import bounded
 from bridge.telemetry.logs import log_fields, trace_fields
 from bridge.telemetry.metrics import Metrics
 
@@ -109,7 +110,7 @@ class PostRecorder:
         result = "timeout" if isinstance(exc, DeliveryTimeoutError) else "failure"
         self.record(result, exc.http_code, elapsed)
         span.set_attribute(error_attributes.ERROR_TYPE, str(exc.http_code or type(exc).__name__))
-        span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+        span.set_status(trace.Status(trace.StatusCode.ERROR, bounded(str(exc))))
         log.warning(
             "Signal post failed",
             extra=log_fields(

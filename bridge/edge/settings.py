@@ -7,11 +7,12 @@ Each field declares its environment name and bounds once (see :mod:`bridge.core.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 import msgspec
 
+from bridge.core.ed25519 import Ed25519PrivateKey, read_private_key
 from bridge.core.outcome import OutcomeTable
 from bridge.core.secrets import Secret, redact_url
 from bridge.core.settings import (
@@ -22,17 +23,31 @@ from bridge.core.settings import (
 )
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE
 from bridge.core.signing import INGEST_PATH
+from bridge.core.urls import split_url
 from bridge.edge.proxy import is_loopback_host, select_proxy
 from bridge.edge.tls import check_tls_files
 from bridge.errors import ConfigError
 
-__all__ = ["MIN_SECRET_BYTES", "OutboundConfig"]
+__all__ = ["MIN_SECRET_BYTES", "OutboundConfig", "SignatureScheme"]
 
 MIN_SECRET_BYTES: Final = 16
 MIN_TIMEOUT_S: Final = 5.0
 _SUCCESS: Final = "OUTBOUND_SUCCESS_STATUSES"
 _SYSTEMIC: Final = "OUTBOUND_SYSTEMIC_STATUSES"
 _REJECT: Final = "OUTBOUND_REJECT_STATUSES"
+
+
+SignatureScheme = Literal["hmac", "standard-webhooks", "rfc9421"]
+_SCHEMES: Final = get_args(SignatureScheme)
+
+
+def _parse_scheme(variable: str, raw: str) -> str:
+    """Read OUTBOUND_SIGNATURE_SCHEME; anything but a known scheme is refused, naming them."""
+    if raw not in _SCHEMES:
+        raise ConfigError(
+            f"{variable} must be one of {', '.join(_SCHEMES)}, got {raw!r}", variable=variable
+        )
+    return raw
 
 
 class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +70,9 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         DEFAULT_MAX_BODY_SIZE
     )
     key_id: Annotated[str | None, Setting("HMAC_PRODUCER_KEY_ID")] = None
+    signature_version: Annotated[
+        int, Setting("OUTBOUND_SIGNATURE_VERSION", ge=1, le=2, note="1 or 2")
+    ] = 1
     ca_bundle: Annotated[
         str | None, Setting("OUTBOUND_CA_BUNDLE", readme_default="system store")
     ] = None
@@ -101,6 +119,11 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         Setting("OUTBOUND_PROXY_URL", readme_default="from the environment", redact=True),
     ] = None
     proxy_env: dict[str, str] = msgspec.field(default_factory=dict)
+    signature_scheme: Annotated[
+        SignatureScheme, Setting("OUTBOUND_SIGNATURE_SCHEME", parse=_parse_scheme)
+    ] = "hmac"
+    ed25519_key_file: Annotated[str | None, Setting("OUTBOUND_ED25519_KEY_FILE")] = None
+    ed25519_next_key_file: Annotated[str | None, Setting("OUTBOUND_ED25519_NEXT_KEY_FILE")] = None
 
     def __repr__(self) -> str:
         # Proxy URLs may carry credentials: show them redacted; the secret is a Secret.
@@ -167,12 +190,39 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
             )
         self._check_proxy()
         check_tls_files(self.ca_bundle, self.client_cert, self.client_key)
+        self.ed25519_keys()
+
+    def ed25519_keys(self) -> list[Ed25519PrivateKey]:
+        """Read the Ed25519 key files (current, then next); refuse one the scheme cannot send.
+
+        ``hmac`` (v1/v2) has no place for an Ed25519 signature, so a key with it is refused
+        rather than silently unused; a next key needs a current one.
+        """
+        if self.ed25519_key_file is None:
+            if self.ed25519_next_key_file is not None:
+                raise ConfigError(
+                    "OUTBOUND_ED25519_NEXT_KEY_FILE needs OUTBOUND_ED25519_KEY_FILE",
+                    variable="OUTBOUND_ED25519_KEY_FILE",
+                )
+            return []
+        if self.signature_scheme == "hmac":
+            raise ConfigError(
+                "OUTBOUND_ED25519_KEY_FILE is set but OUTBOUND_SIGNATURE_SCHEME=hmac cannot carry "
+                "an Ed25519 signature: set OUTBOUND_SIGNATURE_SCHEME=standard-webhooks or rfc9421",
+                variable="OUTBOUND_ED25519_KEY_FILE",
+            )
+        keys = [read_private_key("OUTBOUND_ED25519_KEY_FILE", self.ed25519_key_file)]
+        if self.ed25519_next_key_file is not None:
+            keys.append(
+                read_private_key("OUTBOUND_ED25519_NEXT_KEY_FILE", self.ed25519_next_key_file)
+            )
+        return keys
 
     def _check_server_url(self) -> None:
         """Refuse a server URL without http(s) and a host, with credentials, or remote over http."""
         if not self.server_url:
             raise ConfigError("OUTBOUND_SERVER_URL is required", variable="OUTBOUND_SERVER_URL")
-        url = urlsplit(self.server_url)
+        url = split_url("OUTBOUND_SERVER_URL", self.server_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError(
                 "OUTBOUND_SERVER_URL must be an http(s) URL with a host, got "
@@ -182,6 +232,14 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         if url.username or url.password:
             raise ConfigError(
                 "OUTBOUND_SERVER_URL must not carry credentials", variable="OUTBOUND_SERVER_URL"
+            )
+        if url.query or url.fragment or self.server_url.endswith(("?", "#")):
+            # The bridge POSTs to the server's origin + /api/v1/signals/ingest: a query or a
+            # fragment would be dropped, not sent (and may hold a token).
+            raise ConfigError(
+                "OUTBOUND_SERVER_URL must not have a query or fragment (the bridge posts to "
+                f"{INGEST_PATH} on its origin), got {redact_url(self.server_url)!r}",
+                variable="OUTBOUND_SERVER_URL",
             )
         if url.scheme == "http" and not is_loopback_host(url.hostname):
             raise ConfigError(
@@ -222,13 +280,7 @@ class OutboundConfig(msgspec.Struct, frozen=True, kw_only=True):
         proxy, variable = self.proxy()
         if proxy is None:
             return
-        parts = urlsplit(proxy)
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ConfigError(
-                f"{variable}: bad port in {redact_url(proxy)!r}", variable=variable
-            ) from None
+        parts = split_url(variable, proxy)
         if parts.scheme != "http" or not parts.hostname:
             raise ConfigError(
                 f"{variable} must be an http:// proxy URL (https targets go through it with "

@@ -2,7 +2,7 @@
 
 A CA bundle, a client certificate and its key must be readable PEM, the key unencrypted and
 matching the certificate; anything else is a ConfigError naming the variable, before any
-connection is tried.
+connection is tried. A private key readable by group or others is used, with a WARNING.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import ssl
 from pathlib import Path
 from typing import Final
 
+from bridge.core.secrets import warn_if_exposed
 from bridge.errors import ConfigError
 
 __all__ = ["check_tls_files"]
@@ -30,6 +31,8 @@ def _read_pem(variable: str, file: str, *, key: bool) -> bytes:
         raise ConfigError(
             f"{variable}: cannot read {file}: {exc.strerror}", variable=variable
         ) from None
+    if key:
+        warn_if_exposed(variable, file, Path(file).stat().st_mode)
     if key and b"ENCRYPTED" in data:
         raise ConfigError(
             f"{variable}: {file} is an encrypted key; give an unencrypted one (mounted as a "

@@ -19,6 +19,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from bridge.config.loader import BridgeConfig, effective_settings
+from bridge.core.ed25519 import public_key_b64, public_key_fingerprint
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.edge.client import build_ssl_context
 from bridge.edge.settings import OutboundConfig
@@ -52,6 +53,13 @@ async def run_check(config: BridgeConfig, out: Print = print) -> int:
         out(f"secret    sha256 fingerprint {key_fingerprint(secret.get())} (first 8 hex digits)")
     else:
         out("secret    not set (HMAC_PRODUCER_ENABLED is false)")
+    if config.outbound.enabled:
+        out(f"scheme    {config.outbound.signature_scheme}")
+        for key in config.outbound.ed25519_keys():
+            out(
+                f"ed25519   public key {public_key_b64(key)} "
+                f"(fingerprint {public_key_fingerprint(key)})"
+            )
     await _check_redis(config, out)
     if config.outbound.enabled:
         await _check_ingest(config.outbound, out)
@@ -69,7 +77,9 @@ async def _check_redis(config: BridgeConfig, out: Print) -> None:
     """PING (auth, TLS, the database), then each stream's length and its group."""
     cfg = config.stream
     where = redact_url(cfg.redis_url) + (" (cluster)" if cfg.cluster else "")
-    async with connect(cfg.redis_url, cluster=cfg.cluster) as redis:
+    if cfg.redis_password is not None:
+        where += " (password from BRIDGE_REDIS_PASSWORD_FILE)"
+    async with connect(cfg.redis_url, cluster=cfg.cluster, password=cfg.redis_password) as redis:
         started = time.perf_counter()
         try:
             await asyncio.wait_for(probe_database(redis, redis_db(cfg.redis_url)), STEP_TIMEOUT_S)
@@ -87,6 +97,8 @@ async def _check_redis(config: BridgeConfig, out: Print) -> None:
                 present = await asyncio.wait_for(stream.group_exists(), STEP_TIMEOUT_S)
             except (StreamError, TimeoutError) as exc:
                 raise CheckFailedError("stream", f"{name}: {exc or 'no answer'}") from None
+            if status.dead_letter_error:
+                raise CheckFailedError("stream", f"{name}: {status.dead_letter_error}")
             if present:
                 group = (
                     f"group {cfg.group} present, lag "

@@ -1,4 +1,4 @@
-"""The ``signal-bridge`` command: run, check, publish, status, dlq, demo, ingest-server.
+"""The ``signal-bridge`` command: run, check, publish, status, dlq, keys, demo, ingest-server.
 
 It parses the command line, loads the settings, runs the chosen command and maps errors to exit
 codes. ``run`` is the service (:func:`bridge.app.runner.run`); each other command lives in its
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from bridge.config.loader import BridgeConfig, load_config
 from bridge.errors import BridgeError, ConfigError, UsageError
 from bridge.ops.dlq import parse_since, run_dlq_command
 from bridge.ops.ingest_server import run_ingest_server
+from bridge.ops.keys import run_keys
 from bridge.ops.publish import run_publish
 from bridge.ops.status import run_status
 from bridge.streams.connection import connect
@@ -31,7 +33,11 @@ __all__ = ["main"]
 
 async def _dlq(config: BridgeConfig, args: argparse.Namespace) -> int:
     """Run one ``dlq`` sub-command over every configured stream."""
-    async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+    async with connect(
+        config.stream.redis_url,
+        cluster=config.stream.cluster,
+        password=config.stream.redis_password,
+    ) as redis:
         return await run_dlq_command(signal_streams(config.stream, redis), args)
 
 
@@ -119,6 +125,22 @@ def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _command(dlq_sub, "purge", "delete the dead-letter stream")
 
 
+def _positive_int(text: str) -> int:
+    """Parse a command-line count that must be above zero."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """Parse a command-line duration (seconds) that must be above zero."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
 def _add_ingest_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the reference ingest server command."""
     ingest = _command(sub, "ingest-server", "run the reference ingest server")
@@ -127,6 +149,19 @@ def _add_ingest_server(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     ingest.add_argument("--tolerance", type=float, default=300.0)
     ingest.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     ingest.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    limits = ingest.add_argument_group("limits against hostile peers (README: reference server)")
+    limits.add_argument("--max-header-bytes", type=_positive_int, default=16 * 1024)
+    limits.add_argument("--max-headers", type=_positive_int, default=64)
+    limits.add_argument("--header-timeout", type=_positive_float, default=10.0, metavar="S")
+    limits.add_argument("--body-timeout", type=_positive_float, default=10.0, metavar="S")
+    limits.add_argument("--max-connections", type=_positive_int, default=256)
+    limits.add_argument("--max-concurrent-requests", type=_positive_int, default=128)
+    limits.add_argument(
+        "--max-stored",
+        type=_positive_int,
+        default=100_000,
+        help="idempotency keys (and signals) kept; the oldest are forgotten first",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     status = _command(sub, "status", "stream length, lag, pending, dead letters")
     status.add_argument("--json", action="store_true")
     _add_dlq(sub)
+    keys = _command(sub, "keys", "generate an Ed25519 key pair (private file 0600, <file>.pub)")
+    keys.add_argument("private_key_file", metavar="FILE", help="where the private key goes")
     demo = _command(sub, "demo", "self-contained demo: embedded Redis and ingest server")
     demo.add_argument("--signals", type=int, default=20)
     _add_ingest_server(sub)
@@ -179,6 +216,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo(args.signals))
     if args.command == "ingest-server":
         return run_ingest_server(args)
+    if args.command == "keys":
+        return run_keys(args.private_key_file)
     # Only run needs the ingest settings; operator commands need just Redis.
     env_path = args.config
     if args.command == "run":

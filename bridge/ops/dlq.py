@@ -1,10 +1,12 @@
-"""The operator's dead-letter tools: ``signal-bridge dlq list | show | replay | purge``.
+r"""The operator's dead-letter tools: ``signal-bridge dlq list | show | replay | purge``.
 
 Every command reads the WHOLE dead-letter stream of each configured stream (page by page), so
 filters (``--reason``, ``--since``) never stop at the first N entries. ``replay`` re-publishes to
 the source stream through :meth:`bridge.streams.deadletters.DeadLetterStore.replay`;
 ``--allow-expired`` waives the maximum age of the replayed entries, explicitly and logged.
-Exit codes: 0 done, 1 an id in no dead-letter stream, 2 a usage error.
+Exit codes: 0 done, 1 an id in no dead-letter stream, 2 a usage error. Text output shows a
+dead letter's bytes escaped wherever they are not printable (an ESC byte reads ``\x1b``, a
+newline ``\n``, U+202E ``\u202e``), so a hostile entry cannot drive the operator's terminal.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -26,7 +28,7 @@ from bridge.streams.entries import DLQ_PREFIX, SIGNAL_FIELD, Entry
 from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import log_fields
 
-__all__ = ["parse_since", "run_dlq_command"]
+__all__ = ["parse_since", "run_dlq_command", "shown"]
 
 log = logging.getLogger("bridge.dlq")
 
@@ -66,6 +68,32 @@ def parse_since(text: str) -> int:
     return int(when.timestamp() * 1000)
 
 
+_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def shown(text: str) -> str:
+    r"""Escape what a terminal would act on or hide: controls, format and separator characters.
+
+    Printable text is kept as is; others read as in Python (``\x1b``, ``\u202e``), with the
+    backslash doubled so an escape in the data cannot pass for one made here.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    """Return one character as :func:`shown` prints it."""
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _letter_row(entry: Entry) -> dict[str, str]:
     """Flatten a dead letter into its id and every field, decoded as UTF-8."""
     return {
@@ -97,9 +125,9 @@ async def _dlq_list(stores: Sequence[DeadLetterStore], args: argparse.Namespace)
         return 0
     for row in rows:
         print(
-            f"{row['id']}  {row.get(DLQ_PREFIX + 'reason', '?'):<15} "
-            f"source={row.get(DLQ_PREFIX + 'source_id', '?')}  "
-            f"{row.get(DLQ_PREFIX + 'error', '')[:120]}"
+            f"{row['id']}  {shown(row.get(DLQ_PREFIX + 'reason', '?')):<15} "
+            f"source={shown(row.get(DLQ_PREFIX + 'source_id', '?'))}  "
+            f"{shown(row.get(DLQ_PREFIX + 'error', '')[:120])}"
         )
     return 0
 
@@ -156,13 +184,13 @@ async def _dlq_show(stores: Sequence[DeadLetterStore], args: argparse.Namespace)
     print(f"dead letter {entry.id} in {store.dlq_stream}")
     for name, value in row.items():
         if name != "id":
-            print(f"  {name}: {value}")
+            print(f"  {shown(name)}: {shown(value)}")
     if signal is not None:
         pretty = msgspec.json.format(msgspec.json.encode(signal), indent=2).decode()
         print("signal (decoded):\n  " + pretty.replace("\n", "\n  "))
     else:
-        print(f"signal: does not decode: {problem}")
-    print(f"error: {row.get(f'{DLQ_PREFIX}error', '')}")
+        print(f"signal: does not decode: {shown(problem or '')}")
+    print(f"error: {shown(row.get(f'{DLQ_PREFIX}error', ''))}")
     return 0
 
 
@@ -184,7 +212,7 @@ async def _dlq_replay(stores: Sequence[DeadLetterStore], args: argparse.Namespac
     waiver = _waiver_note() if args.allow_expired else None
     for store, entry in chosen:
         source = entry.field(f"{DLQ_PREFIX}source_stream") or store.stream
-        what = (
+        what = shown(
             f"{entry.id} ({entry.field(f'{DLQ_PREFIX}reason') or '?'}, source "
             f"{source}/{entry.field(f'{DLQ_PREFIX}source_id') or '?'})"
         )

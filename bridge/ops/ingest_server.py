@@ -12,7 +12,7 @@ import signal as os_signal
 
 from bridge import __version__
 from bridge.telemetry.logs import configure_logging, log_fields
-from bridge.telemetry.otel_env import otel_environment
+from bridge.telemetry.otel_env import otel_environment, validate_otel_endpoints
 from bridge.telemetry.setup import setup_telemetry
 
 __all__ = ["run_ingest_server"]
@@ -25,12 +25,22 @@ def run_ingest_server(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     from bridge.devkit.ingest import IngestApp  # noqa: PLC0415 - server side only
-    from bridge.devkit.ingest_keys import load_ingest_secrets  # noqa: PLC0415 - server side only
+    from bridge.devkit.ingest_guard import ServerLimits, uvicorn_config  # noqa: PLC0415 - ditto
+    from bridge.devkit.ingest_keys import (  # noqa: PLC0415 - server side only
+        load_ingest_keys,
+        load_ingest_public_keys,
+        load_required_version,
+    )
 
     configure_logging("INFO", "json")
-    secrets = load_ingest_secrets()
+    keys = load_ingest_keys()
+    secrets = keys.secrets
+    public_keys = load_ingest_public_keys()
+    required_version = load_required_version()
+    otel_env = otel_environment()
+    validate_otel_endpoints(otel_env)  # a malformed endpoint: one line, exit 2
     telemetry = setup_telemetry(
-        otel_environment(),
+        otel_env,
         instance_id=f"{args.host}:{args.port}",
         prometheus=False,
         service_name="signal-bridge-ingest",
@@ -38,7 +48,21 @@ def run_ingest_server(args: argparse.Namespace) -> int:
     from bridge.devkit.fences import Fences, fencing_from_env  # noqa: PLC0415 - server side only
 
     app = IngestApp(
-        secrets=secrets, tolerance_s=args.tolerance, fences=Fences(enabled=fencing_from_env())
+        secrets=secrets,
+        producers=keys.producers,
+        required_version=required_version,
+        public_keys=public_keys,
+        tolerance_s=args.tolerance,
+        max_stored=args.max_stored,
+        fences=Fences(enabled=fencing_from_env()),
+    )
+    limits = ServerLimits(
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
+        max_concurrent_requests=args.max_concurrent_requests,
     )
     log.info(
         "ingest server starting",
@@ -48,7 +72,16 @@ def run_ingest_server(args: argparse.Namespace) -> int:
             port=args.port,
             tls=bool(args.ssl_certfile),
             key_ids=sorted(secrets),
+            ed25519_key_ids=sorted(public_keys),
             tolerance_s=args.tolerance,
+            required_signature_version=required_version,
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            header_timeout_s=limits.header_timeout_s,
+            body_timeout_s=limits.body_timeout_s,
+            max_connections=limits.max_connections,
+            max_concurrent_requests=limits.max_concurrent_requests,
+            max_stored=args.max_stored,
             fencing=app.fences.enabled,
         ),
     )
@@ -59,17 +92,17 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         os_signal.SIGTERM, lambda sig, frame: stopped_by.append(os_signal.Signals(sig).name)
     )
     try:
-        uvicorn.run(
+        config = uvicorn_config(
             app,
+            limits,
             host=args.host,
             port=args.port,
-            log_level="warning",
-            log_config=None,  # keep our one-JSON-object-per-line handler
-            access_log=False,
-            date_header=False,  # the app sends Date from its own clock
+            lifespan="auto",
+            keep_log_config=True,  # keep our one-JSON-object-per-line handler
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
         )
+        uvicorn.Server(config).run()
     finally:
         os_signal.signal(os_signal.SIGTERM, previous)
         telemetry.shutdown()

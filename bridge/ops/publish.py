@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
@@ -90,8 +91,48 @@ def _samples(count: int) -> list[Signal]:
 
 
 def _signals_from_file(name: str) -> list[Signal]:
-    """Decode a JSON object, a JSON list or JSON lines from ``name`` (``-``: stdin)."""
+    """Decode a JSON object, a JSON list or JSON lines from ``name`` (``-``: stdin).
+
+    Every refusal is one line naming the file and, where there is one, the line: bad UTF-8,
+    malformed JSON, nesting too deep for the decoder, an invalid signal.
+    """
     where = "stdin" if name == "-" else f"--file {name}"
+    stripped = _read_input(name, where)
+    try:
+        whole = msgspec.json.decode(stripped)  # one object (perhaps pretty-printed) or a list
+    except msgspec.DecodeError as exc:
+        if stripped.startswith(b"["):
+            raise UsageError(
+                f"{where}{_line_of_error(stripped, exc)}: not valid JSON: {exc}"
+            ) from None
+        whole = None  # JSON lines, one signal per line
+    except RecursionError:
+        raise UsageError(_too_deep(where, stripped)) from None
+    numbered: list[tuple[int, bytes]]
+    if isinstance(whole, list):
+        numbered = [(i, msgspec.json.encode(item)) for i, item in enumerate(whole, 1)]
+        label = "item"
+    elif whole is not None:
+        numbered, label = [(1, stripped)], "signal"
+    else:
+        numbered = [(i, line) for i, line in enumerate(stripped.splitlines(), 1) if line.strip()]
+        label = "line"
+    if not numbered:
+        raise UsageError(f"{where}: no signals (the list is empty)")
+    signals = []
+    for number, item in numbered:
+        position = f" {label} {number}" if len(numbered) > 1 else ""
+        try:
+            signals.append(decode_signal(item))
+        except InvalidSignalError as exc:
+            raise UsageError(f"{where}{position}: {exc}") from None
+        except RecursionError:
+            raise UsageError(f"{where}{position}: JSON nested too deeply to decode") from None
+    return signals
+
+
+def _read_input(name: str, where: str) -> bytes:
+    """Read the input, stripped: refused when unreadable, empty or not UTF-8 (naming the line)."""
     try:
         text = Path(name).read_bytes() if name != "-" else sys.stdin.buffer.read()
     except OSError as exc:
@@ -100,29 +141,53 @@ def _signals_from_file(name: str) -> list[Signal]:
     if not stripped:
         raise UsageError(f"{where}: no signals (the input is empty)")
     try:
-        whole = msgspec.json.decode(stripped)  # one object (perhaps pretty-printed) or a list
-    except msgspec.DecodeError as exc:
-        if stripped.startswith(b"["):
-            raise UsageError(f"{where}: not valid JSON: {exc}") from None
-        whole = None  # JSON lines, one signal per line
-    if isinstance(whole, list):
-        raw = [msgspec.json.encode(item) for item in whole]
-        label = "item"
-    elif whole is not None:
-        raw, label = [stripped], "signal"
-    else:
-        raw = [line for line in stripped.splitlines() if line.strip()]
-        label = "line"
-    if not raw:
-        raise UsageError(f"{where}: no signals (the list is empty)")
-    signals = []
-    for number, item in enumerate(raw, 1):
-        try:
-            signals.append(decode_signal(item))
-        except InvalidSignalError as exc:
-            position = f" {label} {number}" if len(raw) > 1 else ""
-            raise UsageError(f"{where}{position}: {exc}") from None
-    return signals
+        stripped.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{where} line {_line_at(stripped, exc.start)}: not UTF-8 (byte "
+            f"0x{stripped[exc.start]:02x})"
+        ) from None
+    return stripped
+
+
+# Where a file too deeply nested for the decoder is named: the line that passes this depth.
+_DEEP: Final = 512
+
+
+def _line_at(text: bytes, offset: int) -> int:
+    """Return the 1-based line holding byte ``offset`` of ``text``."""
+    return text.count(b"\n", 0, offset) + 1
+
+
+def _line_of_error(text: bytes, exc: msgspec.DecodeError) -> str:
+    """Return `` line N`` for a decode error that names its byte offset, else nothing."""
+    found = re.search(r"\(byte (\d+)\)", str(exc))
+    return f" line {_line_at(text, int(found.group(1)))}" if found else ""
+
+
+def _too_deep(where: str, text: bytes) -> str:
+    """Say that ``text`` nests too deeply, naming the line where it passes ``_DEEP`` levels."""
+    depth, in_string, escaped = 0, False, False
+    for offset, byte in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            if depth > _DEEP:
+                return (
+                    f"{where} line {_line_at(text, offset)}: JSON nested deeper than {_DEEP} "
+                    "levels, too deep to decode"
+                )
+        elif byte in b"]}":
+            depth -= 1
+    return f"{where}: JSON nested too deeply to decode"
 
 
 def _signal_from_flags(args: argparse.Namespace) -> Signal:
@@ -177,7 +242,11 @@ async def run_publish(config: BridgeConfig, args: argparse.Namespace) -> int:
         config.telemetry.otel_env, instance_id=config.stream.consumer, prometheus=False
     )
     try:
-        async with connect(config.stream.redis_url, cluster=config.stream.cluster) as redis:
+        async with connect(
+            config.stream.redis_url,
+            cluster=config.stream.cluster,
+            password=config.stream.redis_password,
+        ) as redis:
             for item in signals:
                 with _producer_span(telemetry.tracer, config.stream.stream_names()):
                     entry_id = await publish(redis, item, stream=config.stream.stream_names())

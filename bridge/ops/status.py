@@ -23,7 +23,7 @@ async def run_status(config: BridgeConfig, args: argparse.Namespace) -> int:
     cfg = config.stream
     strict = cfg.ordering == "strict"
     leases: list[LeaseHolder | None] = []
-    async with connect(cfg.redis_url, cluster=cfg.cluster) as redis:
+    async with connect(cfg.redis_url, cluster=cfg.cluster, password=cfg.redis_password) as redis:
         streams = signal_streams(cfg, redis)
         statuses = [await stream.status() for stream in streams]
         if strict:
@@ -46,6 +46,8 @@ async def run_status(config: BridgeConfig, args: argparse.Namespace) -> int:
         print(f"pending       {status.pending}")
         print(f"oldest        {'-' if age is None else f'{age / 1000:.1f}s'}")
         print(f"dead letters  {status.dead_letters} in {config.stream.dlq_for(status.stream)}")
+        if status.dead_letter_error:
+            print(f"PROBLEM       {status.dead_letter_error}")
         if strict:
             print(f"lease         {_lease_text(leases[i])}")
         for consumer in status.consumers:

@@ -17,6 +17,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bridge.core.secrets import Secret
 from bridge.errors import ConfigError, StreamError
 
 __all__ = [
@@ -140,6 +141,7 @@ async def connect(
     *,
     cluster: bool = False,
     block_ms: int | None = None,
+    password: Secret | None = None,
     **options: Any,  # noqa: ANN401 - redis-py's connection options
 ) -> AsyncIterator[aioredis.Redis]:
     """Open a redis-py asyncio client from a URL (redis://, rediss://, unix://); close on exit.
@@ -147,11 +149,14 @@ async def connect(
     ``cluster=True`` opens a Redis Cluster client from any node's URL; the commands used here
     are the same, each addressed to the node owning its stream's slot. ``block_ms`` (the
     workers' XREADGROUP BLOCK) sizes the read timeout: BLOCK + ``READ_MARGIN_S``.
+    ``password`` (from ``BRIDGE_REDIS_PASSWORD_FILE``) authenticates without being in the URL.
     """
     timeouts: dict[str, Any] = dict(_SOCKET_TIMEOUTS)
     if block_ms is not None:
         timeouts["socket_timeout"] = read_timeout_s(block_ms)
     options = {**timeouts, **options}
+    if password is not None:
+        options["password"] = password.get()
     if cluster:
         from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - cluster users only
 

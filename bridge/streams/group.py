@@ -1,9 +1,10 @@
 """One stream, one consumer group, one consumer: the operations the worker needs.
 
 :class:`SignalStream` reads new entries and its own pending ones, lists and claims pending
-entries, acks, keeps entries it retries from being claimed, dead-letters atomically (one Lua
-script), reports status and trims what every group has read. Entries stay raw bytes; decoding
-a signal is the codec's job. Errors arrive as :class:`~bridge.errors.StreamError`.
+entries, acks, keeps entries it retries from being claimed, dead-letters (one Lua script that
+writes the letter before the ack, so a failure leaves the entry pending), reports status and
+trims what every group has read. Entries stay raw bytes; decoding a signal is the codec's job.
+Errors arrive as :class:`~bridge.errors.StreamError`.
 :func:`report_new_group` warns at start when a group created at ``$`` skips entries already in
 the stream, and says how many and how to take them.
 """
@@ -21,7 +22,6 @@ import redis.exceptions
 from bridge.errors import StreamError
 from bridge.streams.connection import PASSING_CODES, error_code, guard, translate
 from bridge.streams.entries import (
-    DLQ_PREFIX,
     ConsumerStatus,
     DeadLetter,
     Entry,
@@ -32,8 +32,9 @@ from bridge.streams.entries import (
     parse_id,
     split_entries,
 )
+from bridge.streams.letter_fields import letter_fields
 from bridge.streams.scripts import load
-from bridge.streams.settings import StreamConfig
+from bridge.streams.settings import DEAD_LETTER_MAX_BYTES, StreamConfig
 from bridge.telemetry.logs import log_fields
 
 __all__ = ["SignalStream", "report_new_group", "signal_streams"]
@@ -58,12 +59,14 @@ class SignalStream:
         group: str,
         consumer: str,
         dlq_stream: str,
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
         self.consumer = consumer
         self.dlq_stream = dlq_stream
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self._dead_letter_script = redis.register_script(_DEAD_LETTER_LUA)
         self._ack_leased_script = redis.register_script(_ACK_LEASED_LUA)
         self._trim_script = redis.register_script(_TRIM_ACKED_LUA)
@@ -277,43 +280,38 @@ class SignalStream:
 
     async def dead_letter(
         self, entry: Entry, letter: DeadLetter, lease: tuple[str, str] | None = None
-    ) -> bool:
-        """Write the entry with its reason to the dead-letter stream and XACK it, atomically.
-
-        ``lease`` (strict ordering: the shard's lease key and value): the script first checks the
-        lease is still ours and writes nothing when it is not; then this returns False (fenced).
+    ) -> bool | None:
+        """Move a pending entry to the dead-letter stream: its letter written, then its XACK.
 
         One Lua script, not MULTI: MULTI/EXEC does not roll back a command that fails at run
-        time, so a WRONGTYPE dead-letter key would ack without a dead letter, and a NOGROUP ack
-        would write a dead letter on every retry. The script checks first, acks, then writes;
-        an entry someone else already acked gets no second dead letter.
+        time. The script checks first (the key's type, that the entry is still pending) and
+        writes nothing until they pass; then the letter, then the ack, and a letter whose ack
+        did not take is deleted again. So every failure leaves the entry pending with no letter.
+        The letter is a bounded copy (:func:`~bridge.streams.letter_fields.letter_fields`).
+        Returns True when the letter is in the stream, False when the entry was no longer
+        pending (acked by someone else: nothing written). StreamError when nothing was done.
+        ``lease`` (strict ordering: the shard's lease key and value): the script first checks the
+        lease is still ours and writes nothing when it is not; then this returns None (fenced).
         """
-        fields: dict[Any, Any] = dict(entry.fields)
-        fields.update(
-            {
-                f"{DLQ_PREFIX}reason": letter.reason,
-                f"{DLQ_PREFIX}error": letter.error[:4096],
-                f"{DLQ_PREFIX}http_code": "" if letter.http_code is None else letter.http_code,
-                f"{DLQ_PREFIX}attempts": letter.attempts,
-                f"{DLQ_PREFIX}deliveries": entry.deliveries,
-                f"{DLQ_PREFIX}consumer": letter.consumer or self.consumer,
-                f"{DLQ_PREFIX}group": self.group,
-                f"{DLQ_PREFIX}source_stream": self.stream,
-                f"{DLQ_PREFIX}source_id": entry.id,
-                f"{DLQ_PREFIX}time_ms": int(time.time() * 1000),
-            }
+        pairs = letter_fields(
+            entry,
+            letter,
+            max_bytes=self.dead_letter_max_bytes,
+            group=self.group,
+            consumer=self.consumer,
+            stream=self.stream,
         )
-        args: list[Any] = [self.group, entry.id]
-        for name, value in fields.items():
+        args: list[Any] = [self.group, entry.id, len(pairs)]
+        for name, value in pairs:
             args += (name, value)
         keys = [self.stream, self.dlq_stream]
         if lease is not None:
             keys.append(lease[0])
             args.append(lease[1])
-        reply = await guard(
-            self._dead_letter_script(keys=keys, args=args), "dead letter (XACK + XADD script)"
+        written = await guard(
+            self._dead_letter_script(keys=keys, args=args), "dead letter (XADD + XACK script)"
         )
-        return int(reply) >= 0
+        return None if int(written) < 0 else int(written) == 1
 
     async def own_pending(self) -> int:
         """How many entries this consumer holds."""
@@ -364,7 +362,15 @@ class SignalStream:
                 if first:
                     first_id = as_text(first[0]["message_id"])
                     oldest = max(0, int(time.time() * 1000) - parse_id(first_id)[0])
-        dead = int(await guard(self.redis.xlen(self.dlq_stream), "XLEN"))
+        kind = as_text(await guard(self.redis.type(self.dlq_stream), "TYPE"))
+        dead_letter_error = None
+        if kind not in ("none", "stream"):
+            dead_letter_error = (
+                f"{self.dlq_stream} holds a {kind}, not a stream: dead letters cannot be written"
+            )
+        dead = (
+            0 if dead_letter_error else int(await guard(self.redis.xlen(self.dlq_stream), "XLEN"))
+        )
         dead_oldest: int | None = None
         if dead:
             first_letter = await guard(self.redis.xrange(self.dlq_stream, count=1), "XRANGE")
@@ -382,6 +388,7 @@ class SignalStream:
             consumers=consumers,
             dead_letters=dead,
             dead_letter_oldest_age_ms=dead_oldest,
+            dead_letter_error=dead_letter_error,
         )
 
     async def trim_acked(self, limit: int = 10_000) -> TrimResult:
@@ -448,6 +455,7 @@ def signal_streams(
             group=config.group,
             consumer=config.consumer,
             dlq_stream=config.dlq_for(name),
+            dead_letter_max_bytes=config.dead_letter_max_bytes,
         )
         for name in config.stream_names()
     ]

@@ -7,20 +7,32 @@ between fields (backoff, cluster slots, lease timings).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 from redis.crc import key_slot
 
-from bridge.core.secrets import redact_url
+from bridge.core.secrets import Secret, redact_url
 from bridge.core.settings import Setting, check_bounds, parse_name, parse_names
+from bridge.core.signal import SignalRules
+from bridge.core.urls import split_url
 from bridge.errors import ConfigError
 from bridge.streams.entries import is_stream_id
 
-__all__ = ["MAX_BLOCK_MS", "MIN_LEASE_TTL_MS", "StreamConfig", "redis_db"]
+__all__ = [
+    "DEAD_LETTER_MAX_BYTES",
+    "MAX_BLOCK_MS",
+    "MIN_LEASE_TTL_MS",
+    "StreamConfig",
+    "redis_db",
+]
 
 MAX_BLOCK_MS: Final = 20_000
+# Bytes of an entry's field names and values copied into its dead letter: twice the largest
+# canonical body sent by default, so any signal that could be posted is kept whole.
+DEAD_LETTER_MAX_BYTES: Final = 131_072
 MIN_LEASE_TTL_MS: Final = 300
 
 
@@ -28,6 +40,8 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Where signals come from and how the consumer group treats them."""
 
     redis_url: Annotated[str, Setting("BRIDGE_REDIS_URL", redact=True)] = "redis://localhost:6379/0"
+    # From BRIDGE_REDIS_PASSWORD_FILE (read by the loader, never from the config file).
+    redis_password: Secret | None = None
     stream: Annotated[str, Setting("BRIDGE_STREAM", parse=parse_name, sees_blank=True)] = "signals"
     group: Annotated[str, Setting("BRIDGE_GROUP", parse=parse_name, sees_blank=True)] = (
         "signal-bridge"
@@ -48,6 +62,8 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     signal_max_age_s: Annotated[
         float, Setting("BRIDGE_SIGNAL_MAX_AGE_SECONDS", ge=0, note="0 disables")
     ] = 300.0
+    max_clock_ahead_s: Annotated[float, Setting("BRIDGE_MAX_CLOCK_AHEAD_SECONDS", ge=0)] = 60.0
+    instrument_pattern: Annotated[str, Setting("BRIDGE_INSTRUMENT_PATTERN")] = ""
     batch_size: Annotated[int, Setting("BRIDGE_BATCH_SIZE", positive=True)] = 100
     block_ms: Annotated[
         int,
@@ -81,6 +97,9 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     ] = 10000
     lease_renew_ms: Annotated[int, Setting("BRIDGE_LEASE_RENEW_MS", positive=True)] = 2000
     heartbeat_ttl_ms: Annotated[int, Setting("BRIDGE_HEARTBEAT_TTL_MS", positive=True)] = 10000
+    dead_letter_max_bytes: Annotated[int, Setting("BRIDGE_DEAD_LETTER_MAX_BYTES", ge=1024)] = (
+        DEAD_LETTER_MAX_BYTES
+    )
 
     def stream_names(self) -> list[str]:
         """Return the streams to consume: BRIDGE_STREAMS when set, else BRIDGE_STREAM."""
@@ -102,6 +121,19 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
         )
         return f"StreamConfig({fields})"
 
+    def signal_rules(self) -> SignalRules:
+        """Return the rules a worker checks each signal against when it reads it."""
+        pattern = None
+        if self.instrument_pattern:
+            try:
+                pattern = re.compile(self.instrument_pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"BRIDGE_INSTRUMENT_PATTERN is not a regular expression: {exc}",
+                    variable="BRIDGE_INSTRUMENT_PATTERN",
+                ) from None
+        return SignalRules(max_clock_ahead_s=self.max_clock_ahead_s, instrument_pattern=pattern)
+
     def check(self) -> None:
         """Check the settings at start; the first broken rule is refused, naming its variable.
 
@@ -110,6 +142,13 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
         consumer name yet, short leases for coordinators that never read).
         """
         _check_redis_url(self.redis_url, cluster=self.cluster)
+        if self.redis_password is not None and split_url("", self.redis_url).password:
+            raise ConfigError(
+                "BRIDGE_REDIS_URL carries a password and BRIDGE_REDIS_PASSWORD_FILE is set: give "
+                "one (the file keeps it out of the URL)",
+                variable="BRIDGE_REDIS_PASSWORD_FILE",
+            )
+        self.signal_rules()  # refuses a pattern that does not compile
         for variable, name in (
             ("BRIDGE_STREAM", self.stream),
             ("BRIDGE_GROUP", self.group),
@@ -204,19 +243,12 @@ def redis_db(url: str) -> int:
 
 def _check_redis_url(url: str, *, cluster: bool) -> None:
     """Refuse a Redis URL without a known scheme, a host, a valid port or a usable database."""
-    parts = urlsplit(url)
+    parts = split_url("BRIDGE_REDIS_URL", url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             f"BRIDGE_REDIS_URL must be redis://, rediss:// or unix://, got {redact_url(url)!r}",
             variable="BRIDGE_REDIS_URL",
         )
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError(
-            f"BRIDGE_REDIS_URL has an invalid port: {redact_url(url)!r}",
-            variable="BRIDGE_REDIS_URL",
-        ) from None
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError(
             f"BRIDGE_REDIS_URL needs a host: {redact_url(url)!r}", variable="BRIDGE_REDIS_URL"

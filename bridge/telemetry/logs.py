@@ -1,8 +1,10 @@
 """Structured log lines: one JSON object per line, built once and encoded once by msgspec.
 
 Each line carries ``trace_id``/``span_id`` when a span is active; secrets are never handed to a
-logger in the first place. ``configure_logging`` sends the root logger to stdout through a
-``LazyFlushHandler`` (lines gathered as bytes, written in large chunks, WARNING+ at once). The
+logger in the first place. Every text field (and the message) is cut to 2 KiB with its original
+size noted (:mod:`bridge.telemetry.bounds`), so a hostile input never makes a huge line.
+``configure_logging`` sends the root logger to stdout through a ``LazyFlushHandler`` (lines
+gathered as bytes, written in large chunks, WARNING+ at once). The
 per-delivery INFO line goes through ``log_info``, which skips the LogRecord and the formatter when
 logging is as shipped and writes the same bytes straight into that handler's buffer.
 """
@@ -21,7 +23,9 @@ from typing import Any, Final
 import msgspec
 from opentelemetry import trace
 
+from bridge.core.secrets import redact_text
 from bridge.core.timestamps import format_timestamp
+from bridge.telemetry.bounds import bounded, bounded_fields
 
 __all__ = [
     "JsonFormatter",
@@ -72,9 +76,14 @@ def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
         "message": record.getMessage(),
         "logger": record.name,
     }
+    if not str(record.name).startswith("bridge"):  # a library may log a URL with credentials
+        out["message"] = redact_text(out["message"])
+    out["message"] = bounded(out["message"])  # after redaction: a cut must not hide a password
     extra = getattr(record, _FIELDS_ATTR, None)
     if extra is not None and type(extra) is not dict:
         extra = dict(extra) if isinstance(extra, Mapping) else None
+    if extra:
+        extra = bounded_fields(extra) or extra
     if extra is None or "trace_id" not in extra:
         _add_trace_ids(out, trace.get_current_span().get_span_context())
     if extra:
@@ -86,7 +95,7 @@ def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
         out.setdefault("error_type", type(exc).__name__)
-        out.setdefault("error", str(exc))
+        out.setdefault("error", bounded(str(exc)))
     return out
 
 
@@ -349,6 +358,7 @@ def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> No
     the logger's way to the root: no other handler (pytest's caplog), no filter, INFO enabled.
     Otherwise, and for fields the fast path cannot encode, it is exactly ``logger.info``.
     """
+    fields = bounded_fields(fields) or fields
     handler = _fast_handler(logger)
     if handler is not None and _RESERVED.isdisjoint(fields) and "trace_id" not in fields:
         data: dict[str, Any] = {

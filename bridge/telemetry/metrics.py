@@ -220,6 +220,13 @@ class Metrics:
             unit="1",
             description="1 while the circuit breaker is open (reading paused), else 0",
         )
+        self._letters_writable: dict[str, Callable[[], bool]] = {}
+        meter.create_observable_gauge(
+            "signals_dead_letters_writable",
+            [self._letters_writable_callback],
+            unit="1",
+            description="0 while Redis refuses to write the stream's dead letters, else 1",
+        )
         # retention and Redis reachability
         self.trimmed_total = meter.create_counter(
             "signals_trimmed_total",
@@ -284,6 +291,17 @@ class Metrics:
     def observe_in_flight(self, stream: str, held: Callable[[], int]) -> None:
         """Report a worker's held entries as signals_in_flight{stream} (read when collected)."""
         self._in_flight[stream] = held
+
+    def observe_dead_letters_writable(self, stream: str, writable: Callable[[], bool]) -> None:
+        """Report whether a worker can write its dead letters (signals_dead_letters_writable)."""
+        self._letters_writable[stream] = writable
+
+    def _letters_writable_callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        return [
+            Observation(1 if writable() else 0, {"stream": stream})
+            for stream, writable in self._letters_writable.items()
+        ]
 
     def observe_lanes(
         self, stream: str, blocked: Callable[[], Iterable[tuple[str, float]]]

@@ -15,9 +15,9 @@ import os
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Final
-from urllib.parse import urlsplit
 
 from bridge.core.secrets import redact_url
+from bridge.core.urls import split_url
 from bridge.errors import ConfigError
 
 __all__ = [
@@ -174,10 +174,10 @@ def validate_otel_endpoints(env: Mapping[str, str]) -> None:
             f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT",
         ):
             endpoint = env.get(variable, "").strip()
-            if endpoint and (
-                urlsplit(endpoint).scheme not in ("http", "https")
-                or not urlsplit(endpoint).hostname
-            ):
+            if not endpoint:
+                continue
+            parts = split_url(variable, endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(
                     f"{variable} must be an http(s) URL, got {redact_url(endpoint)!r}",
                     variable=variable,

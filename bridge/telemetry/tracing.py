@@ -10,6 +10,7 @@ own span would hand it.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping, Sequence
 from contextvars import Token
 from types import MappingProxyType, TracebackType
@@ -19,6 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 
+from bridge.telemetry.bounds import bounded
 from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.spans import LeanSpan, SpanRecorder
 
@@ -77,6 +79,16 @@ _FLAGS: Final = tuple(trace.TraceFlags(bits) for bits in range(4))  # sampled | 
 _SAMPLED_BITS: Final = 0x03
 
 
+def _bounded_exception(exc: BaseException) -> dict[str, str] | None:
+    """Cut a long exception message (and its copy in the stack) to 2 KiB for the span event."""
+    message = str(exc)
+    cut = bounded(message)
+    if cut is message:
+        return None
+    stack = "".join(traceback.format_exception(exc)).replace(message, cut)
+    return {"exception.message": cut, "exception.stacktrace": stack}
+
+
 class _CurrentSpan:
     """``start_as_current_span``'s context manager as a plain object (no generator frames).
 
@@ -114,10 +126,10 @@ class _CurrentSpan:
         span = self._span
         if isinstance(exc, Exception) and span.is_recording():
             if self._record:
-                span.record_exception(exc)
+                span.record_exception(exc, attributes=_bounded_exception(exc))
             if self._set_status:
                 span.set_status(
-                    trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+                    trace.Status(trace.StatusCode.ERROR, bounded(f"{type(exc).__name__}: {exc}"))
                 )
         if self._end:
             span.end()

@@ -149,9 +149,9 @@ def test_parse_timestamp_refuses_non_strings() -> None:
 
 # --- properties -------------------------------------------------------------------------------
 
-_ident = st.text(st.characters(exclude_categories=["Cc", "Cs"]), min_size=1, max_size=128).filter(
-    lambda s: s == s.strip()
-)
+_ident = st.text(
+    st.characters(exclude_categories=["Cc", "Cs", "Cf", "Zl", "Zp"]), min_size=1, max_size=128
+).filter(lambda s: s == s.strip())
 _decimal_text = st.decimals(
     min_value=Decimal("1e-30"), max_value=Decimal("1e30"), allow_nan=False, allow_infinity=False
 ).map(str)

@@ -336,8 +336,9 @@ def test_default_body_limit_is_64_kib() -> None:
 _MAX_PRICE: Final = 1e300
 _prices = st.floats(min_value=1e-300, max_value=_MAX_PRICE, allow_nan=False, allow_infinity=False)
 # Identifiers as a producer in any language may write them: any code point but control
-# characters and surrogates, no edge whitespace (those are refused, never trimmed).
-_ident_chars = st.characters(exclude_categories=["Cc", "Cs"])
+# characters, invisible (format and separator) characters and surrogates, no edge whitespace
+# (those are refused, never trimmed).
+_ident_chars = st.characters(exclude_categories=["Cc", "Cs", "Cf", "Zl", "Zp"])
 _comment_chars = st.characters(exclude_categories=["Cs"]).filter(
     lambda c: c in "\t\n\r" or unicodedata.category(c) != "Cc"
 )

@@ -93,7 +93,7 @@ async def test_acks_and_dead_letters_check_the_lease_in_redis(
     theirs = (fence.lease_key, "4 c2 other")
     assert await stream.ack_leased([entries[0].id], theirs) is None
     letter = DeadLetter(reason="rejected", error="422")
-    assert await stream.dead_letter(entries[1], letter, theirs) is False
+    assert await stream.dead_letter(entries[1], letter, theirs) is None  # fenced
     assert (await redis.xpending(stream_name, "g"))["pending"] == 2
     assert await redis.xlen("d") == 0
     assert await stream.ack_leased([entries[0].id], ours) == 1

@@ -71,6 +71,7 @@ def test_every_bridge_environment_passes_the_config_loader(
         assert "HMAC_PRODUCER_SECRET" not in env, f"{name}: secret must come from a file"
         assert env["HMAC_PRODUCER_SECRET_FILE"].startswith("/run/secrets/")
         env["HMAC_PRODUCER_SECRET_FILE"] = str(secret)
+        env["BRIDGE_REDIS_PASSWORD_FILE"] = str(secret)
         env["OUTBOUND_CA_BUNDLE"] = str(ca)
         config = load_config(env=env)
         assert config.outbound.server_url.startswith("https://"), name
@@ -110,7 +111,7 @@ def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
 def test_published_ports_are_unique(compose: dict[str, Any]) -> None:
     """No two services publish the same host port."""
     ports = [
-        str(port).split(":")[0]
+        str(port).split(":")[-2]  # [host_ip:]host_port:container_port
         for svc in _services(compose).values()
         for port in svc.get("ports", [])
     ]

@@ -24,9 +24,12 @@ README: Final = Path(__file__).resolve().parents[2] / "README.md"
 OTHER_VARIABLES: Final = (
     "BRIDGE_CONFIG",
     "HMAC_PRODUCER_SECRET_FILE",
+    "BRIDGE_REDIS_PASSWORD_FILE",
     "INGEST_SECRETS",
     "INGEST_SECRET_FILE",
     "INGEST_FENCING",
+    "INGEST_REQUIRE_SIGNATURE_VERSION",
+    "INGEST_ED25519_PUBLIC_KEYS",
     # The proxy variables curl and httpx read (either case; the table names the upper case).
     *(name for name in PROXY_VARIABLES if name.isupper()),
 )

@@ -72,7 +72,9 @@ def _env(url: str, redis_url: str, shards: list[str], name: str) -> dict[str, st
         shards[0],
         BRIDGE_STREAMS=",".join(shards),
         BRIDGE_CONSUMER=name,
-        PRODUCER_ID=f"producer-{name}",
+        # One deployment, one producer id: the server scopes idempotency keys by it, so a
+        # signal redelivered by another replica after a takeover is a duplicate, not a trade.
+        PRODUCER_ID="producer-strict",
         BRIDGE_ORDERING="strict",
         BRIDGE_SIGNAL_MAX_AGE_SECONDS="0",
         BRIDGE_SHUTDOWN_GRACE_SECONDS="3",
