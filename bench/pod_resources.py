@@ -10,11 +10,17 @@ the Deployment's settings (strict ordering over 8 shards, health port on, no OTL
    every shard's group has read it all and nothing is pending;
 3. steady: ``--rate`` signals a second for ``--steady-s`` seconds.
 
+With ``--otlp-ratio R`` the bridge exports spans and metrics over OTLP/HTTP to a real receiver
+on loopback (tests/otlp_receiver.py, in this process: its decoding is not counted) with
+``parentbased_traceidratio`` at R, and entries carry no producer trace context, so R alone
+decides what is sampled (the example overlay's 0.05).
+
 Each phase reports the bridge's CPU seconds and cores used (utime + stime from /proc) and its
 resident memory (VmRSS), with the process's peak (VmHWM) at the end.
 
     .venv/bin/python -m bench.pod_resources                    # 20,000 signals, 500/s steady
     .venv/bin/python -m bench.pod_resources --signals 50000 --rate 1000
+    .venv/bin/python -m bench.pod_resources --signals 50000 --otlp-ratio 0.05
 
 Only 127.0.0.1; every process is ended on exit; every wait is bounded.
 """
@@ -42,6 +48,7 @@ import redis
 from bench.common import free_port, make_signal, stream_fields
 from bench.procstat import cpu_seconds, status_kb
 from bridge.devkit.embedded import redis_server
+from tests.otlp_receiver import OtlpReceiver
 
 SECRET: Final = "pod-resources-bench-secret-0123456789"
 GROUP: Final = "signal-bridge"
@@ -53,13 +60,21 @@ def _shard(instrument: str, shards: list[str]) -> str:
     return shards[zlib.crc32(instrument.encode()) % len(shards)]
 
 
-def _publish(client: redis.Redis, shards: list[str], start: int, count: int, run: str) -> None:
-    """XADD ``count`` signals over 64 instruments, each to its instrument's shard (pipelined)."""
+def _publish(
+    client: redis.Redis, shards: list[str], start: int, count: int, run: str, *, traced: bool
+) -> None:
+    """XADD ``count`` signals over 64 instruments, each to its instrument's shard (pipelined).
+
+    ``traced``: half of them carry a sampled producer context, as bench.run's do.
+    """
     for first in range(start, start + count, 1000):
         pipe = client.pipeline(transaction=False)
         for index in range(first, min(start + count, first + 1000)):
             item = make_signal(index, run, instruments=64)
-            pipe.xadd(_shard(item["instrument"], shards), stream_fields(item, index))
+            fields = stream_fields(item, index)
+            if not traced:
+                fields.pop("traceparent", None)
+            pipe.xadd(_shard(item["instrument"], shards), fields)
         pipe.execute()
 
 
@@ -121,7 +136,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "OTEL_"))}
     ingest_port = free_port()
     health_port = free_port()
+    traced = args.otlp_ratio is None
     with (
+        OtlpReceiver() if args.otlp_ratio is not None else contextlib.nullcontext() as receiver,
         tempfile.TemporaryDirectory() as tmp,
         redis_server() as (redis_url, _),
         redis.Redis.from_url(redis_url) as client,
@@ -146,6 +163,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             BRIDGE_SIGNAL_MAX_AGE_SECONDS="0",
             BRIDGE_LOG_LEVEL="WARNING",
         )
+        if receiver is not None:
+            bridge_env.update(
+                OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+                OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                OTEL_TRACES_SAMPLER_ARG=str(args.otlp_ratio),
+            )
         for shard in shards:
             client.xgroup_create(shard, GROUP, id="0", mkstream=True)
         ingest_argv = [signal_bridge, "ingest-server", "--host=127.0.0.1", f"--port={ingest_port}"]
@@ -169,7 +192,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             phases.append(_phase(pid, "idle", args.idle_s, cpu0))
 
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-            _publish(client, shards, 0, args.signals, run)
+            _publish(client, shards, 0, args.signals, run, traced=traced)
             _until(lambda: _drained(client, shards), "the backlog to drain")
             drain = _phase(pid, "drain", time.perf_counter() - t0, cpu0)
             drain["signals_per_s"] = round(args.signals / drain["wall_s"])
@@ -178,13 +201,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             cpu0, t0 = cpu_seconds(pid), time.perf_counter()
             index = args.signals
             for second in range(args.steady_s):
-                _publish(client, shards, index, args.rate, run)
+                _publish(client, shards, index, args.rate, run, traced=traced)
                 index += args.rate
                 time.sleep(max(0.0, t0 + second + 1 - time.perf_counter()))
             _until(lambda: _drained(client, shards), "the steady load to drain")
             phases.append(_phase(pid, f"steady {args.rate}/s", time.perf_counter() - t0, cpu0))
             peak = round(status_kb(pid, "VmHWM") / 1024, 1)
-    return {"signals": args.signals, "shards": args.shards, "phases": phases, "peak_rss_mib": peak}
+    return {
+        "signals": args.signals,
+        "shards": args.shards,
+        "otlp_ratio": args.otlp_ratio,
+        "spans_exported": len(receiver.spans()) if receiver is not None else 0,
+        "phases": phases,
+        "peak_rss_mib": peak,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=int, default=500, help="steady signals per second")
     parser.add_argument("--steady-s", type=int, default=20)
     parser.add_argument("--idle-s", type=float, default=10.0)
+    parser.add_argument("--otlp-ratio", type=float, default=None, help="export over OTLP")
     print(json.dumps(measure(parser.parse_args(argv)), indent=2))
 
 
