@@ -24,6 +24,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -518,9 +519,13 @@ def test_keda_scales_on_each_shards_lag_within_the_shard_count(
     assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= len(shards)
     triggers = scaled["triggers"]
     assert [t["metadata"]["stream"] for t in triggers] == shards
+    redis_url = urlsplit(settings["BRIDGE_REDIS_URL"])
     for trigger in triggers:
         metadata = trigger["metadata"]
         assert trigger["type"] == "redis-streams"
+        # KEDA watches the Redis (and database) the bridge reads.
+        assert metadata["address"] == f"{redis_url.hostname}:{redis_url.port}"
+        assert int(metadata.get("databaseIndex", "0")) == int(redis_url.path.strip("/") or 0)
         assert set(metadata) <= REDIS_STREAMS_METADATA, set(metadata) - REDIS_STREAMS_METADATA
         assert metadata["consumerGroup"] == settings["BRIDGE_GROUP"]
         assert int(metadata["lagCount"]) > 0  # lagCount mode, not pendingEntriesCount
