@@ -15,6 +15,7 @@ def test_every_lua_script_loads_and_opens_with_its_keys_and_argv() -> None:
     names = sorted(p.stem for p in folder.glob("*.lua"))
     assert names == [
         "dead_letter",
+        "expire_consumer",
         "heartbeat",
         "lease_acquire",
         "lease_release",
