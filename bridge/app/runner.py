@@ -32,6 +32,7 @@ from bridge.ownership.coordinator import Coordinator, CoordinatorSettings
 from bridge.ownership.leases import LeaseStore, members_key
 from bridge.ownership.strategy import AllShards, Ownership
 from bridge.streams.connection import connect, probe_database
+from bridge.streams.consumers import ConsumerHygiene
 from bridge.streams.group import SignalStream, signal_streams
 from bridge.streams.retention import Retention
 from bridge.streams.settings import StreamConfig, redis_db
@@ -246,7 +247,10 @@ def _start_stream_loops(
     stats: WorkerStats,
     telemetry: TelemetryHandle,
 ) -> None:
-    """Start one stream's group monitor, retention and progress loops, cancelled with the stack."""
+    """Start one stream's group monitor, retention, consumer hygiene and progress loops.
+
+    Each is a task cancelled with the stack.
+    """
     monitor = GroupMonitor(
         stream,
         telemetry.metrics,
@@ -259,6 +263,9 @@ def _start_stream_loops(
     if config.stream.trim_acked:  # safe from every replica: trims below what all acked
         retention = Retention(stream, telemetry.metrics, config.stream.trim_interval_s)
         loops.append((f"retention {stream.stream}", retention.run()))
+    if config.stream.consumer_expire_s:  # never this replica's own; a script re-checks each
+        hygiene = ConsumerHygiene(stream, telemetry.metrics, config.stream.consumer_expire_s)
+        loops.append((f"consumer-hygiene {stream.stream}", hygiene.run()))
     if config.telemetry.summary_interval_s:
         summary = ProgressSummary(
             stream.stream, stats, lambda: monitor.status, config.telemetry.summary_interval_s

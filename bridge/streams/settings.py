@@ -91,6 +91,9 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     ] = 60.0
     trim_acked: Annotated[bool, Setting("BRIDGE_TRIM_ACKED")] = False
     trim_interval_s: Annotated[float, Setting("BRIDGE_TRIM_INTERVAL_SECONDS", positive=True)] = 10.0
+    consumer_expire_s: Annotated[
+        float, Setting("BRIDGE_CONSUMER_EXPIRE_SECONDS", ge=0, note="0 disables")
+    ] = 3600.0
     ordering: Annotated[Literal["strict", "parallel"], Setting("BRIDGE_ORDERING")] = "strict"
     lease_ttl_ms: Annotated[
         int, Setting("BRIDGE_LEASE_TTL_MS", positive=True, ge=MIN_LEASE_TTL_MS)

@@ -233,6 +233,12 @@ class Metrics:
             unit="1",
             description="Entries XTRIM MINID removed from the source stream (read and acked)",
         )
+        self.consumers_removed_total = meter.create_counter(
+            "signals_consumers_removed_total",
+            unit="1",
+            description="Consumers removed from a group: idle past BRIDGE_CONSUMER_EXPIRE_SECONDS, "
+            "holding no pending entry",
+        )
         self._redis_up: dict[str, int] = {}
         meter.create_observable_gauge(
             "signals_redis_up",

@@ -17,6 +17,7 @@ def test_every_lua_script_loads_and_opens_with_its_keys_and_argv() -> None:
         "ack_leased",
         "claim_strays",
         "dead_letter",
+        "expire_consumer",
         "fence_raise",
         "heartbeat",
         "lease_acquire",
