@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
-from bridge.core.timestamps import TimestampError, format_timestamp, parse_timestamp
+from bridge.core.timestamps import (
+    TimestampError,
+    format_datetime,
+    format_timestamp,
+    parse_timestamp,
+)
 from bridge.errors import BodyTooLargeError, InvalidSignalError
 
 __all__ = [
@@ -275,7 +280,7 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 def _enc_hook(obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract takes and returns Any
     """Encode the canonical timestamp; anything else is a programming error."""
     if type(obj) is _UtcTimestamp:
-        return format_timestamp(obj)
+        return format_datetime(obj)
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
