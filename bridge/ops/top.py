@@ -26,12 +26,12 @@ import httpx
 from bridge.config.loader import BridgeConfig
 from bridge.core.secrets import redact_url
 from bridge.errors import BridgeError
-from bridge.ownership.leases import LeaseStore, members_key
+from bridge.ownership.leases import LeaseHolder, LeaseStore, members_key
 from bridge.streams.connection import connect, guard
 from bridge.streams.entries import GroupStatus, as_text
 from bridge.streams.group import SignalStream, signal_streams
 
-__all__ = ["Reading", "ReplicaReading", "ShardLease", "render", "run_top"]
+__all__ = ["Reading", "ReplicaReading", "render", "run_top"]
 
 WIDTH: Final = 80
 REFRESH_S: Final = 1.0
@@ -43,14 +43,6 @@ _RED: Final = "\x1b[31;1m"
 _YELLOW: Final = "\x1b[33m"
 _BOLD: Final = "\x1b[1m"
 _RESET: Final = "\x1b[0m"
-
-
-@dataclass(frozen=True)
-class ShardLease:
-    """A shard's lease holder and its fencing token (strict ordering)."""
-
-    consumer: str
-    fencing_token: int
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ class Reading:
     at: float
     statuses: list[GroupStatus] = field(default_factory=list)
     settled: dict[str, int] = field(default_factory=dict)  # stream -> entries read - pending
-    leases: dict[str, ShardLease | None] = field(default_factory=dict)
+    leases: dict[str, LeaseHolder | None] = field(default_factory=dict)
     replicas: list[ReplicaReading] = field(default_factory=list)
     strict: bool = False
     group: str = ""
@@ -91,14 +83,6 @@ async def _settled(stream: SignalStream) -> int:
     return 0
 
 
-def _lease(value: str | None) -> ShardLease | None:
-    """Parse a lease value, ``<token> <consumer> <instance>``; None when the shard is free."""
-    if value is None:
-        return None
-    token, _, owner = value.partition(" ")
-    return ShardLease(owner.partition(" ")[0], int(token) if token.isdigit() else 0)
-
-
 async def _read_redis(config: BridgeConfig, redis: Any, at: float) -> Reading:  # noqa: ANN401 - a redis-py client
     """Read every stream's status, settled count and (strict) lease holder."""
     cfg = config.stream
@@ -106,12 +90,12 @@ async def _read_redis(config: BridgeConfig, redis: Any, at: float) -> Reading:  
     streams = signal_streams(cfg, redis)
     statuses = [await stream.status() for stream in streams]
     settled = {stream.stream: await _settled(stream) for stream in streams}
-    leases: dict[str, ShardLease | None] = {}
+    leases: dict[str, LeaseHolder | None] = {}
     if strict:
         store = LeaseStore(
             redis, group=cfg.group, members_key=members_key(cfg.stream_names(), cfg.group)
         )
-        leases = {stream.stream: _lease(await store.holder(stream.stream)) for stream in streams}
+        leases = {stream.stream: await store.describe(stream.stream) for stream in streams}
     return Reading(
         at=at, statuses=statuses, settled=settled, leases=leases, strict=strict, group=cfg.group
     )

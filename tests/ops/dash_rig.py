@@ -3,7 +3,9 @@
 The replica is ``signal-bridge run`` in strict ordering over two shards (a child process,
 tests/procs.py) against the reference ingest server in a thread of the test. The server answers
 503 to one signal for its first seconds (a retry and a blocked lane) and 422 to another (a
-dead letter); one raw entry that is not a signal is dead-lettered too. ``traffic`` publishes all
+dead letter); one raw entry that is not a signal is dead-lettered too. The server has already
+accepted fencing token STALE_FENCE on the second shard, so the replica's first POSTs there are
+fenced (a stale lease) until it takes the shard again above that token. ``traffic`` publishes all
 of that and waits, bounded, until the group is drained.
 """
 
@@ -27,12 +29,13 @@ from bridge.streams.producer import publish
 from tests.procs import Replica, Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
 
-__all__ = ["BLOCKED_FOR_S", "Rig", "running_bridge"]
+__all__ = ["BLOCKED_FOR_S", "STALE_FENCE", "Rig", "running_bridge"]
 
 SHARDS: Final = 2
 SIGNALS: Final = 30
 BLOCKED_FOR_S: Final = 3.0
 PRODUCER: Final = "producer-dash"
+STALE_FENCE: Final = 1000
 
 
 @dataclass
@@ -95,6 +98,7 @@ async def running_bridge(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
     shards = [f"dash:{run}:{{{i}}}" for i in range(SHARDS)]
     app = IngestApp(secrets={KEY_ID: SECRET.encode()})
     app.fault = _Faults()
+    app.fences.highest[(PRODUCER, shards[1])] = STALE_FENCE
     port = free_port()
     redis = aioredis.Redis.from_url(redis_url)
     try:

@@ -21,9 +21,10 @@ from typing import Final
 
 import pytest
 
-from bridge.ops.top import Reading, ReplicaReading, ShardLease, render
+from bridge.ops.top import Reading, ReplicaReading, render
+from bridge.ownership.leases import LeaseHolder
 from bridge.streams.entries import GroupStatus
-from tests.ops.dash_rig import Rig, running_bridge
+from tests.ops.dash_rig import STALE_FENCE, Rig, running_bridge
 from tests.support import eventually
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -180,9 +181,13 @@ async def test_top_once_prints_one_plain_view_within_80_columns(
     text = out.decode()
     assert not _ANSI.search(text)
     assert all(len(line) <= 80 for line in text.splitlines()), text
+    tokens = []
     for shard in rig.shards:
-        line = _owner_line(text, shard)
-        assert re.search(r"\s0\s+0\s+-\s+1\s+\d+ dash-1$", line), text
+        found = re.search(r"\s0\s+0\s+-\s+1\s+(\d+) dash-1$", _owner_line(text, shard))
+        assert found, text
+        tokens.append(int(found[1]))
+    # The second shard was fenced at STALE_FENCE: the replica took it again above that token.
+    assert tokens[1] > STALE_FENCE > tokens[0], text
     assert re.search(r"^127\.0\.0\.1:\d+ .* 2 +0 closed$", text, re.M), text
     assert re.search(r"^127\.0\.0\.1:9 +unreachable", text, re.M), text
 
@@ -203,7 +208,11 @@ def test_render_cuts_long_names_to_80_columns_and_colours_only_when_asked() -> N
     reading = Reading(
         at=1.0,
         statuses=[status],
-        leases={long: ShardLease("pod-" + "y" * 80, 7)},
+        leases={
+            long: LeaseHolder(
+                consumer="pod-" + "y" * 80, instance="ab12", fencing_token=7, expires_in_ms=900
+            )
+        },
         replicas=[ReplicaReading("replica-" + "z" * 40 + ":8081", open_circuits=("s",))],
         strict=True,
         group="g",
