@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.devkit.embedded import free_port
@@ -136,6 +137,41 @@ def test_every_panel_has_a_query_unit_and_description() -> None:
     rows = [i for i, kind in enumerate(kinds) if kind == "row"]
     assert rows, "no rows"
     assert all(j + 1 < len(kinds) and kinds[j + 1] != "row" for j in rows), "an empty row"
+
+
+# Panel title -> (alert, the alert expression's threshold): the panel turns red where it fires.
+THRESHOLDS: Final = {
+    "Oldest pending age": (
+        "SignalBacklogStale",
+        r"signals_oldest_pending_age_seconds\S*\) > ([\d.]+)",
+    ),
+    "Lag": ("SignalBacklogStale", r"signals_group_lag\S*\) > ([\d.]+)"),
+    "Failure ratio": ("SignalDeliveryFailureRateHigh", r"\) > ([\d.]+)\s*$"),
+    "Blocked instruments": ("SignalInstrumentBlocked", r"\) > ([\d.]+)"),
+    "Shards held": ("SignalShardUnowned", r"\) < ([\d.]+)"),
+}
+
+
+def _alerts() -> dict[str, str]:
+    """Alert name -> expression, from config/alerts.yml."""
+    rules = yaml.safe_load((ROOT / "config" / "alerts.yml").read_text(encoding="utf-8"))
+    return {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+
+
+def test_thresholds_are_the_alerts_and_every_alert_has_a_panel() -> None:
+    """A panel turns red at its alert's threshold, and every alert is named by some panel."""
+    alerts = _alerts()
+    panels = {p["title"]: p for p in _panels()}
+    for title, (alert, pattern) in THRESHOLDS.items():
+        found = re.search(pattern, alerts[alert], re.M)
+        assert found, f"{alert}: no threshold in {alerts[alert]!r}"
+        steps = panels[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        values = [step["value"] for step in steps if step["value"] is not None]
+        assert float(found[1]) in values, f"{title}: {values}, {alert} says {found[1]}"
+        assert alert in panels[title]["description"], title
+    described = " ".join(p["description"] for p in _panels())
+    unnamed = [alert for alert in alerts if alert not in described]
+    assert not unnamed, f"alerts no panel names: {unnamed}"
 
 
 def test_compose_provisions_the_dashboard_and_a_prometheus_data_source() -> None:
