@@ -191,8 +191,10 @@ async def _exported_names(url: str, stop: asyncio.Event) -> set[str]:
     names: set[str] = set()
     async with httpx.AsyncClient(timeout=5) as http:
         while True:
-            text = (await http.get(url)).text
-            names |= {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+            response = await http.get(url)
+            if response.status_code == 200:  # a scrape may be answered "busy" (503) meanwhile
+                families = text_string_to_metric_families(response.text)
+                names |= {s.name for f in families for s in f.samples}
             if stop.is_set():
                 return names
             await asyncio.sleep(0.25)
