@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ async def _read_replica(http: httpx.AsyncClient, url: str) -> ReplicaReading:
         return ReplicaReading(address, error=f"HTTP {response.status_code}")
     try:
         return _replica(address, response.text)
-    except ValueError:
+    except (ValueError, IndexError, TypeError):  # the parser's ways of refusing a text
         return ReplicaReading(address, error="not Prometheus text")
 
 
@@ -302,7 +303,7 @@ def render(
         title += "   q quits"
     lines = [paint(_cut(title, WIDTH), _BOLD), ""]
     if reading.error is not None:
-        lines.append(paint(_cut(f"Redis: {reading.error}", WIDTH), _RED))
+        lines += [paint(part, _RED) for part in textwrap.wrap(f"Redis: {reading.error}", WIDTH)]
     else:
         lines += _stream_lines(reading, before, paint)
     if reading.replicas:

@@ -255,7 +255,7 @@ async def test_every_panel_query_returns_series_from_a_real_prometheus(
                     what="both dead letters scraped",
                 )
                 assert (
-                    await _series(prom, "max_over_time(signals_lane_blocked_seconds[1m])") == 1
+                    await _series(prom, "max_over_time(signals_lane_blocked_seconds[1m])") >= 1
                 ), f"the lane blocked {BLOCKED_FOR_S}s and more was never scraped"
                 await asyncio.sleep(3)  # more scrapes: every rate has two samples after the drain
                 stop.set()

@@ -226,3 +226,26 @@ def test_render_cuts_long_names_to_80_columns_and_colours_only_when_asked() -> N
     coloured = render(free, None, colour=True, live=False)
     assert any("\x1b[31;1mFREE" in line for line in coloured)
     assert "q quits" not in coloured[0]
+
+
+async def test_top_once_without_redis_says_so_and_exits_1(refused_url: str) -> None:
+    """--once with Redis refusing connections: one line naming Redis, exit 1, no traceback."""
+    port = refused_url.rsplit(":", 1)[1]
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env |= {"BRIDGE_REDIS_URL": f"redis://127.0.0.1:{port}/0", "BRIDGE_STREAM": "s"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "top",
+        "--once",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode() + err.decode()
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text
+    assert re.search(r"^(Redis: |signal-bridge: ).*(redis|Redis|connect)", text, re.M), text
