@@ -2,7 +2,9 @@
 
 Delivered entries are acked in bursts (an ack a few ms later only matters after a crash, and
 then the server drops the redelivery as a duplicate); a failed XACK keeps its ids and is
-retried. The touch loop resets the idle time of every entry this consumer owns, so no replica
+retried. With receipts (``BRIDGE_RECEIPTS``) each burst's XACK and its receipts go in one
+script call (:class:`~bridge.streams.receipt_writer.ReceiptWriter`); without, the plain XACK.
+The touch loop resets the idle time of every entry this consumer owns, so no replica
 reclaims them: those held in memory, and those a blocked lane keeps waiting in Redis.
 """
 
@@ -15,10 +17,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from bridge.delivery.lanes import format_id
+from bridge.delivery.receipting import gone_receipt
 from bridge.delivery.redis_link import RedisLink, pending_pages
 from bridge.errors import StreamError
 from bridge.streams.entries import StreamId
 from bridge.streams.group import SignalStream
+from bridge.streams.receipt_writer import ACK_CHUNK, ReceiptWriter
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 
@@ -34,9 +38,17 @@ class Acks:
     """The ack buffer of one worker and the loop that flushes it."""
 
     def __init__(
-        self, stream: SignalStream, link: RedisLink, metrics: Metrics, *, batch_size: int
+        self,
+        stream: SignalStream,
+        link: RedisLink,
+        metrics: Metrics,
+        *,
+        batch_size: int,
+        receipts: ReceiptWriter | None = None,
     ) -> None:
         self.pending: list[str] = []
+        self.receipts = receipts
+        self._receipt_of: dict[str, list[str]] = {}  # entry id -> its receipt, until acked
         self.flushing: list[str] = []  # ids of the XACK in flight
         self._stream = stream
         self._link = link
@@ -44,9 +56,11 @@ class Acks:
         self._batch_size = batch_size
         self._wakeup = asyncio.Event()
 
-    def add(self, entry_id: str) -> None:
-        """Buffer the ack of one settled entry."""
+    def add(self, entry_id: str, receipt: list[str] | None = None) -> None:
+        """Buffer the ack of one settled entry (with its receipt when receipts are on)."""
         self.pending.append(entry_id)
+        if receipt is not None:
+            self._receipt_of[entry_id] = receipt
         self._wakeup.set()
 
     def unsent(self) -> Iterable[str]:
@@ -65,6 +79,12 @@ class Acks:
                 extra=log_fields(count=len(ids), entry_ids=ids[:20], stream=self._stream.stream),
             )
             self._metrics.dead_lettered_total.add(len(ids), {"reason": "deleted"})
+            if self.receipts is not None:
+                stream, consumer = self._stream.stream, self._stream.consumer
+                for entry_id in ids:
+                    self._receipt_of[entry_id] = gone_receipt(
+                        entry_id, stream=stream, consumer=consumer
+                    )
             self.pending.extend(ids)
             self._wakeup.set()
 
@@ -80,7 +100,7 @@ class Acks:
                 continue
             ids, self.pending = self.pending, []
             self.flushing = ids
-            flush = asyncio.ensure_future(self._stream.ack(ids))
+            flush = asyncio.ensure_future(self._ack(ids))
             try:
                 await asyncio.shield(flush)
                 attempt = 0
@@ -106,7 +126,7 @@ class Acks:
         ids, self.pending = self.pending, []
         try:
             await self._link.call(
-                lambda: asyncio.shield(self._stream.ack(ids)),
+                lambda: asyncio.shield(self._ack(ids)),
                 give_up=lambda tries: tries >= 3,
                 wake_on_stop=False,
             )
@@ -117,6 +137,23 @@ class Acks:
                 "and the server will drop them as duplicates",
                 extra=log_fields(count=len(self.pending)),
             )
+
+    async def _ack(self, ids: list[str]) -> None:
+        """XACK ``ids``: plainly, or with their receipts in one script call per chunk."""
+        if self.receipts is None:
+            await self._stream.ack(ids)
+            return
+        receipt_of = self._receipt_of
+        stream, consumer = self._stream.stream, self._stream.consumer
+        for start in range(0, len(ids), ACK_CHUNK):
+            chunk = ids[start : start + ACK_CHUNK]
+            items = [
+                (i, receipt_of.get(i) or gone_receipt(i, stream=stream, consumer=consumer))
+                for i in chunk
+            ]
+            await self.receipts.ack(items)
+            for entry_id in chunk:
+                receipt_of.pop(entry_id, None)
 
 
 class Toucher:

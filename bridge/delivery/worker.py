@@ -40,15 +40,17 @@ from bridge.delivery.jobs import Job, prepare_job
 from bridge.delivery.lanes import Lane, Lanes
 from bridge.delivery.letters import DeadLetters
 from bridge.delivery.observer import DeliveryObserver, WorkerStats
+from bridge.delivery.receipting import acked_receipt
 from bridge.delivery.recovery import Recovery
 from bridge.delivery.redis_link import RedisLink
 from bridge.delivery.router import Router
 from bridge.delivery.window import Window
 from bridge.edge.client import HmacClient
-from bridge.edge.results import Attempt
+from bridge.edge.results import Attempt, Delivered, Duplicate
 from bridge.errors import StreamError
 from bridge.streams.entries import Entry
 from bridge.streams.group import SignalStream, report_new_group
+from bridge.streams.receipt_writer import receipt_writer
 from bridge.streams.settings import StreamConfig
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
@@ -108,7 +110,14 @@ class Worker:
         self._link = RedisLink(
             stream.stream, self.redis_backoff, self._stop_event, on_error=self._reread_later
         )
-        self._acks = Acks(stream, self._link, self.metrics, batch_size=config.batch_size)
+        self._receipts = receipt_writer(stream, config)
+        self._acks = Acks(
+            stream,
+            self._link,
+            self.metrics,
+            batch_size=config.batch_size,
+            receipts=self._receipts,
+        )
         self._observer = DeliveryObserver(
             stream,
             metrics=self.metrics,
@@ -127,6 +136,7 @@ class Worker:
             let_go=self._let_go,
             stopping=lambda: self._stopping,
             fence_closed=self._fence_closed,
+            receipts=self._receipts,
         )
         self._router = Router(
             self._window,
@@ -457,10 +467,15 @@ class Worker:
             job.body, idempotency_key=job.key, signal_id=signal.signal_id
         )
 
-    def _acked(self, job: Job) -> None:
-        """Let go of a delivered entry and buffer its ack."""
+    def _acked(self, job: Job, outcome: Delivered | Duplicate) -> None:
+        """Let go of a delivered entry and buffer its ack (and its receipt, when on)."""
         self._window.release(job)
-        self._acks.add(job.entry.id)
+        if self._receipts is None:
+            self._acks.add(job.entry.id)
+            return
+        stream = self.stream
+        receipt = acked_receipt(job, outcome, stream=stream.stream, consumer=stream.consumer)
+        self._acks.add(job.entry.id, receipt)
 
     def _let_go(self, job: Job) -> None:
         """Leave an entry pending in Redis, unheld and not kept fresh (its letter was refused).

@@ -14,7 +14,9 @@ def test_every_lua_script_loads_and_opens_with_its_keys_and_argv() -> None:
     folder = Path(scripts.__file__).parent / "lua"
     names = sorted(p.stem for p in folder.glob("*.lua"))
     assert names == [
+        "ack_receipts",
         "dead_letter",
+        "dead_letter_receipt",
         "expire_consumer",
         "heartbeat",
         "lease_acquire",
