@@ -10,7 +10,7 @@ pending list. This module names the stream, builds a receipt's fields, parses th
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, Final, Literal
 
 import msgspec
@@ -184,7 +184,7 @@ async def receipts(
     since: str = "0-0",
     follow: bool = True,
     block_ms: int = 1000,
-) -> AsyncIterator[Receipt]:
+) -> AsyncGenerator[Receipt, None]:
     """Iterate the receipts of ``stream`` written after the receipt id ``since``, oldest first.
 
     ``since="$"`` starts with the next receipt written. With ``follow`` (the default) it waits
