@@ -27,6 +27,7 @@ __all__ = [
     "parse_receipt",
     "receipt_fields",
     "receipts",
+    "receipts_key_error",
     "receipts_stream",
     "wait_for",
 ]
@@ -166,6 +167,15 @@ def parse_receipt(receipt_id: str | bytes, fields: Mapping[Any, Any]) -> Receipt
 
 def _int(text: str | None) -> int | None:
     return int(text) if text is not None and text.lstrip("-").isdigit() else None
+
+
+async def receipts_key_error(redis: Any, stream: str) -> str | None:  # noqa: ANN401 - client
+    """Say why the receipts stream of ``stream`` cannot be written (another type), else None."""
+    key = receipts_stream(stream)
+    kind = as_text(await guard(redis.type(key), "TYPE"))
+    if kind in ("none", "stream"):
+        return None
+    return f"{key} holds a {kind}, not a stream: receipts (BRIDGE_RECEIPTS) cannot be written"
 
 
 async def latest_receipt_id(redis: Any, stream: str) -> str:  # noqa: ANN401 - redis-py client

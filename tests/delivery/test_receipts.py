@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bridge.delivery.jobs import idempotency_key
+from bridge.ops.check import CheckFailedError, run_check
 from bridge.streams.deadletters import DeadLetterStore
 from bridge.streams.entries import as_text
 from bridge.streams.group import SignalStream
@@ -141,3 +142,36 @@ async def test_receipts_are_trimmed_to_maxlen(
     async with running(redis, config):
         await eventually(lambda: drained(redis, stream_name), what="drained")
     assert 10 <= await redis.xlen(receipts_stream(stream_name)) < 400
+
+
+async def test_check_names_a_receipts_key_of_the_wrong_type(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """`signal-bridge check` with receipts on fails on the stream part, naming the receipts key."""
+    config = bridge_config(server.url, redis_url, stream_name, BRIDGE_RECEIPTS="true")
+    lines: list[str] = []
+    assert await run_check(config, lines.append) == 0
+    await redis.hset(receipts_stream(stream_name), "a", "b")
+    with pytest.raises(CheckFailedError) as failed:
+        await run_check(config, lines.append)
+    assert failed.value.part == "stream"
+    assert f"{stream_name}:receipts holds a hash, not a stream" in str(failed.value)
+    off = bridge_config(server.url, redis_url, stream_name)
+    assert await run_check(off, lines.append) == 0
+
+
+async def test_an_unwritable_receipts_stream_leaves_entries_pending_without_receipts(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """When the receipt cannot be written, the entry is not acked: no ack without its receipt."""
+    await redis.hset(receipts_stream(stream_name), "a", "b")
+    entry_id = await publish(redis, make_signal(1), stream=stream_name)
+    config = bridge_config(server.url, redis_url, stream_name, BRIDGE_RECEIPTS="true")
+    async with running(redis, config):
+        await eventually(lambda: len(server.app.received) == 1, what="delivered")
+        await eventually(lambda: _only_pending(redis, stream_name, entry_id), what="read")
+        await redis.delete(receipts_stream(stream_name))
+        await eventually(lambda: drained(redis, stream_name), what="acked once writable")
+    [receipt] = await _all_receipts(redis, stream_name)
+    assert receipt.entry_id == entry_id
+    assert receipt.outcome == "accepted"
