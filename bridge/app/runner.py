@@ -24,6 +24,7 @@ from bridge.app.health import GroupMonitor, HealthServer
 from bridge.app.progress import DrainReport, ProgressSummary
 from bridge.config.loader import BridgeConfig
 from bridge.core.secrets import redact_url
+from bridge.delivery.fence import ShardFence
 from bridge.delivery.worker import Worker, WorkerStats
 from bridge.edge.client import HmacClient
 from bridge.errors import StreamError
@@ -186,7 +187,7 @@ async def _deliver(
     # One count per shard across its successive workers, for the progress and drain lines.
     stats = {stream.stream: WorkerStats() for stream in streams}
 
-    def make_worker(stream: SignalStream, fence: Callable[[], bool] | None) -> Worker:
+    def make_worker(stream: SignalStream, fence: ShardFence | None) -> Worker:
         """Build the Worker of one shard (fenced by its lease in strict mode)."""
         worker = Worker(
             stream, client, cfg, metrics=telemetry.metrics, tracer=telemetry.tracer, fence=fence

@@ -3,9 +3,12 @@
 Delivered entries are acked in bursts (an ack a few ms later only matters after a crash, and
 then the server drops the redelivery as a duplicate); a failed XACK keeps its ids and is
 retried. With receipts (``BRIDGE_RECEIPTS``) each burst's XACK and its receipts go in one
-script call (:class:`~bridge.streams.receipt_writer.ReceiptWriter`); without, the plain XACK.
-The touch loop resets the idle time of every entry this consumer owns, so no replica
-reclaims them: those held in memory, and those a blocked lane keeps waiting in Redis.
+script call (:class:`~bridge.streams.receipt_writer.ReceiptWriter`); without, the plain XACK. In
+strict ordering each XACK runs in a script that first checks the shard's lease is still this
+replica's (and is not sent at all once the fence has closed): a fenced replica acks nothing (and
+writes no receipt), the entries stay pending and the new owner settles them. The touch loop
+resets the idle time of every entry this consumer owns, so no replica reclaims them: those held
+in memory, and those a blocked lane keeps waiting in Redis.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from bridge.delivery.redis_link import RedisLink, pending_pages
 from bridge.errors import StreamError
 from bridge.streams.entries import StreamId
 from bridge.streams.group import SignalStream
-from bridge.streams.receipt_writer import ACK_CHUNK, ReceiptWriter
+from bridge.streams.receipt_writer import ReceiptWriter
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 
@@ -32,6 +35,7 @@ log = logging.getLogger("bridge.worker")
 
 _ACK_COALESCE_S: Final = 0.005
 _TOUCH_CHUNK: Final = 500
+_ACK_CHUNK: Final = 1000  # ids per lease-checked XACK script (Lua's unpack has a limit)
 
 
 class Acks:
@@ -45,10 +49,17 @@ class Acks:
         *,
         batch_size: int,
         receipts: ReceiptWriter | None = None,
+        lease: tuple[str, str] | None = None,
+        fence_closed: Callable[[], bool] = lambda: False,
+        fenced: Callable[[], None] = lambda: None,
     ) -> None:
         self.pending: list[str] = []
         self.receipts = receipts
         self._receipt_of: dict[str, list[str]] = {}  # entry id -> its receipt, until acked
+        self.dropped = 0  # acks not sent because the shard's lease is no longer ours
+        self._lease = lease  # strict ordering: (lease key, lease value) every XACK checks
+        self._fence_closed = fence_closed
+        self._fenced = fenced
         self.flushing: list[str] = []  # ids of the XACK in flight
         self._stream = stream
         self._link = link
@@ -139,21 +150,43 @@ class Acks:
             )
 
     async def _ack(self, ids: list[str]) -> None:
-        """XACK ``ids``: plainly, or with their receipts in one script call per chunk."""
-        if self.receipts is None:
+        """XACK ``ids`` (with their receipts when on); in strict ordering only while leased.
+
+        A fenced replica drops them: nothing is written, the shard's owner settles the entries.
+        """
+        if self._lease is None and self.receipts is None:
             await self._stream.ack(ids)
             return
+        if not self._fence_closed() and await self._ack_chunks(ids):
+            return
+        # Fenced: the entries stay pending; the shard's owner re-sends them (409) and acks.
+        self.dropped += len(ids)
+        log.info(
+            "acks not sent: the shard's lease is no longer ours; the new owner settles them",
+            extra=log_fields(count=len(ids), stream=self._stream.stream),
+        )
+        self._fenced()
+
+    async def _ack_chunks(self, ids: list[str]) -> bool:
+        """Ack ``ids`` chunk by chunk through a script; False as soon as the lease is not ours."""
         receipt_of = self._receipt_of
         stream, consumer = self._stream.stream, self._stream.consumer
-        for start in range(0, len(ids), ACK_CHUNK):
-            chunk = ids[start : start + ACK_CHUNK]
-            items = [
-                (i, receipt_of.get(i) or gone_receipt(i, stream=stream, consumer=consumer))
-                for i in chunk
-            ]
-            await self.receipts.ack(items)
+        for start in range(0, len(ids), _ACK_CHUNK):
+            chunk = ids[start : start + _ACK_CHUNK]
+            if self.receipts is None:
+                assert self._lease is not None  # noqa: S101 - _ack sends the plain XACK otherwise
+                done = await self._stream.ack_leased(chunk, self._lease)
+            else:
+                items = [
+                    (i, receipt_of.get(i) or gone_receipt(i, stream=stream, consumer=consumer))
+                    for i in chunk
+                ]
+                done = await self.receipts.ack(items, self._lease)
+            if done is None:
+                return False
             for entry_id in chunk:
                 receipt_of.pop(entry_id, None)
+        return True
 
 
 class Toucher:

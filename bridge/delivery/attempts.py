@@ -24,7 +24,7 @@ from bridge.delivery.jobs import Job
 from bridge.delivery.lanes import Lane
 from bridge.delivery.letters import DeadLetters
 from bridge.delivery.observer import DeliveryObserver
-from bridge.edge.results import Attempt, Delivered, Duplicate, Failed, Rejected
+from bridge.edge.results import Attempt, Delivered, Duplicate, Failed, Fenced, Rejected
 from bridge.errors import InvalidSignalError, Outcome, RejectedError, SystemicError
 from bridge.streams.entries import DeadLetter
 
@@ -82,7 +82,7 @@ class Attempts:
         block: Callable[[Lane[Job]], None],
         stopping: Callable[[], bool],
         fence_closed: Callable[[], bool],
-        fenced: Callable[[], None],
+        fenced: Callable[[int | None], None],
     ) -> None:
         self.posting = 0  # POSTs in flight right now (at most max_in_flight)
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -108,7 +108,7 @@ class Attempts:
         breaker = self._breaker
         with self._observer.span(job, signal.instrument) as span:
             while True:
-                too_old = self._too_old(signal, waived=job.age_waived)
+                too_old = self._too_old(signal, waived=self._waived(job))
                 if too_old is not None:
                     letter = DeadLetter(reason="expired", error=too_old, attempts=job.attempts)
                     await self._letters.write(job, letter, span)
@@ -172,6 +172,11 @@ class Attempts:
                 return None
             case Failed():
                 return self._retry(job, outcome)
+            case Fenced(cause=cause):  # another replica owns the shard: drop it, leave pending
+                self._breaker.success()  # the server answered well; this lease is the problem
+                self._observer.on_fenced(span)
+                self._fenced(cause.current_token)
+                return _ABANDONED
             case Expired(error=error):  # it aged past the limit while waiting for a slot
                 job.attempts -= 1
                 letter = DeadLetter(reason="expired", error=error, attempts=job.attempts)
@@ -198,6 +203,11 @@ class Attempts:
         self._observer.on_retry(job, failed, reason, delay)
         return delay
 
+    @staticmethod
+    def _waived(job: Job) -> bool:
+        """Tell whether the age limit is off for this attempt: waived, or a takeover's first."""
+        return job.age_waived or (job.resend_first and job.attempts <= 1)
+
     def _too_old(self, signal: Signal, *, waived: bool = False) -> str | None:
         """Say why ``signal`` is too old to send now, or None while fresh enough (or waived)."""
         max_age = 0.0 if waived else self._max_age_s
@@ -209,14 +219,14 @@ class Attempts:
     async def _post(self, job: Job, signal: Signal) -> Attempt | Expired | Stopped:
         """POST within a posting slot; after stop() only while the server's last answer was good."""
         async with self._slots:
-            too_old = self._too_old(signal, waived=job.age_waived)  # the wait may have been long
+            too_old = self._too_old(signal, waived=self._waived(job))  # the wait may have been long
             if too_old is not None:
                 return Expired(too_old)
             breaker = self._breaker
             if self._stopping() and (breaker.is_open or breaker.consecutive_failures):
                 return STOPPED  # a slot freed by a failure: the server is not draining
             if self._fence_closed():
-                self._fenced()
+                self._fenced(None)
                 return STOPPED  # the shard's lease is lost or expiring: leave it pending
             self.posting += 1
             try:

@@ -20,12 +20,10 @@ from bridge.streams.receipts import ReceiptPolicy, receipts_stream
 from bridge.streams.scripts import load
 from bridge.streams.settings import StreamConfig
 
-__all__ = ["ACK_CHUNK", "ReceiptWriter", "receipt_writer"]
+__all__ = ["ReceiptWriter", "receipt_writer"]
 
 _ACK_RECEIPTS_LUA: Final = load("ack_receipts")
 _DEAD_LETTER_RECEIPT_LUA: Final = load("dead_letter_receipt")
-# Entries per script call: a burst's ARGV stays well inside what one call should carry.
-ACK_CHUNK: Final = 500
 
 
 class ReceiptWriter:
