@@ -10,10 +10,17 @@ import redis.asyncio as aioredis
 from bridge.delivery.jobs import idempotency_key
 from bridge.ops.check import CheckFailedError, run_check
 from bridge.streams.deadletters import DeadLetterStore
-from bridge.streams.entries import as_text
+from bridge.streams.entries import DeadLetter, as_text
 from bridge.streams.group import SignalStream
 from bridge.streams.producer import publish, publish_raw
-from bridge.streams.receipts import Receipt, receipts, receipts_stream
+from bridge.streams.receipt_writer import ReceiptWriter
+from bridge.streams.receipts import (
+    Receipt,
+    ReceiptPolicy,
+    receipt_fields,
+    receipts,
+    receipts_stream,
+)
 from tests.fixtures_ingest import Server
 from tests.support import bridge_config, drained, eventually, make_signal, running
 
@@ -175,3 +182,35 @@ async def test_an_unwritable_receipts_stream_leaves_entries_pending_without_rece
     [receipt] = await _all_receipts(redis, stream_name)
     assert receipt.entry_id == entry_id
     assert receipt.outcome == "accepted"
+
+
+async def test_the_receipt_scripts_check_the_lease_and_write_nothing_when_fenced(
+    redis: aioredis.Redis, stream_name: str
+) -> None:
+    """Strict ordering: with another value in the lease key, no receipt, no letter, no ack."""
+    stream = SignalStream(
+        redis, stream=stream_name, group="g", consumer="c1", dlq_stream=f"{stream_name}:dlq"
+    )
+    writer = ReceiptWriter(stream, ReceiptPolicy(receipts_stream(stream_name)))
+    await stream.ensure_group("0")
+    for i in range(2):
+        await publish(redis, make_signal(i), stream=stream_name)
+    first, second = await stream.read(2, None)
+    lease_key = f"{{{stream_name}}}:lease"
+    await redis.set(lease_key, "3 c1 test", px=60_000)
+    ours, theirs = (lease_key, "3 c1 test"), (lease_key, "4 c2 other")
+    receipt = receipt_fields(entry_id=first.id, stream=stream_name, outcome="accepted")
+    letter = DeadLetter(reason="rejected", error="422")
+    refused = receipt_fields(entry_id=second.id, stream=stream_name, outcome="dead_lettered")
+    assert await writer.ack([(first.id, receipt)], theirs) is None
+    assert await writer.dead_letter(second, letter, refused, theirs) is None
+    assert (await redis.xpending(stream_name, "g"))["pending"] == 2
+    assert await redis.exists(receipts_stream(stream_name), f"{stream_name}:dlq") == 0
+    assert await writer.ack([(first.id, receipt)], ours) == 1
+    assert await writer.dead_letter(second, letter, refused, ours) is True
+    assert (await redis.xpending(stream_name, "g"))["pending"] == 0
+    assert [r.entry_id for r in await _all_receipts(redis, stream_name)] == [first.id, second.id]
+    # Acked already: a second try writes no second receipt (at most one per entry id).
+    assert await writer.ack([(first.id, receipt)], ours) == 0
+    assert await writer.dead_letter(second, letter, refused, ours) is False
+    assert await redis.xlen(receipts_stream(stream_name)) == 2
