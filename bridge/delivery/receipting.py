@@ -63,10 +63,10 @@ def letter_receipt(job: Job, letter: DeadLetter, *, stream: str, consumer: str) 
         entry_id=job.entry.id,
         stream=stream,
         outcome="expired" if letter.reason == "expired" else "dead_lettered",
-        signal_id=signal_id,
+        signal_id=_clean(signal_id),
         idempotency_key=job.key,
-        reason=letter.reason,
-        error=letter.error,
+        reason=_clean(letter.reason),
+        error=_clean(letter.error),
         http_status=letter.http_code,
         attempts=letter.attempts,
         first_attempt_at=job.first_attempt_at or None,
@@ -86,6 +86,11 @@ def gone_receipt(entry_id: str, *, stream: str, consumer: str) -> list[str]:
         error="the entry was deleted from the stream before delivery",
         consumer=consumer,
     )
+
+
+def _clean(text: str) -> str:
+    """Text from an entry or an error, made encodable (a lone surrogate becomes ``?``)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _signal_id_of(raw: str) -> str:

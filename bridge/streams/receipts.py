@@ -85,11 +85,15 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
         return self.outcome in ("accepted", "duplicate")
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text (one per second)
+
+
 def _utc(ts: float) -> str:
     """Format epoch seconds as RFC 3339 UTC with milliseconds."""
     whole = int(ts)
-    ms = int((ts - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+    if whole != _second[0]:
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int((ts - whole) * 1000):03d}Z"
 
 
 def receipt_fields(

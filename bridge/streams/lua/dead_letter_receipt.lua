@@ -1,6 +1,6 @@
 -- KEYS: stream, dead-letter stream, receipts stream [, the shard's lease]. ARGV: group, entry id,
--- n, n field/value pairs of the letter, receipts maxlen, receipts max age in ms (0: none), k,
--- k field/value pairs of the receipt [, lease value].
+-- n, n field/value pairs of the letter, receipts maxlen, receipts max age in ms (0: none), the
+-- receipt's field/value pairs as one JSON array [, lease value].
 -- dead_letter.lua with a receipt (BRIDGE_RECEIPTS): the letter and the receipt are written
 -- first, the ack last, so whatever fails leaves the entry pending (Redis does not roll back a
 -- script's earlier writes; a letter and receipt whose ack did not take are deleted again). The
@@ -11,11 +11,9 @@
 local group, id = ARGV[1], ARGV[2]
 local last = 3 + 2 * tonumber(ARGV[3])
 local maxlen, age = ARGV[last + 1], tonumber(ARGV[last + 2])
-local rfirst = last + 4
-local rlast = last + 3 + 2 * tonumber(ARGV[last + 3])
 
 -- checks: nothing is written before they pass
-if KEYS[4] and redis.call('GET', KEYS[4]) ~= ARGV[rlast + 1] then
+if KEYS[4] and redis.call('GET', KEYS[4]) ~= ARGV[last + 4] then
   return -1
 end
 for i = 2, 3 do
@@ -28,13 +26,14 @@ end
 if #redis.call('XPENDING', KEYS[1], group, id, id, 1) == 0 then
   return 0
 end
+local pairs_of_receipt = cjson.decode(ARGV[last + 3])
 
 -- the letter and the receipt, then the ack; an ack that does not take removes both again.
 -- Out of memory (noeviction), Redis refuses a command that needs memory only as a script's
 -- first write: acking the id 0-0 (never pending) writes nothing but lets the writes through.
 redis.call('XACK', KEYS[1], group, '0-0')
 local letter = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4, last))
-local receipt = redis.pcall('XADD', KEYS[3], '*', unpack(ARGV, rfirst, rlast))
+local receipt = redis.pcall('XADD', KEYS[3], '*', unpack(pairs_of_receipt))
 if type(receipt) == 'table' then
   redis.call('XDEL', KEYS[2], letter)
   return receipt
