@@ -22,7 +22,7 @@ from bridge.streams.receipts import (
     receipts_stream,
 )
 from tests.fixtures_ingest import Server
-from tests.support import bridge_config, drained, eventually, make_signal, running
+from tests.support import bridge_config, drained, eventually, fast_breaker, make_signal, running
 
 pytestmark = pytest.mark.redis
 
@@ -75,7 +75,8 @@ async def test_a_mixed_run_gives_each_settled_entry_exactly_one_receipt(
         BRIDGE_CLAIM_IDLE_MS="100",
         BRIDGE_MAX_DELIVERIES="3",
     )
-    async with running(redis, config):
+    # The stuck entry's 503s must not open the breaker before the others are settled.
+    async with running(redis, config, breaker=fast_breaker(threshold=1_000_000)):
         await eventually(lambda: _only_pending(redis, stream_name, stuck), what="settled")
         await eventually(lambda: _count_is(redis, stream_name, 6), what="six receipts", timeout_s=5)
         by_entry = await _by_entry(redis, stream_name)
