@@ -162,6 +162,8 @@ class Worker:
             send=self._send,
             max_in_flight=config.max_in_flight,
             max_age_s=config.signal_max_age_s,
+            # An old owner's POST can land until it times out: twice that, for skewed clocks.
+            takeover_grace_s=2 * client.timeout_s,
             breaker=self.breaker,
             backoff=self.backoff,
             clock=clock,
@@ -412,9 +414,9 @@ class Worker:
         """Decode and encode once per entry (see ``bridge.delivery.jobs.prepare_job``).
 
         Strict ordering: an entry found pending when the worker starts (taken over from the
-        shard's previous owner, or left by this consumer) is sent once whatever its age: the
-        previous owner may have posted it, so the server's answer decides, not a second
-        expiry check (see "Order across replicas" in the README).
+        shard's previous owner, or left by this consumer) is sent once even a little past the
+        age limit, up to twice the POST timeout more: the previous owner may have posted it, so
+        the server's answer decides (see "Order across replicas" in the README).
         """
         job = prepare_job(
             entry,

@@ -175,6 +175,11 @@ class HmacClient:
         return f"HmacClient(url={self._url!r}, producer_id={self._config.producer_id!r})"
 
     @property
+    def timeout_s(self) -> float:
+        """The longest one POST may take (``OUTBOUND_TIMEOUT_SECONDS``)."""
+        return self._config.timeout_s
+
+    @property
     def max_body_size(self) -> int:
         """The largest canonical body this client will send."""
         return self._config.max_body_size

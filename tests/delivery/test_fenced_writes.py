@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
@@ -100,3 +101,41 @@ async def test_acks_and_dead_letters_check_the_lease_in_redis(
     assert await stream.dead_letter(entries[1], letter, ours) is True
     assert (await redis.xpending(stream_name, "g"))["pending"] == 0
     assert await redis.xlen("d") == 1
+
+
+async def test_a_takeovers_first_attempt_expires_only_what_no_old_copy_can_still_land(
+    server: Server, redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """Past max age but inside the grace (2x the POST timeout): sent; past both: dead-lettered."""
+    config = bridge_config(
+        server.url,
+        redis_url,
+        stream_name,
+        BRIDGE_SIGNAL_MAX_AGE_SECONDS="10",
+        OUTBOUND_TIMEOUT_SECONDS="5",
+    )
+    now = datetime.now(UTC)
+    within = make_signal(0, now=now - timedelta(seconds=15), signal_id="within-grace")
+    beyond = make_signal(1, now=now - timedelta(seconds=25), signal_id="beyond-grace")
+    dlq = f"{stream_name}:dlq"
+    stream = SignalStream(redis, stream=stream_name, group="g", consumer="c1", dlq_stream=dlq)
+    await stream.ensure_group("0")
+    for signal in (within, beyond):
+        await publish(redis, signal, stream=stream_name)
+    await stream.read(2, None)  # pending for c1, as a takeover leaves the old owner's entries
+    fence = await _fence(redis, stream_name, 1)
+    async with HmacClient(config.outbound) as client:
+        worker = Worker(stream, client, config.stream, backoff=FAST, fence=fence)
+        task = asyncio.create_task(worker.run())
+        try:
+            for _ in range(200):  # bounded: 10 s
+                if (await redis.xpending(stream_name, "g"))["pending"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+    assert [r.signal.signal_id for r in server.app.received] == ["within-grace"]
+    letters: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(dlq)  # type: ignore[assignment]
+    assert [fields[b"dlq_reason"] for _, fields in letters] == [b"expired"]
+    assert b"beyond-grace" in letters[0][1][b"signal"]
