@@ -238,7 +238,18 @@ async def wait_for(
     cursor = since
     while waiting:
         left_ms = int((deadline - time.monotonic()) * 1000)
-        if left_ms <= 0:
+        # Past the deadline one last read without blocking (BLOCK 0 would wait forever).
+        block = min(left_ms, 1000) if left_ms > 0 else None
+        entries = _entries_of(
+            await guard(redis.xread({key: cursor}, count=_READ_COUNT, block=block), "XREAD")
+        )
+        for receipt_id, fields in entries:
+            cursor = as_text(receipt_id)
+            receipt = parse_receipt(receipt_id, fields)
+            if receipt.entry_id in waiting:
+                waiting.discard(receipt.entry_id)
+                found[receipt.entry_id] = receipt
+        if waiting and left_ms <= 0:
             missing = sorted(waiting)
             raise ReceiptTimeoutError(
                 f"no receipt within {timeout_s:g}s for {len(missing)} entr"
@@ -247,15 +258,6 @@ async def wait_for(
                 stream=stream,
                 entry_ids=missing,
             )
-        reply = await guard(
-            redis.xread({key: cursor}, count=_READ_COUNT, block=min(left_ms, 1000)), "XREAD"
-        )
-        for receipt_id, fields in _entries_of(reply):
-            cursor = as_text(receipt_id)
-            receipt = parse_receipt(receipt_id, fields)
-            if receipt.entry_id in waiting:
-                waiting.discard(receipt.entry_id)
-                found[receipt.entry_id] = receipt
     return found
 
 
