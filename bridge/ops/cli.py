@@ -1,4 +1,4 @@
-"""The ``signal-bridge`` command: run, check, publish, status, dlq, keys, demo, ingest-server.
+"""The ``signal-bridge`` command: run, check, publish, status, top, dlq, keys, demo, ingest-server.
 
 It parses the command line, loads the settings, runs the chosen command and maps errors to exit
 codes. ``run`` is the service (:func:`bridge.app.runner.run`); each other command lives in its
@@ -226,6 +226,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_publish(sub)
     status = _command(sub, "status", "stream length, lag, pending, dead letters")
     status.add_argument("--json", action="store_true")
+    top = _command(sub, "top", "live view: rates, lag, pending, dead letters, shard owners")
+    top.add_argument("--once", action="store_true", help="print one view and exit (for scripts)")
+    top.add_argument(
+        "--metrics",
+        action="append",
+        metavar="URL",
+        help="a replica's /metrics URL, for rates and breaker state (repeat for each replica)",
+    )
     _add_dlq(sub)
     _add_receipts(sub)
     keys = _command(sub, "keys", "generate an Ed25519 key pair (private file 0600, <file>.pub)")
@@ -276,6 +284,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_status(config, args))
     if args.command == "receipts":
         return asyncio.run(_receipts(config, args))
+    if args.command == "top":
+        from bridge.ops.top import run_top  # noqa: PLC0415 - only this command needs it
+
+        return asyncio.run(run_top(config, args))
     return asyncio.run(_dlq(config, args))
 
 
