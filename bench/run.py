@@ -148,6 +148,9 @@ def bridge_specs(signal_bridge_cmd: str, baseline_cmd: str = "") -> dict[str, Br
     specs = {
         "naive": BridgeSpec("naive", [PYTHON, "-m", "bench.ref_naive", "--idle-exit", "0"]),
         "aiohttp": BridgeSpec("aiohttp", [PYTHON, "-m", "bench.ref_aiohttp", "--idle-exit", "0"]),
+        "aiohttp-ordered": BridgeSpec(
+            "aiohttp-ordered", [PYTHON, "-m", "bench.ref_aiohttp_ordered", "--idle-exit", "0"]
+        ),
         "aiohttp-asyncio": BridgeSpec(
             "aiohttp-asyncio",
             [PYTHON, "-m", "bench.ref_aiohttp", "--idle-exit", "0", "--loop", "asyncio"],
@@ -504,11 +507,17 @@ def wait_posts(sink: SinkProcess, before: int, total: int) -> int:
         time.sleep(0.05)
 
 
-def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> dict[str, Any]:
-    """Drain a fresh backlog of ``total`` signals to the fast sink and measure the bridge."""
+def drain_run(
+    ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1, instruments: int | None = None
+) -> dict[str, Any]:
+    """Drain a fresh backlog of ``total`` signals to the fast sink and measure the bridge.
+
+    ``instruments`` spreads the backlog over that many instruments (None: ``--instruments``).
+    """
     stream = ctx.next_name("drain", spec.name)
     client = ctx.redis.client
-    build_backlog(client, stream, total, "drain", ctx.args.instruments)
+    spread = ctx.args.instruments if instruments is None else instruments
+    build_backlog(client, stream, total, "drain", spread)
     redis_cpu0 = tree_cpu_seconds([ctx.redis.proc.pid])
     sink_cpu0 = tree_cpu_seconds([ctx.fast_sink.proc.pid])
     posts0 = ctx.fast_sink.request_count()
@@ -547,6 +556,7 @@ def drain_run(ctx: Context, spec: BridgeSpec, total: int, replicas: int = 1) -> 
     return {
         "bridge": spec.name,
         "replicas": replicas,
+        "instruments": spread,
         "signals": total,
         "signals_per_s": round(steady_n / steady_s, 1),
         "cpu_us_per_signal": round(steady_cpu / steady_n * 1e6, 1),
@@ -882,8 +892,48 @@ def report(results: dict[str, Any]) -> None:
             for r in results["replicas"]
         ]
         print_table(["bridge", "1 replica signals/s", "2 replicas signals/s", "ratio 2 vs 1"], rows)
+    if results.get("sweep"):
+        report_sweep(results)
     for name, why in results["skipped"].items():
         print(f"skipped {name}: {why}")
+
+
+def report_sweep(results: dict[str, Any]) -> None:
+    """Print the instrument-count sweep: one row per (instruments, bridge), medians and spreads."""
+    meta = results["meta"]
+    print(
+        f"\nSweep over instrument counts: drain {meta['signals']:,} signals -> {meta['sink']} "
+        f"sink, {meta['repeat']} alternated drains per cell, medians (rate from the first ack)"
+    )
+    rows = []
+    for count, cell in results["sweep"].items():
+        ref = cell.get("aiohttp", {}).get("signals_per_s")
+        ordered = cell.get("aiohttp-ordered", {}).get("signals_per_s")
+        for name, med in cell.items():
+            rates = sorted(med["signals_per_s_all"])
+            rows.append(
+                [
+                    str(count),
+                    name,
+                    f"{med['signals_per_s']:,.0f}",
+                    f"{rates[0]:,.0f}-{rates[-1]:,.0f}",
+                    f"{med['cpu_us_per_signal']:,.0f}",
+                    ratio(med["signals_per_s"], ref),
+                    ratio(med["signals_per_s"], ordered),
+                    f"{med['other_cpu_pct']:.0f}%",
+                ]
+            )
+    headers = [
+        "instruments",
+        "bridge",
+        "signals/s",
+        "spread",
+        "CPU us/signal",
+        "vs aiohttp",
+        "vs aiohttp-ordered",
+        "other CPU",
+    ]
+    print_table(headers, rows)
 
 
 # --------------------------------------------------------------------------- main
@@ -896,7 +946,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add(
         "--bridges",
         default="naive,aiohttp,signal-bridge,signal-bridge-otlp",
-        help="comma-separated bridges (also: aiohttp-asyncio, signal-bridge-otlp-10pct, "
+        help="comma-separated bridges (also: aiohttp-ordered, aiohttp-asyncio, "
+        "signal-bridge-otlp-10pct, "
         "signal-bridge-otlp-1pct, and one per signature scheme: signal-bridge-v2, "
         "signal-bridge-webhooks, signal-bridge-webhooks-ed25519, signal-bridge-rfc9421, "
         "signal-bridge-rfc9421-ed25519; signal-bridge-receipts: BRIDGE_RECEIPTS=true)",
@@ -927,6 +978,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         help="spread the backlog over N instruments (default: 6 real ones; bounds ordering)",
+    )
+    add(
+        "--sweep",
+        default="",
+        help="instrument counts, e.g. 1,6,32,200: the drain runs are repeated per count (one "
+        "table row per count and bridge) instead of once at --instruments",
     )
     add(
         "--telemetry-off",
@@ -1011,20 +1068,44 @@ class Runner:
                 print(f"contract {spec.name}: {contract_cell(check)} {check}")
 
     def drains(self, active: list[BridgeSpec]) -> None:
-        """Run the drain runs, interleaved across bridges so that drift hits all alike."""
+        """Run the drain runs (per instrument count with ``--sweep``), bridges interleaved."""
+        counts = [int(c) for c in names(self.args.sweep)]
+        if not counts:
+            runs = self.drain_cell(active, None)
+            self.res["drain_runs"] = runs
+            self.res["drain"] = {name: median_of(r) for name, r in runs.items() if r}
+            return
+        sweep: dict[int, dict[str, Any]] = {}
+        sweep_runs: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        for count in counts:
+            runs = self.drain_cell(active, count)
+            sweep_runs[count] = runs
+            sweep[count] = {name: median_of(r) for name, r in runs.items() if r}
+        self.res["sweep"] = sweep
+        self.res["sweep_runs"] = sweep_runs
+        # The plain drain table shows the cell at the default 6 instruments (or the first).
+        home = 6 if 6 in sweep else counts[0]
+        self.res["drain_runs"] = sweep_runs[home]
+        self.res["drain"] = sweep[home]
+
+    def drain_cell(
+        self, active: list[BridgeSpec], instruments: int | None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Run ``--repeat`` rounds of drains (each bridge once a round) at one instrument count."""
         runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in active}
+        where = "" if instruments is None else f" @{instruments} instruments"
         for rep in range(self.args.repeat):
             for spec in active:
-                one = self.guarded("drain", spec, drain_run, self.args.signals)
+                one = self.guarded("drain", spec, drain_run, self.args.signals, 1, instruments)
                 if one is not None:
                     runs[spec.name].append(one)
                     print(
-                        f"drain {spec.name} #{rep + 1}: {one['signals_per_s']:,.0f} signals/s, "
+                        f"drain {spec.name}{where} #{rep + 1}: "
+                        f"{one['signals_per_s']:,.0f} signals/s, "
                         f"{one['cpu_us_per_signal']:,.0f} us CPU/signal, "
                         f"{one['peak_rss_mb']:.1f} MB" + noise_note(one["other_cpu_pct"])
                     )
-        self.res["drain_runs"] = runs
-        self.res["drain"] = {name: median_of(r) for name, r in runs.items() if r}
+        return runs
 
     def latencies(self, active: list[BridgeSpec]) -> None:
         """Run the fixed-rate latency runs."""

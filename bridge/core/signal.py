@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
-from bridge.core.timestamps import TimestampError, format_timestamp, parse_timestamp
+from bridge.core.timestamps import (
+    TimestampError,
+    format_datetime,
+    format_timestamp,
+    parse_timestamp,
+)
 from bridge.errors import BodyTooLargeError, InvalidSignalError
 
 __all__ = [
@@ -123,6 +128,8 @@ def _finite_positive(name: str, value: object) -> float:
     return number
 
 
+_INF: Final = math.inf
+
 # The tail of ``<stream>/<entry id>``, the key source of an entry without a signal_id.
 _ENTRY_REFERENCE: Final = re.compile(r"/[0-9]+-[0-9]+\Z")
 
@@ -144,8 +151,10 @@ def _exact_text(name: str, value: object, limit: int) -> str:
             field=name,
         )
     _no_control(name, value, _CONTROL)
-    _no_invisible(name, value)
-    _max_code_points(name, value, limit)
+    if not value.isascii():  # the usual identifier is ASCII: no call for it
+        _no_invisible(name, value)
+    if len(value) > limit:
+        _max_code_points(name, value, limit)
     return value
 
 
@@ -209,13 +218,9 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             raise InvalidSignalError(
                 f"side must be 'buy' or 'sell', got {self.side!r}", field="side"
             )
-        set_(self, "entry_price", _finite_positive("entry_price", self.entry_price))
-        if self.take_profit is not None:
-            set_(self, "take_profit", _finite_positive("take_profit", self.take_profit))
-        if self.stop_loss is not None:
-            set_(self, "stop_loss", _finite_positive("stop_loss", self.stop_loss))
-        self._check_sides()
-        set_(self, "risk_percent", _as_float("risk_percent", self.risk_percent))
+        self._check_prices()
+        if type(self.risk_percent) is not float:
+            set_(self, "risk_percent", _as_float("risk_percent", self.risk_percent))
         if not (math.isfinite(self.risk_percent) and 0 < self.risk_percent <= 100):
             raise InvalidSignalError(
                 f"risk_percent must be > 0 and <= 100, got {self.risk_percent!r}",
@@ -249,6 +254,24 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     "timestamp is out of range in UTC", field="timestamp"
                 ) from None
 
+    def _check_prices(self) -> None:
+        """Make each price a finite float > 0, then check the sides."""
+        set_ = msgspec.structs.force_setattr
+        # A float already finite and > 0 (NaN fails both comparisons) is what _finite_positive
+        # would return unchanged: it skips the calls, once per field and delivery.
+        entry = self.entry_price
+        if not (type(entry) is float and 0.0 < entry < _INF):
+            set_(self, "entry_price", _finite_positive("entry_price", entry))
+        take_profit = self.take_profit
+        if take_profit is not None and not (
+            type(take_profit) is float and 0.0 < take_profit < _INF
+        ):
+            set_(self, "take_profit", _finite_positive("take_profit", take_profit))
+        stop_loss = self.stop_loss
+        if stop_loss is not None and not (type(stop_loss) is float and 0.0 < stop_loss < _INF):
+            set_(self, "stop_loss", _finite_positive("stop_loss", stop_loss))
+        self._check_sides()
+
     def _check_sides(self) -> None:
         """Buy: stop_loss < entry < take_profit; sell: the reverse."""
         entry, tp, sl = self.entry_price, self.take_profit, self.stop_loss
@@ -275,7 +298,7 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 def _enc_hook(obj: Any) -> Any:  # noqa: ANN401 - msgspec's hook contract takes and returns Any
     """Encode the canonical timestamp; anything else is a programming error."""
     if type(obj) is _UtcTimestamp:
-        return format_timestamp(obj)
+        return format_datetime(obj)
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 

@@ -20,7 +20,15 @@ import time
 from datetime import UTC, datetime
 from typing import Final, Literal, TypeVar, overload
 
-__all__ = ["RFC3339", "TimestampError", "format_timestamp", "parse_timestamp"]
+__all__ = [
+    "RFC3339",
+    "TimestampError",
+    "format_datetime",
+    "format_epoch",
+    "format_epoch_truncated",
+    "format_timestamp",
+    "parse_timestamp",
+]
 
 # RFC 3339 date-time: full-date "T" partial-time time-offset, ASCII digits, any fraction length.
 RFC3339: Final = re.compile(
@@ -142,11 +150,30 @@ def format_timestamp(at: datetime | float, *, truncate_micros: bool = False) -> 
     even) at a fraction of its cost; ``truncate_micros`` cuts them instead, as logging does.
     """
     if isinstance(at, datetime):
-        utc = at if at.tzinfo is UTC else at.astimezone(UTC)
-        return utc.isoformat(timespec="microseconds")[:-6] + "Z"
+        return format_datetime(at)
     if truncate_micros:
-        seconds = int(at)
-        return f"{_utc_second(seconds)}.{int((at - seconds) * 1_000_000):06d}Z"
+        return format_epoch_truncated(at)
+    return format_epoch(at)
+
+
+# The three forms below are format_timestamp's branches, called directly where the type is
+# known: each runs once or more per delivery (X-Timestamp, the canonical body, the log line).
+
+
+def format_datetime(at: datetime) -> str:
+    """Format an aware datetime as RFC 3339 UTC, six fractional digits, ``Z``."""
+    utc = at if at.tzinfo is UTC else at.astimezone(UTC)
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def format_epoch_truncated(at: float) -> str:
+    """Format epoch seconds as RFC 3339 UTC with the microseconds cut, as logging does."""
+    seconds = int(at)
+    return f"{_utc_second(seconds)}.{int((at - seconds) * 1_000_000):06d}Z"
+
+
+def format_epoch(at: float) -> str:
+    """Format epoch seconds like ``datetime.fromtimestamp(at, UTC)`` (microseconds rounded)."""
     fraction, whole = math.modf(at)
     micros = round(fraction * 1e6)
     if micros < 0:  # before 1970: modf keeps the sign

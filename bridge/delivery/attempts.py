@@ -9,7 +9,6 @@ jitter, cut short when the breaker opens or the worker stops.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final, assert_never
 
@@ -19,12 +18,13 @@ from opentelemetry import trace
 from bridge.core.outcome import Action, Verdict
 from bridge.core.signal import Signal
 from bridge.delivery.backoff import Backoff
-from bridge.delivery.breaker import Admission, Breaker
+from bridge.delivery.breaker import Admission, Breaker, BreakerState
 from bridge.delivery.jobs import Job
 from bridge.delivery.lanes import Lane
 from bridge.delivery.letters import DeadLetters
 from bridge.delivery.observer import DeliveryObserver
 from bridge.edge.results import Attempt, Delivered, Duplicate, Failed, Fenced, Rejected
+from bridge.edge.slots import Slots
 from bridge.errors import InvalidSignalError, Outcome, RejectedError, SystemicError
 from bridge.streams.entries import DeadLetter
 
@@ -86,7 +86,7 @@ class Attempts:
         takeover_grace_s: float = 0.0,
     ) -> None:
         self.posting = 0  # POSTs in flight right now (at most max_in_flight)
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = Slots(max_in_flight)
         self._send = send
         self._max_age_s = max_age_s
         self._takeover_grace_s = takeover_grace_s
@@ -118,7 +118,7 @@ class Attempts:
                 # After stop(): no retry, no probe, no wait for the breaker. A first attempt
                 # still goes within the grace period while the server answers well (checked
                 # again once a slot is free), so a healthy drain does not strand entries.
-                if self._stopping() and job.attempts:
+                if job.attempts and self._stopping():
                     admission = None
                 else:  # a closed breaker admits at once: no coroutine for the common case
                     admission = breaker.try_admit() or await breaker.admit()
@@ -227,12 +227,17 @@ class Attempts:
 
     async def _post(self, job: Job, signal: Signal) -> Attempt | Expired | Stopped:
         """POST within a posting slot; after stop() only while the server's last answer was good."""
-        async with self._slots:
+        slots = self._slots
+        if not slots.try_take():
+            await slots.take()
+        try:
             too_old = self._too_old(signal, self._age_limit(job))  # the wait may have been long
             if too_old is not None:
                 return Expired(too_old)
             breaker = self._breaker
-            if self._stopping() and (breaker.is_open or breaker.consecutive_failures):
+            # Plain reads first: the happy path makes no call here.
+            unhealthy = breaker.consecutive_failures or breaker.state is BreakerState.OPEN
+            if unhealthy and self._stopping():
                 return STOPPED  # a slot freed by a failure: the server is not draining
             if self._fence_closed():
                 self._fenced(None)
@@ -242,6 +247,8 @@ class Attempts:
                 return await self._send(job, signal)
             finally:
                 self.posting -= 1
+        finally:
+            slots.give()
 
 
 def _bug(exc: Exception) -> Failed:

@@ -36,7 +36,7 @@ from bridge.core.outcome import Action, OutcomeTable, TransportFailure
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.core.signal import Signal, encode_canonical
 from bridge.core.signing import RequestSigner
-from bridge.core.timestamps import format_timestamp
+from bridge.core.timestamps import format_epoch
 from bridge.edge.clockskew import SkewEstimator, describe_skew
 from bridge.edge.failures import transport_failure
 from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport
@@ -238,7 +238,7 @@ class HmacClient:
     def timestamp(self) -> str:
         """Return the current time as RFC 3339 UTC with microseconds and Z (X-Timestamp)."""
         self._signed_at = at = self._clock()
-        return format_timestamp(at)
+        return format_epoch(at)
 
     def _attempt_headers(
         self, body: bytes, idempotency_key: str, lease: LeaseStamp | None

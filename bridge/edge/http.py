@@ -31,6 +31,7 @@ from bridge.edge.protocol import (
     RawResponse,
     StaleConnectionError,
 )
+from bridge.edge.slots import Slots
 from bridge.edge.tunnel import open_tunnel, parse_proxy
 
 __all__ = [
@@ -92,7 +93,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         self.limits = limits if limits is not None else Limits()
         self._proxy = parse_proxy(proxy) if proxy else None
         self._idle: list[Connection] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = Slots(max_connections)
         self._open: set[Connection] = set()
         self._closed = False
 
@@ -170,7 +171,10 @@ class FastTransport(httpx.AsyncBaseTransport):
         """Send prebuilt request bytes on a pooled connection and read the whole response."""
         if self._closed:
             raise httpx.ConnectError("transport is closed")
-        async with self._slots:
+        slots = self._slots
+        if not slots.try_take():
+            await slots.take()
+        try:
             conn = self._take_idle()
             if conn is not None:
                 try:
@@ -182,6 +186,8 @@ class FastTransport(httpx.AsyncBaseTransport):
             # One deadline for the whole request: the time spent connecting counts.
             remaining = max(0.001, timeout_s - (time.monotonic() - started))
             return await self._exchange(conn, request, remaining, timeout_s)
+        finally:
+            slots.give()
 
     async def _exchange(
         self,

@@ -24,7 +24,7 @@ import msgspec
 from opentelemetry import trace
 
 from bridge.core.secrets import redact_text
-from bridge.core.timestamps import format_timestamp
+from bridge.core.timestamps import format_epoch_truncated
 from bridge.telemetry.bounds import bounded, bounded_fields
 
 __all__ = [
@@ -63,9 +63,8 @@ def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
 _RESERVED: Final = frozenset(("timestamp", "level", "message", "logger"))
 
 
-def _line_time(created: float) -> str:
-    """Format a log line's timestamp: UTC, microseconds truncated as logging always did."""
-    return format_timestamp(created, truncate_micros=True)
+# A log line's timestamp: UTC, microseconds truncated as logging always did.
+_line_time: Final = format_epoch_truncated
 
 
 def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
