@@ -298,7 +298,7 @@ class Worker:
 
     async def _ensure_group(self) -> None:
         if await self.stream.ensure_group(self.config.start_id):
-            await report_new_group(self.stream, self.config.start_id)
+            await report_new_group(self.stream, self.config.start_id, self.metrics)
         self.group_ready = True
         self._link.started()
 

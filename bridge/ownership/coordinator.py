@@ -36,7 +36,7 @@ from bridge.errors import StreamError
 from bridge.ownership.assign import Lease, assign
 from bridge.ownership.leases import LeaseStore, take_pending
 from bridge.ownership.strategy import WORKER_EXIT_EXTRA_S, ShardListener, WorkerFactory
-from bridge.streams.group import SignalStream
+from bridge.streams.group import SignalStream, report_new_group
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 
@@ -259,7 +259,8 @@ class Coordinator:
         lease = Lease(shard, token, value, renewed_at=started, ttl_s=self._ttl_ms / 1000)
         stream = self.streams[shard]
         try:
-            await stream.ensure_group(self.settings.start_id)
+            if await stream.ensure_group(self.settings.start_id):
+                await report_new_group(stream, self.settings.start_id, self.metrics)
             moved = await take_pending(stream, self.leases.lease_key(shard), value)
         except StreamError as exc:
             log.warning(
