@@ -40,6 +40,7 @@ from bridge.delivery.jobs import Job, prepare_job
 from bridge.delivery.lanes import Lane, Lanes
 from bridge.delivery.letters import DeadLetters
 from bridge.delivery.observer import DeliveryObserver, WorkerStats
+from bridge.delivery.outages import OutageLog
 from bridge.delivery.recovery import Recovery
 from bridge.delivery.redis_link import RedisLink
 from bridge.delivery.router import Router
@@ -75,6 +76,7 @@ class Worker:
         breaker: Breaker | None = None,
         clock: Callable[[], float] = time.time,
         fence: Callable[[], bool] | None = None,
+        outages: OutageLog | None = None,
     ) -> None:
         self.stream = stream
         self.client = client
@@ -117,6 +119,7 @@ class Worker:
             clock=clock,
             clock_skew_s=lambda: client.clock_skew_s,
             probe_in_s=self._probe_in_s,
+            outages=outages,
         )
         self.breaker.on_change = self._observer.on_breaker
         self._letters = DeadLetters(
