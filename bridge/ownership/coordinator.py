@@ -111,6 +111,7 @@ class Coordinator:
         self._stop_event = asyncio.Event()
         self._releases: set[asyncio.Task[None]] = set()
         self._heartbeat_failing = False
+        self._redis_down = False  # "redis unavailable" was said; "redis is back" is owed
         self.left_pending = 0  # entries still held by workers when the hand-over let them go
         if metrics is not None:
             metrics.meter.create_observable_gauge(
@@ -157,13 +158,18 @@ class Coordinator:
             self.live = await self._bounded(
                 self.leases.heartbeat(self.member, self.settings.heartbeat_ttl_ms)
             )
+            if self._redis_down:
+                self._redis_down = False
+                log.info("redis is back", extra=log_fields(consumer=self.member))
             if self._heartbeat_failing:
                 self._heartbeat_failing = False
                 log.info("heartbeat sent again", extra=log_fields(live_replicas=len(self.live)))
         except (StreamError, TimeoutError) as exc:
+            down = self._redis_unavailable(exc)
             if not self._heartbeat_failing:  # once per outage, not every tick
                 self._heartbeat_failing = True
-                log.warning(
+                log.log(
+                    logging.INFO if down else logging.WARNING,
                     "heartbeat failed: no shard is acquired until Redis answers; held shards "
                     "stay fenced by their own clocks",
                     extra=log_fields(error=str(exc) or type(exc).__name__),
@@ -179,6 +185,27 @@ class Coordinator:
         for shard in self.target:
             if shard not in self.owned and not self._stopping:
                 await self._acquire(shard)
+
+    def _redis_unavailable(self, exc: Exception) -> bool:
+        """Say "redis unavailable" once per outage (ERROR); True when Redis is unreachable.
+
+        A plain outage (no connection, no answer in time) is the operator's news; the lease
+        lines it causes (renewal, acquire, release, fencing) then go at INFO. A refusal with a
+        Redis error code keeps its WARNING: that is not an outage.
+        """
+        if isinstance(exc, StreamError) and exc.code is not None:
+            return False
+        if not self._redis_down:
+            self._redis_down = True
+            log.error(
+                "redis unavailable, retrying",
+                extra=log_fields(consumer=self.member, error=str(exc) or type(exc).__name__),
+            )
+        return True
+
+    def _trouble_level(self, exc: Exception) -> int:
+        """Pick INFO for a lease line a plain Redis outage caused (already said), else WARNING."""
+        return logging.INFO if self._redis_unavailable(exc) else logging.WARNING
 
     async def _bounded(self, call: Any) -> Any:  # noqa: ANN401 - passes any Redis reply through
         """Await a Redis call for at most one renewal interval, so a hung socket cannot stall."""
@@ -207,7 +234,8 @@ class Coordinator:
                 self.leases.renew(lease.shard, lease.value, self._ttl_ms), timeout
             )
         except (StreamError, TimeoutError) as exc:
-            log.warning(
+            log.log(
+                self._trouble_level(exc),
                 "lease renewal failed",
                 extra=log_fields(shard=lease.shard, fencing_token=lease.token, error=str(exc)),
             )
@@ -223,7 +251,8 @@ class Coordinator:
         """Fence a shard's worker: it stops posting and reading, its entries stay pending."""
         owned.lease.lost = True
         owned.worker.stop()
-        log.warning(
+        log.log(
+            logging.INFO if self._redis_down else logging.WARNING,
             "shard lease lost: stopped posting for it",
             extra=log_fields(shard=owned.lease.shard, fencing_token=owned.lease.token, reason=why),
         )
@@ -248,7 +277,11 @@ class Coordinator:
         try:
             token, value = await self._bounded(self.leases.acquire(shard, self.owner, self._ttl_ms))
         except (StreamError, TimeoutError) as exc:
-            log.warning("lease acquire failed", extra=log_fields(shard=shard, error=str(exc)))
+            log.log(
+                self._trouble_level(exc),
+                "lease acquire failed",
+                extra=log_fields(shard=shard, error=str(exc)),
+            )
             return
         if not token:
             if not value.endswith(f" {self.owner}"):
@@ -263,7 +296,8 @@ class Coordinator:
                 await report_new_group(stream, self.settings.start_id, self.metrics)
             moved = await take_pending(stream, self.leases.lease_key(shard), value)
         except StreamError as exc:
-            log.warning(
+            log.log(
+                self._trouble_level(exc),
                 "could not take over the shard's pending entries; releasing it",
                 extra=log_fields(shard=shard, fencing_token=token, error=str(exc)),
             )
@@ -346,7 +380,8 @@ class Coordinator:
                 released = await self._bounded(self.leases.release(lease.shard, lease.value))
                 lease.lost = True  # released: no renewal, no post
             except (StreamError, TimeoutError) as exc:
-                log.warning(
+                log.log(
+                    self._trouble_level(exc),
                     "lease release failed; it expires on its own",
                     extra=log_fields(shard=lease.shard, error=str(exc)),
                 )
