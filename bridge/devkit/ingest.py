@@ -200,6 +200,11 @@ class IngestApp:
             return self._refuse(
                 401, verdict.reason, kind=kind, answer=verdict.answer, check=verdict.check
             )
+        if headers.get("x-signal-probe") == "1":
+            # `signal-bridge check --signed-probe`: the signature holds; nothing is stored.
+            return _Answer(
+                200, {"probe": "ok", "producer_id": verdict.producer_id, "key_id": verdict.key_id}
+            )
         try:
             signal = decode_signal(body)
         except InvalidSignalError as exc:

@@ -180,10 +180,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _command(sub, "run", "consume the stream and deliver (the service)")
-    _command(
+    check = _command(
         sub,
         "check",
         "validate the settings, reach Redis and the ingest server, print the effective settings",
+    )
+    check.add_argument(
+        "--signed-probe",
+        action="store_true",
+        help="also send one signed request with X-Signal-Probe: 1, which the reference server "
+        "verifies and answers without storing; a wrong secret, key id or clock fails here "
+        "(a server that does not know the probe refuses it, and check says so) "
+        "(default: off: nothing is sent)",
     )
     _add_publish(sub)
     status = _command(sub, "status", "stream length, lag, pending, dead letters")
@@ -229,7 +237,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         from bridge.ops.check import run_check  # noqa: PLC0415 - only this command needs it
 
-        return asyncio.run(run_check(load_config(env_path)))
+        return asyncio.run(run_check(load_config(env_path), signed_probe=args.signed_probe))
     config = load_config(env_path, delivery=False)
     if args.command == "publish":
         return asyncio.run(run_publish(config, args))
