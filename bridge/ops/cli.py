@@ -106,7 +106,9 @@ def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dlq_list.add_argument(
         "--since", type=parse_since, help="dead-lettered since: 15m, 2h, or a time"
     )
-    dlq_list.add_argument("--count", type=int, default=1000, help="at most N matches")
+    dlq_list.add_argument(
+        "--count", type=_positive_int, default=1000, help="at most N matches (default: 1000)"
+    )
     dlq_list.add_argument("--json", action="store_true")
     show = _command(dlq_sub, "show", "one dead letter: every field, the signal, the error")
     show.add_argument("id")
@@ -122,7 +124,24 @@ def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="post even if older than BRIDGE_SIGNAL_MAX_AGE_SECONDS (logged; keeps timestamp)",
     )
-    _command(dlq_sub, "purge", "delete the dead-letter stream")
+    purge = _command(
+        dlq_sub,
+        "purge",
+        "delete dead letters (all, or those matching the filters), printing each one deleted",
+    )
+    purge.add_argument(
+        "--yes", action="store_true", help="delete without asking (default: ask on a terminal)"
+    )
+    purge.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    purge.add_argument("--reason", help="only this reason (default: every reason)")
+    purge.add_argument(
+        "--since", type=parse_since, help="dead-lettered since: 15m, 2h, or a time (default: any)"
+    )
+    purge.add_argument(
+        "--before",
+        type=parse_since,
+        help="dead-lettered before: 7d (ago), or a time (default: any)",
+    )
 
 
 def _positive_int(text: str) -> int:

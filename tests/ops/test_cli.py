@@ -214,7 +214,7 @@ async def test_status_and_dlq_commands(
     assert await redis.xlen(f"{stream_name}:dlq") == 0
     assert await redis.xlen(stream_name) == 3
     await stream.dead_letter(entries[0], DeadLetter(reason="rejected", error="no"))
-    purge = cli("dlq", "purge", env=env)
+    purge = cli("dlq", "purge", "--yes", env=env)
     assert "purged 1" in purge.stdout
     assert await redis.xlen(f"{stream_name}:dlq") == 0
 
