@@ -41,7 +41,7 @@ from bridge.telemetry.tracing import get_tracer
 if TYPE_CHECKING:
     from bridge.devkit.ingest_guard import ServerLimits
 
-__all__ = ["IngestApp", "Received", "serve_in_thread"]
+__all__ = ["HEALTH_PATH", "IngestApp", "Received", "serve_in_thread"]
 
 log = logging.getLogger("bridge.ingest")
 
@@ -51,6 +51,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+HEALTH_PATH: Final = "/healthz"
 
 
 class _Answer(NamedTuple):
@@ -132,6 +135,12 @@ class IngestApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
+            return
+        if scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD"):
+            # Liveness for container health checks: no span, no log line, not counted.
+            await _respond(
+                send, 200, {"status": "ok"}, date=email.utils.formatdate(self.clock(), usegmt=True)
+            )
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         started = time.perf_counter()
