@@ -11,6 +11,8 @@
     +-- StreamError                                Redis unreachable or refused: reconnect
     +-- DeliveryError                              the POST did not land; see ``outcome``
         +-- AlreadyReceivedError                   409: the server has this key (ack)
+        +-- StaleLeaseError                        409 stale-lease: another replica owns the
+        |                                          shard (no ack, no dead letter: fenced)
         +-- RejectedError                          400/413/422 and other 4xx: dead-letter
         +-- SystemicError                          3xx/404/405/407/421/426: breaker, alert
         |   +-- AuthError                          401/403 or TLS refused: breaker, alert
@@ -41,6 +43,7 @@ __all__ = [
     "RejectedError",
     "ResponseTooLargeError",
     "SigningError",
+    "StaleLeaseError",
     "StreamError",
     "SystemicError",
     "TransientDeliveryError",
@@ -58,6 +61,7 @@ class Outcome(enum.StrEnum):
     SYSTEMIC = "systemic"
     TRANSIENT = "transient"
     INVALID = "invalid"
+    FENCED = "fenced"
 
 
 class BridgeError(Exception):
@@ -152,6 +156,27 @@ class AlreadyReceivedError(DeliveryError):
     """409: the server already holds this idempotency key, so the signal is delivered."""
 
     outcome = Outcome.DUPLICATE
+
+
+class StaleLeaseError(DeliveryError):
+    """The server refused the POST's shard lease: it accepted a higher token for the shard.
+
+    Another replica owns the shard now; the entry stays pending for it (no ack, no dead
+    letter). ``current_token`` is the highest token the server has accepted (0 when unsaid).
+    """
+
+    outcome = Outcome.FENCED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_code: int | None = None,
+        details: object = None,
+        current_token: int = 0,
+    ) -> None:
+        super().__init__(message, http_code=http_code, details=details)
+        self.current_token = current_token
 
 
 class RejectedError(DeliveryError):

@@ -24,6 +24,7 @@ from bridge.app.health import GroupMonitor, HealthServer
 from bridge.app.progress import DrainReport, ProgressSummary
 from bridge.config.loader import BridgeConfig
 from bridge.core.secrets import redact_url
+from bridge.delivery.fence import ShardFence
 from bridge.delivery.outages import OutageLog
 from bridge.delivery.worker import Worker, WorkerStats
 from bridge.edge.client import HmacClient
@@ -189,7 +190,7 @@ async def _deliver(
     # One outage log for every shard: they all post to the same server, so an outage is said once.
     outages = OutageLog(interval_s=config.telemetry.summary_interval_s)
 
-    def make_worker(stream: SignalStream, fence: Callable[[], bool] | None) -> Worker:
+    def make_worker(stream: SignalStream, fence: ShardFence | None) -> Worker:
         """Build the Worker of one shard (fenced by its lease in strict mode)."""
         worker = Worker(
             stream,

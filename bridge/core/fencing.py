@@ -16,9 +16,20 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["LEASE_HEADER", "LeaseStamp"]
+__all__ = [
+    "LEASE_HEADER",
+    "PROBLEM_CONTENT_TYPE",
+    "STALE_LEASE_TYPE",
+    "LeaseStamp",
+    "stale_lease_problem",
+    "stale_lease_token",
+]
 
 LEASE_HEADER: Final = "X-Signal-Lease"
+# RFC 9457 problem details: a server refuses a stale lease with 409 (or 412) and this type.
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+STALE_LEASE_TYPE: Final = "urn:signal-bridge:problem:stale-lease"
+_STALE_SUFFIX: Final = "stale-lease"
 
 # The most a token may be: Redis INCR counts in a signed 64-bit integer, RFC 8941 integers
 # have at most 15 digits; a larger token is refused rather than compared wrongly.
@@ -58,3 +69,35 @@ class LeaseStamp:
             return None
         token = int(match.group(2))
         return cls(match.group(1), token) if token > 0 else None
+
+
+def stale_lease_problem(stamp: LeaseStamp, current_token: int) -> dict[str, object]:
+    """Return the problem+json body that refuses ``stamp``: a higher token was accepted."""
+    return {
+        "type": STALE_LEASE_TYPE,
+        "title": "stale lease",
+        "status": 409,
+        "detail": (
+            f"token {stamp.token} for shard {stamp.shard!r} is below the highest accepted, "
+            f"{current_token}: another replica owns the shard now"
+        ),
+        "shard": stamp.shard,
+        "token": stamp.token,
+        "current_token": current_token,
+    }
+
+
+def stale_lease_token(content_type: str | None, details: object) -> int | None:
+    """Read a stale-lease refusal: the server's current token (0 if it gave none), else None.
+
+    A refusal is a problem+json body (RFC 9457) whose ``type`` ends in ``stale-lease``; any
+    other body, an idempotency 409 included, is not one.
+    """
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != PROBLEM_CONTENT_TYPE or not isinstance(details, dict):
+        return None
+    kind = details.get("type")
+    if not isinstance(kind, str) or not kind.endswith(_STALE_SUFFIX):
+        return None
+    current = details.get("current_token")
+    return current if isinstance(current, int) and not isinstance(current, bool) else 0

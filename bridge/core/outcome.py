@@ -9,6 +9,8 @@ answer                             action          what happens
 =================================  ==============  ==============================================
 any 2xx                            ack             the server has it; an odd body is a WARNING
 409                                ack_duplicate   the server already has this idempotency key
+409/412, problem stale-lease       fenced          another replica owns the shard: no ack, no
+                                                   dead letter, the shard is dropped at once
 401, 403                           systemic        credentials or clock: breaker open, no ack
 3xx                                systemic        a redirect: the URL is wrong or moved
 404, 405                           systemic        wrong OUTBOUND_SERVER_URL or path
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_SUCCESS",
     "DEFAULT_SYSTEMIC",
     "DEFAULT_TABLE",
+    "STALE_LEASE_STATUSES",
     "Action",
     "OutcomeTable",
     "TransportFailure",
@@ -56,6 +59,7 @@ class Action(enum.StrEnum):
     SYSTEMIC = "systemic"
     DEAD_LETTER = "dead_letter"
     TRANSIENT = "transient"
+    FENCED = "fenced"
 
 
 class TransportFailure(enum.StrEnum):
@@ -79,6 +83,8 @@ class Verdict:
 DEFAULT_SUCCESS: Final = frozenset(range(200, 300))
 DEFAULT_SYSTEMIC: Final = frozenset({*range(300, 400), 401, 403, 404, 405, 407, 421, 426})
 _DUPLICATE: Final = 409
+# The statuses a stale-lease refusal (problem type ``...stale-lease``) may come with.
+STALE_LEASE_STATUSES: Final = frozenset({409, 412})
 _TRANSIENT_4XX: Final = frozenset({408, 425, 429})
 DEFAULT_REJECT: Final = frozenset(range(400, 500)) - DEFAULT_SYSTEMIC - _TRANSIENT_4XX - {409}
 
@@ -173,6 +179,17 @@ class OutcomeTable:
         if code == _DUPLICATE:
             return Verdict(Action.ACK_DUPLICATE)
         return Verdict(Action.TRANSIENT)
+
+    def for_answer(self, code: int, *, stale_lease: bool) -> Verdict:
+        """Return the action for an answer whose body was read: a stale-lease refusal is fenced.
+
+        ``stale_lease``: the body is a problem+json of type ``...stale-lease``
+        (:func:`bridge.core.fencing.stale_lease_token`); it counts only on 409 or 412, whatever
+        the code lists say, since it speaks of the lease and not of the signal.
+        """
+        if stale_lease and code in STALE_LEASE_STATUSES:
+            return Verdict(Action.FENCED)
+        return self.for_status(code)
 
     def for_failure(self, failure: TransportFailure) -> Verdict:
         """Return the action for a POST that ended without an HTTP status."""

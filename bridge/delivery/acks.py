@@ -2,8 +2,11 @@
 
 Delivered entries are acked in bursts (an ack a few ms later only matters after a crash, and
 then the server drops the redelivery as a duplicate); a failed XACK keeps its ids and is
-retried. The touch loop resets the idle time of every entry this consumer owns, so no replica
-reclaims them: those held in memory, and those a blocked lane keeps waiting in Redis.
+retried. In strict ordering each XACK runs in a script that first checks the shard's lease is
+still this replica's (and is not sent at all once the fence has closed): a fenced replica acks
+nothing, the entries stay pending and the new owner settles them. The touch loop resets the
+idle time of every entry this consumer owns, so no replica reclaims them: those held in memory,
+and those a blocked lane keeps waiting in Redis.
 """
 
 from __future__ import annotations
@@ -28,15 +31,28 @@ log = logging.getLogger("bridge.worker")
 
 _ACK_COALESCE_S: Final = 0.005
 _TOUCH_CHUNK: Final = 500
+_ACK_CHUNK: Final = 1000  # ids per lease-checked XACK script (Lua's unpack has a limit)
 
 
 class Acks:
     """The ack buffer of one worker and the loop that flushes it."""
 
     def __init__(
-        self, stream: SignalStream, link: RedisLink, metrics: Metrics, *, batch_size: int
+        self,
+        stream: SignalStream,
+        link: RedisLink,
+        metrics: Metrics,
+        *,
+        batch_size: int,
+        lease: tuple[str, str] | None = None,
+        fence_closed: Callable[[], bool] = lambda: False,
+        fenced: Callable[[], None] = lambda: None,
     ) -> None:
         self.pending: list[str] = []
+        self.dropped = 0  # acks not sent because the shard's lease is no longer ours
+        self._lease = lease  # strict ordering: (lease key, lease value) every XACK checks
+        self._fence_closed = fence_closed
+        self._fenced = fenced
         self.flushing: list[str] = []  # ids of the XACK in flight
         self._stream = stream
         self._link = link
@@ -80,7 +96,7 @@ class Acks:
                 continue
             ids, self.pending = self.pending, []
             self.flushing = ids
-            flush = asyncio.ensure_future(self._stream.ack(ids))
+            flush = asyncio.ensure_future(self._ack(ids))
             try:
                 await asyncio.shield(flush)
                 attempt = 0
@@ -106,7 +122,7 @@ class Acks:
         ids, self.pending = self.pending, []
         try:
             await self._link.call(
-                lambda: asyncio.shield(self._stream.ack(ids)),
+                lambda: asyncio.shield(self._ack(ids)),
                 give_up=lambda tries: tries >= 3,
                 wake_on_stop=False,
             )
@@ -117,6 +133,28 @@ class Acks:
                 "and the server will drop them as duplicates",
                 extra=log_fields(count=len(self.pending)),
             )
+
+    async def _ack(self, ids: list[str]) -> None:
+        """XACK ``ids``; in strict ordering only while the lease is ours, else drop them."""
+        if self._lease is None:
+            await self._stream.ack(ids)
+            return
+        if not self._fence_closed():
+            for start in range(0, len(ids), _ACK_CHUNK):
+                if (
+                    await self._stream.ack_leased(ids[start : start + _ACK_CHUNK], self._lease)
+                    is None
+                ):
+                    break
+            else:
+                return
+        # Fenced: the entries stay pending; the shard's owner re-sends them (409) and acks.
+        self.dropped += len(ids)
+        log.info(
+            "acks not sent: the shard's lease is no longer ours; the new owner settles them",
+            extra=log_fields(count=len(ids), stream=self._stream.stream),
+        )
+        self._fenced()
 
 
 class Toucher:

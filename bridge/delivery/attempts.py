@@ -24,7 +24,7 @@ from bridge.delivery.jobs import Job
 from bridge.delivery.lanes import Lane
 from bridge.delivery.letters import DeadLetters
 from bridge.delivery.observer import DeliveryObserver
-from bridge.edge.results import Attempt, Delivered, Duplicate, Failed, Rejected
+from bridge.edge.results import Attempt, Delivered, Duplicate, Failed, Fenced, Rejected
 from bridge.errors import InvalidSignalError, Outcome, RejectedError, SystemicError
 from bridge.streams.entries import DeadLetter
 
@@ -82,12 +82,14 @@ class Attempts:
         block: Callable[[Lane[Job]], None],
         stopping: Callable[[], bool],
         fence_closed: Callable[[], bool],
-        fenced: Callable[[], None],
+        fenced: Callable[[int | None], None],
+        takeover_grace_s: float = 0.0,
     ) -> None:
         self.posting = 0  # POSTs in flight right now (at most max_in_flight)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._send = send
         self._max_age_s = max_age_s
+        self._takeover_grace_s = takeover_grace_s
         self._breaker = breaker
         self._backoff = backoff
         self._clock = clock
@@ -108,7 +110,7 @@ class Attempts:
         breaker = self._breaker
         with self._observer.span(job, signal.instrument) as span:
             while True:
-                too_old = self._too_old(signal, waived=job.age_waived)
+                too_old = self._too_old(signal, self._age_limit(job))
                 if too_old is not None:
                     letter = DeadLetter(reason="expired", error=too_old, attempts=job.attempts)
                     await self._letters.write(job, letter, span)
@@ -170,6 +172,11 @@ class Attempts:
                 return None
             case Failed():
                 return self._retry(job, outcome)
+            case Fenced(cause=cause):  # another replica owns the shard: drop it, leave pending
+                self._breaker.success()  # the server answered well; this lease is the problem
+                self._observer.on_fenced(span)
+                self._fenced(cause.current_token)
+                return _ABANDONED
             case Expired(error=error):  # it aged past the limit while waiting for a slot
                 job.attempts -= 1
                 letter = DeadLetter(reason="expired", error=error, attempts=job.attempts)
@@ -196,9 +203,21 @@ class Attempts:
         self._observer.on_retry(job, failed, reason, delay)
         return delay
 
-    def _too_old(self, signal: Signal, *, waived: bool = False) -> str | None:
-        """Say why ``signal`` is too old to send now, or None while fresh enough (or waived)."""
-        max_age = 0.0 if waived else self._max_age_s
+    def _age_limit(self, job: Job) -> float:
+        """Return the age past which this attempt is not made (0: none).
+
+        A takeover's first attempt gets ``takeover_grace_s`` more: the old owner may have posted
+        the signal when it was just under the limit, and that copy can land until its POST
+        times out. Past limit + grace no old copy can still land, so expiring it is safe.
+        """
+        if job.age_waived or not self._max_age_s:
+            return 0.0
+        if job.resend_first and job.attempts <= 1:
+            return self._max_age_s + self._takeover_grace_s
+        return self._max_age_s
+
+    def _too_old(self, signal: Signal, max_age: float) -> str | None:
+        """Say why ``signal`` is too old to send now, or None while fresh enough (or no limit)."""
         age_s = self._clock() - signal.timestamp.timestamp()
         if max_age and age_s > max_age:
             return f"signal is {age_s:.1f}s old, limit {max_age:g}s"
@@ -207,14 +226,14 @@ class Attempts:
     async def _post(self, job: Job, signal: Signal) -> Attempt | Expired | Stopped:
         """POST within a posting slot; after stop() only while the server's last answer was good."""
         async with self._slots:
-            too_old = self._too_old(signal, waived=job.age_waived)  # the wait may have been long
+            too_old = self._too_old(signal, self._age_limit(job))  # the wait may have been long
             if too_old is not None:
                 return Expired(too_old)
             breaker = self._breaker
             if self._stopping() and (breaker.is_open or breaker.consecutive_failures):
                 return STOPPED  # a slot freed by a failure: the server is not draining
             if self._fence_closed():
-                self._fenced()
+                self._fenced(None)
                 return STOPPED  # the shard's lease is lost or expiring: leave it pending
             self.posting += 1
             try:

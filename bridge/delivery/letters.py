@@ -3,7 +3,9 @@
 The write runs in its own task, shielded, so a cancel (the end of the grace period) cannot
 split it, and it is retried while Redis is away; only when stopping does it give up after a
 few tries, and then the entry stays pending for a replica. A dead letter is logged and counted
-only once the script says it is in the stream.
+only once the script says it is in the stream. In strict ordering no dead letter is written once
+the fence has closed, and the script itself checks the shard's lease first: a fenced replica's
+dead letter is a no-op, the entry stays pending for the shard's owner.
 
 A dead-letter stream that Redis refuses to write (the key holds another type, the ACL user may
 not write it, an error inside the script) is a fault of the whole stream, not of the entry: the
@@ -105,6 +107,8 @@ class DeadLetters:
         let_go: Callable[[Job], None],
         stopping: Callable[[], bool],
         fence_closed: Callable[[], bool] = lambda: False,
+        lease: tuple[str, str] | None = None,
+        fenced: Callable[[], None] = lambda: None,
     ) -> None:
         self.health = LetterHealth(stream.stream, stream.dlq_stream)
         self._stream = stream
@@ -116,6 +120,8 @@ class DeadLetters:
         self._fence_closed = fence_closed
         self._writes: set[asyncio.Task[Any]] = set()
         self._deferred: OrderedDict[str, DeadLetter] = OrderedDict()
+        self._lease = lease  # strict ordering: (lease key, lease value) the script checks
+        self._fenced = fenced
 
     def deferred(self, entry_id: str) -> DeadLetter | None:
         """Return the letter decided for an entry whose write the dead-letter stream refused."""
@@ -141,10 +147,10 @@ class DeadLetters:
         if self._writes:
             await asyncio.gather(*set(self._writes), return_exceptions=True)
 
-    async def _write_once(self, job: Job, letter: DeadLetter) -> bool | StreamError:
-        """One try: True written, False no longer pending, the error when Redis refused it."""
+    async def _write_once(self, job: Job, letter: DeadLetter) -> bool | StreamError | None:
+        """One try: True written, False no longer pending, None fenced, the error if refused."""
         try:
-            return await self._stream.dead_letter(job.entry, letter)
+            return await self._stream.dead_letter(job.entry, letter, self._lease)
         except StreamError as exc:
             if unwritable(exc):
                 return exc
@@ -152,6 +158,9 @@ class DeadLetters:
 
     async def _write(self, job: Job, letter: DeadLetter) -> bool:
         """Write and report; True when the letter is in the stream."""
+        if self._fence_closed():
+            self._not_written(job)
+            return False
         try:
             result = await self._link.call(
                 lambda: self._write_once(job, letter),
@@ -164,6 +173,9 @@ class DeadLetters:
                 extra=log_fields(entry_id=job.entry.id, reason=letter.reason),
             )
             self._release(job)
+            return False
+        if result is None:
+            self._not_written(job)
             return False
         if isinstance(result, StreamError):
             self.health.failed(result, job.entry.id)
@@ -186,6 +198,15 @@ class DeadLetters:
         self.health.written()
         self._observer.on_dead_lettered(job, letter)
         return True
+
+    def _not_written(self, job: Job) -> None:
+        """Fenced: no dead letter, no ack; the entry stays pending for the shard's owner."""
+        log.info(
+            "dead letter not written: the shard's lease is no longer ours",
+            extra=log_fields(entry_id=job.entry.id),
+        )
+        self._let_go(job)
+        self._fenced()
 
     def _defer(self, entry_id: str, letter: DeadLetter) -> None:
         """Keep the letter for when the entry comes back (oldest forgotten past the bound)."""

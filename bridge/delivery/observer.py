@@ -176,6 +176,11 @@ class DeliveryObserver:
             extra=log_fields(entry_id=job.entry.id, error=str(exc), error_type=type(exc).__name__),
         )
 
+    def on_fenced(self, span: trace.Span) -> None:
+        """Count a POST refused as made under a stale lease (the worker logs the one WARNING)."""
+        span.set_attribute("bridge.outcome", "fenced")
+        self._metrics.fenced_total.add(1, {"stream": self._stream})
+
     def on_abandoned(self, span: trace.Span) -> None:
         """Mark an entry left pending for a replica (stopping, or the shard's lease is gone)."""
         span.set_attribute("bridge.outcome", "abandoned")

@@ -36,6 +36,7 @@ from bridge.delivery.acks import Acks, Toucher
 from bridge.delivery.attempts import Attempts
 from bridge.delivery.backoff import Backoff
 from bridge.delivery.breaker import Breaker
+from bridge.delivery.fence import ShardFence
 from bridge.delivery.jobs import Job, prepare_job
 from bridge.delivery.lanes import Lane, Lanes
 from bridge.delivery.letters import DeadLetters
@@ -97,9 +98,13 @@ class Worker:
         self.clock = clock
         # Strict ordering: False once this replica may no longer post or read for the stream
         # (its shard lease is lost or about to expire). Checked right before each POST, read,
-        # claim and touch; see bridge.ownership.
+        # claim, touch, ack and dead letter; see bridge.ownership. A ShardFence also carries
+        # the lease: its stamp goes with every POST, its key and value into the write scripts.
         self.fence = fence
+        self.lease = fence if isinstance(fence, ShardFence) else None
+        lease_check = None if self.lease is None else (self.lease.lease_key, self.lease.lease_value)
         self.fenced = False
+        self._resuming = False  # entries routed now were pending before this worker started
         self.group_ready = False
         self.lanes: Lanes[Job] = Lanes(lambda job: job.entry.id)
         self._stopping = False
@@ -110,7 +115,15 @@ class Worker:
         self._link = RedisLink(
             stream.stream, self.redis_backoff, self._stop_event, on_error=self._reread_later
         )
-        self._acks = Acks(stream, self._link, self.metrics, batch_size=config.batch_size)
+        self._acks = Acks(
+            stream,
+            self._link,
+            self.metrics,
+            batch_size=config.batch_size,
+            lease=lease_check,
+            fence_closed=self._fence_closed,
+            fenced=self._fenced,
+        )
         self._observer = DeliveryObserver(
             stream,
             metrics=self.metrics,
@@ -130,6 +143,8 @@ class Worker:
             let_go=self._let_go,
             stopping=lambda: self._stopping,
             fence_closed=self._fence_closed,
+            lease=lease_check,
+            fenced=self._fenced,
         )
         self._router = Router(
             self._window,
@@ -145,6 +160,8 @@ class Worker:
             send=self._send,
             max_in_flight=config.max_in_flight,
             max_age_s=config.signal_max_age_s,
+            # An old owner's POST can land until it times out: twice that, for skewed clocks.
+            takeover_grace_s=2 * client.timeout_s,
             breaker=self.breaker,
             backoff=self.backoff,
             clock=clock,
@@ -297,7 +314,11 @@ class Worker:
         if not self._stopping:
             with contextlib.suppress(StreamError):  # stopped while Redis was away
                 await self._link.call(self._ensure_group)
-        await self._recovery.resume_own_pending()
+        self._resuming = True
+        try:
+            await self._recovery.resume_own_pending()
+        finally:
+            self._resuming = False
 
     async def _ensure_group(self) -> None:
         if await self.stream.ensure_group(self.config.start_id):
@@ -388,14 +409,23 @@ class Worker:
             log.warning("could not leave the consumer group", extra=log_fields(error=str(exc)))
 
     def _prepare(self, entry: Entry) -> Job:
-        """Decode and encode once per entry (see ``bridge.delivery.jobs.prepare_job``)."""
-        return prepare_job(
+        """Decode and encode once per entry (see ``bridge.delivery.jobs.prepare_job``).
+
+        Strict ordering: an entry found pending when the worker starts (taken over from the
+        shard's previous owner, or left by this consumer) is sent once even a little past the
+        age limit, up to twice the POST timeout more: the previous owner may have posted it, so
+        the server's answer decides (see "Order across replicas" in the README).
+        """
+        job = prepare_job(
             entry,
             stream=self.stream.stream,
             max_body_size=self.client.max_body_size,
             rules=self._rules,
             now=self.clock(),
         )
+        if self._resuming and self.lease is not None:
+            job.resend_first = True
+        return job
 
     # --- lanes -------------------------------------------------------------------------------
 
@@ -457,13 +487,23 @@ class Worker:
     async def _send(self, job: Job, signal: Signal) -> Attempt:
         """POST one job's canonical body; what came of it, as a value."""
         return await self.client.attempt(
-            job.body, idempotency_key=job.key, signal_id=signal.signal_id
+            job.body,
+            idempotency_key=job.key,
+            signal_id=signal.signal_id,
+            lease=None if self.lease is None else self.lease.stamp,
         )
 
     def _acked(self, job: Job) -> None:
         """Let go of a delivered entry and buffer its ack."""
         self._window.release(job)
         self._acks.add(job.entry.id)
+
+    def adopt_pending(self) -> None:
+        """Deliver own pending entries nobody here holds (moved here from another consumer).
+
+        They go in id order before the next read; see ``Recovery.reread_own_pending``.
+        """
+        self._recovery.reread = True
 
     def _let_go(self, job: Job) -> None:
         """Leave an entry pending in Redis, unheld and not kept fresh (its letter was refused).
@@ -487,13 +527,30 @@ class Worker:
         """Tell whether the fence forbids posting and reading (never without a fence)."""
         return self.fence is not None and (self.fenced or not self.fence())
 
-    def _fenced(self) -> None:
-        """Stop posting and reading at once: this replica no longer owns the stream's shard."""
+    def _fenced(self, current_token: int | None = None) -> None:
+        """Stop posting and reading at once: this replica no longer owns the stream's shard.
+
+        ``current_token``: the server refused our lease as stale (it accepted that token).
+        """
+        if current_token is not None and self.lease is not None:
+            self.lease.refused(current_token)
         if not self.fenced:
             self.fenced = True
-            log.warning(
-                "shard lease lost or expiring: stopped posting, entries left pending for the "
-                "next owner",
-                extra=log_fields(stream=self.stream.stream, held=len(self._window)),
-            )
+            if current_token is None:
+                log.warning(
+                    "shard lease lost or expiring: stopped posting, entries left pending for "
+                    "the next owner",
+                    extra=log_fields(stream=self.stream.stream, held=len(self._window)),
+                )
+            else:
+                log.warning(
+                    "the server refused this shard's lease as stale: dropped the shard, "
+                    "entries left pending for its owner",
+                    extra=log_fields(
+                        stream=self.stream.stream,
+                        held=len(self._window),
+                        fencing_token=None if self.lease is None else self.lease.stamp.token,
+                        server_token=current_token,
+                    ),
+                )
         self.stop()

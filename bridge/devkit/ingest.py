@@ -29,10 +29,12 @@ from opentelemetry import propagate, trace
 from opentelemetry.semconv.attributes import http_attributes, url_attributes
 
 from bridge.core.ed25519 import Ed25519PublicKey
+from bridge.core.fencing import PROBLEM_CONTENT_TYPE, stale_lease_problem
 from bridge.core.secrets import key_fingerprint
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal
 from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
 from bridge.core.timestamps import format_timestamp
+from bridge.devkit.fences import Fences, LeaseVerdict
 from bridge.devkit.replay import ReplayCache
 from bridge.errors import BridgeError, InvalidSignalError
 from bridge.telemetry.logs import log_fields
@@ -54,6 +56,13 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 HEALTH_PATH: Final = "/healthz"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A refusal sent as ``application/problem+json`` (RFC 9457) rather than plain JSON."""
+
+    body: dict[str, object]
 
 
 class _Answer(NamedTuple):
@@ -108,6 +117,8 @@ class IngestApp:
     # captured request could be replayed under a new key inside the replay window.
     _replays: ReplayCache = field(default_factory=ReplayCache, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per (producer, shard) the highest lease token accepted (INGEST_FENCING); see devkit/fences.
+    fences: Fences = field(default_factory=Fences)
 
     def __post_init__(self) -> None:
         """Log each key id with its fingerprint, so both teams can compare keys without sharing."""
@@ -192,6 +203,10 @@ class IngestApp:
             forced = self.fault(headers)
             if forced is not None:
                 return self._refuse(forced, "fault injected")
+        return self._judge(scope, headers, body)
+
+    def _judge(self, scope: Scope, headers: Mapping[str, str], body: bytes) -> _Answer:
+        """Verify the signature, then answer the probe or decode, deduplicate and store."""
         verdict = verify_request(
             headers,
             body,
@@ -229,6 +244,10 @@ class IngestApp:
         # key, so for them the key check suffices.
         until = (verdict.timestamp.timestamp() if verdict.timestamp else 0.0) + self.tolerance_s
         with self._lock:
+            lease = self.fences.check(producer_id, headers)
+            if lease.malformed or lease.stale:
+                return self._refuse_lease(lease)
+            self.fences.record(producer_id, lease)
             existing = self._keys.get((producer_id, key))
             replayed = (
                 existing is None
@@ -281,6 +300,14 @@ class IngestApp:
         if len(self.received) > self.max_stored + max(1, self.max_stored // 8):
             del self.received[: len(self.received) - self.max_stored]
 
+    def _refuse_lease(self, lease: LeaseVerdict) -> _Answer:
+        """Refuse a malformed lease header (400) or a stale lease (409 problem+json)."""
+        if lease.stamp is None or lease.current_token is None:
+            return self._refuse(400, 'X-Signal-Lease must be shard="<stream>", token=<n>')
+        self.refusals["stale lease"] = self.refusals.get("stale lease", 0) + 1
+        problem = stale_lease_problem(lease.stamp, lease.current_token)
+        return _Answer(409, Problem(problem), "stale lease", None)
+
     def _refuse(
         self,
         status: int,
@@ -314,6 +341,8 @@ def _log_outcome(
     """
     status, payload = answer.status, answer.payload
     outcome = {201: "accepted", 409: "duplicate"}.get(status, "refused")
+    if isinstance(payload, Problem):  # a stale lease: refused, not a duplicate
+        outcome, payload = "refused", payload.body
     level = logging.INFO if outcome != "refused" else logging.WARNING
     if not log.isEnabledFor(level):
         return
@@ -365,13 +394,16 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 async def _respond(send: Send, status: int, payload: object, *, date: str) -> None:
     """Send a JSON response with a ``Date`` header from the app's own (injectable) clock."""
+    media = b"application/json"
+    if isinstance(payload, Problem):
+        payload, media = payload.body, PROBLEM_CONTENT_TYPE.encode()
     body = _ENCODER.encode(payload)
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", media),
                 (b"content-length", str(len(body)).encode()),
                 (b"date", date.encode("latin-1")),
             ],

@@ -31,7 +31,7 @@ from opentelemetry.semconv.attributes import (
 )
 
 from bridge import __version__
-from bridge.core.fencing import LEASE_HEADER, LeaseStamp
+from bridge.core.fencing import LEASE_HEADER, LeaseStamp, stale_lease_token
 from bridge.core.outcome import Action, OutcomeTable, TransportFailure
 from bridge.core.secrets import key_fingerprint, redact_url
 from bridge.core.signal import Signal, encode_canonical
@@ -51,6 +51,7 @@ from bridge.edge.results import (
     parse_retry_after,
     refusal,
     server_details,
+    stale_lease,
 )
 from bridge.edge.settings import OutboundConfig
 from bridge.edge.signers import signer_for
@@ -172,6 +173,11 @@ class HmacClient:
 
     def __repr__(self) -> str:
         return f"HmacClient(url={self._url!r}, producer_id={self._config.producer_id!r})"
+
+    @property
+    def timeout_s(self) -> float:
+        """The longest one POST may take (``OUTBOUND_TIMEOUT_SECONDS``)."""
+        return self._config.timeout_s
 
     @property
     def max_body_size(self) -> int:
@@ -460,6 +466,12 @@ class HmacClient:
                     f"answer body is not an IngestResponse ({exc}): {snippet!r}",
                 )
             return Delivered(response, code, time.perf_counter() - started, warning)
+        details = server_details(content)
+        current = stale_lease_token(headers.get("content-type"), details)
+        if current is not None and self._table.for_answer(code, stale_lease=True).action is (
+            Action.FENCED
+        ):
+            return stale_lease(code, details, current)
         cause = verdict.cause
         skew = self._skew.skew_s
         if code == 401 and skew is not None and self._skew.beyond_warning:
@@ -467,7 +479,7 @@ class HmacClient:
         return refusal(
             code,
             verdict,
-            server_details(content),
+            details,
             retry_after_s=parse_retry_after(headers.get("retry-after"), now=self._clock()),
             location=headers.get("location"),
             cause=cause,

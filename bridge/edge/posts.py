@@ -12,7 +12,7 @@ import time
 from opentelemetry import trace
 from opentelemetry.semconv.attributes import error_attributes
 
-from bridge.edge.results import Delivered, Duplicate, Failed, Rejected
+from bridge.edge.results import Delivered, Duplicate, Failed, Fenced, Rejected
 from bridge.errors import DeliveryError, DeliveryTimeoutError, InvalidSignalError
 from bridge.telemetry.bounds import bounded
 from bridge.telemetry.logs import log_fields, trace_fields
@@ -91,7 +91,7 @@ class PostRecorder:
     def failed(
         self,
         span: trace.Span,
-        outcome: Duplicate | Rejected | Failed,
+        outcome: Duplicate | Rejected | Failed | Fenced,
         started: float,
         signal_id: str | None,
     ) -> None:
@@ -99,6 +99,11 @@ class PostRecorder:
         elapsed = time.perf_counter() - started
         if isinstance(outcome, Duplicate):
             self.record("duplicate", outcome.status, elapsed)
+            return
+        if isinstance(outcome, Fenced):  # the worker logs the one WARNING when it drops the shard
+            self.record("fenced", outcome.status, elapsed)
+            span.set_attribute(error_attributes.ERROR_TYPE, "stale-lease")
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(outcome.cause)))
             return
         exc = outcome.cause
         assert isinstance(exc, DeliveryError)  # noqa: S101 - a sent body is never invalid

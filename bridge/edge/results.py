@@ -1,4 +1,4 @@
-"""What one POST came to, as a value: ``Delivered | Duplicate | Rejected | Failed``.
+"""What one POST came to, as a value: ``Delivered | Duplicate | Rejected | Failed | Fenced``.
 
 :class:`~bridge.edge.client.HmacClient` returns one of these for every answer and every
 transport failure, judged by the outcome table (:mod:`bridge.core.outcome`); the consumer
@@ -24,6 +24,7 @@ from bridge.errors import (
     DeliveryError,
     InvalidSignalError,
     RejectedError,
+    StaleLeaseError,
     SystemicError,
     TransientDeliveryError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Delivered",
     "Duplicate",
     "Failed",
+    "Fenced",
     "IngestResponse",
     "Rejected",
     "classify_status",
@@ -42,6 +44,7 @@ __all__ = [
     "parse_retry_after",
     "refusal",
     "server_details",
+    "stale_lease",
 ]
 
 # Error bodies in logs, spans and dead letters: at most this many bytes of UTF-8.
@@ -97,7 +100,17 @@ class Failed(msgspec.Struct, frozen=True, kw_only=True):
     failure: TransportFailure | None = None  # how the POST failed when there was no answer
 
 
-Attempt = Delivered | Duplicate | Rejected | Failed
+class Fenced(msgspec.Struct, frozen=True, kw_only=True):
+    """The server refused the POST's shard lease (stale-lease): another replica owns the shard.
+
+    No ack, no dead letter: the entry stays pending for the shard's owner.
+    """
+
+    status: int
+    cause: StaleLeaseError
+
+
+Attempt = Delivered | Duplicate | Rejected | Failed | Fenced
 
 _ERROR_OF: Final[dict[Action, type[DeliveryError]]] = {
     Action.ACK_DUPLICATE: AlreadyReceivedError,
@@ -165,6 +178,17 @@ def refusal(
             retry_after_s=retry_after_s,
         )
     return Failed(verdict=verdict, status=code, retry_after_s=retry_after_s, cause=error)
+
+
+def stale_lease(code: int, details: object, current_token: int) -> Fenced:
+    """Build the value of a stale-lease refusal (the server's highest token: ``current_token``)."""
+    error = StaleLeaseError(
+        f"ingest server answered {code}: stale lease, the server holds token {current_token}",
+        http_code=code,
+        details=details,
+        current_token=current_token,
+    )
+    return Fenced(status=code, cause=error)
 
 
 def classify_status(code: int, table: OutcomeTable | None = None) -> type[DeliveryError] | None:

@@ -45,6 +45,8 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         prometheus=False,
         service_name="signal-bridge-ingest",
     )
+    from bridge.devkit.fences import Fences, fencing_from_env  # noqa: PLC0415 - server side only
+
     app = IngestApp(
         secrets=secrets,
         producers=keys.producers,
@@ -52,6 +54,7 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         public_keys=public_keys,
         tolerance_s=args.tolerance,
         max_stored=args.max_stored,
+        fences=Fences(enabled=fencing_from_env()),
     )
     limits = ServerLimits(
         max_header_bytes=args.max_header_bytes,
@@ -79,6 +82,7 @@ def run_ingest_server(args: argparse.Namespace) -> int:
             max_connections=limits.max_connections,
             max_concurrent_requests=limits.max_concurrent_requests,
             max_stored=args.max_stored,
+            fencing=app.fences.enabled,
         ),
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found: make

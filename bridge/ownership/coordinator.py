@@ -15,6 +15,13 @@ order before it reads new ones. A holder that cannot renew fences itself on its 
 clock (:class:`~bridge.ownership.assign.Lease`): it stops posting before Redis can expire the
 lease. The runner hears of each shard's worker through a
 :class:`~bridge.ownership.strategy.ShardListener`.
+
+Membership follows the leases: a replica whose lease calls (a heartbeat, a renewal) take longer
+than half the TTL or keep failing, that loses a lease, or that fails to acquire an assigned shard
+three times in a row, says in its heartbeats that it is not assignable for one TTL after the last
+such sign. The others then
+assign without it, so a slow replica's late heartbeats cannot pull shards back to it that it
+could not hold; with no assignable replica live, every live one is assigned.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ from typing import Any, Final
 import msgspec
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from bridge.core.fencing import LeaseStamp
+from bridge.delivery.fence import ShardFence
 from bridge.delivery.worker import Worker
 from bridge.errors import StreamError
 from bridge.ownership.assign import Lease, assign
-from bridge.ownership.leases import LeaseStore, take_pending
+from bridge.ownership.leases import LeaseStore, claim_strays, take_pending
 from bridge.ownership.strategy import WORKER_EXIT_EXTRA_S, ShardListener, WorkerFactory
 from bridge.streams.group import SignalStream, report_new_group
 from bridge.telemetry.logs import log_fields
@@ -50,6 +59,8 @@ _FAST_POLL_MS: Final = 100
 # Otherwise the member list is read this often (a heartbeat each time), so a replica that died
 # or joined is noticed within this much of its heartbeat expiring or appearing.
 _TICK_MS: Final = 500
+# Acquisitions of an assigned shard failing this many times in a row pass this replica over.
+_ACQUIRE_FAILURES: Final = 3
 
 
 class CoordinatorSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +123,18 @@ class Coordinator:
         self._releases: set[asyncio.Task[None]] = set()
         self._heartbeat_failing = False
         self._redis_down = False  # "redis unavailable" was said; "redis is back" is owed
+        self._heartbeat_task: asyncio.Future[list[str]] | None = None
+        self._heartbeat_asked = 0.0
+        self._heartbeat_flag = True  # the assignable flag the heartbeat in flight carries
+        self._late_heartbeats: set[asyncio.Future[list[str]]] = set()
+        # Not assignable until this monotonic time: Redis was too slow or failing for leases.
+        self._unfit_until = 0.0
+        self._unfit_reported = False
+        # A lease call (answered or not) that took this long means the leases cannot be kept:
+        # two more like it and the fence closes.
+        self._slow_s = settings.lease_ttl_ms / 2000
+        self._acquire_failures = 0  # in a row; at _ACQUIRE_FAILURES this replica is passed over
+        self._stale_tokens: dict[str, int] = {}  # shard -> token the server named refusing ours
         self.left_pending = 0  # entries still held by workers when the hand-over let them go
         if metrics is not None:
             metrics.meter.create_observable_gauge(
@@ -148,6 +171,12 @@ class Coordinator:
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
+            beats = set(self._late_heartbeats)
+            if self._heartbeat_task is not None:
+                beats.add(self._heartbeat_task)
+            for beat in beats:
+                beat.cancel()
+            await asyncio.gather(*beats, return_exceptions=True)
             await self._hand_over()
 
     # --- one round ---------------------------------------------------------------------------
@@ -155,9 +184,8 @@ class Coordinator:
     async def _tick(self) -> None:
         """Heartbeat, collect finished workers, release surplus, acquire what is ours."""
         try:
-            self.live = await self._bounded(
-                self.leases.heartbeat(self.member, self.settings.heartbeat_ttl_ms)
-            )
+            self.live, asked = await self._heartbeat()
+            self._check_latency("heartbeat", asked)
             if self._redis_down:
                 self._redis_down = False
                 log.info("redis is back", extra=log_fields(consumer=self.member))
@@ -166,6 +194,8 @@ class Coordinator:
                 log.info("heartbeat sent again", extra=log_fields(live_replicas=len(self.live)))
         except (StreamError, TimeoutError) as exc:
             down = self._redis_unavailable(exc)
+            if self._heartbeat_failing:  # twice in a row: this replica cannot keep leases now
+                self._unfit("heartbeats failing")
             if not self._heartbeat_failing:  # once per outage, not every tick
                 self._heartbeat_failing = True
                 log.log(
@@ -179,8 +209,11 @@ class Coordinator:
         if not self.live:
             return  # without a member list, keep what we hold (fenced by the clock) and wait
         self.target = assign(self.shards, self.live).get(self.member, [])
+        # Passed over for slowness: keep working on what we hold while the leases last (the
+        # clock fences them); a drain now would leave them idle until our late release lands.
+        keep = not self.assignable
         for shard, owned in list(self.owned.items()):
-            if shard not in self.target and not owned.releasing:
+            if shard not in self.target and not owned.releasing and not keep:
                 self._release_later(owned, why="rebalance")
         for shard in self.target:
             if shard not in self.owned and not self._stopping:
@@ -206,6 +239,72 @@ class Coordinator:
     def _trouble_level(self, exc: Exception) -> int:
         """Pick INFO for a lease line a plain Redis outage caused (already said), else WARNING."""
         return logging.INFO if self._redis_unavailable(exc) else logging.WARNING
+
+    async def _heartbeat(self) -> tuple[list[str], float]:
+        """Send a heartbeat (one at most in flight); return the members and when it was asked.
+
+        A heartbeat that does not answer within a renew interval is not cancelled: it still
+        reaches Redis, late, with the assignable flag it was sent with, and the next tick waits
+        for it again rather than sending another (cancelling would drop the connection, and on
+        a slow link the next one would never get a command through). Only when the flag has
+        changed is it dropped for a new one, so the others learn the news as early as possible.
+        """
+        task = self._heartbeat_task
+        assignable = self.assignable
+        if task is None or task.done() or self._heartbeat_flag != assignable:
+            if task is not None and not task.done():
+                # The one in flight says the wrong thing now: drop it if it is still waiting for
+                # a connection (if it was sent, Redis ignores it once the news has landed).
+                task.cancel()
+                self._late_heartbeats.add(task)
+                task.add_done_callback(self._late_heartbeats.discard)
+            asked = self.clock()
+            call = self.leases.heartbeat(
+                self.member, self.settings.heartbeat_ttl_ms, assignable=assignable
+            )
+            task = self._heartbeat_task = asyncio.ensure_future(call)
+            self._heartbeat_asked, self._heartbeat_flag = asked, assignable
+        done, _ = await asyncio.wait({task}, timeout=max(self._renew_s, 0.05))
+        if not done:
+            raise TimeoutError
+        self._heartbeat_task = None
+        return task.result(), self._heartbeat_asked
+
+    @property
+    def assignable(self) -> bool:
+        """Tell whether this replica may be given shards (its Redis keeps up with its leases)."""
+        if self._unfit_until and self.clock() >= self._unfit_until:
+            self._unfit_until = 0.0
+            if self._unfit_reported:
+                self._unfit_reported = False
+                log.info("assignable again: Redis answers in time", extra=log_fields())
+        return not self._unfit_until
+
+    def _unfit(self, why: str) -> None:
+        """Pass this replica over for one TTL: its leases cannot be kept (slow or failing Redis)."""
+        self._unfit_until = self.clock() + self._ttl_ms / 1000
+        if not self._unfit_reported:
+            self._unfit_reported = True
+            log.log(
+                # A plain Redis outage was said once ("redis unavailable"): this is no news then.
+                logging.INFO if self._redis_down else logging.WARNING,
+                "not assignable: Redis is too slow or failing to keep shard leases; the other "
+                "replicas are given this replica's shards",
+                extra=log_fields(reason=why, for_s=self._ttl_ms / 1000),
+            )
+
+    def _acquire_failed(self, why: str) -> None:
+        """Count a failed acquisition of an assigned shard; pass over after a few in a row."""
+        self._acquire_failures += 1
+        if self._acquire_failures >= _ACQUIRE_FAILURES:
+            self._acquire_failures = 0
+            self._unfit(f"{why} ({_ACQUIRE_FAILURES} times in a row)")
+
+    def _check_latency(self, what: str, asked: float) -> None:
+        """Pass this replica over when a Redis call took past half the TTL (answered or not)."""
+        took = self.clock() - asked
+        if took > self._slow_s:
+            self._unfit(f"{what} answered after {took:.2f}s")
 
     async def _bounded(self, call: Any) -> Any:  # noqa: ANN401 - passes any Redis reply through
         """Await a Redis call for at most one renewal interval, so a hung socket cannot stall."""
@@ -234,6 +333,7 @@ class Coordinator:
                 self.leases.renew(lease.shard, lease.value, self._ttl_ms), timeout
             )
         except (StreamError, TimeoutError) as exc:
+            self._check_latency("lease renewal (failed)", started)
             log.log(
                 self._trouble_level(exc),
                 "lease renewal failed",
@@ -244,13 +344,42 @@ class Coordinator:
             return
         if renewed:
             lease.renewed_at = max(lease.renewed_at, started)
+            self._check_latency("lease renewal", started)
+            await self._claim_strays(owned)
         elif self.owned.get(lease.shard) is owned and not lease.lost:
             self._lose(owned, "lease expired or taken by another replica")
+
+    async def _claim_strays(self, owned: _Owned) -> None:
+        """Move the shard's entries pending for other consumers here; the worker delivers them.
+
+        A dead owner's XREADGROUP that reached Redis after the takeover handed it entries; each
+        renewal moves them to this replica's consumer (lease checked in the same script), and the
+        worker re-reads its own pending entries, in id order, before its next read.
+        """
+        lease = owned.lease
+        if owned.releasing or lease.lost:
+            return
+        try:
+            moved = await asyncio.wait_for(
+                claim_strays(
+                    self.streams[lease.shard], self.leases.lease_key(lease.shard), lease.value
+                ),
+                self._renew_s,
+            )
+        except (StreamError, TimeoutError):
+            return  # tried again at the next renewal
+        if moved:
+            owned.worker.adopt_pending()
+            log.warning(
+                "entries pending for another consumer of an owned shard moved here",
+                extra=log_fields(shard=lease.shard, fencing_token=lease.token, count=moved),
+            )
 
     def _lose(self, owned: _Owned, why: str) -> None:
         """Fence a shard's worker: it stops posting and reading, its entries stay pending."""
         owned.lease.lost = True
         owned.worker.stop()
+        self._unfit(f"lease lost: {why}")
         log.log(
             logging.INFO if self._redis_down else logging.WARNING,
             "shard lease lost: stopped posting for it",
@@ -277,6 +406,7 @@ class Coordinator:
         try:
             token, value = await self._bounded(self.leases.acquire(shard, self.owner, self._ttl_ms))
         except (StreamError, TimeoutError) as exc:
+            self._acquire_failed("lease acquire failed")
             log.log(
                 self._trouble_level(exc),
                 "lease acquire failed",
@@ -296,6 +426,7 @@ class Coordinator:
                 await report_new_group(stream, self.settings.start_id, self.metrics)
             moved = await take_pending(stream, self.leases.lease_key(shard), value)
         except StreamError as exc:
+            self._acquire_failed("takeover failed")
             log.log(
                 self._trouble_level(exc),
                 "could not take over the shard's pending entries; releasing it",
@@ -305,6 +436,7 @@ class Coordinator:
                 await self.leases.release(shard, value)
             return
         if moved is None:
+            self._acquire_failed("lease lost during the takeover")
             log.warning(
                 "shard lease lost before its pending entries were taken over; trying again",
                 extra=log_fields(shard=shard, fencing_token=token),
@@ -325,13 +457,24 @@ class Coordinator:
         except (StreamError, TimeoutError):
             confirmed = False
         if not confirmed:
-            log.warning(
+            self._acquire_failed("lease lost during the takeover")
+            log.log(
+                logging.INFO if self._redis_down else logging.WARNING,
                 "shard lease lost during the takeover; trying again",
                 extra=log_fields(shard=shard, fencing_token=token),
             )
             return
         lease.renewed_at = confirm_started
-        worker = self.worker_factory(stream, lambda: lease.valid(self.clock()))
+        self._acquire_failures = 0
+        self._check_latency("lease renewal after the takeover", confirm_started)
+        fence = ShardFence(
+            valid=lambda: lease.valid(self.clock()),
+            stamp=LeaseStamp(shard, token),
+            lease_key=self.leases.lease_key(shard),
+            lease_value=value,
+            refused=lambda server_token: self._stale(shard, server_token),
+        )
+        worker = self.worker_factory(stream, fence)
         task = asyncio.create_task(worker.run(), name=f"worker {shard}")
         self.owned[shard] = _Owned(lease, worker, task, acquired_at=self.clock())
         if self.listener is not None:
@@ -360,6 +503,36 @@ class Coordinator:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
+    def _stale(self, shard: str, server_token: int) -> None:
+        """Remember the token the server holds for a shard whose POST it refused as stale."""
+        self._stale_tokens[shard] = max(self._stale_tokens.get(shard, 0), server_token)
+
+    async def _raise_fence(self, lease: Lease, server_token: int) -> None:
+        """Make the next acquisition's token higher than the one the server holds.
+
+        Redis may have lost the counter (restarted without persistence), so tokens began again
+        below what the server holds; raising the counter lets the next owner, us or another,
+        post again. It only ever grows.
+        """
+        try:
+            counter = await self._bounded(self.leases.raise_fence(lease.shard, server_token))
+        except (StreamError, TimeoutError) as exc:
+            log.log(
+                self._trouble_level(exc),
+                "could not raise the shard's fencing counter",
+                extra=log_fields(shard=lease.shard, error=str(exc)),
+            )
+            return
+        log.info(
+            "the server holds a higher lease token: the fencing counter is at least that now",
+            extra=log_fields(
+                shard=lease.shard,
+                fencing_token=lease.token,
+                server_token=server_token,
+                counter=counter,
+            ),
+        )
+
     def _revoke(self, owned: _Owned) -> None:
         """Tell the listener, once, that the shard's worker no longer counts for this replica."""
         if not owned.revoked:
@@ -374,6 +547,9 @@ class Coordinator:
         await asyncio.wait(
             {owned.task}, timeout=self.settings.shutdown_grace_s + WORKER_EXIT_EXTRA_S
         )
+        server_token = self._stale_tokens.pop(lease.shard, 0)
+        if server_token:
+            await self._raise_fence(lease, server_token)
         released = False
         if not lease.lost:
             try:

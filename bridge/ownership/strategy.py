@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
+from bridge.delivery.fence import ShardFence
 from bridge.delivery.worker import Worker
 from bridge.streams.group import SignalStream
 
@@ -22,8 +23,9 @@ __all__ = ["WORKER_EXIT_EXTRA_S", "AllShards", "Ownership", "ShardListener", "Wo
 # How long past the shutdown grace a stopped worker may take to finish its own shutdown.
 WORKER_EXIT_EXTRA_S: Final = 5.0
 
-# Builds the Worker of one shard; the callable, when given, is its fence (False: stop posting).
-WorkerFactory = Callable[[SignalStream, Callable[[], bool] | None], Worker]
+# Builds the Worker of one shard; the fence, when given (strict), says whether it may still post
+# (False: stop) and carries the lease its POSTs, acks and dead letters are made under.
+WorkerFactory = Callable[[SignalStream, ShardFence | None], Worker]
 
 
 class ShardListener(Protocol):

@@ -43,6 +43,7 @@ __all__ = ["SignalStream", "report_new_group", "signal_streams"]
 log = logging.getLogger("bridge.feedback")
 
 _DEAD_LETTER_LUA: Final = load("dead_letter")
+_ACK_LEASED_LUA: Final = load("ack_leased")
 _TRIM_ACKED_LUA: Final = load("trim_acked")
 # New entries a producer may add between XGROUP CREATE and the count of skipped ones.
 _NEWER_SCAN_LIMIT: Final = 10_000
@@ -68,6 +69,7 @@ class SignalStream:
         self.dlq_stream = dlq_stream
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self._dead_letter_script = redis.register_script(_DEAD_LETTER_LUA)
+        self._ack_leased_script = redis.register_script(_ACK_LEASED_LUA)
         self._trim_script = redis.register_script(_TRIM_ACKED_LUA)
 
     def __repr__(self) -> str:
@@ -249,6 +251,20 @@ class SignalStream:
             return 0
         return int(await guard(self.redis.xack(self.stream, self.group, *ids), "XACK"))
 
+    async def ack_leased(self, ids: Sequence[str], lease: tuple[str, str]) -> int | None:
+        """XACK entries while the shard's lease ``(key, value)`` is ours; None when it is not.
+
+        One script: the lease check and the XACK cannot be split by a pause (strict ordering).
+        """
+        if not ids:
+            return 0
+        key, value = lease
+        reply = await guard(
+            self._ack_leased_script(keys=[self.stream, key], args=[self.group, value, *ids]),
+            "XACK script (lease checked)",
+        )
+        return None if int(reply) < 0 else int(reply)
+
     async def touch(self, ids: Sequence[str]) -> None:
         """Reset the idle time of entries this consumer is still working on.
 
@@ -263,7 +279,9 @@ class SignalStream:
                 "XCLAIM",
             )
 
-    async def dead_letter(self, entry: Entry, letter: DeadLetter) -> bool:
+    async def dead_letter(
+        self, entry: Entry, letter: DeadLetter, lease: tuple[str, str] | None = None
+    ) -> bool | None:
         """Move a pending entry to the dead-letter stream: its letter written, then its XACK.
 
         One Lua script, not MULTI: MULTI/EXEC does not roll back a command that fails at run
@@ -273,6 +291,8 @@ class SignalStream:
         The letter is a bounded copy (:func:`~bridge.streams.letter_fields.letter_fields`).
         Returns True when the letter is in the stream, False when the entry was no longer
         pending (acked by someone else: nothing written). StreamError when nothing was done.
+        ``lease`` (strict ordering: the shard's lease key and value): the script first checks the
+        lease is still ours and writes nothing when it is not; then this returns None (fenced).
         """
         pairs = letter_fields(
             entry,
@@ -285,11 +305,14 @@ class SignalStream:
         args: list[Any] = [self.group, entry.id, len(pairs)]
         for name, value in pairs:
             args += (name, value)
+        keys = [self.stream, self.dlq_stream]
+        if lease is not None:
+            keys.append(lease[0])
+            args.append(lease[1])
         written = await guard(
-            self._dead_letter_script(keys=[self.stream, self.dlq_stream], args=args),
-            "dead letter (XADD + XACK script)",
+            self._dead_letter_script(keys=keys, args=args), "dead letter (XADD + XACK script)"
         )
-        return int(written) == 1
+        return None if int(written) < 0 else int(written) == 1
 
     async def own_pending(self) -> int:
         """How many entries this consumer holds."""

@@ -147,6 +147,12 @@ class Metrics:
             unit="1",
             description="Entries moved to the dead-letter stream, by reason",
         )
+        self.fenced_total = counter(
+            meter,
+            "signals_fenced_total",
+            unit="1",
+            description="POSTs the server refused as made under a stale shard lease, by stream",
+        )
         self.retries_total = counter(
             meter,
             "signals_retries_total",

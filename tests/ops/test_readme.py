@@ -27,6 +27,7 @@ OTHER_VARIABLES: Final = (
     "BRIDGE_REDIS_PASSWORD_FILE",
     "INGEST_SECRETS",
     "INGEST_SECRET_FILE",
+    "INGEST_FENCING",
     "INGEST_REQUIRE_SIGNATURE_VERSION",
     "INGEST_ED25519_PUBLIC_KEYS",
     # The proxy variables curl and httpx read (either case; the table names the upper case).

@@ -14,8 +14,11 @@ def test_every_lua_script_loads_and_opens_with_its_keys_and_argv() -> None:
     folder = Path(scripts.__file__).parent / "lua"
     names = sorted(p.stem for p in folder.glob("*.lua"))
     assert names == [
+        "ack_leased",
+        "claim_strays",
         "dead_letter",
         "expire_consumer",
+        "fence_raise",
         "heartbeat",
         "lease_acquire",
         "lease_release",
