@@ -341,7 +341,8 @@ class SignalStream:
         pending = 0
         consumers: list[ConsumerStatus] = []
         oldest: int | None = None
-        if await self.group_exists():
+        exists = await self.group_exists()
+        if exists:
             groups = await guard(self.redis.xinfo_groups(self.stream), "XINFO GROUPS")
             for group in groups:
                 if as_text(group["name"]) == self.group:
@@ -390,6 +391,7 @@ class SignalStream:
             dead_letters=dead,
             dead_letter_oldest_age_ms=dead_oldest,
             dead_letter_error=dead_letter_error,
+            group_exists=exists,
         )
 
     async def trim_acked(self, limit: int = 10_000) -> TrimResult:

@@ -198,7 +198,7 @@ async def test_status_and_dlq_commands(
     assert "pending       1" in text.stdout
     assert "dead letters  1" in text.stdout
     assert "consumer ops: 1 pending" in text.stdout
-    status = json.loads(cli("status", "--json", env=env).stdout)
+    [status] = json.loads(cli("status", "--json", env=env).stdout)
     assert (status["lag"], status["pending"], status["dead_letters"]) == (0, 1, 1)
     assert status["oldest_pending_age_ms"] >= 0
 
