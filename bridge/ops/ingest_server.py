@@ -55,7 +55,7 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         load_required_version,
     )
 
-    configure_logging("INFO", "json")
+    configure_logging("INFO", "auto")
     _check_port(args.host, args.port)
     keys = load_ingest_keys()
     secrets = keys.secrets

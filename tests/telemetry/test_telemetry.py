@@ -789,7 +789,7 @@ async def test_auth_failures_are_logged_as_errors(
 def test_log_format_setting_switches_between_json_and_a_human_line(
     otel: Otel, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """configure_logging writes JSON lines by default and one readable line with BRIDGE_LOG_FORMAT=text."""  # noqa: E501
+    """configure_logging writes JSON lines with BRIDGE_LOG_FORMAT=json and one readable line with text."""  # noqa: E501
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     noisy = {
