@@ -128,21 +128,23 @@ class DeliveryObserver:
         self._metrics.acked_total.add(1, {"outcome": outcome})
         # The one INFO line per delivery: log_info writes it straight into the JSON handler's
         # buffer when logging is as shipped, else it is exactly log.info(..., extra=...).
-        log_info(
-            log,
-            "signal delivered" if outcome == "success" else "signal already on the server",
-            {
-                "producer_id": self._producer_id,
-                "entry_id": job.entry.id,
-                "signal_id": signal.signal_id,
-                "server_signal_id": server_signal_id,
-                "instrument": signal.instrument,
-                "http_code": http_code,
-                "duration_ms": duration_ms,
-                "attempts": job.attempts,
-                "outcome": outcome,
-            },
-        )
+        fields = {
+            "producer_id": self._producer_id,
+            "entry_id": job.entry.id,
+            "signal_id": signal.signal_id,
+            "server_signal_id": server_signal_id,
+            "instrument": signal.instrument,
+            "http_code": http_code,
+            "duration_ms": duration_ms,
+            "attempts": job.attempts,
+            "outcome": outcome,
+        }
+        if outcome == "success":
+            log_info(log, "signal delivered", fields)
+            return
+        # A duplicate: the server's id and the duration are not known, so not shown as nulls.
+        del fields["server_signal_id"], fields["duration_ms"]
+        log_info(log, "signal already on the server", fields)
 
     def on_retry(self, job: Job, failed: Failed, reason: str, delay_s: float) -> None:
         """Count a failed attempt that will be retried; the outage log decides what to say.

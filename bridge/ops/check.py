@@ -29,6 +29,7 @@ from bridge.edge.client import build_ssl_context
 from bridge.edge.probe import PROBE_HEADER, signed_probe
 from bridge.edge.settings import OutboundConfig
 from bridge.errors import BridgeError, ConfigError, StreamError
+from bridge.ops.dlq import plural
 from bridge.streams.connection import connect, probe_database
 from bridge.streams.group import signal_streams
 from bridge.streams.settings import redis_db
@@ -123,7 +124,7 @@ async def _check_redis(config: BridgeConfig, out: Print) -> None:
                 )
             out(
                 f"stream    {name}: {status.length} entries; {group}; "
-                f"{status.dead_letters} dead letters in {cfg.dlq_for(name)}"
+                f"{plural(status.dead_letters, 'dead letter')} in {cfg.dlq_for(name)}"
             )
 
 

@@ -294,7 +294,7 @@ async def _dlq_show(stores: Sequence[DeadLetterStore], args: argparse.Namespace)
     if args.json:
         payload = {
             "dlq_stream": store.dlq_stream,
-            "fields": row,
+            "fields": _json_row(entry),
             "signal": signal,
             "signal_error": problem,
             "error": row.get(f"{DLQ_PREFIX}error"),
@@ -303,7 +303,9 @@ async def _dlq_show(stores: Sequence[DeadLetterStore], args: argparse.Namespace)
         return 0
     print(f"dead letter {entry.id} in {store.dlq_stream}")
     for name, value in row.items():
-        if name != "id":
+        if name == f"{DLQ_PREFIX}time_ms":
+            print(f"  {name}: {shown(value)} ({_letter_time(entry)})")
+        elif name != "id":
             print(f"  {shown(name)}: {shown(value)}")
     if signal is not None:
         pretty = msgspec.json.format(msgspec.json.encode(signal), indent=2).decode()
