@@ -1,4 +1,4 @@
-"""The ``signal-bridge`` command: run, check, publish, status, dlq, keys, demo, ingest-server.
+"""The ``signal-bridge`` command: run, check, publish, status, top, dlq, keys, demo, ingest-server.
 
 It parses the command line, loads the settings, runs the chosen command and maps errors to exit
 codes. ``run`` is the service (:func:`bridge.app.runner.run`); each other command lives in its
@@ -337,6 +337,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--json", action="store_true", help="print a JSON list, one object per stream"
     )
+    top = _command(
+        sub, "top", "live view: rates, lag, pending, dead letters, shard owners", _REDIS_ONLY
+    )
+    top.add_argument("--once", action="store_true", help="print one view and exit (for scripts)")
+    top.add_argument(
+        "--metrics",
+        action="append",
+        metavar="URL",
+        help="a replica's /metrics URL, for rates and breaker state (repeat for each replica)",
+    )
     _add_dlq(sub)
     keys = _command(sub, "keys", "generate an Ed25519 key pair (private file 0600, <file>.pub)")
     keys.add_argument("private_key_file", metavar="FILE", help="where the private key goes")
@@ -384,6 +394,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_publish(config, args))
     if args.command == "status":
         return asyncio.run(run_status(config, args))
+    if args.command == "top":
+        from bridge.ops.top import run_top  # noqa: PLC0415 - only this command needs it
+
+        return asyncio.run(run_top(config, args))
     return asyncio.run(_dlq(config, args))
 
 
