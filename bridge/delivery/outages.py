@@ -2,8 +2,9 @@
 
 One :class:`OutageLog` per process, shared by every worker (they all post to the same server):
 an outage (the server unreachable, refusing every signal alike, or failing often enough to
-open a breaker) gets one ERROR naming the cause, then one WARNING per interval counting the
-failed attempts, then one INFO when a signal goes through again. An isolated failed attempt
+open a breaker) gets one ERROR naming the cause (and one more if it turns into a systemic
+refusal with another cause), then one WARNING per interval counting the failed attempts, then
+one INFO when a signal goes through again. An isolated failed attempt
 (the breaker closed, the server reachable) is a WARNING, at most one per interval with the
 number of failures since the last one: a flaky server cannot flood the log either.
 """
@@ -70,6 +71,13 @@ class OutageLog:
         """Log (or only count) one failed attempt that will be retried."""
         now = self.clock()
         self._since_line += 1
+        if self.in_outage and self._changes_cause(failed):
+            # The outage turned into a refusal with a new cause (500s, then 401s): say it once.
+            self._failed += 1
+            headline = _headline(failed)
+            self._cause = headline.rsplit("cause: ", 1)[-1]
+            log.error(headline, extra=log_fields(**fields))
+            return
         if self.in_outage:
             self._failed += 1
             if self._last_line is None or now - self._last_line >= self.interval_s:
@@ -106,6 +114,10 @@ class OutageLog:
                 extra=log_fields(**fields, failed_attempts=self._since_line),
             )
             self._since_line, self._last_line = 0, now
+
+    def _changes_cause(self, failed: Failed) -> bool:
+        """Tell whether a systemic answer names a cause this outage has not said yet."""
+        return failed.verdict.action is Action.SYSTEMIC and failed.verdict.cause not in self._cause
 
     def recovered(self) -> None:
         """End the outage (a signal went through, the breaker closed) with one INFO line."""
