@@ -119,6 +119,8 @@ def scheme_variants() -> dict[str, dict[str, str]]:
         },
         "signal-bridge-rfc9421": {"OUTBOUND_SIGNATURE_SCHEME": "rfc9421"},
         "signal-bridge-rfc9421-ed25519": {"OUTBOUND_SIGNATURE_SCHEME": "rfc9421", **key},
+        # issue 22: one receipt per settled entry, written in the ack's script
+        "signal-bridge-receipts": {"BRIDGE_RECEIPTS": "true"},
     }
 
 
@@ -897,7 +899,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated bridges (also: aiohttp-asyncio, signal-bridge-otlp-10pct, "
         "signal-bridge-otlp-1pct, and one per signature scheme: signal-bridge-v2, "
         "signal-bridge-webhooks, signal-bridge-webhooks-ed25519, signal-bridge-rfc9421, "
-        "signal-bridge-rfc9421-ed25519)",
+        "signal-bridge-rfc9421-ed25519; signal-bridge-receipts: BRIDGE_RECEIPTS=true)",
     )
     add("--signals", "-n", type=int, default=20_000, help="backlog size of a drain run")
     add("--repeat", type=int, default=3, help="drain runs per bridge (median reported)")

@@ -1,6 +1,7 @@
 """signal-bridge: Redis Stream trade signals, delivered HMAC-signed to the ingest API.
 
-The public surface: producers build a :class:`Signal` and :func:`publish` it; server teams call
+The public surface: producers build a :class:`Signal` and :func:`publish` it (``wait=`` for its
+:class:`Receipt`, or follow them all with :func:`receipts`); server teams call
 :func:`verify_request`. The three are loaded on first use, so ``import bridge`` (and with it
 ``python -m bridge --version``) imports neither redis nor msgspec nor OpenTelemetry.
 """
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
     from bridge.core.signal import Signal
     from bridge.core.signing import verify_request
     from bridge.streams.producer import publish
+    from bridge.streams.receipts import Receipt, receipts
 
-__all__ = ["Signal", "__version__", "publish", "verify_request"]
+__all__ = ["Receipt", "Signal", "__version__", "publish", "receipts", "verify_request"]
 
 try:
     __version__ = version("signal-bridge")
@@ -27,6 +29,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _LAZY: Final = {
     "Signal": "bridge.core.signal",
     "publish": "bridge.streams.producer",
+    "Receipt": "bridge.streams.receipts",
+    "receipts": "bridge.streams.receipts",
     "verify_request": "bridge.core.signing",
 }
 

@@ -9,6 +9,7 @@
     +-- InvalidSignalError     (also ValueError)   cannot decode / validate: dead-letter
     |   +-- BodyTooLargeError                      canonical body over max_body_size
     +-- StreamError                                Redis unreachable or refused: reconnect
+    +-- ReceiptTimeoutError    (also TimeoutError)  publish(wait=...): no receipt in time
     +-- DeliveryError                              the POST did not land; see ``outcome``
         +-- AlreadyReceivedError                   409: the server has this key (ack)
         +-- StaleLeaseError                        409 stale-lease: another replica owns the
@@ -40,6 +41,7 @@ __all__ = [
     "DeliveryTimeoutError",
     "InvalidSignalError",
     "Outcome",
+    "ReceiptTimeoutError",
     "RejectedError",
     "ResponseTooLargeError",
     "SigningError",
@@ -127,6 +129,20 @@ class StreamError(BridgeError):
         self.missing_group = missing_group
         self.code = code
         self.meaning = meaning
+
+
+class ReceiptTimeoutError(BridgeError, TimeoutError):
+    """No receipt arrived in time for a published signal (``publish(..., wait=...)``).
+
+    The signal is in the stream and may still be delivered: its entry is still pending, or the
+    bridge (``BRIDGE_RECEIPTS``) is not writing receipts. ``entry_ids`` lists those still waited
+    for, ``stream`` the stream they were added to.
+    """
+
+    def __init__(self, message: str, *, stream: str, entry_ids: list[str]) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.entry_ids = entry_ids
 
 
 class DeliveryError(BridgeError):

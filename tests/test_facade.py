@@ -14,7 +14,14 @@ from bridge.core.signing import verify_request
 
 def test_the_facade_names_are_the_modules_own() -> None:
     """``bridge.publish``, ``bridge.Signal`` and ``bridge.verify_request`` are the real objects."""
-    assert sorted(bridge.__all__) == ["Signal", "__version__", "publish", "verify_request"]
+    assert sorted(bridge.__all__) == [
+        "Receipt",
+        "Signal",
+        "__version__",
+        "publish",
+        "receipts",
+        "verify_request",
+    ]
     assert bridge.publish.__name__ == "publish"
     assert bridge.publish.__module__.startswith("bridge.streams.")
     assert bridge.Signal is Signal

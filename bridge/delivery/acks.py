@@ -2,11 +2,13 @@
 
 Delivered entries are acked in bursts (an ack a few ms later only matters after a crash, and
 then the server drops the redelivery as a duplicate); a failed XACK keeps its ids and is
-retried. In strict ordering each XACK runs in a script that first checks the shard's lease is
-still this replica's (and is not sent at all once the fence has closed): a fenced replica acks
-nothing, the entries stay pending and the new owner settles them. The touch loop resets the
-idle time of every entry this consumer owns, so no replica reclaims them: those held in memory,
-and those a blocked lane keeps waiting in Redis.
+retried. With receipts (``BRIDGE_RECEIPTS``) each burst's XACK and its receipts go in one
+script call (:class:`~bridge.streams.receipt_writer.ReceiptWriter`); without, the plain XACK. In
+strict ordering each XACK runs in a script that first checks the shard's lease is still this
+replica's (and is not sent at all once the fence has closed): a fenced replica acks nothing (and
+writes no receipt), the entries stay pending and the new owner settles them. The touch loop
+resets the idle time of every entry this consumer owns, so no replica reclaims them: those held
+in memory, and those a blocked lane keeps waiting in Redis.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from bridge.delivery.lanes import format_id
+from bridge.delivery.receipting import gone_receipt
 from bridge.delivery.redis_link import RedisLink, pending_pages
 from bridge.errors import StreamError
 from bridge.streams.entries import StreamId
 from bridge.streams.group import SignalStream
+from bridge.streams.receipt_writer import ReceiptWriter
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 
@@ -44,11 +48,14 @@ class Acks:
         metrics: Metrics,
         *,
         batch_size: int,
+        receipts: ReceiptWriter | None = None,
         lease: tuple[str, str] | None = None,
         fence_closed: Callable[[], bool] = lambda: False,
         fenced: Callable[[], None] = lambda: None,
     ) -> None:
         self.pending: list[str] = []
+        self.receipts = receipts
+        self._receipt_of: dict[str, list[str]] = {}  # entry id -> its receipt, until acked
         self.dropped = 0  # acks not sent because the shard's lease is no longer ours
         self._lease = lease  # strict ordering: (lease key, lease value) every XACK checks
         self._fence_closed = fence_closed
@@ -60,9 +67,11 @@ class Acks:
         self._batch_size = batch_size
         self._wakeup = asyncio.Event()
 
-    def add(self, entry_id: str) -> None:
-        """Buffer the ack of one settled entry."""
+    def add(self, entry_id: str, receipt: list[str] | None = None) -> None:
+        """Buffer the ack of one settled entry (with its receipt when receipts are on)."""
         self.pending.append(entry_id)
+        if receipt is not None:
+            self._receipt_of[entry_id] = receipt
         self._wakeup.set()
 
     def unsent(self) -> Iterable[str]:
@@ -81,6 +90,12 @@ class Acks:
                 extra=log_fields(count=len(ids), entry_ids=ids[:20], stream=self._stream.stream),
             )
             self._metrics.dead_lettered_total.add(len(ids), {"reason": "deleted"})
+            if self.receipts is not None:
+                stream, consumer = self._stream.stream, self._stream.consumer
+                for entry_id in ids:
+                    self._receipt_of[entry_id] = gone_receipt(
+                        entry_id, stream=stream, consumer=consumer
+                    )
             self.pending.extend(ids)
             self._wakeup.set()
 
@@ -135,19 +150,15 @@ class Acks:
             )
 
     async def _ack(self, ids: list[str]) -> None:
-        """XACK ``ids``; in strict ordering only while the lease is ours, else drop them."""
-        if self._lease is None:
+        """XACK ``ids`` (with their receipts when on); in strict ordering only while leased.
+
+        A fenced replica drops them: nothing is written, the shard's owner settles the entries.
+        """
+        if self._lease is None and self.receipts is None:
             await self._stream.ack(ids)
             return
-        if not self._fence_closed():
-            for start in range(0, len(ids), _ACK_CHUNK):
-                if (
-                    await self._stream.ack_leased(ids[start : start + _ACK_CHUNK], self._lease)
-                    is None
-                ):
-                    break
-            else:
-                return
+        if not self._fence_closed() and await self._ack_chunks(ids):
+            return
         # Fenced: the entries stay pending; the shard's owner re-sends them (409) and acks.
         self.dropped += len(ids)
         log.info(
@@ -155,6 +166,27 @@ class Acks:
             extra=log_fields(count=len(ids), stream=self._stream.stream),
         )
         self._fenced()
+
+    async def _ack_chunks(self, ids: list[str]) -> bool:
+        """Ack ``ids`` chunk by chunk through a script; False as soon as the lease is not ours."""
+        receipt_of = self._receipt_of
+        stream, consumer = self._stream.stream, self._stream.consumer
+        for start in range(0, len(ids), _ACK_CHUNK):
+            chunk = ids[start : start + _ACK_CHUNK]
+            if self.receipts is None:
+                assert self._lease is not None  # noqa: S101 - _ack sends the plain XACK otherwise
+                done = await self._stream.ack_leased(chunk, self._lease)
+            else:
+                items = [
+                    (i, receipt_of.get(i) or gone_receipt(i, stream=stream, consumer=consumer))
+                    for i in chunk
+                ]
+                done = await self.receipts.ack(items, self._lease)
+            if done is None:
+                return False
+            for entry_id in chunk:
+                receipt_of.pop(entry_id, None)
+        return True
 
 
 class Toucher:

@@ -78,7 +78,7 @@ class Attempts:
         clock: Callable[[], float],
         observer: DeliveryObserver,
         letters: DeadLetters,
-        acked: Callable[[Job], None],
+        acked: Callable[[Job, Delivered | Duplicate], None],
         block: Callable[[Lane[Job]], None],
         stopping: Callable[[], bool],
         fence_closed: Callable[[], bool],
@@ -148,7 +148,9 @@ class Attempts:
     ) -> float | _Abandoned | None:
         """Make one attempt; None when the entry is settled, else the backoff before the next."""
         job.attempts += 1
-        if job.attempts > 1:
+        if job.attempts == 1:
+            job.first_attempt_at = self._clock()
+        elif job.attempts > 1:
             span.add_event("retry", {"bridge.attempt": job.attempts})
         try:
             outcome = await self._post(job, signal)
@@ -158,12 +160,12 @@ class Attempts:
         match outcome:
             case Delivered():
                 self._breaker.success()
-                self._acked(job)
+                self._acked(job, outcome)
                 self._observer.on_delivered(job, signal, span, outcome)
                 return None
             case Duplicate(status=status):
                 self._breaker.success()
-                self._acked(job)
+                self._acked(job, outcome)
                 self._observer.on_duplicate(job, signal, span, status)
                 return None
             case Rejected(cause=cause):

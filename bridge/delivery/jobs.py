@@ -63,6 +63,7 @@ class Job:
     parent: otel_context.Context | None = None
     done: bool = False
     age_waived: bool = False  # replayed with `dlq replay --allow-expired`
+    first_attempt_at: float = 0.0  # epoch seconds of this process's first POST of it
     resend_first: bool = False  # strict: pending at takeover, its first attempt gets more age
 
 

@@ -28,11 +28,13 @@ from opentelemetry import trace
 
 from bridge.delivery.jobs import Job
 from bridge.delivery.observer import DeliveryObserver
+from bridge.delivery.receipting import letter_receipt
 from bridge.delivery.redis_link import RedisLink
 from bridge.errors import StreamError
 from bridge.streams.connection import PASSING_CODES
 from bridge.streams.entries import DeadLetter
 from bridge.streams.group import SignalStream
+from bridge.streams.receipt_writer import ReceiptWriter
 from bridge.telemetry.logs import log_fields
 
 __all__ = ["DeadLetters", "LetterHealth", "unwritable"]
@@ -109,7 +111,9 @@ class DeadLetters:
         fence_closed: Callable[[], bool] = lambda: False,
         lease: tuple[str, str] | None = None,
         fenced: Callable[[], None] = lambda: None,
+        receipts: ReceiptWriter | None = None,
     ) -> None:
+        self.receipts = receipts  # BRIDGE_RECEIPTS: the letter's script writes its receipt too
         self.health = LetterHealth(stream.stream, stream.dlq_stream)
         self._stream = stream
         self._link = link
@@ -150,6 +154,10 @@ class DeadLetters:
     async def _write_once(self, job: Job, letter: DeadLetter) -> bool | StreamError | None:
         """One try: True written, False no longer pending, None fenced, the error if refused."""
         try:
+            if self.receipts is not None:
+                name, consumer = self._stream.stream, self._stream.consumer
+                receipt = letter_receipt(job, letter, stream=name, consumer=consumer)
+                return await self.receipts.dead_letter(job.entry, letter, receipt, self._lease)
             return await self._stream.dead_letter(job.entry, letter, self._lease)
         except StreamError as exc:
             if unwritable(exc):

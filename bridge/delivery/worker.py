@@ -42,15 +42,17 @@ from bridge.delivery.lanes import Lane, Lanes
 from bridge.delivery.letters import DeadLetters
 from bridge.delivery.observer import DeliveryObserver, WorkerStats
 from bridge.delivery.outages import OutageLog
+from bridge.delivery.receipting import acked_receipt
 from bridge.delivery.recovery import Recovery
 from bridge.delivery.redis_link import RedisLink
 from bridge.delivery.router import Router
 from bridge.delivery.window import Window
 from bridge.edge.client import HmacClient
-from bridge.edge.results import Attempt
+from bridge.edge.results import Attempt, Delivered, Duplicate
 from bridge.errors import StreamError
 from bridge.streams.entries import Entry
 from bridge.streams.group import SignalStream, report_new_group
+from bridge.streams.receipt_writer import receipt_writer
 from bridge.streams.settings import StreamConfig
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
@@ -115,11 +117,13 @@ class Worker:
         self._link = RedisLink(
             stream.stream, self.redis_backoff, self._stop_event, on_error=self._reread_later
         )
+        self._receipts = receipt_writer(stream, config)
         self._acks = Acks(
             stream,
             self._link,
             self.metrics,
             batch_size=config.batch_size,
+            receipts=self._receipts,
             lease=lease_check,
             fence_closed=self._fence_closed,
             fenced=self._fenced,
@@ -143,6 +147,7 @@ class Worker:
             let_go=self._let_go,
             stopping=lambda: self._stopping,
             fence_closed=self._fence_closed,
+            receipts=self._receipts,
             lease=lease_check,
             fenced=self._fenced,
         )
@@ -493,10 +498,15 @@ class Worker:
             lease=None if self.lease is None else self.lease.stamp,
         )
 
-    def _acked(self, job: Job) -> None:
-        """Let go of a delivered entry and buffer its ack."""
+    def _acked(self, job: Job, outcome: Delivered | Duplicate) -> None:
+        """Let go of a delivered entry and buffer its ack (and its receipt, when on)."""
         self._window.release(job)
-        self._acks.add(job.entry.id)
+        if self._receipts is None:
+            self._acks.add(job.entry.id)
+            return
+        stream = self.stream
+        receipt = acked_receipt(job, outcome, stream=stream.stream, consumer=stream.consumer)
+        self._acks.add(job.entry.id, receipt)
 
     def adopt_pending(self) -> None:
         """Deliver own pending entries nobody here holds (moved here from another consumer).

@@ -32,6 +32,7 @@ from bridge.errors import BridgeError, ConfigError, StreamError
 from bridge.ops.dlq import plural
 from bridge.streams.connection import connect, probe_database
 from bridge.streams.group import signal_streams
+from bridge.streams.receipts import receipts_key_error
 from bridge.streams.settings import redis_db
 
 __all__ = ["CheckFailedError", "run_check"]
@@ -112,6 +113,8 @@ async def _check_redis(config: BridgeConfig, out: Print) -> None:
                 raise CheckFailedError("stream", f"{name}: {exc or 'no answer'}") from None
             if status.dead_letter_error:
                 raise CheckFailedError("stream", f"{name}: {status.dead_letter_error}")
+            if cfg.receipts and (error := await receipts_key_error(redis, name)):
+                raise CheckFailedError("stream", f"{name}: {error}")
             if present:
                 group = (
                     f"group {cfg.group} present, lag "

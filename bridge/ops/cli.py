@@ -23,12 +23,23 @@ from bridge.ops.dlq import parse_since, run_dlq_command
 from bridge.ops.ingest_server import run_ingest_server
 from bridge.ops.keys import run_keys
 from bridge.ops.publish import run_publish
+from bridge.ops.receipts import OUTCOMES, run_receipts_tail
 from bridge.ops.status import run_status
 from bridge.streams.connection import connect
 from bridge.streams.group import signal_streams
 from bridge.telemetry.logs import configure_logging
 
 __all__ = ["main"]
+
+
+async def _receipts(config: BridgeConfig, args: argparse.Namespace) -> int:
+    """Run ``receipts tail`` over every configured stream."""
+    async with connect(
+        config.stream.redis_url,
+        cluster=config.stream.cluster,
+        password=config.stream.redis_password,
+    ) as redis:
+        return await run_receipts_tail(redis, config.stream.stream_names(), args)
 
 
 async def _dlq(config: BridgeConfig, args: argparse.Namespace) -> int:
@@ -52,6 +63,7 @@ _EPILOG: Final = """exit codes:
   0    success
   1    runtime failure (Redis or the ingest server unreachable, a check failed, ...)
   2    usage or settings error (a bad option, value, input file or setting)
+  3    publish --wait: a receipt did not come within --timeout
   130  interrupted (Ctrl-C)
 """
 
@@ -167,6 +179,36 @@ def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--timestamp",
         help="RFC 3339 with a zone; older than BRIDGE_SIGNAL_MAX_AGE_SECONDS warns (default: now)",
     )
+    pub.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for each signal's receipt (BRIDGE_RECEIPTS on the bridge); exit 0 all "
+        "accepted or duplicates, 1 any dead-lettered or expired, 3 no receipt in time",
+    )
+    pub.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --wait: how long to wait for the receipts",
+    )
+
+
+def _add_receipts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the receipts commands (BRIDGE_RECEIPTS): ``receipts tail``."""
+    receipts = _command(sub, "receipts", "what became of each signal (BRIDGE_RECEIPTS)")
+    receipts_sub = receipts.add_subparsers(dest="receipts_command", required=True)
+    tail = _command(
+        receipts_sub, "tail", "receipts, oldest first; --follow for new ones", _REDIS_ONLY
+    )
+    tail.add_argument("--follow", action="store_true", help="keep waiting for new receipts")
+    tail.add_argument(
+        "--outcome", choices=OUTCOMES, help="only this outcome (default: every outcome)"
+    )
+    tail.add_argument(
+        "--since", default="0-0", metavar="ID", help="after this receipt id ($: only new ones)"
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object a line")
 
 
 def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -348,6 +390,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a replica's /metrics URL, for rates and breaker state (repeat for each replica)",
     )
     _add_dlq(sub)
+    _add_receipts(sub)
     keys = _command(sub, "keys", "generate an Ed25519 key pair (private file 0600, <file>.pub)")
     keys.add_argument("private_key_file", metavar="FILE", help="where the private key goes")
     demo = _command(sub, "demo", "self-contained demo: embedded Redis and ingest server")
@@ -394,6 +437,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_publish(config, args))
     if args.command == "status":
         return asyncio.run(run_status(config, args))
+    if args.command == "receipts":
+        return asyncio.run(_receipts(config, args))
     if args.command == "top":
         from bridge.ops.top import run_top  # noqa: PLC0415 - only this command needs it
 

@@ -2,6 +2,9 @@
 
 Every mistake in the input is a :class:`~bridge.errors.UsageError` naming the option, the file or
 the item that is wrong. Each XADD runs inside a PRODUCER span, so a sampled trace starts here.
+With ``--wait`` it then reads each signal's receipt (from the receipts stream's last id taken
+before the XADDs) and prints one line per signal: exit 0 when all were accepted or duplicates,
+1 when any was dead-lettered or expired, 3 when a receipt did not come within ``--timeout``.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import contextlib
 import re
 import secrets
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from opentelemetry import trace
@@ -23,9 +27,11 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from bridge.config.loader import BridgeConfig
 from bridge.core.signal import Signal, decode_signal
 from bridge.core.timestamps import TimestampError, parse_timestamp
-from bridge.errors import InvalidSignalError, UsageError
+from bridge.errors import InvalidSignalError, ReceiptTimeoutError, UsageError
+from bridge.ops.receipts import EXIT_NO_RECEIPT, receipt_line
 from bridge.streams.connection import connect
 from bridge.streams.producer import publish, shard_for
+from bridge.streams.receipts import Receipt, latest_receipt_id, receipts, wait_for
 from bridge.telemetry.setup import setup_telemetry
 
 __all__ = ["run_publish", "sample_signal"]
@@ -282,6 +288,8 @@ async def run_publish(config: BridgeConfig, args: argparse.Namespace) -> int:
             cluster=config.stream.cluster,
             password=config.stream.redis_password,
         ) as redis:
+            if getattr(args, "wait", False):
+                return await _publish_and_wait(redis, signals, streams, telemetry.tracer, args)
             for item in signals:
                 with _producer_span(telemetry.tracer, streams):
                     entry_id = await publish(redis, item, stream=streams)
@@ -292,6 +300,62 @@ async def run_publish(config: BridgeConfig, args: argparse.Namespace) -> int:
     sys.stdout.flush()
     print(_summary(len(signals), shards, streams), file=sys.stderr)
     return 0
+
+
+async def _publish_and_wait(
+    redis: Any,  # noqa: ANN401 - a redis-py client (single node or cluster)
+    signals: Sequence[Signal],
+    names: Sequence[str],
+    tracer: trace.Tracer,
+    args: argparse.Namespace,
+) -> int:
+    """Publish, then print each signal's receipt; the exit code says how they ended."""
+    timeout_s: float = args.timeout
+    deadline = time.monotonic() + timeout_s
+    targets = {shard_for(item.instrument, names) for item in signals}
+    since = {name: await latest_receipt_id(redis, name) for name in targets}
+    published: list[tuple[str, str]] = []  # (stream, entry id), in publish order
+    for item in signals:
+        stream = shard_for(item.instrument, names)
+        with _producer_span(tracer, names):
+            published.append((stream, await publish(redis, item, stream=stream)))
+    found: dict[tuple[str, str], Receipt] = {}
+    missing: list[tuple[str, str]] = []
+    for stream in sorted(targets):
+        ids = [entry_id for name, entry_id in published if name == stream]
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            got = await wait_for(redis, stream, ids, since=since[stream], timeout_s=left)
+        except ReceiptTimeoutError as exc:
+            missing += [(stream, entry_id) for entry_id in exc.entry_ids]
+            got = await _found_so_far(redis, stream, ids, since[stream])
+        found.update({(stream, entry_id): receipt for entry_id, receipt in got.items()})
+    for key in published:
+        receipt = found.get(key)
+        print(receipt_line(receipt) if receipt else f"{key[1]}  no receipt within {timeout_s:g}s")
+    if missing:
+        print(
+            f"signal-bridge publish: {len(missing)} of {len(published)} signals had no receipt "
+            f"within {timeout_s:g}s (still pending, or the bridge runs without BRIDGE_RECEIPTS)",
+            file=sys.stderr,
+        )
+        return EXIT_NO_RECEIPT
+    return 0 if all(r.ok for r in found.values()) else 1
+
+
+async def _found_so_far(
+    redis: Any,  # noqa: ANN401 - a redis-py client (single node or cluster)
+    stream: str,
+    ids: Sequence[str],
+    since: str,
+) -> dict[str, Receipt]:
+    """Return the receipts of ``ids`` already written (after a timeout: print those that came)."""
+    wanted = set(ids)
+    out: dict[str, Receipt] = {}
+    async for receipt in receipts(redis, stream, since=since, follow=False):
+        if receipt.entry_id in wanted:
+            out[receipt.entry_id] = receipt
+    return out
 
 
 @contextlib.contextmanager

@@ -103,6 +103,11 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     dead_letter_max_bytes: Annotated[int, Setting("BRIDGE_DEAD_LETTER_MAX_BYTES", ge=1024)] = (
         DEAD_LETTER_MAX_BYTES
     )
+    receipts: Annotated[bool, Setting("BRIDGE_RECEIPTS")] = False
+    receipts_maxlen: Annotated[int, Setting("BRIDGE_RECEIPTS_MAXLEN", positive=True)] = 100_000
+    receipts_max_age_s: Annotated[
+        float, Setting("BRIDGE_RECEIPTS_MAX_AGE_SECONDS", ge=0, note="0 disables")
+    ] = 0.0
 
     def stream_names(self) -> list[str]:
         """Return the streams to consume: BRIDGE_STREAMS when set, else BRIDGE_STREAM."""

@@ -34,9 +34,10 @@ from bridge.streams.connection import connect
 from bridge.streams.entries import DLQ_PREFIX
 from bridge.streams.group import SignalStream
 from bridge.streams.producer import publish, publish_raw, shard_for
+from bridge.streams.receipts import receipts, receipts_stream
 from tests.cluster_support import RedisProcess, redis_cluster
 from tests.procs import Replica, Replicas
-from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal
+from tests.support import KEY_ID, SECRET, bridge_env, eventually, make_signal, running
 
 SHARD_COUNT: Final = 8
 # Fresh clients in the concurrent-first-use test (without initialize() ~40% of them fail).
@@ -454,3 +455,41 @@ async def test_two_replicas_keep_per_instrument_order_at_the_server(
         )
     finally:
         await _cleanup(cluster_client, result.shards)
+
+
+@pytest.mark.redis
+async def test_receipts_live_on_the_source_streams_slot_and_are_waited_for_on_a_cluster(
+    cluster_client: RedisCluster, cluster_url: str
+) -> None:
+    """With BRIDGE_RECEIPTS each shard's receipts share its slot; publish(wait=) gets them."""
+    run = uuid.uuid4().hex[:8]
+    shards = [f"rcpt-{run}:{{{n}}}" for n in range(2)]
+    client = cast("aioredis.Redis", cluster_client)
+    app = IngestApp(secrets={KEY_ID: SECRET.encode()})
+    with serve_in_thread(app) as url:
+        for shard in shards:
+            assert key_slot(receipts_stream(shard).encode()) == key_slot(shard.encode())
+            bad = await publish_raw(client, {"signal": b"{not json"}, stream=shard)
+            env = bridge_env(
+                url, cluster_url, shard, BRIDGE_REDIS_CLUSTER="true", BRIDGE_RECEIPTS="true"
+            )
+            async with running(client, load_config(env=env)):
+                receipt = await publish(
+                    client, make_signal(1, signal_id=f"{run}-{shard}"), stream=shard, wait=20.0
+                )
+                await eventually(
+                    lambda s=shard: _receipts_at_least(client, s, 2), what="both receipts"
+                )
+            assert receipt.outcome == "accepted"
+            assert receipt.stream == shard
+            written = [r async for r in receipts(client, shard, follow=False)]
+            assert {(r.entry_id, r.outcome) for r in written} == {
+                (bad, "dead_lettered"),
+                (receipt.entry_id, "accepted"),
+            }
+    for shard in shards:
+        await cluster_client.delete(shard, f"{shard}:dlq", receipts_stream(shard))
+
+
+async def _receipts_at_least(client: aioredis.Redis, shard: str, count: int) -> bool:
+    return int(await client.xlen(receipts_stream(shard))) >= count

@@ -3,8 +3,8 @@
 A private ``redis-server`` gets the README's ``ACL SETUSER`` line as written (its password
 replaced); bridge replicas run as child processes under that user, strict over two shards and
 parallel on one stream, with retention on, through deliveries, an invalid entry's dead letter,
-touches of held entries, claims, trims and a SIGTERM drain. A command or key the ACL lacks shows
-in ``ACL LOG`` (and as NOPERM in the replica's log).
+touches of held entries, claims, trims and a SIGTERM drain; once more with receipts on. A
+command or key the ACL lacks shows in ``ACL LOG`` (and as NOPERM in the replica's log).
 """
 
 from __future__ import annotations
@@ -54,11 +54,15 @@ def private_redis() -> Iterator[str]:
 
 
 @pytest.mark.parametrize(
-    ("ordering", "streams"),
-    [("strict", "signals:{0},signals:{1}"), ("parallel", "")],
+    ("ordering", "streams", "receipts"),
+    [
+        ("strict", "signals:{0},signals:{1}", "false"),
+        ("parallel", "", "false"),
+        ("strict", "signals:{0},signals:{1}", "true"),
+    ],
 )
 async def test_the_readme_acl_is_all_the_bridge_needs(
-    private_redis: str, tmp_path: Path, ordering: str, streams: str
+    private_redis: str, tmp_path: Path, ordering: str, streams: str, receipts: str
 ) -> None:
     """Delivery, dead letters, trims and the drain run as the README's user; ACL LOG stays empty."""
     names = streams.split(",") if streams else ["signals"]
@@ -83,6 +87,7 @@ async def test_the_readme_acl_is_all_the_bridge_needs(
                 "BRIDGE_HEALTH_PORT": "0",
                 "BRIDGE_SUMMARY_INTERVAL_SECONDS": "0.5",
                 "BRIDGE_START_ID": "0",
+                "BRIDGE_RECEIPTS": receipts,
             }
             if streams:
                 extra["BRIDGE_STREAMS"] = streams
@@ -107,6 +112,10 @@ async def test_the_readme_acl_is_all_the_bridge_needs(
     assert log == [], log
     assert "NOPERM" not in stdout, stdout[-3000:]
     assert len(app.keys()) == SIGNALS
+    if receipts == "true":
+        async with connect(private_redis) as admin:
+            written = [await admin.xlen(f"{name}:receipts") for name in names]
+        assert sum(written) == SIGNALS + len(names)  # every delivery and every dead letter
 
 
 async def _all_dead_lettered(admin: aioredis.Redis, names: list[str]) -> bool:

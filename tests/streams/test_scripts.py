@@ -15,8 +15,10 @@ def test_every_lua_script_loads_and_opens_with_its_keys_and_argv() -> None:
     names = sorted(p.stem for p in folder.glob("*.lua"))
     assert names == [
         "ack_leased",
+        "ack_receipts",
         "claim_strays",
         "dead_letter",
+        "dead_letter_receipt",
         "expire_consumer",
         "fence_raise",
         "heartbeat",
