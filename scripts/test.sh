@@ -49,4 +49,10 @@ if [ "$status" -eq 5 ]; then
 fi
 .venv/bin/coverage combine --quiet
 .venv/bin/coverage report
+# The verdict last, below the coverage table, where a reader (or a CI log tail) looks.
+if [ "$status" -eq 0 ]; then
+  echo "test.sh: PASSED (ruff, mypy and every test)"
+else
+  echo "test.sh: FAILED: pytest exited $status; the failures are listed above the coverage table"
+fi
 exit "$status"

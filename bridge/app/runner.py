@@ -25,6 +25,7 @@ from bridge.app.progress import DrainReport, ProgressSummary
 from bridge.config.loader import BridgeConfig
 from bridge.core.secrets import redact_url
 from bridge.delivery.fence import ShardFence
+from bridge.delivery.outages import OutageLog
 from bridge.delivery.worker import Worker, WorkerStats
 from bridge.edge.client import HmacClient
 from bridge.errors import StreamError
@@ -186,11 +187,19 @@ async def _deliver(
     workers = ShardWorkers()
     # One count per shard across its successive workers, for the progress and drain lines.
     stats = {stream.stream: WorkerStats() for stream in streams}
+    # One outage log for every shard: they all post to the same server, so an outage is said once.
+    outages = OutageLog(interval_s=config.telemetry.summary_interval_s)
 
     def make_worker(stream: SignalStream, fence: ShardFence | None) -> Worker:
         """Build the Worker of one shard (fenced by its lease in strict mode)."""
         worker = Worker(
-            stream, client, cfg, metrics=telemetry.metrics, tracer=telemetry.tracer, fence=fence
+            stream,
+            client,
+            cfg,
+            metrics=telemetry.metrics,
+            tracer=telemetry.tracer,
+            fence=fence,
+            outages=outages,
         )
         worker.stats = stats[stream.stream]
         return worker

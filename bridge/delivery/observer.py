@@ -22,6 +22,7 @@ from bridge.core.signal import Signal, guess_signal_id
 from bridge.delivery.breaker import BreakerState
 from bridge.delivery.jobs import Job
 from bridge.delivery.lanes import Lanes
+from bridge.delivery.outages import OutageLog
 from bridge.edge.results import Delivered, Failed
 from bridge.streams.entries import SIGNAL_FIELD, DeadLetter
 from bridge.streams.group import SignalStream
@@ -56,6 +57,7 @@ class DeliveryObserver:
         clock: Callable[[], float],
         clock_skew_s: Callable[[], float | None],
         probe_in_s: Callable[[], float | None],
+        outages: OutageLog | None = None,
     ) -> None:
         self.stats = WorkerStats()
         self._stream = stream.stream
@@ -66,7 +68,7 @@ class DeliveryObserver:
         self._clock = clock
         self._clock_skew_s = clock_skew_s
         self._probe_in_s = probe_in_s  # seconds to the breaker's next probe; None while closed
-        self._systemic_alerted = False  # the one ERROR of a systemic refusal was logged
+        self._outages = outages if outages is not None else OutageLog()
         self._span_name = f"process {stream.stream}"
         self._span_attrs = {
             msg_attrs.MESSAGING_SYSTEM: "redis",
@@ -121,56 +123,53 @@ class DeliveryObserver:
         duration_ms: float | None,
     ) -> None:
         span.set_attribute("bridge.outcome", outcome)
+        if self._outages.in_outage:
+            self._outages.recovered()
         self._metrics.acked_total.add(1, {"outcome": outcome})
         # The one INFO line per delivery: log_info writes it straight into the JSON handler's
         # buffer when logging is as shipped, else it is exactly log.info(..., extra=...).
-        log_info(
-            log,
-            "signal delivered" if outcome == "success" else "signal already on the server",
-            {
-                "producer_id": self._producer_id,
-                "entry_id": job.entry.id,
-                "signal_id": signal.signal_id,
-                "server_signal_id": server_signal_id,
-                "instrument": signal.instrument,
-                "http_code": http_code,
-                "duration_ms": duration_ms,
-                "attempts": job.attempts,
-                "outcome": outcome,
-            },
-        )
+        fields = {
+            "producer_id": self._producer_id,
+            "entry_id": job.entry.id,
+            "signal_id": signal.signal_id,
+            "server_signal_id": server_signal_id,
+            "instrument": signal.instrument,
+            "http_code": http_code,
+            "duration_ms": duration_ms,
+            "attempts": job.attempts,
+            "outcome": outcome,
+        }
+        if outcome == "success":
+            log_info(log, "signal delivered", fields)
+            return
+        # A duplicate: the server's id and the duration are not known, so not shown as nulls.
+        del fields["server_signal_id"], fields["duration_ms"]
+        log_info(log, "signal already on the server", fields)
 
     def on_retry(self, job: Job, failed: Failed, reason: str, delay_s: float) -> None:
-        """Count a failed attempt that will be retried, and log it.
+        """Count a failed attempt that will be retried; the outage log decides what to say.
 
-        A systemic answer logs one ERROR naming the likely cause; later refusals until the
-        breaker closes again are WARNINGs.
+        The start of an outage (unreachable, refusing every signal alike, the breaker opened)
+        is one ERROR naming the cause; later attempts are counted in one line per interval.
         """
         exc = failed.cause
         self.stats.retries += 1
         self._metrics.retries_total.add(1, {"reason": reason})
         probe_in_s = self._probe_in_s()
-        fields = log_fields(
-            entry_id=job.entry.id,
-            signal_id=job.signal.signal_id if job.signal else None,
-            http_code=failed.status,
-            error=str(exc),
-            error_type=type(exc).__name__,
-            attempt=job.attempts,
-            retry_in_s=round(delay_s if probe_in_s is None else probe_in_s, 3),
-        )
-        if failed.verdict.action is Action.SYSTEMIC and not self._systemic_alerted:
-            self._systemic_alerted = True  # once per outage: reset when the breaker closes
+        fields: dict[str, object] = {
+            "entry_id": job.entry.id,
+            "signal_id": job.signal.signal_id if job.signal else None,
+            "http_code": failed.status,
+            "error": str(exc),
+            "error_type": type(exc).__name__,
+            "attempt": job.attempts,
+            "retry_in_s": round(delay_s if probe_in_s is None else probe_in_s, 3),
+        }
+        if failed.verdict.action is Action.SYSTEMIC:
             skew = self._clock_skew_s()
             if skew is not None:
-                fields = log_fields(**fields["fields"], server_clock_skew_s=round(skew, 1))
-            log.error(
-                "ingest server refuses every signal alike: delivery paused (no ack, no dead "
-                f"letter), probing until it answers; likely cause: {failed.verdict.cause}",
-                extra=fields,
-            )
-        else:
-            log.warning("delivery failed, will retry", extra=fields)
+                fields["server_clock_skew_s"] = round(skew, 1)
+        self._outages.failed(failed, breaker_open=probe_in_s is not None, fields=fields)
 
     def on_bug(self, job: Job, exc: Exception) -> None:
         """Report an attempt that raised instead of returning an outcome (a bug, a bad setting)."""
@@ -235,12 +234,12 @@ class DeliveryObserver:
                 )
 
     def on_breaker(self, state: BreakerState, reason: str) -> None:
-        """Log the breaker's transitions (the systemic ERROR with its cause is logged apart)."""
+        """Log the breaker's transitions at INFO: the outage's one ERROR is the outage log's."""
         if state is BreakerState.OPEN:
-            log.warning(
+            log.info(
                 "circuit breaker open: reading paused, one probe at a time",
                 extra=log_fields(reason=reason, probe_in_s=round(self._probe_in_s() or 0.0, 3)),
             )
         else:
-            self._systemic_alerted = False
             log.info("circuit breaker closed: delivery resumed, every lane woken")
+            self._outages.recovered()

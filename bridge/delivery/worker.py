@@ -41,6 +41,7 @@ from bridge.delivery.jobs import Job, prepare_job
 from bridge.delivery.lanes import Lane, Lanes
 from bridge.delivery.letters import DeadLetters
 from bridge.delivery.observer import DeliveryObserver, WorkerStats
+from bridge.delivery.outages import OutageLog
 from bridge.delivery.receipting import acked_receipt
 from bridge.delivery.recovery import Recovery
 from bridge.delivery.redis_link import RedisLink
@@ -78,6 +79,7 @@ class Worker:
         breaker: Breaker | None = None,
         clock: Callable[[], float] = time.time,
         fence: Callable[[], bool] | None = None,
+        outages: OutageLog | None = None,
     ) -> None:
         self.stream = stream
         self.client = client
@@ -134,6 +136,7 @@ class Worker:
             clock=clock,
             clock_skew_s=lambda: client.clock_skew_s,
             probe_in_s=self._probe_in_s,
+            outages=outages,
         )
         self.breaker.on_change = self._observer.on_breaker
         self._letters = DeadLetters(
@@ -324,7 +327,7 @@ class Worker:
 
     async def _ensure_group(self) -> None:
         if await self.stream.ensure_group(self.config.start_id):
-            await report_new_group(self.stream, self.config.start_id)
+            await report_new_group(self.stream, self.config.start_id, self.metrics)
         self.group_ready = True
         self._link.started()
 

@@ -61,6 +61,12 @@ async def run_demo(count: int = 20) -> int:
         async with connect(redis_url) as redis:
             [stream] = signal_streams(config.stream, redis)
             published = await _publish_samples(redis, config.stream.stream, count)
+            print(
+                f"published {len(published)} entries, some bad on purpose; the bridge's own "
+                "WARNING and ERROR lines follow (each dead letter is one ERROR, as in "
+                "production):\n",
+                flush=True,
+            )
             async with HmacClient(config.outbound) as client:
                 worker = Worker(stream, client, config.stream, backoff=Backoff(0.05, 0.5))
                 runner = asyncio.create_task(worker.run())
@@ -70,10 +76,13 @@ async def run_demo(count: int = 20) -> int:
             dead = await DeadLetterStore.of(stream).letters()
             letters = {e.field(f"{DLQ_PREFIX}source_id"): e for e in dead}
         _report(published, letters, app, config.stream.stream)
+        reasons = ", ".join(
+            f"{count} {reason}" for reason, count in sorted(worker.stats.dead_lettered.items())
+        )
         print(
             f"\ndelivered {worker.stats.delivered}, duplicates {worker.stats.duplicates}, "
-            f"dead-lettered {sum(worker.stats.dead_lettered.values())} "
-            f"{dict(worker.stats.dead_lettered)}"
+            f"dead-lettered {sum(worker.stats.dead_lettered.values())}"
+            + (f" ({reasons})" if reasons else "")
         )
         if not drained:
             print("the stream did not drain in time", flush=True)

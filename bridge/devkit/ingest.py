@@ -43,7 +43,7 @@ from bridge.telemetry.tracing import get_tracer
 if TYPE_CHECKING:
     from bridge.devkit.ingest_guard import ServerLimits
 
-__all__ = ["IngestApp", "Received", "serve_in_thread"]
+__all__ = ["HEALTH_PATH", "IngestApp", "Received", "serve_in_thread"]
 
 log = logging.getLogger("bridge.ingest")
 
@@ -53,6 +53,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+HEALTH_PATH: Final = "/healthz"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,12 @@ class IngestApp:
                     return
         if scope["type"] != "http":
             return
+        if scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD"):
+            # Liveness for container health checks: no span, no log line, not counted.
+            await _respond(
+                send, 200, {"status": "ok"}, date=email.utils.formatdate(self.clock(), usegmt=True)
+            )
+            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         started = time.perf_counter()
         tracer = self.tracer if self.tracer is not None else get_tracer()
@@ -194,6 +203,10 @@ class IngestApp:
             forced = self.fault(headers)
             if forced is not None:
                 return self._refuse(forced, "fault injected")
+        return self._judge(scope, headers, body)
+
+    def _judge(self, scope: Scope, headers: Mapping[str, str], body: bytes) -> _Answer:
+        """Verify the signature, then answer the probe or decode, deduplicate and store."""
         verdict = verify_request(
             headers,
             body,
@@ -210,6 +223,11 @@ class IngestApp:
             kind = "timestamp outside window" if verdict.check == "window" else None
             return self._refuse(
                 401, verdict.reason, kind=kind, answer=verdict.answer, check=verdict.check
+            )
+        if headers.get("x-signal-probe") == "1":
+            # `signal-bridge check --signed-probe`: the signature holds; nothing is stored.
+            return _Answer(
+                200, {"probe": "ok", "producer_id": verdict.producer_id, "key_id": verdict.key_id}
             )
         try:
             signal = decode_signal(body)

@@ -101,4 +101,4 @@ def _judged(table: OutcomeTable, failure: TransportFailure, message: str, exc: E
     else:
         error = TransientDeliveryError(message)
     error.__cause__ = exc
-    return Failed(verdict=verdict, status=None, retry_after_s=None, cause=error)
+    return Failed(verdict=verdict, status=None, retry_after_s=None, cause=error, failure=failure)

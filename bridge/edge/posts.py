@@ -111,7 +111,8 @@ class PostRecorder:
         self.record(result, exc.http_code, elapsed)
         span.set_attribute(error_attributes.ERROR_TYPE, str(exc.http_code or type(exc).__name__))
         span.set_status(trace.Status(trace.StatusCode.ERROR, bounded(str(exc))))
-        log.warning(
+        # DEBUG: the worker's outage log says it once per outage and counts the rest.
+        log.debug(
             "Signal post failed",
             extra=log_fields(
                 **trace_fields(span),

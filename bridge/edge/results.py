@@ -17,7 +17,7 @@ from typing import Final
 
 import msgspec
 
-from bridge.core.outcome import DEFAULT_TABLE, Action, OutcomeTable, Verdict
+from bridge.core.outcome import DEFAULT_TABLE, Action, OutcomeTable, TransportFailure, Verdict
 from bridge.errors import (
     AlreadyReceivedError,
     AuthError,
@@ -97,6 +97,7 @@ class Failed(msgspec.Struct, frozen=True, kw_only=True):
     status: int | None
     retry_after_s: float | None
     cause: DeliveryError
+    failure: TransportFailure | None = None  # how the POST failed when there was no answer
 
 
 class Fenced(msgspec.Struct, frozen=True, kw_only=True):

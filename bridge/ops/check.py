@@ -3,7 +3,9 @@
 Given settings that already loaded and validated, it connects to Redis (auth, TLS, cluster as
 configured), looks at each stream and its group, opens a TCP (and TLS, verified as the client
 verifies it) connection to the ingest server, and prints what it found, the secret's fingerprint
-and the effective settings with secrets hidden. Nothing is written to Redis or sent to the server.
+and the effective settings with secrets hidden. Nothing is written to Redis or sent to the server,
+except with ``--signed-probe``: one signed request the server answers without storing
+(:mod:`bridge.edge.probe`). A server URL that already holds the ingest path fails the check.
 
 The route to the ingest server is one hop today (straight to its host and port); a forward proxy
 is a different first hop plus a CONNECT, which slots into :func:`_first_hop` / :func:`_open`.
@@ -20,10 +22,14 @@ from urllib.parse import urlsplit
 
 from bridge.config.loader import BridgeConfig, effective_settings
 from bridge.core.ed25519 import public_key_b64, public_key_fingerprint
+from bridge.core.outcome import DEFAULT_TABLE
 from bridge.core.secrets import key_fingerprint, redact_url
+from bridge.core.signing import INGEST_PATH
 from bridge.edge.client import build_ssl_context
+from bridge.edge.probe import PROBE_HEADER, signed_probe
 from bridge.edge.settings import OutboundConfig
 from bridge.errors import BridgeError, ConfigError, StreamError
+from bridge.ops.dlq import plural
 from bridge.streams.connection import connect, probe_database
 from bridge.streams.group import signal_streams
 from bridge.streams.receipts import receipts_key_error
@@ -46,8 +52,12 @@ class CheckFailedError(BridgeError):
 Print = Callable[[str], None]
 
 
-async def run_check(config: BridgeConfig, out: Print = print) -> int:
-    """Run every check, printing one line per part; return 0, or raise CheckFailedError."""
+async def run_check(config: BridgeConfig, out: Print = print, *, signed_probe: bool = False) -> int:
+    """Run every check, printing one line per part; return 0, or raise CheckFailedError.
+
+    ``signed_probe`` also sends one signed request the server answers without storing
+    (``X-Signal-Probe: 1``), so a wrong secret, key id or clock fails here, not in ``run``.
+    """
     out("settings  ok")
     secret = config.outbound.secret
     if secret is not None and len(secret):
@@ -63,7 +73,10 @@ async def run_check(config: BridgeConfig, out: Print = print) -> int:
             )
     await _check_redis(config, out)
     if config.outbound.enabled:
+        _check_ingest_url(config.outbound)
         await _check_ingest(config.outbound, out)
+        if signed_probe:
+            await _check_signed_probe(config.outbound, out)
     else:
         out("ingest    skipped: HMAC_PRODUCER_ENABLED is false (nothing will be delivered)")
     out("effective settings:")
@@ -114,8 +127,47 @@ async def _check_redis(config: BridgeConfig, out: Print) -> None:
                 )
             out(
                 f"stream    {name}: {status.length} entries; {group}; "
-                f"{status.dead_letters} dead letters in {cfg.dlq_for(name)}"
+                f"{plural(status.dead_letters, 'dead letter')} in {cfg.dlq_for(name)}"
             )
+
+
+def _check_ingest_url(cfg: OutboundConfig) -> None:
+    """Fail when OUTBOUND_SERVER_URL already holds the ingest path the bridge appends."""
+    url = urlsplit(cfg.server_url)
+    if INGEST_PATH in url.path:
+        origin = f"{url.scheme}://{url.netloc}{url.path[: url.path.index(INGEST_PATH)]}"
+        raise CheckFailedError(
+            "ingest",
+            f"OUTBOUND_SERVER_URL {redact_url(cfg.server_url)} already holds the ingest path; "
+            f"the bridge appends {INGEST_PATH}, so it would post to {cfg.ingest_url} (404): "
+            f"set OUTBOUND_SERVER_URL to {redact_url(origin)}",
+        )
+
+
+async def _check_signed_probe(cfg: OutboundConfig, out: Print) -> None:
+    """Send the signed probe; fail naming the likely cause unless the server accepts it."""
+    answer = await signed_probe(cfg, timeout_s=min(cfg.timeout_s, STEP_TIMEOUT_S))
+    if answer.understood:
+        out(
+            f"probe     ok: the server verified a signed {PROBE_HEADER} request "
+            f"(producer {cfg.producer_id}, key id {cfg.key_id or '-'}); nothing was stored"
+        )
+        return
+    status = answer.status
+    if status == 0:
+        why = f"no answer: {answer.detail}"
+    elif status in (401, 403):
+        why = f"refused the signature ({status}): {DEFAULT_TABLE.for_status(status).cause}"
+    elif status in (400, 422) or 200 <= status < 300:
+        why = (
+            f"the server does not know the signed probe ({PROBE_HEADER}: 1): it answered "
+            f"{status} to the probe's body instead; only a server that answers the probe "
+            "(the reference server does) proves the secret before run"
+        )
+    else:
+        verdict = DEFAULT_TABLE.for_status(status)
+        why = f"answered {status}" + (f": {verdict.cause}" if verdict.cause else "")
+    raise CheckFailedError("ingest", f"signed probe to {cfg.ingest_url}: {why} ({answer.detail})")
 
 
 def _first_hop(cfg: OutboundConfig) -> tuple[str, int]:

@@ -28,7 +28,7 @@ from bridge.streams.entries import DLQ_PREFIX, SIGNAL_FIELD, Entry
 from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import log_fields
 
-__all__ = ["parse_since", "run_dlq_command", "shown"]
+__all__ = ["parse_since", "plural", "run_dlq_command", "shown"]
 
 log = logging.getLogger("bridge.dlq")
 
@@ -42,10 +42,101 @@ async def run_dlq_command(streams: Sequence[SignalStream], args: argparse.Namesp
         return await _dlq_show(stores, args)
     if args.dlq_command == "replay":
         return await _dlq_replay(stores, args)
+    return await _dlq_purge(stores, args)
+
+
+def plural(count: int, word: str) -> str:
+    """``1 dead letter``, ``2 dead letters``: a count with its noun."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _letter_time(entry: Entry) -> str:
+    """When the letter was written, as RFC 3339 UTC (from dlq_time_ms, else the id)."""
+    raw = entry.field(f"{DLQ_PREFIX}time_ms") or entry.id.split("-", 1)[0]
+    try:
+        return _ms_time(int(raw))
+    except (ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _confirmed(count: int, where: str) -> bool:
+    """Ask on the terminal whether to delete ``count`` dead letters; False when not a terminal."""
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"delete {plural(count, 'dead letter')} from {where}? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def _dlq_purge(stores: Sequence[DeadLetterStore], args: argparse.Namespace) -> int:
+    """Delete the matching dead letters (all by default), printing each one it deleted.
+
+    Needs ``--yes`` or a "y" on the terminal; ``--dry-run`` lists them and deletes nothing.
+    Only the letters listed are deleted (XDEL by id): one written meanwhile stays.
+    """
+    chosen: list[tuple[DeadLetterStore, Entry]] = []
     for store in stores:
-        purged = await store.purge()
-        print(f"purged {purged} dead letters from {store.dlq_stream}")
+        async for entry in store.scan(
+            reason=args.reason, since_ms=args.since, before_ms=args.before
+        ):
+            chosen.append((store, entry))
+    where = ", ".join(store.dlq_stream for store in stores)
+    if not chosen:
+        print(f"no dead letters to purge in {where}{_filters(args)}")
+        return 0
+    if args.dry_run:
+        for store, entry in chosen:
+            print(f"would delete {_described(store, entry)}")
+        print(f"dry run: {plural(len(chosen), 'dead letter')} would be deleted; nothing changed")
+        return 0
+    if not args.yes and not _confirmed(len(chosen), where):
+        print(
+            f"signal-bridge dlq purge: not deleting {plural(len(chosen), 'dead letter')} "
+            f"without confirmation: add --yes (or answer y on a terminal); --dry-run lists them",
+            file=sys.stderr,
+        )
+        return 2
+    total = 0
+    for store in stores:
+        mine = [entry for owner, entry in chosen if owner is store]
+        if not mine:
+            continue
+        deleted = await store.delete([entry.id for entry in mine])
+        total += deleted
+        for entry in mine:
+            print(f"deleted {_described(store, entry)}")
+        log.warning(
+            "dead letters purged",
+            extra=log_fields(dlq_stream=store.dlq_stream, deleted=deleted, by=_waiver_note()),
+        )
+    print(f"purged {plural(total, 'dead letter')} from {where}")
     return 0
+
+
+def _described(store: DeadLetterStore, entry: Entry) -> str:
+    """One dead letter in one line: id, time, reason, source entry (escaped for a terminal)."""
+    return shown(
+        f"{entry.id} {_letter_time(entry)} {entry.field(f'{DLQ_PREFIX}reason') or '?'} "
+        f"(source {entry.field(f'{DLQ_PREFIX}source_stream') or store.stream}/"
+        f"{entry.field(f'{DLQ_PREFIX}source_id') or '?'})"
+    )
+
+
+def _filters(args: argparse.Namespace) -> str:
+    """Describe the filters given, for the 'nothing found' lines (empty without filters)."""
+    parts = []
+    if getattr(args, "reason", None) is not None:
+        parts.append(f"reason {args.reason}")
+    if getattr(args, "since", None) is not None:
+        parts.append(f"since {_ms_time(args.since)}")
+    if getattr(args, "before", None) is not None:
+        parts.append(f"before {_ms_time(args.before)}")
+    return f" matching {', '.join(parts)}" if parts else ""
+
+
+def _ms_time(millis: int) -> str:
+    """Unix milliseconds as RFC 3339 UTC to the millisecond (``2026-12-07T03:29:37.123Z``)."""
+    when = datetime.fromtimestamp(millis / 1000, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_since(text: str) -> int:
@@ -102,6 +193,30 @@ def _letter_row(entry: Entry) -> dict[str, str]:
     }
 
 
+_NUMBER_FIELDS: Final = frozenset(
+    f"{DLQ_PREFIX}{name}"
+    for name in (
+        "http_code",
+        "attempts",
+        "deliveries",
+        "time_ms",
+        "original_fields",
+        "original_bytes",
+    )
+)
+
+
+def _json_row(entry: Entry) -> dict[str, object]:
+    """Give a dead letter for ``--json``: its fields, counts and times as numbers, the time."""
+    row: dict[str, object] = dict(_letter_row(entry))
+    for name in _NUMBER_FIELDS:
+        value = row.get(name)
+        if isinstance(value, str):
+            row[name] = int(value) if value.lstrip("-").isdigit() else None
+    row[f"{DLQ_PREFIX}time"] = _letter_time(entry)
+    return row
+
+
 async def _selected(
     stores: Sequence[DeadLetterStore], args: argparse.Namespace
 ) -> list[tuple[DeadLetterStore, Entry]]:
@@ -118,14 +233,19 @@ async def _selected(
 
 
 async def _dlq_list(stores: Sequence[DeadLetterStore], args: argparse.Namespace) -> int:
-    """Print the dead letters matching the filters, as a table or JSON."""
-    rows = [_letter_row(entry) for _, entry in await _selected(stores, args)]
+    """Print the dead letters matching the filters, as a table or JSON (numbers as numbers)."""
+    selected = await _selected(stores, args)
     if args.json:
-        print(msgspec.json.encode(rows).decode())
+        print(msgspec.json.encode([_json_row(entry) for _, entry in selected]).decode())
         return 0
-    for row in rows:
+    if not selected:
+        where = ", ".join(store.dlq_stream for store in stores)
+        print(f"no dead letters in {where}{_filters(args)}")
+        return 0
+    for _, entry in selected:
+        row = _letter_row(entry)
         print(
-            f"{row['id']}  {shown(row.get(DLQ_PREFIX + 'reason', '?')):<15} "
+            f"{row['id']}  {_letter_time(entry)}  {shown(row.get(DLQ_PREFIX + 'reason', '?')):<15} "
             f"source={shown(row.get(DLQ_PREFIX + 'source_id', '?'))}  "
             f"{shown(row.get(DLQ_PREFIX + 'error', '')[:120])}"
         )
@@ -174,7 +294,7 @@ async def _dlq_show(stores: Sequence[DeadLetterStore], args: argparse.Namespace)
     if args.json:
         payload = {
             "dlq_stream": store.dlq_stream,
-            "fields": row,
+            "fields": _json_row(entry),
             "signal": signal,
             "signal_error": problem,
             "error": row.get(f"{DLQ_PREFIX}error"),
@@ -183,7 +303,9 @@ async def _dlq_show(stores: Sequence[DeadLetterStore], args: argparse.Namespace)
         return 0
     print(f"dead letter {entry.id} in {store.dlq_stream}")
     for name, value in row.items():
-        if name != "id":
+        if name == f"{DLQ_PREFIX}time_ms":
+            print(f"  {name}: {shown(value)} ({_letter_time(entry)})")
+        elif name != "id":
             print(f"  {shown(name)}: {shown(value)}")
     if signal is not None:
         pretty = msgspec.json.format(msgspec.json.encode(signal), indent=2).decode()
@@ -216,6 +338,13 @@ async def _dlq_replay(stores: Sequence[DeadLetterStore], args: argparse.Namespac
             f"{entry.id} ({entry.field(f'{DLQ_PREFIX}reason') or '?'}, source "
             f"{source}/{entry.field(f'{DLQ_PREFIX}source_id') or '?'})"
         )
+        if entry.field(f"{DLQ_PREFIX}reason") == "expired" and waiver is None:
+            print(
+                f"note: {shown(entry.id)} was dead-lettered as expired: replayed without "
+                "--allow-expired it is older still, so it expires again (its timestamp is "
+                "kept); add --allow-expired to post it anyway",
+                file=sys.stderr,
+            )
         if args.dry_run:
             print(f"would replay {what}")
             continue
@@ -234,7 +363,7 @@ async def _dlq_replay(stores: Sequence[DeadLetterStore], args: argparse.Namespac
         for dlq_id, new_id in await store.replay([entry.id], waive_max_age=waiver):
             print(f"{dlq_id} -> {new_id}")
     if args.dry_run:
-        print(f"dry run: {len(chosen)} dead letters would be replayed; nothing changed")
+        print(f"dry run: {plural(len(chosen), 'dead letter')} would be replayed; nothing changed")
     return 0
 
 

@@ -1,16 +1,20 @@
 """``signal-bridge ingest-server``: the reference ingest server in the foreground.
 
 It runs with JSON logs and OpenTelemetry like the bridge, and exits 0 after a SIGTERM once
-uvicorn has shut down and telemetry is flushed.
+uvicorn has shut down and telemetry is flushed; 2 for a bad option or secret, or a port it
+cannot listen on (checked before it says "ready").
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal as os_signal
+import socket
 
 from bridge import __version__
+from bridge.errors import UsageError
 from bridge.telemetry.logs import configure_logging, log_fields
 from bridge.telemetry.otel_env import otel_environment, validate_otel_endpoints
 from bridge.telemetry.setup import setup_telemetry
@@ -18,6 +22,25 @@ from bridge.telemetry.setup import setup_telemetry
 __all__ = ["run_ingest_server"]
 
 log = logging.getLogger("bridge")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that cannot be listened on (busy, privileged) as a usage error: exit 2.
+
+    uvicorn would log "ready", fail to bind and exit 3; the bridge's health port gives 2 too.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reasons = {
+                errno.EADDRINUSE: "is already in use",
+                errno.EACCES: "is not allowed (ports below 1024 need privileges)",
+            }
+            why = reasons.get(exc.errno or 0, f"cannot be listened on: {exc.strerror or exc}")
+            raise UsageError(f"--host/--port: {host}:{port} {why}") from None
 
 
 def run_ingest_server(args: argparse.Namespace) -> int:
@@ -32,7 +55,8 @@ def run_ingest_server(args: argparse.Namespace) -> int:
         load_required_version,
     )
 
-    configure_logging("INFO", "json")
+    configure_logging("INFO", "auto")
+    _check_port(args.host, args.port)
     keys = load_ingest_keys()
     secrets = keys.secrets
     public_keys = load_ingest_public_keys()

@@ -56,6 +56,8 @@ def _signals_from_args(args: argparse.Namespace) -> list[Signal]:
 
     Every mistake is a UsageError naming the option, the file or the item that is wrong.
     """
+    if args.sample is not None and args.file:
+        raise UsageError("give --sample N or --file, not both (--sample would ignore the file)")
     if args.sample is not None:
         return _samples(args.sample)
     if args.file:
@@ -241,9 +243,42 @@ def _signal_from_flags(args: argparse.Namespace) -> Signal:
         raise UsageError(f"{flag}: {exc}") from None
 
 
+def _warn_stale(signals: Sequence[Signal], max_age_s: float) -> None:
+    """Warn on stderr about each signal already older than the bridge's maximum age."""
+    if max_age_s <= 0:
+        return
+    now = datetime.now(UTC)
+    for item in signals:
+        age_s = (now - item.timestamp).total_seconds()
+        if age_s > max_age_s:
+            print(
+                f"warning: signal {item.signal_id or item.instrument} has timestamp "
+                f"{item.timestamp.isoformat()}, {age_s:.0f} s old: past "
+                f"BRIDGE_SIGNAL_MAX_AGE_SECONDS ({max_age_s:g} s), so the bridge will "
+                "dead-letter it as expired instead of posting it",
+                file=sys.stderr,
+            )
+
+
+def _summary(count: int, shards: set[str], streams: Sequence[str]) -> str:
+    """Say how many signals went to how many shards (or which stream): the last line."""
+    what = f"{count} signal" if count == 1 else f"{count} signals"
+    if len(streams) == 1:
+        return f"published {what} to {streams[0]}"
+    used = f"{len(shards)} shard" if len(shards) == 1 else f"{len(shards)} shards"
+    return f"published {what} to {used} (of {len(streams)})"
+
+
 async def run_publish(config: BridgeConfig, args: argparse.Namespace) -> int:
-    """Publish the signals the options describe, one entry id per line on stdout."""
+    """Publish the signals the options describe, one entry id per line on stdout.
+
+    Warnings (a timestamp past the maximum age) and the closing summary go to stderr, so the
+    ids on stdout stay easy to read from a script.
+    """
     signals = _signals_from_args(args)
+    _warn_stale(signals, config.stream.signal_max_age_s)
+    streams = config.stream.stream_names()
+    shards: set[str] = set()
     telemetry = setup_telemetry(
         config.telemetry.otel_env, instance_id=config.stream.consumer, prometheus=False
     )
@@ -253,15 +288,17 @@ async def run_publish(config: BridgeConfig, args: argparse.Namespace) -> int:
             cluster=config.stream.cluster,
             password=config.stream.redis_password,
         ) as redis:
-            names = config.stream.stream_names()
             if getattr(args, "wait", False):
-                return await _publish_and_wait(redis, signals, names, telemetry.tracer, args)
+                return await _publish_and_wait(redis, signals, streams, telemetry.tracer, args)
             for item in signals:
-                with _producer_span(telemetry.tracer, names):
-                    entry_id = await publish(redis, item, stream=names)
+                with _producer_span(telemetry.tracer, streams):
+                    entry_id = await publish(redis, item, stream=streams)
+                shards.add(shard_for(item.instrument, streams))
                 print(entry_id)
     finally:
         telemetry.shutdown()
+    sys.stdout.flush()
+    print(_summary(len(signals), shards, streams), file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,10 @@ __all__ = ["run_status"]
 
 
 async def run_status(config: BridgeConfig, args: argparse.Namespace) -> int:
-    """Print each stream's length, lag, pending, oldest pending age and dead letters."""
+    """Print each stream's length, lag, pending, oldest pending age and dead letters.
+
+    ``--json`` prints a list with one object per stream, always (one stream or many).
+    """
     cfg = config.stream
     strict = cfg.ordering == "strict"
     leases: list[LeaseHolder | None] = []
@@ -32,17 +35,26 @@ async def run_status(config: BridgeConfig, args: argparse.Namespace) -> int:
             )
             leases = [await store.describe(stream.stream) for stream in streams]
     if args.json:
+        # One shape whatever the number of streams or the ordering mode: a list of objects,
+        # each with every key ("lease" is null in parallel mode and for a free shard).
         rows = [msgspec.structs.asdict(status) for status in statuses]
-        for row, lease in zip(rows, leases, strict=False):
+        for i, row in enumerate(rows):
+            lease = leases[i] if strict else None
             row["lease"] = None if lease is None else msgspec.structs.asdict(lease)
-        payload = rows[0] if len(rows) == 1 else rows
-        print(msgspec.json.encode(payload).decode())
+        print(msgspec.json.encode(rows).decode())
         return 0
     for i, status in enumerate(statuses):
         age = status.oldest_pending_age_ms
         print(f"stream        {status.stream} ({status.length} entries)")
-        print(f"group         {status.group}")
-        print(f"lag           {'unknown' if status.lag is None else status.lag}")
+        if status.group_exists:
+            print(f"group         {status.group}")
+            print(f"lag           {'unknown' if status.lag is None else status.lag}")
+        else:
+            print(
+                f"group         {status.group} MISSING (run creates it at "
+                f"BRIDGE_START_ID={cfg.start_id})"
+            )
+            print("lag           - (no group)")
         print(f"pending       {status.pending}")
         print(f"oldest        {'-' if age is None else f'{age / 1000:.1f}s'}")
         print(f"dead letters  {status.dead_letters} in {config.stream.dlq_for(status.stream)}")

@@ -45,7 +45,7 @@ from bridge.errors import StreamError
 from bridge.ownership.assign import Lease, assign
 from bridge.ownership.leases import LeaseStore, claim_strays, take_pending
 from bridge.ownership.strategy import WORKER_EXIT_EXTRA_S, ShardListener, WorkerFactory
-from bridge.streams.group import SignalStream
+from bridge.streams.group import SignalStream, report_new_group
 from bridge.telemetry.logs import log_fields
 from bridge.telemetry.metrics import Metrics
 
@@ -122,6 +122,7 @@ class Coordinator:
         self._stop_event = asyncio.Event()
         self._releases: set[asyncio.Task[None]] = set()
         self._heartbeat_failing = False
+        self._redis_down = False  # "redis unavailable" was said; "redis is back" is owed
         self._heartbeat_task: asyncio.Future[list[str]] | None = None
         self._heartbeat_asked = 0.0
         self._heartbeat_flag = True  # the assignable flag the heartbeat in flight carries
@@ -185,15 +186,20 @@ class Coordinator:
         try:
             self.live, asked = await self._heartbeat()
             self._check_latency("heartbeat", asked)
+            if self._redis_down:
+                self._redis_down = False
+                log.info("redis is back", extra=log_fields(consumer=self.member))
             if self._heartbeat_failing:
                 self._heartbeat_failing = False
                 log.info("heartbeat sent again", extra=log_fields(live_replicas=len(self.live)))
         except (StreamError, TimeoutError) as exc:
+            down = self._redis_unavailable(exc)
             if self._heartbeat_failing:  # twice in a row: this replica cannot keep leases now
                 self._unfit("heartbeats failing")
             if not self._heartbeat_failing:  # once per outage, not every tick
                 self._heartbeat_failing = True
-                log.warning(
+                log.log(
+                    logging.INFO if down else logging.WARNING,
                     "heartbeat failed: no shard is acquired until Redis answers; held shards "
                     "stay fenced by their own clocks",
                     extra=log_fields(error=str(exc) or type(exc).__name__),
@@ -212,6 +218,27 @@ class Coordinator:
         for shard in self.target:
             if shard not in self.owned and not self._stopping:
                 await self._acquire(shard)
+
+    def _redis_unavailable(self, exc: Exception) -> bool:
+        """Say "redis unavailable" once per outage (ERROR); True when Redis is unreachable.
+
+        A plain outage (no connection, no answer in time) is the operator's news; the lease
+        lines it causes (renewal, acquire, release, fencing) then go at INFO. A refusal with a
+        Redis error code keeps its WARNING: that is not an outage.
+        """
+        if isinstance(exc, StreamError) and exc.code is not None:
+            return False
+        if not self._redis_down:
+            self._redis_down = True
+            log.error(
+                "redis unavailable, retrying",
+                extra=log_fields(consumer=self.member, error=str(exc) or type(exc).__name__),
+            )
+        return True
+
+    def _trouble_level(self, exc: Exception) -> int:
+        """Pick INFO for a lease line a plain Redis outage caused (already said), else WARNING."""
+        return logging.INFO if self._redis_unavailable(exc) else logging.WARNING
 
     async def _heartbeat(self) -> tuple[list[str], float]:
         """Send a heartbeat (one at most in flight); return the members and when it was asked.
@@ -258,7 +285,9 @@ class Coordinator:
         self._unfit_until = self.clock() + self._ttl_ms / 1000
         if not self._unfit_reported:
             self._unfit_reported = True
-            log.warning(
+            log.log(
+                # A plain Redis outage was said once ("redis unavailable"): this is no news then.
+                logging.INFO if self._redis_down else logging.WARNING,
                 "not assignable: Redis is too slow or failing to keep shard leases; the other "
                 "replicas are given this replica's shards",
                 extra=log_fields(reason=why, for_s=self._ttl_ms / 1000),
@@ -305,7 +334,8 @@ class Coordinator:
             )
         except (StreamError, TimeoutError) as exc:
             self._check_latency("lease renewal (failed)", started)
-            log.warning(
+            log.log(
+                self._trouble_level(exc),
                 "lease renewal failed",
                 extra=log_fields(shard=lease.shard, fencing_token=lease.token, error=str(exc)),
             )
@@ -350,7 +380,8 @@ class Coordinator:
         owned.lease.lost = True
         owned.worker.stop()
         self._unfit(f"lease lost: {why}")
-        log.warning(
+        log.log(
+            logging.INFO if self._redis_down else logging.WARNING,
             "shard lease lost: stopped posting for it",
             extra=log_fields(shard=owned.lease.shard, fencing_token=owned.lease.token, reason=why),
         )
@@ -376,7 +407,11 @@ class Coordinator:
             token, value = await self._bounded(self.leases.acquire(shard, self.owner, self._ttl_ms))
         except (StreamError, TimeoutError) as exc:
             self._acquire_failed("lease acquire failed")
-            log.warning("lease acquire failed", extra=log_fields(shard=shard, error=str(exc)))
+            log.log(
+                self._trouble_level(exc),
+                "lease acquire failed",
+                extra=log_fields(shard=shard, error=str(exc)),
+            )
             return
         if not token:
             if not value.endswith(f" {self.owner}"):
@@ -387,11 +422,13 @@ class Coordinator:
         lease = Lease(shard, token, value, renewed_at=started, ttl_s=self._ttl_ms / 1000)
         stream = self.streams[shard]
         try:
-            await stream.ensure_group(self.settings.start_id)
+            if await stream.ensure_group(self.settings.start_id):
+                await report_new_group(stream, self.settings.start_id, self.metrics)
             moved = await take_pending(stream, self.leases.lease_key(shard), value)
         except StreamError as exc:
             self._acquire_failed("takeover failed")
-            log.warning(
+            log.log(
+                self._trouble_level(exc),
                 "could not take over the shard's pending entries; releasing it",
                 extra=log_fields(shard=shard, fencing_token=token, error=str(exc)),
             )
@@ -421,7 +458,8 @@ class Coordinator:
             confirmed = False
         if not confirmed:
             self._acquire_failed("lease lost during the takeover")
-            log.warning(
+            log.log(
+                logging.INFO if self._redis_down else logging.WARNING,
                 "shard lease lost during the takeover; trying again",
                 extra=log_fields(shard=shard, fencing_token=token),
             )
@@ -479,7 +517,8 @@ class Coordinator:
         try:
             counter = await self._bounded(self.leases.raise_fence(lease.shard, server_token))
         except (StreamError, TimeoutError) as exc:
-            log.warning(
+            log.log(
+                self._trouble_level(exc),
                 "could not raise the shard's fencing counter",
                 extra=log_fields(shard=lease.shard, error=str(exc)),
             )
@@ -517,7 +556,8 @@ class Coordinator:
                 released = await self._bounded(self.leases.release(lease.shard, lease.value))
                 lease.lost = True  # released: no renewal, no post
             except (StreamError, TimeoutError) as exc:
-                log.warning(
+                log.log(
+                    self._trouble_level(exc),
                     "lease release failed; it expires on its own",
                     extra=log_fields(shard=lease.shard, error=str(exc)),
                 )

@@ -56,18 +56,23 @@ class DeadLetterStore:
         *,
         reason: str | None = None,
         since_ms: int | None = None,
+        before_ms: int | None = None,
         limit: int | None = None,
         page: int = 500,
     ) -> AsyncIterator[Entry]:
         """Yield dead letters oldest first over the WHOLE dead-letter stream, page by page.
 
         ``since_ms`` starts at letters written at or after that Unix time (a dead letter's id
-        is its write time); ``reason`` keeps one reason; ``limit`` stops after that many matches.
+        is its write time), ``before_ms`` stops before letters written at or after that time;
+        ``reason`` keeps one reason; ``limit`` stops after that many matches.
         """
         start = f"{since_ms}-0" if since_ms is not None else "-"
+        end = f"({before_ms}-0" if before_ms is not None else "+"
         found = 0
         while limit is None or found < limit:
-            raw = await guard(self.redis.xrange(self.dlq_stream, min=start, count=page), "XRANGE")
+            raw = await guard(
+                self.redis.xrange(self.dlq_stream, min=start, max=end, count=page), "XRANGE"
+            )
             live, _ = split_entries(raw)
             for entry in live:
                 if reason is None or entry.field(f"{DLQ_PREFIX}reason") == reason:
@@ -119,8 +124,10 @@ class DeadLetterStore:
             done.append((dlq_id, as_text(new_id)))
         return done
 
-    async def purge(self) -> int:
-        """Delete the whole dead-letter stream; returns how many entries it held."""
-        count = int(await guard(self.redis.xlen(self.dlq_stream), "XLEN"))
-        await guard(self.redis.delete(self.dlq_stream), "DEL")
-        return count
+    async def delete(self, ids: Sequence[str], *, batch: int = 500) -> int:
+        """XDEL these dead letters (and only these), in batches; returns how many were deleted."""
+        deleted = 0
+        for first in range(0, len(ids), batch):
+            chunk = ids[first : first + batch]
+            deleted += int(await guard(self.redis.xdel(self.dlq_stream, *chunk), "XDEL"))
+        return deleted

@@ -148,3 +148,4 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: int
     dead_letter_oldest_age_ms: int | None = None
     dead_letter_error: str | None = None  # the dead-letter key cannot take letters (its type)
+    group_exists: bool = True  # False: the group is missing (lag, pending, consumers are empty)

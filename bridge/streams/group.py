@@ -36,6 +36,7 @@ from bridge.streams.letter_fields import letter_fields
 from bridge.streams.scripts import load
 from bridge.streams.settings import DEAD_LETTER_MAX_BYTES, StreamConfig
 from bridge.telemetry.logs import log_fields
+from bridge.telemetry.metrics import Metrics
 
 __all__ = ["SignalStream", "report_new_group", "signal_streams"]
 
@@ -340,7 +341,8 @@ class SignalStream:
         pending = 0
         consumers: list[ConsumerStatus] = []
         oldest: int | None = None
-        if await self.group_exists():
+        exists = await self.group_exists()
+        if exists:
             groups = await guard(self.redis.xinfo_groups(self.stream), "XINFO GROUPS")
             for group in groups:
                 if as_text(group["name"]) == self.group:
@@ -389,6 +391,7 @@ class SignalStream:
             dead_letters=dead,
             dead_letter_oldest_age_ms=dead_oldest,
             dead_letter_error=dead_letter_error,
+            group_exists=exists,
         )
 
     async def trim_acked(self, limit: int = 10_000) -> TrimResult:
@@ -421,11 +424,15 @@ class SignalStream:
         return max(0, length - len(newer))
 
 
-async def report_new_group(stream: SignalStream, start_id: str) -> int:
+async def report_new_group(
+    stream: SignalStream, start_id: str, metrics: Metrics | None = None
+) -> int:
     """After creating the group: WARN when it starts at ``$`` past existing entries.
 
-    Returns how many entries it skips (0 when it starts at ``0`` or an explicit id, or when
-    Redis cannot say).
+    Both ordering modes call it where they create the group (the worker in ``parallel``, the
+    shard takeover in ``strict``); the count also goes to ``signals_skipped_total``. Returns
+    how many entries it skips (0 when it starts at ``0`` or an explicit id, or when Redis
+    cannot say).
     """
     if start_id != "$":
         return 0
@@ -434,6 +441,8 @@ async def report_new_group(stream: SignalStream, start_id: str) -> int:
     except StreamError:
         return 0
     if skipped:
+        if metrics is not None:
+            metrics.skipped_total.add(skipped, {"stream": stream.stream})
         log.warning(
             "new consumer group starts at '$': entries already in the stream are skipped "
             "(not delivered); to deliver them, XGROUP SETID <stream> <group> 0 before they "

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import msgspec
 from opentelemetry import trace
@@ -34,6 +34,7 @@ __all__ = [
     "configure_logging",
     "log_fields",
     "log_info",
+    "resolve_log_format",
     "trace_fields",
 ]
 
@@ -400,10 +401,25 @@ def _fast_handler(logger: logging.Logger) -> LazyFlushHandler | None:
     return handler
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Send the root logger to stdout in the chosen format (replacing earlier handlers)."""
+def resolve_log_format(fmt: str, stream: TextIO | None = None) -> str:
+    """Turn ``auto`` into ``text`` on a terminal and ``json`` elsewhere; keep json and text."""
+    if fmt != "auto":
+        return fmt
+    out = sys.stdout if stream is None else stream
+    try:
+        return "text" if out.isatty() else "json"
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return "json"
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Send the root logger to stdout in the chosen format (replacing earlier handlers).
+
+    ``fmt`` is ``json``, ``text`` or ``auto`` (text on a terminal, else JSON).
+    """
     handler = LazyFlushHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    json_lines = resolve_log_format(fmt) == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

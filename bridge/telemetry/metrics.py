@@ -239,6 +239,12 @@ class Metrics:
             description="Consumers removed from a group: idle past BRIDGE_CONSUMER_EXPIRE_SECONDS, "
             "holding no pending entry",
         )
+        self.skipped_total = meter.create_counter(
+            "signals_skipped_total",
+            unit="1",
+            description="Entries already in the stream that a new consumer group created at '$' "
+            "skipped (never delivered)",
+        )
         self._redis_up: dict[str, int] = {}
         meter.create_observable_gauge(
             "signals_redis_up",

@@ -26,7 +26,8 @@ class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Logs, health port and OpenTelemetry switches."""
 
     log_level: Annotated[str, Setting("BRIDGE_LOG_LEVEL")] = "INFO"
-    log_format: Annotated[Literal["json", "text"], Setting("BRIDGE_LOG_FORMAT")] = "json"
+    # auto: a human line on a terminal, JSON otherwise (a container, a pipe, a log shipper).
+    log_format: Annotated[Literal["json", "text", "auto"], Setting("BRIDGE_LOG_FORMAT")] = "auto"
     health_port: Annotated[
         int, Setting("BRIDGE_HEALTH_PORT", ge=0, le=65535, note="0 disables")
     ] = 8081

@@ -189,10 +189,12 @@ def setup_telemetry(
         from prometheus_client import CollectorRegistry  # noqa: PLC0415 - optional reader
 
         registry = CollectorRegistry(auto_describe=True)
+        # No otel_scope_name / _version / _schema_url on every series: one meter, one scope,
+        # three labels that say nothing and cost a label set each (the exporter's own option).
         readers.append(
-            LocalHistogramPrometheusReader(local, registry=registry)
+            LocalHistogramPrometheusReader(local, registry=registry, scope_info_enabled=False)
             if fast
-            else PrometheusMetricReader(registry=registry)
+            else PrometheusMetricReader(registry=registry, scope_info_enabled=False)
         )
         _add_process_metrics(registry)
     if disabled:

@@ -425,7 +425,7 @@ async def test_status_command_never_prints_the_redis_password_or_the_secret(
     assert plain.returncode == 0, plain.stderr
     assert f"stream        {stream_name} (2 entries)" in plain.stdout
     assert as_json.returncode == 0, as_json.stderr
-    assert msgspec.json.decode(as_json.stdout)["length"] == 2
+    assert msgspec.json.decode(as_json.stdout)[0]["length"] == 2
     wrong = {**env, "BRIDGE_REDIS_URL": url.replace(PASSWORD, PASSWORD[::-1])}
     refused = await asyncio.to_thread(_status, wrong)
     assert refused.returncode != 0

@@ -702,7 +702,8 @@ def test_cut_detail_bounds_long_text_and_notes_the_size(content: bytes) -> None:
 async def test_a_huge_json_error_body_is_cut_in_details_and_the_log(
     scripted_server: StartScripted, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A 503 with a 600 KB JSON body: details and the WARNING carry at most 2 KiB of it."""
+    """A 503 with a 600 KB JSON body: details and the DEBUG line carry at most 2 KiB of it."""
+    caplog.set_level(logging.DEBUG, logger="bridge.client")
     body = b'{"detail":"' + b"z" * 600_000 + b'"}'
     server = await scripted_server(lambda request: RawResponse(503, body))
     async with HmacClient(make_outbound_config(server.base_url)) as client:

@@ -386,7 +386,7 @@ async def test_worker_pauses_on_untrusted_certificate_then_delivers_with_right_c
         assert any(
             "circuit breaker open" in r.getMessage()
             for r in caplog.records
-            if r.name == "bridge.worker" and r.levelname == "WARNING"
+            if r.name == "bridge.worker" and r.levelname == "INFO"
         )
 
         right = _config(url, redis_url, stream_name, OUTBOUND_CA_BUNDLE=str(pki.ca))

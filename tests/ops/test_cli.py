@@ -198,7 +198,7 @@ async def test_status_and_dlq_commands(
     assert "pending       1" in text.stdout
     assert "dead letters  1" in text.stdout
     assert "consumer ops: 1 pending" in text.stdout
-    status = json.loads(cli("status", "--json", env=env).stdout)
+    [status] = json.loads(cli("status", "--json", env=env).stdout)
     assert (status["lag"], status["pending"], status["dead_letters"]) == (0, 1, 1)
     assert status["oldest_pending_age_ms"] >= 0
 
@@ -214,7 +214,7 @@ async def test_status_and_dlq_commands(
     assert await redis.xlen(f"{stream_name}:dlq") == 0
     assert await redis.xlen(stream_name) == 3
     await stream.dead_letter(entries[0], DeadLetter(reason="rejected", error="no"))
-    purge = cli("dlq", "purge", env=env)
+    purge = cli("dlq", "purge", "--yes", env=env)
     assert "purged 1" in purge.stdout
     assert await redis.xlen(f"{stream_name}:dlq") == 0
 

@@ -143,11 +143,11 @@ def test_config_option_before_or_after_the_command(
     other = tmp_path / "other.toml"
     other.write_text(f'[stream]\nredis_url = "{redis_url}"\nstream = "{stream_name}:other"\n')
     assert main(["--config", str(config), "status", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["stream"] == stream_name
+    assert json.loads(capsys.readouterr().out)[0]["stream"] == stream_name
     assert main(["status", "--json", "--config", str(config)]) == 0
-    assert json.loads(capsys.readouterr().out)["stream"] == stream_name
+    assert json.loads(capsys.readouterr().out)[0]["stream"] == stream_name
     assert main(["--config", str(config), "status", "--json", "--config", str(other)]) == 0
-    assert json.loads(capsys.readouterr().out)["stream"] == f"{stream_name}:other"
+    assert json.loads(capsys.readouterr().out)[0]["stream"] == f"{stream_name}:other"
     assert main(["dlq", "list", "--json", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 

@@ -17,6 +17,7 @@ import trustme
 import yaml
 
 from bridge.config.loader import load_config
+from bridge.devkit.ingest import HEALTH_PATH
 from bridge.devkit.ingest_keys import load_ingest_secrets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,3 +168,103 @@ def test_dockerfile_runs_as_non_root_with_a_readiness_healthcheck() -> None:
     assert "HEALTHCHECK" in text
     assert "/readyz" in text
     assert 'ENTRYPOINT ["signal-bridge"]' in text
+
+
+# --- health checks point where each service listens ------------------------------------------
+
+_ONE_SHOT = {"certs", "install-secrets"}
+
+
+def _image_healthcheck() -> list[str]:
+    """The Dockerfile's HEALTHCHECK command (inherited by every service on our image)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found = re.search(r"^HEALTHCHECK .*?CMD (\[.*\])", text, flags=re.M)
+    assert found is not None
+    return list(yaml.safe_load(found.group(1)))
+
+
+def _listens_on(name: str, svc: dict[str, Any]) -> int | None:
+    """The port a service's own process listens on, from its command or environment."""
+    command = [str(part) for part in svc.get("command", [])]
+    if command[:1] == ["run"]:
+        return int(svc["environment"]["BRIDGE_HEALTH_PORT"])
+    if command[:1] == ["ingest-server"]:
+        ports = [part.split("=", 1)[1] for part in command if part.startswith("--port=")]
+        return int(ports[0]) if ports else 8000
+    if name == "redis":
+        return int(command[command.index("--port") + 1]) if "--port" in command else 6379
+    return None
+
+
+def _effective_healthcheck(svc: dict[str, Any]) -> list[str] | None:
+    """The health check a service runs: its own, else its image's (ours), else none."""
+    own = svc.get("healthcheck")
+    if own is not None:
+        if own.get("disable"):
+            return None
+        test = own["test"]
+        return [test] if isinstance(test, str) else [str(part) for part in test]
+    if svc.get("image") == "signal-bridge:local" or "build" in svc:
+        return _image_healthcheck()
+    return None
+
+
+def test_every_health_check_points_where_its_service_listens(compose: dict[str, Any]) -> None:
+    """Each long-running service with a health check probes the port its process listens on."""
+    checked = set()
+    for name, svc in _services(compose).items():
+        if name in _ONE_SHOT or "profiles" in svc:
+            continue
+        check = _effective_healthcheck(svc)
+        port = _listens_on(name, svc)
+        if port is None:
+            assert check is None, f"{name}: a health check, but no known port to check"
+            continue
+        assert check is not None, f"{name} listens on {port} but has no health check"
+        text = " ".join(check)
+        if name == "redis":
+            assert "redis-cli" in text, text
+            assert "-p " not in text or f"-p {port}" in text, text
+        else:
+            probed = re.findall(r"://(?:127\.0\.0\.1|localhost):(\d+)/", text)
+            assert probed == [str(port)], f"{name} listens on {port}, its check probes {probed}"
+        checked.add(name)
+    assert {"redis", "ingest", "bridge-1", "bridge-2"} <= checked
+
+
+def test_the_ingest_check_asks_the_ingest_server_health_path(compose: dict[str, Any]) -> None:
+    """The ingest service probes /healthz over TLS, trusting the stack's CA it mounts."""
+    ingest = _services(compose)["ingest"]
+    text = " ".join(ingest["healthcheck"]["test"])
+    assert f"https://localhost:8443{HEALTH_PATH}" in text
+    assert "cafile='/ca/ca.pem'" in text
+    assert "ca:/ca:ro" in ingest["volumes"]
+
+
+def test_bridges_wait_for_a_healthy_ingest_and_get_time_to_drain(compose: dict[str, Any]) -> None:
+    """stop_grace_period is above the drain grace; the bridges start once ingest is healthy."""
+    for name, svc in _bridges(compose).items():
+        grace = str(svc["stop_grace_period"])
+        assert grace.endswith("s"), name
+        drain = float(svc["environment"].get("BRIDGE_SHUTDOWN_GRACE_SECONDS", 10))
+        assert float(grace[:-1]) > drain + 5, name
+        assert svc["depends_on"]["ingest"]["condition"] == "service_healthy", name
+
+
+def test_bridge_metrics_reach_prometheus_once(compose: dict[str, Any]) -> None:
+    """Scraped directly, so not exported through the collector as well."""
+    for name, svc in _bridges(compose).items():
+        assert svc["environment"]["OTEL_METRICS_EXPORTER"] == "none", name
+
+
+def test_one_shot_services_need_no_network_and_our_image_services_can_build(
+    compose: dict[str, Any],
+) -> None:
+    """The one-shot services run without a network; each service on our image can build it."""
+    services = _services(compose)
+    for name in _ONE_SHOT:
+        assert services[name]["network_mode"] == "none", name
+    for name, svc in services.items():
+        if svc.get("image") == "signal-bridge:local":
+            assert svc.get("build") == ".", f"{name} uses the local image without build:"
+    assert not services["jaeger"]["image"].startswith("jaegertracing/all-in-one:1.")

@@ -37,7 +37,7 @@ async def test_status_shows_each_shards_lease_holder_and_token(
 async def test_status_in_parallel_mode_shows_no_lease(
     redis: aioredis.Redis, redis_url: str, stream_name: str
 ) -> None:
-    """Parallel ordering has no leases: no lease line, no lease key in JSON."""
+    """Parallel ordering has no leases: no lease line; JSON keeps its one shape, lease null."""
     env = {
         "BRIDGE_REDIS_URL": redis_url,
         "BRIDGE_STREAM": stream_name,
@@ -46,4 +46,26 @@ async def test_status_in_parallel_mode_shows_no_lease(
     text = cli("status", env=env)
     assert text.returncode == 0, text.stderr
     assert "lease" not in text.stdout
-    assert "lease" not in json.loads(cli("status", "--json", env=env).stdout)
+    rows = json.loads(cli("status", "--json", env=env).stdout)
+    assert [(row["stream"], row["lease"]) for row in rows] == [(stream_name, None)]
+
+
+async def test_status_json_has_one_shape_and_shows_a_missing_group_as_missing(
+    redis: aioredis.Redis, redis_url: str, stream_name: str
+) -> None:
+    """One stream or two, JSON is a list of objects with the same keys; no group says so."""
+    env = {"BRIDGE_REDIS_URL": redis_url, "BRIDGE_STREAM": stream_name}
+    await redis.xadd(stream_name, {"signal": b"{}"})
+    one = json.loads(cli("status", "--json", env=env).stdout)
+    two_env = {"BRIDGE_REDIS_URL": redis_url, "BRIDGE_STREAMS": f"{stream_name},{stream_name}:b"}
+    two = json.loads(cli("status", "--json", env=two_env).stdout)
+    assert isinstance(one, list)
+    assert isinstance(two, list)
+    assert [len(one), len(two)] == [1, 2]
+    assert {frozenset(row) for row in one + two} == {frozenset(one[0])}
+    assert one[0]["group_exists"] is False
+    assert one[0]["lag"] is None
+    text = cli("status", env=env).stdout
+    assert "group         signal-bridge MISSING (run creates it at BRIDGE_START_ID=$)" in text
+    assert "lag           - (no group)" in text
+    assert "unknown" not in text

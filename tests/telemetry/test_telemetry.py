@@ -698,8 +698,9 @@ async def test_run_exports_spans_and_metrics_over_otlp_and_flushes_on_sigterm(
 async def test_json_log_lines_carry_trace_ids_seed_fields_and_levels(
     otel: Otel, rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Delivered is INFO, a retry WARNING, a dead letter ERROR; each JSON line has the seed's fields and its span's ids."""  # noqa: E501
+    """Delivered is INFO, a retry WARNING, a dead letter ERROR, the client's POST lines DEBUG; each JSON line has the seed's fields and its span's ids."""  # noqa: E501
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="bridge.client")
     caplog.handler.setFormatter(JsonFormatter())
     faults = [
         _fail_first(rig.key("sig-1"), 500),
@@ -746,8 +747,8 @@ async def test_json_log_lines_carry_trace_ids_seed_fields_and_levels(
 
     failed_posts = [line for line in lines if line["message"] == "Signal post failed"]
     assert {(p["level"], p["http_code"]) for p in failed_posts} == {
-        ("WARNING", 500),
-        ("WARNING", 422),
+        ("DEBUG", 500),
+        ("DEBUG", 422),
     }
     client_span_ids = {_hex_span(s) for s in otel.spans(SpanKind.CLIENT)}
     for post in failed_posts:
@@ -779,7 +780,7 @@ async def test_auth_failures_are_logged_as_errors(
     assert refused["error_type"] == "AuthError"
     assert refused["signal_id"] == "sig-7"
     [opened] = [line for line in lines if line["message"].startswith("circuit breaker open")]
-    assert (opened["level"], opened["reason"]) == ("WARNING", "auth")
+    assert (opened["level"], opened["reason"]) == ("INFO", "auth")
     closed = [line for line in lines if line["message"].startswith("circuit breaker closed")]
     assert [line["level"] for line in closed] == ["INFO"]
     assert [line["level"] for line in lines if line["message"] == "signal delivered"] == ["INFO"]
@@ -788,7 +789,7 @@ async def test_auth_failures_are_logged_as_errors(
 def test_log_format_setting_switches_between_json_and_a_human_line(
     otel: Otel, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """configure_logging writes JSON lines by default and one readable line with BRIDGE_LOG_FORMAT=text."""  # noqa: E501
+    """configure_logging writes JSON lines with BRIDGE_LOG_FORMAT=json and one readable line with text."""  # noqa: E501
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     noisy = {
