@@ -16,7 +16,7 @@ from bridge.core.outcome import (
 from bridge.errors import ConfigError
 from tests.fixtures_ingest import outbound_env
 
-README: Final = Path(__file__).resolve().parents[2] / "README.md"
+DESIGN: Final = Path(__file__).resolve().parents[2] / "docs" / "design.md"
 
 
 def _issue_default(code: int) -> Action:
@@ -80,9 +80,9 @@ def test_systemic_answers_name_the_likely_cause(code: int, words: str) -> None:
     assert "OUTBOUND_CA_BUNDLE" in DEFAULT_TABLE.for_failure(TransportFailure.TLS).cause
 
 
-def test_the_readme_prints_the_table() -> None:
-    """Every run of codes with its action appears in the README's outcome table."""
-    text = README.read_text(encoding="utf-8")
+def test_the_docs_print_the_table() -> None:
+    """Every run of codes with its action appears in docs/design.md's outcome table."""
+    text = DESIGN.read_text(encoding="utf-8")
     for codes, action in DEFAULT_TABLE.summary():
         assert f"| `{codes}` | `{action.value}` |" in text, codes
     for failure in TransportFailure:

@@ -1,4 +1,4 @@
-"""The README against the code: its settings table and its Python examples may not drift."""
+"""The README and docs/ against the code: the settings table and Python examples may not drift."""
 
 from __future__ import annotations
 
@@ -19,7 +19,14 @@ from bridge.core.signing import Signer
 from bridge.core.timestamps import format_timestamp
 from bridge.edge.proxy import PROXY_VARIABLES
 
-README: Final = Path(__file__).resolve().parents[2] / "README.md"
+ROOT: Final = Path(__file__).resolve().parents[2]
+# The settings table lives in docs/settings.md; the examples in the README and its docs/ pages.
+SETTINGS: Final = ROOT / "docs" / "settings.md"
+EXAMPLE_PAGES: Final = (
+    ROOT / "README.md",
+    ROOT / "docs" / "producers.md",
+    ROOT / "docs" / "signing.md",
+)
 # Read outside config's table (a file path, the secret's file, the reference server's keys).
 OTHER_VARIABLES: Final = (
     "BRIDGE_CONFIG",
@@ -36,8 +43,8 @@ OTHER_VARIABLES: Final = (
 
 
 def _table_defaults() -> dict[str, str]:
-    """Each variable named in the README's settings table -> its row's default cell."""
-    lines = README.read_text(encoding="utf-8").splitlines()
+    """Each variable named in docs/settings.md's table -> its row's default cell."""
+    lines = SETTINGS.read_text(encoding="utf-8").splitlines()
     start = lines.index("| variable | default | meaning |")
     defaults: dict[str, str] = {}
     for line in lines[start + 2 :]:
@@ -50,27 +57,34 @@ def _table_defaults() -> dict[str, str]:
 
 
 def _settings_table() -> set[str]:
-    """The variable names in the first column of the README's settings table."""
+    """The variable names in the first column of the settings table."""
     return set(_table_defaults())
 
 
 def test_every_setting_is_in_the_readme_table() -> None:
-    """Each variable of config's table (and those read beside it) has a row in the README."""
+    """Each variable of config's table (and those read beside it) has a row in docs/settings.md."""
     missing = [n for n in [*setting_names(), *OTHER_VARIABLES] if n not in _settings_table()]
-    assert not missing, f"add these to the README's settings table: {missing}"
+    assert not missing, f"add these to the settings table (docs/settings.md): {missing}"
 
 
 def test_the_readme_table_names_no_unknown_variable() -> None:
-    """Every row of the README's table is a variable the code reads (no stale rows)."""
+    """Every row of the settings table is a variable the code reads (no stale rows)."""
     known = {*setting_names(), *OTHER_VARIABLES, "OTEL_*"}
     unknown = sorted(_settings_table() - known)
-    assert not unknown, f"the README's settings table lists variables the code ignores: {unknown}"
+    assert not unknown, f"docs/settings.md's table lists variables the code ignores: {unknown}"
 
 
 def _python_examples() -> list[str]:
-    """The source of every ```python block in the README, in order."""
-    text = README.read_text(encoding="utf-8")
-    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+    """The source of every ```python block in the README and the pages with examples, in order."""
+    return [
+        block
+        for page in EXAMPLE_PAGES
+        for block in re.findall(
+            r"^```python\n(.*?)^```$",
+            page.read_text(encoding="utf-8"),
+            flags=re.MULTILINE | re.DOTALL,
+        )
+    ]
 
 
 def _example(marker: str) -> str:
@@ -83,7 +97,7 @@ def _example(marker: str) -> str:
 def _run(source: str, **names: object) -> dict[str, Any]:
     """Execute an example as a module whose reader-supplied names are ``names``."""
     namespace: dict[str, Any] = {"__name__": "readme_example", **names}
-    exec(compile(source, str(README), "exec"), namespace)  # noqa: S102 - our own README's code
+    exec(compile(source, "readme_example", "exec"), namespace)  # noqa: S102 - our own docs' code
     return namespace
 
 
@@ -92,7 +106,7 @@ _SERVER_MARKER: Final = "verify_request(headers"
 
 
 def test_every_python_example_is_run_by_a_test() -> None:
-    """Each ```python block of the README is one of the examples the tests below execute."""
+    """Each ```python block of the README and docs/ is one of the examples tests below execute."""
     markers = (_PRODUCER_MARKER, _SERVER_MARKER)
     blocks = _python_examples()
     assert len(blocks) == len(markers)
@@ -155,4 +169,4 @@ def test_the_readme_table_shows_each_declared_default() -> None:
         for variable, (_, item) in declared_settings().items()
         if table.get(variable) != item.readme_default()
     }
-    assert not wrong, f"README default cell vs declaration (README, declared): {wrong}"
+    assert not wrong, f"docs/settings.md default cell vs declaration (docs, declared): {wrong}"

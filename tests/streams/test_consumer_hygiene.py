@@ -24,7 +24,7 @@ from tests.fixtures_ingest import MetricsCapture
 
 pytestmark = pytest.mark.redis
 
-README: Final = Path(__file__).resolve().parents[2] / "README.md"
+DEPLOYMENT: Final = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 EXPIRE_S: Final = 0.2
 # Long enough past EXPIRE_S for Redis' idle times (ms since the consumer last acted) to pass it.
 PAST_EXPIRY_S: Final = 0.3
@@ -181,11 +181,11 @@ def private_redis() -> Iterator[str]:
 async def test_the_readme_acl_allows_the_sweep(
     private_redis: str, metrics_capture: MetricsCapture
 ) -> None:
-    """As the README's minimal ACL user a sweep removes a stale consumer; ACL LOG stays empty."""
+    """As the documented minimal ACL user a sweep removes a stale consumer; ACL LOG stays empty."""
     password = "acl-" + uuid.uuid4().hex
     [line] = [
         raw.strip()
-        for raw in README.read_text(encoding="utf-8").splitlines()
+        for raw in DEPLOYMENT.read_text(encoding="utf-8").splitlines()
         if raw.startswith("ACL SETUSER ")
     ]
     words = [f">{password}" if w == ">CHANGE-ME" else w for w in shlex.split(line)]

@@ -1,6 +1,6 @@
-"""The minimal Redis ACL in the README is enough: the bridge runs as that user, ACL LOG stays empty.
+"""The minimal Redis ACL in docs/deployment.md is enough: the bridge runs as it, ACL LOG empty.
 
-A private ``redis-server`` gets the README's ``ACL SETUSER`` line as written (its password
+A private ``redis-server`` gets docs/deployment.md's ``ACL SETUSER`` line as written (its password
 replaced); bridge replicas run as child processes under that user, strict over two shards and
 parallel on one stream, with retention on, through deliveries, an invalid entry's dead letter,
 touches of held entries, claims, trims and a SIGTERM drain; once more with receipts on. A
@@ -29,16 +29,16 @@ from bridge.streams.producer import publish, publish_raw
 from tests.procs import Replicas
 from tests.support import KEY_ID, SECRET, bridge_env, make_signal
 
-README: Final = Path(__file__).resolve().parents[2] / "README.md"
+DEPLOYMENT: Final = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 PASSWORD: Final = "acl-test-" + uuid.uuid4().hex
 SIGNALS: Final = 60
 
 
 def _acl_line() -> list[str]:
-    """The README's ACL SETUSER line, split as redis-cli would, with the test's password."""
+    """docs/deployment.md's ACL SETUSER line, split as redis-cli would, with the test's password."""
     [line] = [
         raw.strip()
-        for raw in README.read_text(encoding="utf-8").splitlines()
+        for raw in DEPLOYMENT.read_text(encoding="utf-8").splitlines()
         if raw.startswith("ACL SETUSER ")
     ]
     return [f">{PASSWORD}" if word == ">CHANGE-ME" else word for word in shlex.split(line)]
@@ -64,7 +64,7 @@ def private_redis() -> Iterator[str]:
 async def test_the_readme_acl_is_all_the_bridge_needs(
     private_redis: str, tmp_path: Path, ordering: str, streams: str, receipts: str
 ) -> None:
-    """Delivery, dead letters, trims and the drain run as the README's user; ACL LOG stays empty."""
+    """Delivery, dead letters, trims and the drain run as the documented user; ACL LOG empty."""
     names = streams.split(",") if streams else ["signals"]
     async with connect(private_redis) as admin:
         words = _acl_line()
