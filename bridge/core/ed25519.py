@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-from pathlib import Path
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from bridge.core.secrets import key_fingerprint, secret_file_bytes, warn_if_exposed
+from bridge.core.secrets import key_fingerprint, read_key_file, secret_file_bytes
 from bridge.errors import ConfigError
 
 __all__ = [
@@ -53,15 +51,7 @@ def parse_private_key(raw: bytes) -> Ed25519PrivateKey | None:
 
 def read_private_key(variable: str, path: str) -> Ed25519PrivateKey:
     """Read the private key file ``path``; ConfigError naming ``variable`` (never the key)."""
-    try:
-        with Path(path).open("rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            raw = file.read()
-    except OSError as exc:
-        raise ConfigError(
-            f"{variable}: cannot read {path}: {exc.strerror}", variable=variable
-        ) from None
-    warn_if_exposed(variable, path, mode)  # readable by group or others: used, with a WARNING
+    raw = read_key_file(variable, path)  # readable by group or others: used, with a WARNING
     key = parse_private_key(secret_file_bytes(raw)) or parse_private_key(raw)
     if key is None:
         raise ConfigError(

@@ -23,6 +23,7 @@ from bridge.errors import ConfigError
 __all__ = [
     "Secret",
     "key_fingerprint",
+    "read_key_file",
     "read_secret_file",
     "redact_text",
     "redact_url",
@@ -148,10 +149,11 @@ def warn_if_exposed(variable: str, path: str, mode: int) -> bool:
     return True
 
 
-def read_secret_file(variable: str, path: str) -> Secret:
-    """Read the secret file ``path``; ConfigError naming ``variable`` when it is unreadable.
+def read_key_file(variable: str, path: str) -> bytes:
+    """Return the raw bytes of the key or secret file ``path``, never shown anywhere.
 
-    A file that group or others may read is used, with a WARNING (:func:`warn_if_exposed`).
+    ConfigError naming ``variable`` when it is unreadable; a file that group or others may read
+    is used, with a WARNING (:func:`warn_if_exposed`).
     """
     try:
         with Path(path).open("rb") as file:
@@ -162,4 +164,9 @@ def read_secret_file(variable: str, path: str) -> Secret:
             f"{variable}: cannot read {path}: {exc.strerror}", variable=variable
         ) from None
     warn_if_exposed(variable, path, mode)
-    return Secret(secret_file_bytes(raw))
+    return raw
+
+
+def read_secret_file(variable: str, path: str) -> Secret:
+    """Read the secret file ``path`` (one trailing newline dropped); see :func:`read_key_file`."""
+    return Secret(secret_file_bytes(read_key_file(variable, path)))

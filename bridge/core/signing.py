@@ -137,8 +137,8 @@ class RequestSigner(Protocol):
         ...
 
 
-class Signer:
-    """Signs many requests with one secret: the HMAC key schedule is computed once.
+class _HmacSigner:
+    """One secret for many requests: the HMAC key schedule is computed once, copied per request.
 
     Holds the secret inside an HMAC object only; ``repr`` shows the producer and path, never
     the key.
@@ -159,7 +159,13 @@ class Signer:
         self.path = path
 
     def __repr__(self) -> str:
-        return f"Signer(producer_id={self.producer_id!r}, path={self.path!r})"
+        return f"{type(self).__name__}(producer_id={self.producer_id!r}, path={self.path!r})"
+
+
+class Signer(_HmacSigner):
+    """Signs the seed's (v1) canonical request with one secret."""
+
+    __slots__ = ()
 
     def sign(self, body: bytes, timestamp: str) -> str:
         """Return the base64 signature of ``body`` sent at ``timestamp`` (already RFC 3339)."""
@@ -184,29 +190,10 @@ class Signer:
         return {"X-Signature": self.sign(body, timestamp)}
 
 
-class SignerV2:
-    """Signs version 2's canonical request (the key and the lease covered) with one secret.
+class SignerV2(_HmacSigner):
+    """Signs version 2's canonical request (the key and the lease covered) with one secret."""
 
-    Like :class:`Signer`, the HMAC key schedule is computed once and copied per request; the
-    secret lives only inside that HMAC object.
-    """
-
-    __slots__ = ("_hmac", "_prefix", "path", "producer_id")
-
-    def __init__(
-        self, secret: bytes, producer_id: str, *, method: str = "POST", path: str = INGEST_PATH
-    ) -> None:
-        if not secret:
-            raise SigningError("secret must not be empty")
-        if not producer_id:
-            raise SigningError("producer_id must not be empty")
-        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
-        self._prefix = f"METHOD:{method}\nENDPOINT:{path}\nTIMESTAMP:"
-        self.producer_id = producer_id
-        self.path = path
-
-    def __repr__(self) -> str:
-        return f"SignerV2(producer_id={self.producer_id!r}, path={self.path!r})"
+    __slots__ = ()
 
     def sign(
         self, body: bytes, timestamp: str, idempotency_key: str, lease: LeaseStamp | None

@@ -28,6 +28,7 @@ from bridge.errors import (
     SystemicError,
     TransientDeliveryError,
 )
+from bridge.telemetry.bounds import cut_text
 
 __all__ = [
     "MAX_DETAIL_BYTES",
@@ -218,17 +219,9 @@ def cut_detail(content: bytes | str, limit: int = MAX_DETAIL_BYTES) -> str:
     """Return ``content`` as text of at most ``limit`` UTF-8 bytes, noting the original size.
 
     The one place error bodies are cut for logs, spans and dead letters: a cut text ends with
-    ``... [cut: N bytes in all]`` and never splits a UTF-8 character.
+    ``... [cut: N bytes in all]`` and never splits a UTF-8 character (:func:`cut_text`).
     """
-    raw = content.encode("utf-8", "replace") if isinstance(content, str) else content
-    if len(raw) <= limit:
-        return raw.decode("utf-8", "replace")
-    note = f"... [cut: {len(raw)} bytes in all]"
-    keep = max(0, limit - len(note.encode()))
-    head = raw[:keep].decode("utf-8", "ignore")
-    while len(head.encode("utf-8")) > keep:  # a replacement character can grow the text
-        head = head[:-1]
-    return head + note
+    return cut_text(content, limit)
 
 
 def server_details(content: bytes) -> object:
