@@ -72,7 +72,8 @@ def _verify_target(atheris: Any) -> Any:  # noqa: ANN401 - atheris is untyped
     with atheris.instrument_imports():
         from datetime import UTC, datetime  # noqa: PLC0415
 
-        from bridge.core.signing import build_signature, verify_request  # noqa: PLC0415
+        from bridge.core.signing import build_signature  # noqa: PLC0415
+        from bridge.core.verification import verify_request  # noqa: PLC0415
 
     now = datetime.fromtimestamp(_NOW_S, UTC)
 

@@ -25,8 +25,9 @@ from bridge.core.ed25519 import generate_private_key, public_key_fingerprint
 from bridge.core.fencing import LeaseStamp
 from bridge.core.rfc9421 import Rfc9421Signer
 from bridge.core.signal import Signal, encode_canonical
-from bridge.core.signing import RequestSigner, Signer, SignerV2, verify_request
+from bridge.core.signing import RequestSigner, Signer, SignerV2
 from bridge.core.timestamps import format_timestamp
+from bridge.core.verification import verify_request
 from bridge.core.webhooks import StandardWebhooksSigner
 
 __all__ = ["main"]

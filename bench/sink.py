@@ -128,7 +128,7 @@ class RecordingSink:
             parse_public_key,
             public_key_fingerprint,
         )
-        from bridge.core.signing import verify_request  # noqa: PLC0415 - as above
+        from bridge.core.verification import verify_request  # noqa: PLC0415 - as above
 
         keys = {}
         for text in filter(None, os.environ.get("BENCH_SINK_ED25519_PUBLIC_KEYS", "").split(",")):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from bridge.core.signal import Signal
-    from bridge.core.signing import verify_request
+    from bridge.core.verification import verify_request
     from bridge.streams.producer import publish
     from bridge.streams.receipts import Receipt, receipts
 
@@ -31,7 +31,7 @@ _LAZY: Final = {
     "publish": "bridge.streams.producer",
     "Receipt": "bridge.streams.receipts",
     "receipts": "bridge.streams.receipts",
-    "verify_request": "bridge.core.signing",
+    "verify_request": "bridge.core.verification",
 }
 
 

@@ -33,8 +33,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from bridge.core.secrets import Secret
-from bridge.core.signing import INGEST_PATH, verify_request
+from bridge.core.signing import INGEST_PATH
 from bridge.core.timestamps import format_timestamp
+from bridge.core.verification import verify_request
 from bridge.devkit.ingest import IngestApp, Receive, Scope, Send
 from bridge.devkit.ingest_keys import load_ingest_secrets
 from bridge.edge.client import HmacClient

@@ -9,7 +9,7 @@ import pytest
 
 import bridge
 from bridge.core.signal import Signal
-from bridge.core.signing import verify_request
+from bridge.core.verification import verify_request
 
 
 def test_the_facade_names_are_the_modules_own() -> None:

@@ -33,7 +33,8 @@ from bridge.core.ed25519 import (
     verify_ed25519,
 )
 from bridge.core.fencing import LeaseStamp
-from bridge.core.signing import DEFAULT_TOLERANCE_S, Verification
+from bridge.core.signing import DEFAULT_TOLERANCE_S
+from bridge.core.verification import Verification
 from bridge.errors import SigningError
 
 __all__ = [

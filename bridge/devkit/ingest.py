@@ -1,7 +1,7 @@
 """The reference ingest server: the server side of the signing contract, as a small ASGI app.
 
-It verifies the signature with :func:`bridge.core.signing.verify_request` before parsing any JSON
-(v1 or v2; ``required_version`` refuses the other) and refuses a signature it has already
+It verifies the signature with :func:`bridge.core.verification.verify_request` before parsing
+any JSON (v1 or v2; ``required_version`` refuses the other) and refuses a signature it has already
 accepted (:mod:`bridge.devkit.replay`); every such 401 says only "invalid signature" (or
 "invalid request"), while its log line names the reason and the failed ``check``. It
 validates the body as a :class:`~bridge.core.signal.Signal` (422), drops a repeated
@@ -32,8 +32,9 @@ from bridge.core.ed25519 import Ed25519PublicKey
 from bridge.core.fencing import PROBLEM_CONTENT_TYPE, stale_lease_problem
 from bridge.core.secrets import key_fingerprint
 from bridge.core.signal import DEFAULT_MAX_BODY_SIZE, Signal, decode_signal
-from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH, verify_request
+from bridge.core.signing import DEFAULT_TOLERANCE_S, INGEST_PATH
 from bridge.core.timestamps import format_timestamp
+from bridge.core.verification import verify_request
 from bridge.devkit.fences import Fences, LeaseVerdict
 from bridge.devkit.replay import ReplayCache
 from bridge.errors import BridgeError, InvalidSignalError

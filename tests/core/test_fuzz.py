@@ -27,8 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.core.signal import decode_signal, encode_canonical, guess_signal_id
-from bridge.core.signing import Verification, build_signature, verify_request
+from bridge.core.signing import build_signature
 from bridge.core.timestamps import format_timestamp
+from bridge.core.verification import Verification, verify_request
 from bridge.delivery.jobs import idempotency_key
 from bridge.delivery.worker import Worker
 from bridge.devkit.ingest import IngestApp, serve_in_thread

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from bridge.core.ed25519 import generate_private_key, public_key_fingerprint
 from bridge.core.fencing import LeaseStamp
 from bridge.core.rfc9421 import Rfc9421Signer, content_digest, verify_rfc9421
-from bridge.core.signing import verify_request
+from bridge.core.verification import verify_request
 from bridge.errors import SigningError
 
 SECRET: Final = b"rfc9421-secret-0123456789"

@@ -16,10 +16,9 @@ from bridge.core.signing import (
     body_sha256,
     build_signature,
     canonical_request,
-    verify_request,
-    verify_signature,
 )
 from bridge.core.timestamps import parse_timestamp
+from bridge.core.verification import verify_request, verify_signature
 from bridge.errors import SigningError
 
 SECRET: Final = b"my-secret-key-0123456789"

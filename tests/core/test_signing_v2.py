@@ -18,13 +18,11 @@ from bridge.core.signing import (
     SIGNATURE_VERSION_HEADER,
     Signer,
     SignerV2,
-    Verification,
     build_signature,
     canonical_request_v2,
-    verify_request,
-    verify_signature,
 )
 from bridge.core.timestamps import parse_timestamp
+from bridge.core.verification import Verification, verify_request, verify_signature
 
 VECTORS: Final[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "vectors" / "signing_v2.json").read_text(encoding="utf-8")

@@ -10,15 +10,9 @@ from typing import Any, Final
 import pytest
 
 from bridge.core.signal import decode_signal, encode_canonical
-from bridge.core.signing import (
-    Signer,
-    body_sha256,
-    build_signature,
-    canonical_request,
-    verify_request,
-    verify_signature,
-)
+from bridge.core.signing import Signer, body_sha256, build_signature, canonical_request
 from bridge.core.timestamps import parse_timestamp
+from bridge.core.verification import verify_request, verify_signature
 
 VECTORS_PATH: Final = Path(__file__).parent / "vectors" / "signing.json"
 VECTORS: Final[dict[str, Any]] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))

@@ -8,7 +8,7 @@ import standardwebhooks
 
 from bridge.core.ed25519 import generate_private_key, public_key_fingerprint
 from bridge.core.fencing import LeaseStamp
-from bridge.core.signing import verify_request
+from bridge.core.verification import verify_request
 from bridge.core.webhooks import StandardWebhooksSigner, signed_content, verify_webhook, whsec
 from bridge.errors import SigningError
 

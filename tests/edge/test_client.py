@@ -22,7 +22,8 @@ import bridge
 from bridge.config.loader import load_config
 from bridge.core.fencing import LeaseStamp
 from bridge.core.signal import encode_canonical
-from bridge.core.signing import INGEST_PATH, build_signature, verify_request
+from bridge.core.signing import INGEST_PATH, build_signature
+from bridge.core.verification import verify_request
 from bridge.devkit.ingest import IngestApp
 from bridge.edge.client import HmacClient
 from bridge.edge.results import (

@@ -17,8 +17,9 @@ from bridge.core.ed25519 import (
 from bridge.core.fencing import LeaseStamp
 from bridge.core.rfc9421 import Rfc9421Signer
 from bridge.core.signal import encode_canonical
-from bridge.core.signing import Signer, verify_request
+from bridge.core.signing import Signer
 from bridge.core.timestamps import format_timestamp
+from bridge.core.verification import verify_request
 from bridge.core.webhooks import StandardWebhooksSigner
 from bridge.devkit.ingest import IngestApp, serve_in_thread
 from bridge.edge.client import HmacClient
