@@ -24,11 +24,15 @@ __all__ = [
     "Connection",
     "Limits",
     "RawResponse",
+    "ResponseTimeoutError",
     "StaleConnectionError",
 ]
 
 # Unacknowledged data (or unanswered keepalive probes) for this long ends a connection.
 DEFAULT_TCP_USER_TIMEOUT_S: Final = 10.0
+# The event loop's timer resolution (uvloop's clock counts milliseconds): a response timer that
+# fires this close to its deadline has reached it.
+_TIMER_RESOLUTION_S: Final = 0.001
 
 
 class Limits(NamedTuple):
@@ -41,6 +45,10 @@ class Limits(NamedTuple):
 
 class StaleConnectionError(httpx.RemoteProtocolError):
     """A kept-alive connection closed before any byte of the response arrived."""
+
+
+class ResponseTimeoutError(Exception):
+    """The response did not arrive within the request's timeout (the transport says how long)."""
 
 
 class _OverLimitError(Exception):
@@ -150,6 +158,12 @@ class Connection(asyncio.Protocol):
         self._head_bytes_unchecked = limits.max_head_bytes - 4 * limits.max_header_lines
         self._user_timeout_s = user_timeout_s
         self._waiter: asyncio.Future[RawResponse] | None = None
+        # One timer per connection, not one per request: it is armed for the first request's
+        # deadline and, when it fires, waits on for the deadline of the request then in flight
+        # (arming and cancelling a timer costs more than the rest of send()).
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -341,20 +355,51 @@ class Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    def send(self, data: bytes) -> asyncio.Future[RawResponse]:
-        """Write one request; the future resolves with its response."""
+    def send(self, data: bytes, timeout_s: float | None = None) -> asyncio.Future[RawResponse]:
+        """Write one request; the future resolves with its response.
+
+        It fails with ResponseTimeoutError when no whole response came within ``timeout_s``
+        (None: no timer, the caller bounds the wait).
+        """
         if self.closed or self.transport is None or self.transport.is_closing():
             raise StaleConnectionError("connection is closed")
         self._reset()
         waiter: asyncio.Future[RawResponse] = self.loop.create_future()
         self._waiter = waiter
         self.transport.write(data)
+        if timeout_s is None:
+            self._deadline = None
+        else:
+            self._deadline = deadline = self.loop.time() + timeout_s
+            if self._timer is None or deadline < self._timer_at:
+                self._arm(deadline)
         return waiter
+
+    def _arm(self, when: float) -> None:
+        """(Re)start the connection's response timer for the loop time ``when``."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer_at = when
+
+    def _on_timer(self) -> None:
+        """Fail the request in flight past its deadline; before it, wait on until it."""
+        self._timer = None
+        waiter, deadline = self._waiter, self._deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return  # idle (or untimed): the next timed request arms the timer again
+        if self.loop.time() < deadline - _TIMER_RESOLUTION_S:
+            self._arm(deadline)  # a later request than the one the timer was armed for
+            return
+        waiter.set_exception(ResponseTimeoutError())
 
     def close(self, *, abort: bool = False) -> None:
         """Close (or abort) the socket and free the buffers; the pool drops closed ones."""
         self.closed = True
         self._body = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             if abort:
                 self.transport.abort()

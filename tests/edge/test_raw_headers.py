@@ -36,7 +36,7 @@ def _answer(limits: Limits, *chunks: bytes) -> RawResponse:
     """Feed ``chunks`` to a fresh connection as the answer to one request."""
     conn = Connection(limits)
     conn.connection_made(_Wire())  # type: ignore[arg-type]
-    waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n")
+    waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n", 5.0)
     for chunk in chunks:
         conn.data_received(chunk)
     assert waiter.done()
@@ -93,7 +93,7 @@ async def test_a_close_delimited_body_is_told_apart_by_the_transfer_encoding() -
     """A last Transfer-Encoding that ends in chunked frames the body; another ends at the close."""
     conn = Connection(Limits())
     conn.connection_made(_Wire())  # type: ignore[arg-type]
-    waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n")
+    waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n", 5.0)
     conn.data_received(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\nab"
     )
@@ -116,7 +116,7 @@ async def test_a_late_answer_never_lands_in_the_next_response() -> None:
     conn = Connection(Limits())
     wire = _Wire()
     conn.connection_made(wire)  # type: ignore[arg-type]
-    waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n")
+    waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n", 5.0)
     conn.data_received(
         b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nX-Late: 1\r\n"
     )
