@@ -122,6 +122,9 @@ class HmacClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        # The largest canonical body this client will send. An attribute, not a property: the
+        # worker reads it for every entry.
+        self.max_body_size: Final = config.max_body_size
         self._signer: RequestSigner = signer_for(config)
         self._table = outcome_table(config)
         self._url = config.ingest_url
@@ -183,11 +186,6 @@ class HmacClient:
     def timeout_s(self) -> float:
         """The longest one POST may take (``OUTBOUND_TIMEOUT_SECONDS``)."""
         return self._config.timeout_s
-
-    @property
-    def max_body_size(self) -> int:
-        """The largest canonical body this client will send."""
-        return self._config.max_body_size
 
     @property
     def clock_skew_s(self) -> float | None:
