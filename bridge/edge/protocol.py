@@ -1,9 +1,11 @@
 """One keep-alive HTTP/1.1 connection: an asyncio Protocol that parses answers with httptools.
 
 :class:`Connection` writes one request at a time and resolves a future with the whole answer,
-a :class:`RawResponse`. What it reads is bounded (:class:`Limits`): past the response head or
-body limit it stops reading, drops what it buffered and aborts the connection; the response
-then carries ``oversized`` (the status line is known, the body is not). Framings:
+a :class:`RawResponse` (or fails it with :class:`ResponseTimeoutError` past the request's
+timeout: one timer per connection, re-armed only when it fires). What it reads is bounded
+(:class:`Limits`): past the response head or body limit it stops reading, drops what it
+buffered and aborts the connection; the response then carries ``oversized`` (the status line
+is known, the body is not). Framings:
 Content-Length, chunked, close-delimited (the body ends when the server closes, RFC 9112
 section 6.3), 1xx interim answers, ``Connection: close`` and HTTP/1.0. The pool that reuses
 connections is :class:`bridge.edge.http.FastTransport`.
