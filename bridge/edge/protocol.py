@@ -150,7 +150,6 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
-        self._limits = limits
         # Plain attributes: the parser callbacks read them several times per answer.
         self._max_head_bytes = limits.max_head_bytes
         self._max_header_lines = limits.max_header_lines
