@@ -20,12 +20,15 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from bridge.telemetry.fastpath.current import CURRENT
 from bridge.telemetry.fastpath.gate import fast_paths
 
 __all__ = ["extract_parent", "inject_trace"]
 
 _TRACECONTEXT: Final = TraceContextTextMapPropagator()
 _DEFAULT_KINDS: Final = [TraceContextTextMapPropagator, W3CBaggagePropagator]
+# The context key of the baggage, found through the public API.
+_BAGGAGE_KEY: Final = next(iter(baggage.set_baggage("key", "value", otel_context.Context())))
 
 
 class _Textmap:
@@ -74,16 +77,18 @@ def inject_trace(
     context: otel_context.Context | None = None,
 ) -> None:
     """Add the headers that carry ``span`` (a child of ``context``, default current) onward."""
-    with_span = trace.set_span_in_context(span, context)
-    if not _default_textmap() or baggage.get_all(with_span):
-        propagate.inject(headers, context=with_span)
-        return
-    span_context = span.get_span_context()
-    if span_context == trace.INVALID_SPAN_CONTEXT:  # the propagator's own test, kept exactly
-        return
-    headers["traceparent"] = (
-        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-        f"{span_context.trace_flags:02x}"
-    )
-    if span_context.trace_state:
-        headers["tracestate"] = span_context.trace_state.to_header()
+    if _default_textmap():
+        # baggage.get_all(set_span_in_context(span, context)), without building that context.
+        carried = (CURRENT.get() if context is None else context).get(_BAGGAGE_KEY)
+        if not (carried and isinstance(carried, dict)):
+            # Exactly the TraceContext propagator's headers.
+            span_context = span.get_span_context()
+            if span_context == trace.INVALID_SPAN_CONTEXT:  # the propagator's own test
+                return
+            trace_id, span_id, _, flags, trace_state, _ = span_context  # typed as its tuple
+            headers["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+            # The shared empty state (a span without one) is told apart without its __len__.
+            if trace_state is not trace.DEFAULT_TRACE_STATE and trace_state:
+                headers["tracestate"] = trace_state.to_header()
+            return
+    propagate.inject(headers, context=trace.set_span_in_context(span, context))

@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 
 from bridge.telemetry.bounds import bounded
+from bridge.telemetry.fastpath.current import CURRENT, SPAN_KEY, span_in
 from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.spans import LeanSpan, SpanRecorder
 
@@ -111,8 +112,10 @@ class _CurrentSpan:
 
     def __enter__(self) -> trace.Span:
         """Make the span current and return it."""
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        return self._span
+        # otel_context.attach(trace.set_span_in_context(span)), without its four calls deep.
+        span = self._span
+        self._token = CURRENT.set(otel_context.Context({**CURRENT.get(), SPAN_KEY: span}))
+        return span
 
     def __exit__(
         self,
@@ -121,10 +124,14 @@ class _CurrentSpan:
         tb: TracebackType | None,
     ) -> None:
         """Restore the previous context, record an escaping exception, end the span."""
-        if self._token is not None:
-            otel_context.detach(self._token)
+        token = self._token
+        if token is not None:
+            try:
+                CURRENT.reset(token)
+            except Exception:  # the API's detach below logs what went wrong
+                otel_context.detach(token)  # tries again and logs "Failed to detach context"
         span = self._span
-        if isinstance(exc, Exception) and span.is_recording():
+        if exc is not None and isinstance(exc, Exception) and span.is_recording():
             if self._record:
                 span.record_exception(exc, attributes=_bounded_exception(exc))
             if self._set_status:
@@ -170,39 +177,15 @@ class _PlainTracer(trace.Tracer):
         )
 
 
-def _ids_only_span(  # noqa: PLR0917 - the sampler's arguments
-    ids: Any,  # noqa: ANN401 - the SDK's IdGenerator
-    sampler: Any,  # noqa: ANN401 - the SDK's Sampler
-    name: str,
-    context: otel_context.Context | None,
-    kind: trace.SpanKind,
-    attributes: Attributes,
-    links: Sequence[trace.Link] | None,
-    *,
-    follows_parent: bool,
-    random_root: bool,
-) -> trace.Span:
-    """Make the span the SDK would, reduced to its context: ids, flags and trace state.
+def _unsampled_roots(sampler: Any) -> bool:  # noqa: ANN401 - any sampler
+    """Say whether ``sampler`` is a stock ParentBased whose root sampler is ALWAYS_OFF.
 
-    ``follows_parent``: ``sampler`` is known to answer a valid parent with the parent's sampled
-    flag and trace state (a ParentBased with the stock delegates), so it is not asked then.
+    Such a sampler answers a root with DROP and no trace state (its root is asked with no
+    valid parent, so no state to carry); asking it changes nothing else.
     """
-    parent = trace.get_current_span(context).get_span_context()
-    span_id = ids.generate_span_id()
-    if parent.is_valid and follows_parent:
-        flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
-        return trace.NonRecordingSpan(
-            trace.SpanContext(parent.trace_id, span_id, False, flags, parent.trace_state)
-        )
-    if parent.is_valid:
-        trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
-    else:
-        trace_id, random_id = ids.generate_trace_id(), random_root
-    result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
-    bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
-    return trace.NonRecordingSpan(
-        trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
-    )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF  # noqa: PLC0415 - SDK only here
+
+    return _follows_parent(sampler) and getattr(sampler, "_root", None) is ALWAYS_OFF
 
 
 class IdsTracer(_PlainTracer):
@@ -215,11 +198,21 @@ class IdsTracer(_PlainTracer):
     """
 
     def __init__(self, ids: Any, sampler: Any, *, follows_parent: bool) -> None:  # noqa: ANN401 - SDK
-        """Use ``ids`` (an IdGenerator) and ``sampler``; see ``_ids_only_span``."""
+        """Use ``ids`` (an IdGenerator) and ``sampler``.
+
+        ``follows_parent``: ``sampler`` is known to answer a valid parent with the parent's
+        sampled flag and trace state (a ParentBased with the stock delegates), so it is not
+        asked then; nor for a root when it is a stock ParentBased(ALWAYS_OFF).
+        """
         self._ids = ids
         self._sampler = sampler
         self._follows_parent = follows_parent
         self._random_root = bool(ids.is_trace_id_random())
+        self._root_flags = (
+            _FLAGS[2 if self._random_root else 0]
+            if follows_parent and _unsampled_roots(sampler)
+            else None
+        )
 
     def start_span(  # noqa: PLR0917 - the API's signature
         self,
@@ -232,18 +225,29 @@ class IdsTracer(_PlainTracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        """Start a span that is only its context (nothing records it)."""
+        """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
         del start_time, record_exception, set_status_on_exception
-        return _ids_only_span(
-            self._ids,
-            self._sampler,
-            name,
-            context,
-            kind,
-            attributes,
-            links,
-            follows_parent=self._follows_parent,
-            random_root=self._random_root,
+        ids = self._ids
+        # A SpanContext is typed as its tuple: unpacked here instead of five property calls.
+        trace_id, _, _, flags, trace_state, valid = span_in(context).get_span_context()
+        span_id = ids.generate_span_id()
+        if valid:
+            if self._follows_parent:
+                flags = _FLAGS[flags & _SAMPLED_BITS]
+                return trace.NonRecordingSpan(
+                    trace.SpanContext(trace_id, span_id, False, flags, trace_state)
+                )
+            random_id = flags.random_trace_id
+        else:
+            trace_id, random_id = ids.generate_trace_id(), self._random_root
+            if self._root_flags is not None:  # what the stock ParentBased(ALWAYS_OFF) answers
+                return trace.NonRecordingSpan(
+                    trace.SpanContext(trace_id, span_id, False, self._root_flags)
+                )
+        result = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
+        return trace.NonRecordingSpan(
+            trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
         )
 
 
@@ -306,7 +310,7 @@ class LeanTracer(_PlainTracer):
         set_status_on_exception: bool,
     ) -> trace.Span:
         """Make the span the SDK's tracer would, recording into a LeanSpan (no links given)."""
-        parent: trace.SpanContext | None = trace.get_current_span(context).get_span_context()
+        parent: trace.SpanContext | None = span_in(context).get_span_context()
         if parent is not None and not isinstance(parent, trace.SpanContext):
             raise TypeError("parent_span_context must be a SpanContext or None.")
         if parent is None or not parent.is_valid:
