@@ -177,15 +177,19 @@ class _PlainTracer(trace.Tracer):
         )
 
 
-def _unsampled_roots(sampler: Any) -> bool:  # noqa: ANN401 - any sampler
-    """Say whether ``sampler`` is a stock ParentBased whose root sampler is ALWAYS_OFF.
+def _root_decision(sampler: Any) -> bool | None:  # noqa: ANN401 - any sampler
+    """Say how ``sampler`` answers a root when that is known: sampled or not; else None.
 
-    Such a sampler answers a root with DROP and no trace state (its root is asked with no
-    valid parent, so no state to carry); asking it changes nothing else.
+    Known for a stock ParentBased (see ``_follows_parent``) whose root sampler is the SDK's
+    ALWAYS_ON or ALWAYS_OFF: RECORD_AND_SAMPLE with the caller's attributes, or DROP, and no
+    trace state (there is no valid parent to take one from); asking it changes nothing else.
     """
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF  # noqa: PLC0415 - SDK only here
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON  # noqa: PLC0415 - SDK only
 
-    return _follows_parent(sampler) and getattr(sampler, "_root", None) is ALWAYS_OFF
+    if not _follows_parent(sampler):
+        return None
+    root = getattr(sampler, "_root", None)
+    return True if root is ALWAYS_ON else False if root is ALWAYS_OFF else None
 
 
 class IdsTracer(_PlainTracer):
@@ -202,16 +206,15 @@ class IdsTracer(_PlainTracer):
 
         ``follows_parent``: ``sampler`` is known to answer a valid parent with the parent's
         sampled flag and trace state (a ParentBased with the stock delegates), so it is not
-        asked then; nor for a root when it is a stock ParentBased(ALWAYS_OFF).
+        asked then; nor for a root when ``_root_decision`` knows its answer.
         """
         self._ids = ids
         self._sampler = sampler
         self._follows_parent = follows_parent
         self._random_root = bool(ids.is_trace_id_random())
+        root = _root_decision(sampler) if follows_parent else None
         self._root_flags = (
-            _FLAGS[2 if self._random_root else 0]
-            if follows_parent and _unsampled_roots(sampler)
-            else None
+            None if root is None else _FLAGS[(1 if root else 0) | (2 if self._random_root else 0)]
         )
 
     def start_span(  # noqa: PLR0917 - the API's signature
@@ -240,7 +243,7 @@ class IdsTracer(_PlainTracer):
             random_id = flags.random_trace_id
         else:
             trace_id, random_id = ids.generate_trace_id(), self._random_root
-            if self._root_flags is not None:  # what the stock ParentBased(ALWAYS_OFF) answers
+            if self._root_flags is not None:  # what the stock ParentBased answers a root
                 return trace.NonRecordingSpan(
                     trace.SpanContext(trace_id, span_id, False, self._root_flags)
                 )
@@ -288,6 +291,7 @@ class LeanTracer(_PlainTracer):
         )
         self._usable = usable
         self._follows_parent = _follows_parent(self._sampler)
+        self._root_sampled = _root_decision(self._sampler)
         self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         self._recorder = _recorder(delegate, provider) if usable else None
         # Without a processor a span is only its ids: exactly what IdsTracer makes.
@@ -313,18 +317,26 @@ class LeanTracer(_PlainTracer):
         parent: trace.SpanContext | None = span_in(context).get_span_context()
         if parent is not None and not isinstance(parent, trace.SpanContext):
             raise TypeError("parent_span_context must be a SpanContext or None.")
-        if parent is None or not parent.is_valid:
-            parent = None
+        if parent is not None:
+            # A SpanContext is typed as its tuple: unpacked instead of property calls.
+            trace_id, _, _, flags, trace_state, valid = parent
+            if not valid:
+                parent = None
+        if parent is None:
             trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         else:
-            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+            random_id = flags.random_trace_id
         if parent is not None and self._follows_parent:
             # What the stock ParentBased answers: ALWAYS_ON / ALWAYS_OFF by the parent's flag.
-            sampled = recording = parent.trace_flags.sampled
+            sampled = recording = flags.sampled
             span_attributes: Mapping[str, Any] = (
                 _NO_ATTRIBUTES if attributes is None else attributes
             )
-            trace_state = parent.trace_state
+        elif parent is None and self._root_sampled is not None:
+            # What the stock ParentBased answers a root with ALWAYS_ON / ALWAYS_OFF at its root.
+            sampled = recording = self._root_sampled
+            span_attributes = _NO_ATTRIBUTES if attributes is None else attributes
+            trace_state = trace.DEFAULT_TRACE_STATE
         else:
             result = self._sampler.should_sample(  # type: ignore[union-attr] # set whenever _usable, which the caller checked
                 context, trace_id, name, kind, attributes, ()

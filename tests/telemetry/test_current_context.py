@@ -9,12 +9,14 @@ import pytest
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 
 from bridge.telemetry.fastpath import current, gate
 from bridge.telemetry.propagation import inject_trace
-from bridge.telemetry.tracing import IdsTracer, get_tracer
+from bridge.telemetry.tracing import IdsTracer, LeanTracer, get_tracer
 
 _SPAN = trace.NonRecordingSpan(trace.SpanContext(5, 6, False, trace.TraceFlags(1)))
 
@@ -115,3 +117,26 @@ def test_a_root_of_the_ids_tracer_has_the_sdks_flags_and_state(sampler: Sampler)
         ref.trace_state,
         ref.is_valid,
     )
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBased(ALWAYS_OFF), ParentBased(ALWAYS_ON)],
+    ids=["parent-based-off", "parent-based-on"],
+)
+def test_a_recorded_root_of_the_lean_tracer_is_the_sdks(sampler: Sampler) -> None:
+    """With a processor, a root answered for has the SDK's flags, state, attributes and parent."""
+    made = []
+    for lean in (False, True):
+        provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+        exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        sdk = get_tracer(provider)
+        tracer = LeanTracer(sdk, provider) if lean else sdk
+        span = tracer.start_span("root", attributes={"a": 1})
+        span.end()
+        ctx = span.get_span_context()
+        finished = exporter.get_finished_spans()
+        exported = [(s.name, s.parent, dict(s.attributes or {})) for s in finished]
+        made.append((span.is_recording(), ctx.trace_flags, ctx.trace_state, exported))
+    assert made[0] == made[1]

@@ -189,9 +189,8 @@ class LocalHistogram:
         always = self._filter
         if always is not None:  # the SDK: get_current_span(context or get_current())
             span: Any = span_in(context or None)
-            if always or (
-                span is not INVALID_SPAN and span.get_span_context().trace_flags & _SAMPLED
-            ):
+            # A SpanContext is typed as its tuple: [3] is its trace_flags, without a property call.
+            if always or (span is not INVALID_SPAN and span.get_span_context()[3] & _SAMPLED):
                 sample = (time.time_ns(), span)
         key: _Items = tuple(attributes.items()) if attributes else ()
         with self._lock:
@@ -230,8 +229,8 @@ class LocalHistogram:
             samples = cell.samples = [None] * len(cell.counts)
         self._sequence = sequence = self._sequence + 1
         if span is not INVALID_SPAN:
-            span_context = span.get_span_context()
-            ids: tuple[int, int] | None = (span_context.span_id, span_context.trace_id)
+            trace_id, span_id, _, _, _, _ = span.get_span_context()  # typed as its tuple
+            ids: tuple[int, int] | None = (span_id, trace_id)
             ids_from = sequence
         else:  # the SDK's bucket keeps the ids it had (cleared only when collected)
             previous = samples[index]
