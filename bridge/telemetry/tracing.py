@@ -78,6 +78,8 @@ def _follows_parent(sampler: Any) -> bool:  # noqa: ANN401 - any sampler
 _NO_ATTRIBUTES: Final[Mapping[str, Any]] = MappingProxyType({})
 _FLAGS: Final = tuple(trace.TraceFlags(bits) for bits in range(4))  # sampled | random-id bits
 _SAMPLED_BITS: Final = 0x03
+_LOW_BITS: Final = (1 << 64) - 1  # the part of a trace id TraceIdRatioBased compares
+_ALL_IDS: Final = 1 << 64  # a bound every root is below
 
 
 def _bounded_exception(exc: BaseException) -> dict[str, str] | None:
@@ -177,19 +179,41 @@ class _PlainTracer(trace.Tracer):
         )
 
 
-def _root_decision(sampler: Any) -> bool | None:  # noqa: ANN401 - any sampler
-    """Say how ``sampler`` answers a root when that is known: sampled or not; else None.
+def _static_bound(sampler: Any) -> int | None:  # noqa: ANN401 - any sampler
+    """Return the bound below which ``sampler`` samples a trace id, if it reads nothing else.
 
-    Known for a stock ParentBased (see ``_follows_parent``) whose root sampler is the SDK's
-    ALWAYS_ON or ALWAYS_OFF: RECORD_AND_SAMPLE with the caller's attributes, or DROP, and no
-    trace state (there is no valid parent to take one from); asking it changes nothing else.
+    The SDK's ALWAYS_ON (every id), ALWAYS_OFF (none) and a plain TraceIdRatioBased (its
+    ``bound``, against the 64 low bits of the id, as its docstring says) answer any span with
+    RECORD_AND_SAMPLE and the caller's attributes below it, else DROP, and the trace state of a
+    valid parent (none for a root); asking them changes nothing else. None: ask the sampler.
     """
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON  # noqa: PLC0415 - SDK only
+    from opentelemetry.sdk.trace.sampling import (  # noqa: PLC0415 - SDK only here
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        TraceIdRatioBased,
+    )
 
-    if not _follows_parent(sampler):
-        return None
-    root = getattr(sampler, "_root", None)
-    return True if root is ALWAYS_ON else False if root is ALWAYS_OFF else None
+    if sampler is ALWAYS_ON:
+        return _ALL_IDS
+    if sampler is ALWAYS_OFF:
+        return 0
+    if type(sampler) is TraceIdRatioBased and sampler.TRACE_ID_LIMIT == _LOW_BITS:
+        return sampler.bound
+    return None
+
+
+def _bounds(sampler: Any) -> tuple[int | None, int | None]:  # noqa: ANN401 - any sampler
+    """Return ``_static_bound`` of what ``sampler`` asks for a root, and under a valid parent.
+
+    A stock ParentBased (see ``_follows_parent``) asks its root sampler for a root and follows a
+    valid parent's flag (no bound: the tracers answer that case themselves).
+    """
+    static = _static_bound(sampler)
+    if static is not None:
+        return static, static
+    if _follows_parent(sampler):
+        return _static_bound(getattr(sampler, "_root", None)), None
+    return None, None
 
 
 class IdsTracer(_PlainTracer):
@@ -206,16 +230,13 @@ class IdsTracer(_PlainTracer):
 
         ``follows_parent``: ``sampler`` is known to answer a valid parent with the parent's
         sampled flag and trace state (a ParentBased with the stock delegates), so it is not
-        asked then; nor for a root when ``_root_decision`` knows its answer.
+        asked then; nor when ``_bounds`` knows its answer.
         """
         self._ids = ids
         self._sampler = sampler
         self._follows_parent = follows_parent
         self._random_root = bool(ids.is_trace_id_random())
-        root = _root_decision(sampler) if follows_parent else None
-        self._root_flags = (
-            None if root is None else _FLAGS[(1 if root else 0) | (2 if self._random_root else 0)]
-        )
+        self._root_bound, self._parent_bound = _bounds(sampler)
 
     def start_span(  # noqa: PLR0917 - the API's signature
         self,
@@ -240,13 +261,16 @@ class IdsTracer(_PlainTracer):
                 return trace.NonRecordingSpan(
                     trace.SpanContext(trace_id, span_id, False, flags, trace_state)
                 )
-            random_id = flags.random_trace_id
+            random_id, bound = flags.random_trace_id, self._parent_bound
         else:
             trace_id, random_id = ids.generate_trace_id(), self._random_root
-            if self._root_flags is not None:  # what the stock ParentBased answers a root
-                return trace.NonRecordingSpan(
-                    trace.SpanContext(trace_id, span_id, False, self._root_flags)
-                )
+            bound, trace_state = self._root_bound, trace.DEFAULT_TRACE_STATE
+        if bound is not None:  # what the sampler would answer (see _bounds)
+            sampled = (trace_id & _LOW_BITS) < bound
+            flags = _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)]
+            return trace.NonRecordingSpan(
+                trace.SpanContext(trace_id, span_id, False, flags, trace_state)
+            )
         result = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
         bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
         return trace.NonRecordingSpan(
@@ -291,7 +315,7 @@ class LeanTracer(_PlainTracer):
         )
         self._usable = usable
         self._follows_parent = _follows_parent(self._sampler)
-        self._root_sampled = _root_decision(self._sampler)
+        self._root_bound, self._parent_bound = _bounds(self._sampler)
         self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         self._recorder = _recorder(delegate, provider) if usable else None
         # Without a processor a span is only its ids: exactly what IdsTracer makes.
@@ -326,17 +350,19 @@ class LeanTracer(_PlainTracer):
             trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         else:
             random_id = flags.random_trace_id
+        bound = self._root_bound if parent is None else self._parent_bound
         if parent is not None and self._follows_parent:
             # What the stock ParentBased answers: ALWAYS_ON / ALWAYS_OFF by the parent's flag.
             sampled = recording = flags.sampled
             span_attributes: Mapping[str, Any] = (
                 _NO_ATTRIBUTES if attributes is None else attributes
             )
-        elif parent is None and self._root_sampled is not None:
-            # What the stock ParentBased answers a root with ALWAYS_ON / ALWAYS_OFF at its root.
-            sampled = recording = self._root_sampled
+        elif bound is not None:
+            # What the sampler would answer (see _bounds); a valid parent's trace state is kept.
+            sampled = recording = (trace_id & _LOW_BITS) < bound
             span_attributes = _NO_ATTRIBUTES if attributes is None else attributes
-            trace_state = trace.DEFAULT_TRACE_STATE
+            if parent is None:
+                trace_state = trace.DEFAULT_TRACE_STATE
         else:
             result = self._sampler.should_sample(  # type: ignore[union-attr] # set whenever _usable, which the caller checked
                 context, trace_id, name, kind, attributes, ()
