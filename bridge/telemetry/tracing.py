@@ -285,12 +285,13 @@ class LeanTracer(_PlainTracer):
     log line's ``trace_id``/``span_id``), so then only those are made: a ``NonRecordingSpan``
     with the ids and flags the SDK would have given it (a new span id; the parent's trace id,
     or a new one for a root; the sampler's decision; a ParentBased sampler with the stock
-    parent delegates follows the parent without being asked, as it would answer).
+    parent delegates follows the parent without being asked, as it would answer, and the SDK's
+    ALWAYS_ON, ALWAYS_OFF and TraceIdRatioBased are answered for too: see ``_bounds``).
 
     With processors, a span is made as the SDK's tracer makes it (trace id for a root, the
     sampler asked with the same arguments, then the span id; the sampler's trace state and
-    attributes; DROP gives a ``NonRecordingSpan``; a stock ParentBased under a valid parent is
-    answered for, as above: the parent's decision and trace state, the caller's attributes),
+    attributes; DROP gives a ``NonRecordingSpan``; the stock samplers above are answered for:
+    the decision and trace state they would give, the caller's attributes),
     but a recording one is a ``LeanSpan`` when ``SpanRecorder.applies``: only the SDK's
     SimpleSpanProcessor/BatchSpanProcessor in the SDK's synchronous processor, the tracer
     enabled, no internal SDK span metrics, no attribute length limit. A span started with
