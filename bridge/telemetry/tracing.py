@@ -78,6 +78,9 @@ def _follows_parent(sampler: Any) -> bool:  # noqa: ANN401 - any sampler
 _NO_ATTRIBUTES: Final[Mapping[str, Any]] = MappingProxyType({})
 _FLAGS: Final = tuple(trace.TraceFlags(bits) for bits in range(4))  # sampled | random-id bits
 _SAMPLED_BITS: Final = 0x03
+# TraceFlags' bits, tested without its properties (a call each) on the hot path.
+_SAMPLED: Final = trace.TraceFlags.SAMPLED
+_RANDOM_ID: Final = trace.TraceFlags.RANDOM_TRACE_ID
 _LOW_BITS: Final = (1 << 64) - 1  # the part of a trace id TraceIdRatioBased compares
 _ALL_IDS: Final = 1 << 64  # a bound every root is below
 
@@ -261,7 +264,7 @@ class IdsTracer(_PlainTracer):
                 return trace.NonRecordingSpan(
                     trace.SpanContext(trace_id, span_id, False, flags, trace_state)
                 )
-            random_id, bound = flags.random_trace_id, self._parent_bound
+            random_id, bound = flags & _RANDOM_ID != 0, self._parent_bound
         else:
             trace_id, random_id = ids.generate_trace_id(), self._random_root
             bound, trace_state = self._root_bound, trace.DEFAULT_TRACE_STATE
@@ -350,11 +353,11 @@ class LeanTracer(_PlainTracer):
         if parent is None:
             trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         else:
-            random_id = flags.random_trace_id
+            random_id = flags & _RANDOM_ID != 0
         bound = self._root_bound if parent is None else self._parent_bound
         if parent is not None and self._follows_parent:
             # What the stock ParentBased answers: ALWAYS_ON / ALWAYS_OFF by the parent's flag.
-            sampled = recording = flags.sampled
+            sampled = recording = flags & _SAMPLED != 0
             span_attributes: Mapping[str, Any] = (
                 _NO_ATTRIBUTES if attributes is None else attributes
             )

@@ -100,7 +100,9 @@ def _spans(
 
 
 @pytest.mark.parametrize(
-    "parent_flags", [None, -1, 0, 1], ids=["root", "invalid", "unsampled", "sampled"]
+    "parent_flags",
+    [None, -1, 0, 1, 2, 3],
+    ids=["root", "invalid", "unsampled", "sampled", "random-unsampled", "random-sampled"],
 )
 @pytest.mark.parametrize("sampler", _SAMPLERS.keys())
 def test_a_lean_span_is_sampled_and_exported_as_the_sdks(
@@ -113,7 +115,9 @@ def test_a_lean_span_is_sampled_and_exported_as_the_sdks(
 
 
 @pytest.mark.parametrize(
-    "parent_flags", [None, -1, 0, 1], ids=["root", "invalid", "unsampled", "sampled"]
+    "parent_flags",
+    [None, -1, 0, 1, 2, 3],
+    ids=["root", "invalid", "unsampled", "sampled", "random-unsampled", "random-sampled"],
 )
 @pytest.mark.parametrize("sampler", _SAMPLERS.keys())
 def test_an_ids_only_span_has_the_sdks_flags_and_state(
