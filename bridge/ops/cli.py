@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from bridge import __version__
+from bridge.app.heap import settle_heap
 from bridge.app.runner import run
 from bridge.config.loader import BridgeConfig, load_config
 from bridge.errors import BridgeError, ConfigError, UsageError
@@ -425,6 +426,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         config = load_config(env_path)
         configure_logging(config.telemetry.log_level, config.telemetry.log_format)
+        settle_heap()  # start-up is done: its objects need no more collecting
         with asyncio.Runner(loop_factory=_loop_factory()) as event_loop:
             event_loop.run(run(config))
         return EXIT_OK
