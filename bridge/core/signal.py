@@ -58,6 +58,24 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
+def _plain_text(limit: int) -> re.Pattern[str]:
+    """Match printable ASCII of 1 to ``limit`` characters whose first and last are not spaces.
+
+    Text it matches passes every check of :func:`_exact_text`: the usual identifier is accepted
+    by this one call, anything else goes through the checks that name what is wrong.
+    """
+    return re.compile(rf"[!-~](?:[ -~]{{0,{limit - 2}}}[!-~])?")
+
+
+_PLAIN_INSTRUMENT: Final = _plain_text(MAX_INSTRUMENT_LEN)
+_PLAIN_STRATEGY: Final = _plain_text(MAX_STRATEGY_LEN)
+_PLAIN_SIGNAL_ID: Final = _plain_text(MAX_SIGNAL_ID_LEN)
+# A comment without a refused control character, within its length: the whole check in a call.
+_PLAIN_COMMENT: Final = re.compile(
+    rf"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]{{0,{MAX_COMMENT_LEN}}}"
+)
+
+
 class _UtcTimestamp(datetime):
     """A UTC datetime that encodes with microseconds always present (msgspec drops zeros)."""
 
@@ -195,6 +213,26 @@ def _max_code_points(name: str, value: str, limit: int) -> None:
         )
 
 
+def _check_comment(comment: object) -> None:
+    """Refuse a comment that is not text, holds a control character or is too long."""
+    if not isinstance(comment, str):
+        raise InvalidSignalError(f"comment must be a string, got {comment!r}", field="comment")
+    _no_control("comment", comment, _CONTROL_IN_TEXT)
+    _max_code_points("comment", comment, MAX_COMMENT_LEN)
+
+
+def _canonical_timestamp(timestamp: object) -> _UtcTimestamp:
+    """Return an aware datetime as the canonical UTC class; refuse anything else."""
+    if not isinstance(timestamp, datetime):
+        raise InvalidSignalError("timestamp must be a datetime", field="timestamp")
+    if timestamp.tzinfo is None or timestamp.utcoffset() is None:
+        raise InvalidSignalError("timestamp must be timezone-aware", field="timestamp")
+    try:
+        return _to_utc(timestamp)
+    except OverflowError:
+        raise InvalidSignalError("timestamp is out of range in UTC", field="timestamp") from None
+
+
 class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One trade signal from the strategy engine; immutable, validated on construction."""
 
@@ -211,9 +249,15 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     def __post_init__(self) -> None:
         """Check the domain rules that types alone cannot express; numbers become floats."""
+        # Runs once per entry read: each check has a fast form for the usual signal (one regex
+        # per identifier, no call for a finite float), and the full checks name what is wrong.
         set_ = msgspec.structs.force_setattr
-        _exact_text("instrument", self.instrument, MAX_INSTRUMENT_LEN)
-        _exact_text("strategy_name", self.strategy_name, MAX_STRATEGY_LEN)
+        instrument = self.instrument
+        if type(instrument) is not str or _PLAIN_INSTRUMENT.fullmatch(instrument) is None:
+            _exact_text("instrument", instrument, MAX_INSTRUMENT_LEN)
+        strategy = self.strategy_name
+        if type(strategy) is not str or _PLAIN_STRATEGY.fullmatch(strategy) is None:
+            _exact_text("strategy_name", strategy, MAX_STRATEGY_LEN)
         if self.side not in ("buy", "sell"):
             raise InvalidSignalError(
                 f"side must be 'buy' or 'sell', got {self.side!r}", field="side"
@@ -221,38 +265,31 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         self._check_prices()
         if type(self.risk_percent) is not float:
             set_(self, "risk_percent", _as_float("risk_percent", self.risk_percent))
-        if not (math.isfinite(self.risk_percent) and 0 < self.risk_percent <= 100):
+        if not 0 < self.risk_percent <= 100:  # NaN and the infinities fail too
             raise InvalidSignalError(
                 f"risk_percent must be > 0 and <= 100, got {self.risk_percent!r}",
                 field="risk_percent",
             )
-        if self.comment is not None:
-            if not isinstance(self.comment, str):
+        comment = self.comment
+        if comment is not None and (
+            type(comment) is not str or _PLAIN_COMMENT.fullmatch(comment) is None
+        ):
+            _check_comment(comment)
+        signal_id = self.signal_id
+        if signal_id is not None:
+            if type(signal_id) is not str or _PLAIN_SIGNAL_ID.fullmatch(signal_id) is None:
+                _exact_text("signal_id", signal_id, MAX_SIGNAL_ID_LEN)
+            if "/" in signal_id and _ENTRY_REFERENCE.search(signal_id):
                 raise InvalidSignalError(
-                    f"comment must be a string, got {self.comment!r}", field="comment"
-                )
-            _no_control("comment", self.comment, _CONTROL_IN_TEXT)
-            _max_code_points("comment", self.comment, MAX_COMMENT_LEN)
-        if self.signal_id is not None:
-            _exact_text("signal_id", self.signal_id, MAX_SIGNAL_ID_LEN)
-            if _ENTRY_REFERENCE.search(self.signal_id):
-                raise InvalidSignalError(
-                    f"signal_id {self.signal_id!r} ends like a stream entry reference "
+                    f"signal_id {signal_id!r} ends like a stream entry reference "
                     "('/<ms>-<seq>'), which names the idempotency key of an entry without a "
                     "signal_id",
                     field="signal_id",
                 )
-        if not isinstance(self.timestamp, datetime):
-            raise InvalidSignalError("timestamp must be a datetime", field="timestamp")
-        if self.timestamp.tzinfo is None or self.timestamp.utcoffset() is None:
-            raise InvalidSignalError("timestamp must be timezone-aware", field="timestamp")
-        if type(self.timestamp) is not _UtcTimestamp or self.timestamp.tzinfo is not UTC:
-            try:
-                set_(self, "timestamp", _to_utc(self.timestamp))
-            except OverflowError:
-                raise InvalidSignalError(
-                    "timestamp is out of range in UTC", field="timestamp"
-                ) from None
+        timestamp = self.timestamp
+        # What the decoder makes (aware, UTC, the canonical class) needs nothing more.
+        if type(timestamp) is not _UtcTimestamp or timestamp.tzinfo is not UTC:
+            set_(self, "timestamp", _canonical_timestamp(timestamp))
 
     def _check_prices(self) -> None:
         """Make each price a finite float > 0, then check the sides."""
@@ -371,9 +408,14 @@ class SignalRules:
     max_clock_ahead_s: float = 60.0
     instrument_pattern: re.Pattern[str] | None = None
 
-    def check(self, signal: Signal, now: float) -> None:
-        """Raise :class:`InvalidSignalError` when ``signal`` breaks a rule at time ``now``."""
-        ahead_s = signal.timestamp.timestamp() - now
+    def check(self, signal: Signal, now: float, *, signal_at: float | None = None) -> None:
+        """Raise :class:`InvalidSignalError` when ``signal`` breaks a rule at time ``now``.
+
+        ``signal_at`` is the signal's timestamp in epoch seconds, when the caller has it already.
+        """
+        if signal_at is None:
+            signal_at = signal.timestamp.timestamp()
+        ahead_s = signal_at - now
         if ahead_s > self.max_clock_ahead_s:
             raise InvalidSignalError(
                 f"timestamp {format_timestamp(signal.timestamp)} is {ahead_s:.1f}s ahead of the "

@@ -110,7 +110,8 @@ class Attempts:
         breaker = self._breaker
         with self._observer.span(job, signal.instrument) as span:
             while True:
-                too_old = self._too_old(signal, self._age_limit(job))
+                now = self._clock()
+                too_old = self._too_old(job, now)
                 if too_old is not None:
                     letter = DeadLetter(reason="expired", error=too_old, attempts=job.attempts)
                     await self._letters.write(job, letter, span)
@@ -118,15 +119,19 @@ class Attempts:
                 # After stop(): no retry, no probe, no wait for the breaker. A first attempt
                 # still goes within the grace period while the server answers well (checked
                 # again once a slot is free), so a healthy drain does not strand entries.
+                admitted_at: float | None = None  # when admitted without waiting
                 if job.attempts and self._stopping():
                     admission = None
-                else:  # a closed breaker admits at once: no coroutine for the common case
+                elif breaker.state is not BreakerState.OPEN:
+                    # try_admit's first answer, read in place: no call for the common case.
+                    admission, admitted_at = Admission.POST, now
+                else:
                     admission = breaker.try_admit() or await breaker.admit()
                 if admission is None:
                     self._observer.on_abandoned(span)
                     return False  # stopping: leave it pending for a replica
                 try:
-                    delay = await self._attempt(job, signal, span)
+                    delay = await self._attempt(job, signal, span, admitted_at)
                 finally:
                     if admission is Admission.PROBE:
                         breaker.probe_done()
@@ -144,16 +149,21 @@ class Attempts:
                     await breaker.wait(delay)
 
     async def _attempt(
-        self, job: Job, signal: Signal, span: trace.Span
+        self, job: Job, signal: Signal, span: trace.Span, admitted_at: float | None
     ) -> float | _Abandoned | None:
-        """Make one attempt; None when the entry is settled, else the backoff before the next."""
+        """Make one attempt; None when the entry is settled, else the backoff before the next.
+
+        ``admitted_at``: when deliver() checked the age and admitted this attempt without
+        waiting (None when it waited for the breaker).
+        """
         job.attempts += 1
         if job.attempts == 1:
-            job.first_attempt_at = self._clock()
+            job.first_attempt_at = self._clock() if admitted_at is None else admitted_at
         elif job.attempts > 1:
             span.add_event("retry", {"bridge.attempt": job.attempts})
+            admitted_at = None  # a retry's age limit may differ from the one checked
         try:
-            outcome = await self._post(job, signal)
+            outcome = await self._post(job, signal, admitted_at)
         except Exception as exc:  # our bug or a bad setting: systemic, like a 401
             self._observer.on_bug(job, exc)
             outcome = _bug(exc)
@@ -218,22 +228,31 @@ class Attempts:
             return self._max_age_s + self._takeover_grace_s
         return self._max_age_s
 
-    def _too_old(self, signal: Signal, max_age: float) -> str | None:
-        """Say why ``signal`` is too old to send now, or None while fresh enough (or no limit)."""
-        age_s = self._clock() - signal.timestamp.timestamp()
+    def _too_old(self, job: Job, now: float) -> str | None:
+        """Say why the job's signal is too old to send at ``now``, or None (fresh, or no limit)."""
+        max_age = self._age_limit(job)
+        age_s = now - job.signal_at
         if max_age and age_s > max_age:
             return f"signal is {age_s:.1f}s old, limit {max_age:g}s"
         return None
 
-    async def _post(self, job: Job, signal: Signal) -> Attempt | Expired | Stopped:
-        """POST within a posting slot; after stop() only while the server's last answer was good."""
+    async def _post(
+        self, job: Job, signal: Signal, admitted_at: float | None
+    ) -> Attempt | Expired | Stopped:
+        """POST within a posting slot; after stop() only while the server's last answer was good.
+
+        The age is checked again once a slot is taken, unless ``admitted_at`` says deliver()
+        checked it for this very attempt and nothing was awaited since.
+        """
         slots = self._slots
         if not slots.try_take():
             await slots.take()
+            admitted_at = None
         try:
-            too_old = self._too_old(signal, self._age_limit(job))  # the wait may have been long
-            if too_old is not None:
-                return Expired(too_old)
+            if admitted_at is None:  # the wait may have been long
+                too_old = self._too_old(job, self._clock())
+                if too_old is not None:
+                    return Expired(too_old)
             breaker = self._breaker
             # Plain reads first: the happy path makes no call here.
             unhealthy = breaker.consecutive_failures or breaker.state is BreakerState.OPEN

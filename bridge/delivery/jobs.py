@@ -64,6 +64,7 @@ class Job:
     done: bool = False
     age_waived: bool = False  # replayed with `dlq replay --allow-expired`
     first_attempt_at: float = 0.0  # epoch seconds of this process's first POST of it
+    signal_at: float = 0.0  # the signal's timestamp in epoch seconds, computed once per entry
     resend_first: bool = False  # strict: pending at takeover, its first attempt gets more age
 
 
@@ -106,21 +107,23 @@ def prepare_job(
     is caught here too, so the read loop goes on.
     """
     job = Job(entry)
-    traceparent = entry.fields.get(b"traceparent")
+    fields = entry.fields
+    traceparent = fields.get(b"traceparent")
     if traceparent:
-        tracestate = entry.fields.get(b"tracestate")
+        tracestate = fields.get(b"tracestate")
         job.parent = extract_parent(
             traceparent.decode("ascii", "replace"),
             tracestate.decode("ascii", "replace") if tracestate else None,
         )
-    raw = entry.fields.get(SIGNAL_FIELD)
+    raw = fields.get(SIGNAL_FIELD)
     try:
         if raw is None:
             raise InvalidSignalError("entry has no 'signal' field")  # noqa: TRY301 - one path for every invalid entry
-        job.signal = decode_signal(raw)
+        job.signal = signal = decode_signal(raw)
+        job.signal_at = signal.timestamp.timestamp()
         if rules is not None:
-            rules.check(job.signal, now)
-        job.body = encode_canonical(job.signal, max_body_size=max_body_size)
+            rules.check(signal, now, signal_at=job.signal_at)
+        job.body = encode_canonical(signal, max_body_size=max_body_size)
     except InvalidSignalError as exc:
         job.signal = None
         job.error = exc
@@ -137,20 +140,21 @@ def prepare_job(
             f"entry could not be decoded ({type(exc).__name__}: {str(exc)[:256]})"
         )
         return job
-    origin = entry.fields.get(ORIGIN_FIELD)  # a replayed dead letter keeps its first key
-    stream_name, _, entry_id = (
-        origin.decode("utf-8", "replace").rpartition("/") if origin else (stream, "/", entry.id)
-    )
-    job.key = idempotency_key(stream_name, entry_id, job.signal.signal_id)
-    waiver = entry.fields.get(MAX_AGE_WAIVED_FIELD)
-    if waiver is not None:
+    # Replayed dead letters alone carry these two fields: `in` spares the usual entry two calls.
+    stream_name, entry_id = stream, entry.id
+    if ORIGIN_FIELD in fields:  # a replayed dead letter keeps its first key
+        origin = fields[ORIGIN_FIELD].decode("utf-8", "replace")
+        if origin:
+            stream_name, _, entry_id = origin.rpartition("/")
+    job.key = idempotency_key(stream_name, entry_id, signal.signal_id)
+    if MAX_AGE_WAIVED_FIELD in fields:
         job.age_waived = True
         log.warning(
             "replayed signal will be posted whatever its age: an operator waived the limit",
             extra=log_fields(
                 entry_id=entry.id,
-                signal_id=job.signal.signal_id,
-                waived_by=waiver.decode("utf-8", "replace"),
+                signal_id=signal.signal_id,
+                waived_by=fields[MAX_AGE_WAIVED_FIELD].decode("utf-8", "replace"),
             ),
         )
     return job

@@ -136,7 +136,7 @@ class Lanes(Generic[J]):
             lane.queue.append(job)
             self._lanes[instrument] = lane
             return Offer.START
-        if lane.blocked_since is not None or lane.has_parked:
+        if lane.blocked_since is not None or lane.parked_from is not None:  # has_parked
             lane.park(self._id_of(job))
             return Offer.PARKED
         lane.queue.append(job)

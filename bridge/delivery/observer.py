@@ -94,8 +94,8 @@ class DeliveryObserver:
     ) -> None:
         """Report a delivery: count it and its age, and write the one INFO line."""
         self.stats.delivered += 1
-        age_s = self._clock() - signal.timestamp.timestamp()
-        self._metrics.signal_age.record(max(0.0, age_s))
+        age_s = self._clock() - job.signal_at  # set with job.signal, once per entry
+        self._metrics.signal_age.record(age_s if age_s > 0.0 else 0.0)  # max(), without a call
         response = delivered.response
         self._acked(
             job,

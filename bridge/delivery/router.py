@@ -84,7 +84,8 @@ class Router:
 
     def route(self, job: Job) -> None:
         """Hold a prepared entry on its lane (starting the lane), or leave it parked in Redis."""
-        self.released.discard(job.entry.id)
+        if self.released:  # usually empty: no call then
+            self.released.discard(job.entry.id)
         if self.dead_letter_at_once(job) or job.signal is None:
             return
         if job.signal.instrument in self.abandoned:

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from opentelemetry import trace
 
@@ -114,6 +114,7 @@ class Worker:
         self._closed = asyncio.Event()
         self._window = Window(config.max_in_flight, config.batch_size)
         self._rules = config.signal_rules()
+        self._max_body_size = client.max_body_size
         self._link = RedisLink(
             stream.stream, self.redis_backoff, self._stop_event, on_error=self._reread_later
         )
@@ -424,7 +425,7 @@ class Worker:
         job = prepare_job(
             entry,
             stream=self.stream.stream,
-            max_body_size=self.client.max_body_size,
+            max_body_size=self._max_body_size,
             rules=self._rules,
             now=self.clock(),
         )
@@ -489,9 +490,12 @@ class Worker:
 
     # --- delivery ----------------------------------------------------------------------------
 
-    async def _send(self, job: Job, signal: Signal) -> Attempt:
-        """POST one job's canonical body; what came of it, as a value."""
-        return await self.client.attempt(
+    def _send(self, job: Job, signal: Signal) -> Awaitable[Attempt]:
+        """POST one job's canonical body; what came of it, as a value.
+
+        Returns the client's own coroutine for the caller to await: no frame of ours between.
+        """
+        return self.client.attempt(
             job.body,
             idempotency_key=job.key,
             signal_id=signal.signal_id,

@@ -94,10 +94,12 @@ def split_entries(
     live: list[Entry] = []
     gone: list[str] = []
     for entry_id, fields in raw or ():
+        # as_text, inlined: this runs once per entry read.
+        text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         if fields:
-            live.append(Entry(as_text(entry_id), fields))
+            live.append(Entry(text, fields))
         else:
-            gone.append(as_text(entry_id))
+            gone.append(text)
     return live, gone
 
 

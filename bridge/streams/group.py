@@ -249,7 +249,8 @@ class SignalStream:
         """XACK entries; returns how many were still pending."""
         if not ids:
             return 0
-        return int(await guard(self.redis.xack(self.stream, self.group, *ids), "XACK"))
+        ack = self.redis.xack(self.stream, self.group, *_as_bytes(ids))
+        return int(await guard(ack, "XACK"))
 
     async def ack_leased(self, ids: Sequence[str], lease: tuple[str, str]) -> int | None:
         """XACK entries while the shard's lease ``(key, value)`` is ours; None when it is not.
@@ -260,7 +261,9 @@ class SignalStream:
             return 0
         key, value = lease
         reply = await guard(
-            self._ack_leased_script(keys=[self.stream, key], args=[self.group, value, *ids]),
+            self._ack_leased_script(
+                keys=[self.stream, key], args=[self.group, value, *_as_bytes(ids)]
+            ),
             "XACK script (lease checked)",
         )
         return None if int(reply) < 0 else int(reply)
@@ -422,6 +425,14 @@ class SignalStream:
             self.redis.xrange(self.stream, min=f"({last}", count=_NEWER_SCAN_LIMIT), "XRANGE"
         )
         return max(0, length - len(newer))
+
+
+def _as_bytes(ids: Sequence[str]) -> list[bytes]:
+    """Encode entry ids for an XACK: the same bytes on the wire, fewer calls per id.
+
+    redis-py's encoder passes bytes at its first check but tests a str five times first.
+    """
+    return [entry_id.encode() for entry_id in ids]
 
 
 async def report_new_group(

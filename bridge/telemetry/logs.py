@@ -26,6 +26,7 @@ from opentelemetry import trace
 from bridge.core.secrets import redact_text
 from bridge.core.timestamps import format_epoch_truncated
 from bridge.telemetry.bounds import bounded, bounded_fields
+from bridge.telemetry.fastpath.current import span_in
 
 __all__ = [
     "JsonFormatter",
@@ -51,9 +52,10 @@ def trace_fields(span: trace.Span) -> dict[str, str]:
 
 def _add_trace_ids(line: dict[str, Any], context: trace.SpanContext) -> None:
     """Add a valid span context's ``trace_id`` and ``span_id`` to a log line, in hex."""
-    if context.is_valid:
-        line["trace_id"] = format(context.trace_id, "032x")
-        line["span_id"] = format(context.span_id, "016x")
+    trace_id, span_id, _, _, _, valid = context  # typed as its tuple: no property calls
+    if valid:
+        line["trace_id"] = f"{trace_id:032x}"
+        line["span_id"] = f"{span_id:016x}"
 
 
 def log_fields(**fields: object) -> dict[str, Mapping[str, object]]:
@@ -85,7 +87,7 @@ def _record_dict(record: logging.LogRecord) -> dict[str, Any]:
     if extra:
         extra = bounded_fields(extra) or extra
     if extra is None or "trace_id" not in extra:
-        _add_trace_ids(out, trace.get_current_span().get_span_context())
+        _add_trace_ids(out, span_in().get_span_context())
     if extra:
         if _RESERVED.isdisjoint(extra):
             out.update(extra)
@@ -367,7 +369,7 @@ def log_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> No
             "message": message,
             "logger": logger.name,
         }
-        _add_trace_ids(data, trace.get_current_span().get_span_context())
+        _add_trace_ids(data, span_in().get_span_context())
         data.update(fields)
         if handler.append_json(data):
             return

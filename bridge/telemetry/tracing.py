@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 
 from bridge.telemetry.bounds import bounded
+from bridge.telemetry.fastpath.current import CURRENT, SPAN_KEY, span_in
 from bridge.telemetry.fastpath.gate import fast_paths
 from bridge.telemetry.fastpath.spans import LeanSpan, SpanRecorder
 
@@ -77,6 +78,11 @@ def _follows_parent(sampler: Any) -> bool:  # noqa: ANN401 - any sampler
 _NO_ATTRIBUTES: Final[Mapping[str, Any]] = MappingProxyType({})
 _FLAGS: Final = tuple(trace.TraceFlags(bits) for bits in range(4))  # sampled | random-id bits
 _SAMPLED_BITS: Final = 0x03
+# TraceFlags' bits, tested without its properties (a call each) on the hot path.
+_SAMPLED: Final = trace.TraceFlags.SAMPLED
+_RANDOM_ID: Final = trace.TraceFlags.RANDOM_TRACE_ID
+_LOW_BITS: Final = (1 << 64) - 1  # the part of a trace id TraceIdRatioBased compares
+_ALL_IDS: Final = 1 << 64  # a bound every root is below
 
 
 def _bounded_exception(exc: BaseException) -> dict[str, str] | None:
@@ -111,8 +117,10 @@ class _CurrentSpan:
 
     def __enter__(self) -> trace.Span:
         """Make the span current and return it."""
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        return self._span
+        # otel_context.attach(trace.set_span_in_context(span)), without its four calls deep.
+        span = self._span
+        self._token = CURRENT.set(otel_context.Context({**CURRENT.get(), SPAN_KEY: span}))
+        return span
 
     def __exit__(
         self,
@@ -121,10 +129,14 @@ class _CurrentSpan:
         tb: TracebackType | None,
     ) -> None:
         """Restore the previous context, record an escaping exception, end the span."""
-        if self._token is not None:
-            otel_context.detach(self._token)
+        token = self._token
+        if token is not None:
+            try:
+                CURRENT.reset(token)
+            except Exception:  # the API's detach below logs what went wrong
+                otel_context.detach(token)  # tries again and logs "Failed to detach context"
         span = self._span
-        if isinstance(exc, Exception) and span.is_recording():
+        if exc is not None and isinstance(exc, Exception) and span.is_recording():
             if self._record:
                 span.record_exception(exc, attributes=_bounded_exception(exc))
             if self._set_status:
@@ -170,39 +182,41 @@ class _PlainTracer(trace.Tracer):
         )
 
 
-def _ids_only_span(  # noqa: PLR0917 - the sampler's arguments
-    ids: Any,  # noqa: ANN401 - the SDK's IdGenerator
-    sampler: Any,  # noqa: ANN401 - the SDK's Sampler
-    name: str,
-    context: otel_context.Context | None,
-    kind: trace.SpanKind,
-    attributes: Attributes,
-    links: Sequence[trace.Link] | None,
-    *,
-    follows_parent: bool,
-    random_root: bool,
-) -> trace.Span:
-    """Make the span the SDK would, reduced to its context: ids, flags and trace state.
+def _static_bound(sampler: Any) -> int | None:  # noqa: ANN401 - any sampler
+    """Return the bound below which ``sampler`` samples a trace id, if it reads nothing else.
 
-    ``follows_parent``: ``sampler`` is known to answer a valid parent with the parent's sampled
-    flag and trace state (a ParentBased with the stock delegates), so it is not asked then.
+    The SDK's ALWAYS_ON (every id), ALWAYS_OFF (none) and a plain TraceIdRatioBased (its
+    ``bound``, against the 64 low bits of the id, as its docstring says) answer any span with
+    RECORD_AND_SAMPLE and the caller's attributes below it, else DROP, and the trace state of a
+    valid parent (none for a root); asking them changes nothing else. None: ask the sampler.
     """
-    parent = trace.get_current_span(context).get_span_context()
-    span_id = ids.generate_span_id()
-    if parent.is_valid and follows_parent:
-        flags = _FLAGS[parent.trace_flags & _SAMPLED_BITS]
-        return trace.NonRecordingSpan(
-            trace.SpanContext(parent.trace_id, span_id, False, flags, parent.trace_state)
-        )
-    if parent.is_valid:
-        trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
-    else:
-        trace_id, random_id = ids.generate_trace_id(), random_root
-    result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
-    bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
-    return trace.NonRecordingSpan(
-        trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
+    from opentelemetry.sdk.trace.sampling import (  # noqa: PLC0415 - SDK only here
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        TraceIdRatioBased,
     )
+
+    if sampler is ALWAYS_ON:
+        return _ALL_IDS
+    if sampler is ALWAYS_OFF:
+        return 0
+    if type(sampler) is TraceIdRatioBased and sampler.TRACE_ID_LIMIT == _LOW_BITS:
+        return sampler.bound
+    return None
+
+
+def _bounds(sampler: Any) -> tuple[int | None, int | None]:  # noqa: ANN401 - any sampler
+    """Return ``_static_bound`` of what ``sampler`` asks for a root, and under a valid parent.
+
+    A stock ParentBased (see ``_follows_parent``) asks its root sampler for a root and follows a
+    valid parent's flag (no bound: the tracers answer that case themselves).
+    """
+    static = _static_bound(sampler)
+    if static is not None:
+        return static, static
+    if _follows_parent(sampler):
+        return _static_bound(getattr(sampler, "_root", None)), None
+    return None, None
 
 
 class IdsTracer(_PlainTracer):
@@ -215,11 +229,17 @@ class IdsTracer(_PlainTracer):
     """
 
     def __init__(self, ids: Any, sampler: Any, *, follows_parent: bool) -> None:  # noqa: ANN401 - SDK
-        """Use ``ids`` (an IdGenerator) and ``sampler``; see ``_ids_only_span``."""
+        """Use ``ids`` (an IdGenerator) and ``sampler``.
+
+        ``follows_parent``: ``sampler`` is known to answer a valid parent with the parent's
+        sampled flag and trace state (a ParentBased with the stock delegates), so it is not
+        asked then; nor when ``_bounds`` knows its answer.
+        """
         self._ids = ids
         self._sampler = sampler
         self._follows_parent = follows_parent
         self._random_root = bool(ids.is_trace_id_random())
+        self._root_bound, self._parent_bound = _bounds(sampler)
 
     def start_span(  # noqa: PLR0917 - the API's signature
         self,
@@ -232,18 +252,32 @@ class IdsTracer(_PlainTracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        """Start a span that is only its context (nothing records it)."""
+        """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
         del start_time, record_exception, set_status_on_exception
-        return _ids_only_span(
-            self._ids,
-            self._sampler,
-            name,
-            context,
-            kind,
-            attributes,
-            links,
-            follows_parent=self._follows_parent,
-            random_root=self._random_root,
+        ids = self._ids
+        # A SpanContext is typed as its tuple: unpacked here instead of five property calls.
+        trace_id, _, _, flags, trace_state, valid = span_in(context).get_span_context()
+        span_id = ids.generate_span_id()
+        if valid:
+            if self._follows_parent:
+                flags = _FLAGS[flags & _SAMPLED_BITS]
+                return trace.NonRecordingSpan(
+                    trace.SpanContext(trace_id, span_id, False, flags, trace_state)
+                )
+            random_id, bound = flags & _RANDOM_ID != 0, self._parent_bound
+        else:
+            trace_id, random_id = ids.generate_trace_id(), self._random_root
+            bound, trace_state = self._root_bound, trace.DEFAULT_TRACE_STATE
+        if bound is not None:  # what the sampler would answer (see _bounds)
+            sampled = (trace_id & _LOW_BITS) < bound
+            flags = _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)]
+            return trace.NonRecordingSpan(
+                trace.SpanContext(trace_id, span_id, False, flags, trace_state)
+            )
+        result = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        bits = (1 if result.decision.is_sampled() else 0) | (2 if random_id else 0)
+        return trace.NonRecordingSpan(
+            trace.SpanContext(trace_id, span_id, False, _FLAGS[bits], result.trace_state)
         )
 
 
@@ -254,12 +288,13 @@ class LeanTracer(_PlainTracer):
     log line's ``trace_id``/``span_id``), so then only those are made: a ``NonRecordingSpan``
     with the ids and flags the SDK would have given it (a new span id; the parent's trace id,
     or a new one for a root; the sampler's decision; a ParentBased sampler with the stock
-    parent delegates follows the parent without being asked, as it would answer).
+    parent delegates follows the parent without being asked, as it would answer, and the SDK's
+    ALWAYS_ON, ALWAYS_OFF and TraceIdRatioBased are answered for too: see ``_bounds``).
 
     With processors, a span is made as the SDK's tracer makes it (trace id for a root, the
     sampler asked with the same arguments, then the span id; the sampler's trace state and
-    attributes; DROP gives a ``NonRecordingSpan``; a stock ParentBased under a valid parent is
-    answered for, as above: the parent's decision and trace state, the caller's attributes),
+    attributes; DROP gives a ``NonRecordingSpan``; the stock samplers above are answered for:
+    the decision and trace state they would give, the caller's attributes),
     but a recording one is a ``LeanSpan`` when ``SpanRecorder.applies``: only the SDK's
     SimpleSpanProcessor/BatchSpanProcessor in the SDK's synchronous processor, the tracer
     enabled, no internal SDK span metrics, no attribute length limit. A span started with
@@ -284,6 +319,7 @@ class LeanTracer(_PlainTracer):
         )
         self._usable = usable
         self._follows_parent = _follows_parent(self._sampler)
+        self._root_bound, self._parent_bound = _bounds(self._sampler)
         self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         self._recorder = _recorder(delegate, provider) if usable else None
         # Without a processor a span is only its ids: exactly what IdsTracer makes.
@@ -306,21 +342,31 @@ class LeanTracer(_PlainTracer):
         set_status_on_exception: bool,
     ) -> trace.Span:
         """Make the span the SDK's tracer would, recording into a LeanSpan (no links given)."""
-        parent: trace.SpanContext | None = trace.get_current_span(context).get_span_context()
+        parent: trace.SpanContext | None = span_in(context).get_span_context()
         if parent is not None and not isinstance(parent, trace.SpanContext):
             raise TypeError("parent_span_context must be a SpanContext or None.")
-        if parent is None or not parent.is_valid:
-            parent = None
+        if parent is not None:
+            # A SpanContext is typed as its tuple: unpacked instead of property calls.
+            trace_id, _, _, flags, trace_state, valid = parent
+            if not valid:
+                parent = None
+        if parent is None:
             trace_id, random_id = self._ids.generate_trace_id(), self._random_root  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         else:
-            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+            random_id = flags & _RANDOM_ID != 0
+        bound = self._root_bound if parent is None else self._parent_bound
         if parent is not None and self._follows_parent:
             # What the stock ParentBased answers: ALWAYS_ON / ALWAYS_OFF by the parent's flag.
-            sampled = recording = parent.trace_flags.sampled
+            sampled = recording = flags & _SAMPLED != 0
             span_attributes: Mapping[str, Any] = (
                 _NO_ATTRIBUTES if attributes is None else attributes
             )
-            trace_state = parent.trace_state
+        elif bound is not None:
+            # What the sampler would answer (see _bounds); a valid parent's trace state is kept.
+            sampled = recording = (trace_id & _LOW_BITS) < bound
+            span_attributes = _NO_ATTRIBUTES if attributes is None else attributes
+            if parent is None:
+                trace_state = trace.DEFAULT_TRACE_STATE
         else:
             result = self._sampler.should_sample(  # type: ignore[union-attr] # set whenever _usable, which the caller checked
                 context, trace_id, name, kind, attributes, ()

@@ -1,13 +1,13 @@
 """One start-up check that says whether the SDK mirrors in ``fastpath`` may run at all.
 
 The lean tracer and span (``tracing``, ``spans``), the local histograms (``histograms``,
-``histogram_export``), the OTLP encoder (``otlp``, ``otlp_export``) and the trace-header
-shortcut (``propagation``) copy behaviour of the OpenTelemetry SDK and read its private names.
-They are proven equal to the SDK only by the differential tests, run against the versions in
-``VERIFIED_VERSIONS``. ``fast_paths()`` checks, once per process, that the installed SDK is such
-a version and that every private name the mirrors read still exists; if either fails, every
-fast path is off at once, the stock SDK runs, and one INFO line names the version and the
-missing names. Every mirror asks ``fast_paths()``.
+``histogram_export``), the OTLP encoder (``otlp``, ``otlp_export``), the trace-header
+shortcuts (``propagation``) and the current-context reads (``current``) copy behaviour of the
+OpenTelemetry SDK and read its private names. They are proven equal to the SDK only by the
+differential tests, run against the versions in ``VERIFIED_VERSIONS``. ``fast_paths()`` checks,
+once per process, that the installed SDK is such a version and that every private name the
+mirrors read still exists; if either fails, every fast path is off at once, the stock SDK runs,
+and one INFO line names the version and the missing names. Every mirror asks ``fast_paths()``.
 
 To verify a new release: ``scripts/check-latest-otel.sh`` runs the differential tests against it;
 when they pass, add its version here.
@@ -40,6 +40,15 @@ CHECKED_DISTRIBUTIONS: Final = (
 # Private module-level names, by module: (module, name).
 _MODULE_NAMES: Final = (
     ("opentelemetry.sdk.trace._tracer_metrics", "NoOpTracerMetrics"),
+    ("opentelemetry.context", "_RUNTIME_CONTEXT._current_context"),
+    (
+        "opentelemetry.trace.propagation.tracecontext",
+        "TraceContextTextMapPropagator._TRACEPARENT_HEADER_FORMAT_RE",
+    ),
+    (
+        "opentelemetry.trace.propagation.tracecontext",
+        "TraceContextTextMapPropagator._TRACEPARENT_MAXIMUM_LENGTH",
+    ),
     ("opentelemetry.exporter.otlp.proto.http._common", "_is_request_too_large"),
     ("opentelemetry.exporter.otlp.proto.http._common", "RequestPayloadTooLargeError"),
     ("opentelemetry.exporter.otlp.proto.common._internal", "_encode_value"),

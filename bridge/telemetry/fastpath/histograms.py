@@ -24,8 +24,10 @@ from typing import Any, Final, Literal
 from opentelemetry import context as otel_context
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import INVALID_SPAN, Span, TraceFlags, set_span_in_context
+from opentelemetry.trace import INVALID_SPAN, TraceFlags
 from opentelemetry.util.types import Attributes
+
+from bridge.telemetry.fastpath.current import span_in
 
 __all__ = [
     "CARDINALITY_LIMIT",
@@ -46,12 +48,7 @@ _OVERFLOW_IDENTITY: Final = frozenset(_OVERFLOW_KEY)
 _ALIASES_LIMIT: Final = 4 * CARDINALITY_LIMIT
 _INF: Final = math.inf
 
-# The context key of the current span (the API's get_current_span reads it, then checks the
-# type against the Span ABC, which is the slow part: known Span types skip that check here).
-_SPAN_KEY: Final = next(iter(set_span_in_context(INVALID_SPAN, otel_context.Context())))
-_SPAN_TYPES: Final[set[type]] = set()
 _SAMPLED: Final = TraceFlags.SAMPLED
-_get_current: Final = otel_context.get_current
 
 ExemplarFilterName = Literal["always_off", "always_on", "trace_based"]
 # The SDK's exemplar filters by their OTEL_METRICS_EXEMPLAR_FILTER names: the ones mirrored here.
@@ -191,12 +188,9 @@ class LocalHistogram:
         sample: tuple[int, Any] | None = None
         always = self._filter
         if always is not None:  # the SDK: get_current_span(context or get_current())
-            span: Any = (context or _get_current()).get(_SPAN_KEY)
-            if span is None or (type(span) not in _SPAN_TYPES and not _is_span(span)):
-                span = INVALID_SPAN
-            if always or (
-                span is not INVALID_SPAN and span.get_span_context().trace_flags & _SAMPLED
-            ):
+            span: Any = span_in(context or None)
+            # A SpanContext is typed as its tuple: [3] is its trace_flags, without a property call.
+            if always or (span is not INVALID_SPAN and span.get_span_context()[3] & _SAMPLED):
                 sample = (time.time_ns(), span)
         key: _Items = tuple(attributes.items()) if attributes else ()
         with self._lock:
@@ -235,8 +229,8 @@ class LocalHistogram:
             samples = cell.samples = [None] * len(cell.counts)
         self._sequence = sequence = self._sequence + 1
         if span is not INVALID_SPAN:
-            span_context = span.get_span_context()
-            ids: tuple[int, int] | None = (span_context.span_id, span_context.trace_id)
+            trace_id, span_id, _, _, _, _ = span.get_span_context()  # typed as its tuple
+            ids: tuple[int, int] | None = (span_id, trace_id)
             ids_from = sequence
         else:  # the SDK's bucket keeps the ids it had (cleared only when collected)
             previous = samples[index]
@@ -285,14 +279,6 @@ class LocalHistogram:
                 )
                 for cell in self._cells.values()
             ]
-
-
-def _is_span(value: object) -> bool:
-    """Whether ``value`` is an API Span (as get_current_span checks); remembers its type."""
-    if isinstance(value, Span):
-        _SPAN_TYPES.add(type(value))
-        return True
-    return False
 
 
 def _exemplars(cell: _Cell, since: int) -> tuple[ExemplarSample, ...]:
