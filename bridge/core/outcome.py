@@ -108,6 +108,7 @@ _TLS_CAUSE: Final = (
     "OUTBOUND_CA_BUNDLE, the server certificate and OUTBOUND_CLIENT_CERT"
 )
 _OTHER_SYSTEMIC_CAUSE: Final = "configured in OUTBOUND_SYSTEMIC_STATUSES"
+_TRANSIENT: Final = Verdict(Action.TRANSIENT)
 
 
 def parse_statuses(text: str) -> list[int]:
@@ -137,7 +138,7 @@ def parse_statuses(text: str) -> list[int]:
 class OutcomeTable:
     """The answer -> action table; built once from the three code lists."""
 
-    __slots__ = ("reject", "success", "systemic")
+    __slots__ = ("_verdicts", "reject", "success", "systemic")
 
     def __init__(
         self,
@@ -165,9 +166,18 @@ class OutcomeTable:
         self.success: frozenset[int] = given.get("success", DEFAULT_SUCCESS - named)
         self.systemic: frozenset[int] = given.get("systemic", DEFAULT_SYSTEMIC - named)
         self.reject: frozenset[int] = given.get("reject", DEFAULT_REJECT - named)
+        # Every status judged once: the table answers each POST with a lookup, not a new Verdict.
+        self._verdicts = {code: self._judge(code) for code in range(STATUS_MIN, STATUS_MAX + 1)}
 
     def for_status(self, code: int) -> Verdict:
         """Return the action for an HTTP status code (any integer; out of range is transient)."""
+        try:
+            return self._verdicts[code]
+        except KeyError:
+            return _TRANSIENT
+
+    def _judge(self, code: int) -> Verdict:
+        """Decide one status code from the three code lists."""
         if code in self.success:
             return Verdict(Action.ACK)
         if code in self.systemic:

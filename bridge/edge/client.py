@@ -15,9 +15,9 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Protocol, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -41,7 +41,7 @@ from bridge.edge.clockskew import SkewEstimator, describe_skew
 from bridge.edge.failures import transport_failure
 from bridge.edge.http import OVERSIZED_EXTENSION, FastTransport
 from bridge.edge.posts import PostRecorder
-from bridge.edge.protocol import Limits
+from bridge.edge.protocol import Limits, RawResponse
 from bridge.edge.results import (
     Attempt,
     Delivered,
@@ -71,8 +71,13 @@ log = logging.getLogger("bridge.client")
 
 _MAX_WARNING_BODY_CHARS: Final = 256
 _RESPONSE_DECODER: Final = msgspec.json.Decoder(IngestResponse)
-# Per answer: the raw pieces of an exchange (status, headers, body, read limit passed).
-_Exchanged = tuple[int, Mapping[str, str], bytes, str | None]
+
+
+class _Headers(Protocol):
+    """What judging reads of an answer's headers: a mapping, or a RawResponse not decoded yet."""
+
+    def get(self, name: str, /) -> str | None:
+        """Return the header ``name`` (lower case), or None."""
 
 
 def outcome_table(config: OutboundConfig) -> OutcomeTable:
@@ -117,6 +122,9 @@ class HmacClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        # The largest canonical body this client will send. An attribute, not a property: the
+        # worker reads it for every entry.
+        self.max_body_size: Final = config.max_body_size
         self._signer: RequestSigner = signer_for(config)
         self._table = outcome_table(config)
         self._url = config.ingest_url
@@ -180,11 +188,6 @@ class HmacClient:
         return self._config.timeout_s
 
     @property
-    def max_body_size(self) -> int:
-        """The largest canonical body this client will send."""
-        return self._config.max_body_size
-
-    @property
     def clock_skew_s(self) -> float | None:
         """The ingest server's clock minus ours (smoothed, from Date headers); None if unknown."""
         return self._skew.skew_s
@@ -244,7 +247,8 @@ class HmacClient:
         self, body: bytes, idempotency_key: str, lease: LeaseStamp | None
     ) -> dict[str, str]:
         """Build the headers that change with each attempt (the static ones are built once)."""
-        timestamp = self.timestamp()
+        self._signed_at = at = self._clock()  # as timestamp() does, one call fewer per POST
+        timestamp = format_epoch(at)
         headers = {"X-Timestamp": timestamp, "X-Idempotency-Key": idempotency_key}
         headers.update(
             self._signer.signature_headers(body, timestamp, self._signed_at, idempotency_key, lease)
@@ -330,11 +334,13 @@ class HmacClient:
         """
         if self._state is not _State.OPENED:
             raise BridgeError("HmacClient is not open (use 'async with')")
-        if len(body) > self._config.max_body_size:
+        size = len(body)
+        if size > self._config.max_body_size:
             too_large = InvalidSignalError(
-                f"body is {len(body)} bytes, over the limit of {self._config.max_body_size}"
+                f"body is {size} bytes, over the limit of {self._config.max_body_size}"
             )
             return Rejected(status=None, cause=too_large)
+        timeout_s = self._config.timeout_s if timeout is None else timeout
         headers = self._attempt_headers(body, idempotency_key, lease)
         span = self._tracer.start_span(
             "POST", context=context, kind=trace.SpanKind.CLIENT, attributes=self._span_attributes
@@ -343,20 +349,22 @@ class HmacClient:
             inject_trace(headers, span, context)
             started = time.perf_counter()
             sent_at = self._signed_at  # the clock reading the signature was made with
-            exchanged = await self._exchange(body, headers, timeout)
-            if isinstance(exchanged, Failed):
-                self._posts.failed(span, exchanged, started, signal_id)
-                return exchanged
-            status, response_headers, content, oversized = exchanged
-            self._observe_clock(
-                response_headers.get("date"), sent_at, time.perf_counter() - started
-            )
+            try:
+                raw = await self._send(body, size, headers, timeout_s)
+            except httpx.HTTPError as exc:  # httpx errors end here, judged by the outcome table
+                failed = self._failure(exc, timeout_s)
+                self._posts.failed(span, failed, started, signal_id)
+                return failed
+            status = raw.status
+            date = raw.date
+            if date and date != self._skew.last_date:  # the same Date text has nothing new
+                self._observe_clock(date, sent_at, time.perf_counter() - started)
             span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
             outcome: Attempt
-            if oversized is not None:
-                outcome = self._oversized(status, oversized, span, signal_id, started)
+            if raw.oversized is not None:
+                outcome = self._oversized(status, raw.oversized, span, signal_id, started)
             else:
-                outcome = self._judge(status, response_headers, content, started)
+                outcome = self._judge(status, raw, raw.body, started)
             if not isinstance(outcome, Delivered):
                 self._posts.failed(span, outcome, started, signal_id)
                 return outcome
@@ -365,46 +373,52 @@ class HmacClient:
         finally:
             span.end()
 
-    async def _exchange(
-        self, body: bytes, headers: dict[str, str], timeout: float | None
-    ) -> _Exchanged | Failed:
-        """Send one request; return (status, headers, body, oversized), or the transport failure.
+    def _send(
+        self, body: bytes, size: int, headers: dict[str, str], timeout_s: float
+    ) -> Awaitable[RawResponse]:
+        """Start one request with the attempt's own ``headers``; the static ones are added here.
 
-        ``headers`` are the attempt's own (signature, trace context); the static ones are added
-        here. httpx errors end here, judged by the outcome table.
+        Not a coroutine: the caller awaits the transport's own, one frame fewer per POST.
         """
-        timeout_s = self._config.timeout_s if timeout is None else timeout
-        try:
-            if self._fast is not None:
-                # The request line and the static headers were serialised once, at start-up.
-                dynamic = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-                raw = await self._fast.post(
-                    b"%b%bContent-Length: %d\r\n\r\n%b"
-                    % (self._fast_head, dynamic.encode("latin-1"), len(body), body),
-                    timeout_s,
-                )
-                return raw.status, raw.headers, raw.body, raw.oversized
-            response = await self._client.post(
-                self._url,
-                content=body,
-                headers={**self._static_headers, **headers},
-                timeout=httpx.Timeout(timeout_s),
-            )
-            oversized = response.extensions.get(OVERSIZED_EXTENSION)
-            return (
-                response.status_code,
-                response.headers,
-                response.content,
-                oversized if isinstance(oversized, str) else None,
-            )
-        except httpx.HTTPError as exc:
-            return transport_failure(
-                exc,
-                self._table,
-                https=self._url.startswith("https:"),
-                timeout_s=timeout_s,
-                connect_timeout_s=self._config.connect_timeout_s,
-            )
+        if self._fast is None:
+            return self._post_httpx(body, headers, timeout_s)
+        # The request line and the static headers were serialised once, at start-up.
+        dynamic = ""
+        for name, value in headers.items():
+            dynamic += f"{name}: {value}\r\n"
+        return self._fast.post(
+            b"%b%bContent-Length: %d\r\n\r\n%b"
+            % (self._fast_head, dynamic.encode("latin-1"), size, body),
+            timeout_s,
+        )
+
+    async def _post_httpx(
+        self, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> RawResponse:
+        """POST through the httpx.AsyncClient (an injected transport)."""
+        response = await self._client.post(
+            self._url,
+            content=body,
+            headers={**self._static_headers, **headers},
+            timeout=httpx.Timeout(timeout_s),
+        )
+        oversized = response.extensions.get(OVERSIZED_EXTENSION)
+        return RawResponse.of_mapping(
+            response.status_code,
+            response.headers,
+            response.content,
+            oversized if isinstance(oversized, str) else None,
+        )
+
+    def _failure(self, exc: httpx.HTTPError, timeout_s: float) -> Failed:
+        """Judge a POST that ended without an answer by the outcome table."""
+        return transport_failure(
+            exc,
+            self._table,
+            https=self._url.startswith("https:"),
+            timeout_s=timeout_s,
+            connect_timeout_s=self._config.connect_timeout_s,
+        )
 
     def _oversized(
         self, code: int, limit: str, span: trace.Span, signal_id: str | None, started: float
@@ -441,13 +455,12 @@ class HmacClient:
                 ),
             )
 
-    def _judge(
-        self, code: int, headers: Mapping[str, str], content: bytes, started: float
-    ) -> Attempt:
+    def _judge(self, code: int, headers: _Headers, content: bytes, started: float) -> Attempt:
         """Judge a response by the outcome table.
 
         An acked status is final whatever the body: the server has the signal, so a body that
-        is not the documented IngestResponse is a warning, never a reason to post again.
+        is not the documented IngestResponse is a warning, never a reason to post again. Only
+        a refusal reads ``headers`` (the hot path passes its RawResponse, decoded on demand).
         """
         verdict = self._table.for_status(code)
         if verdict.action is Action.ACK:

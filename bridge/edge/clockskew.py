@@ -45,12 +45,13 @@ def describe_skew(skew_s: float) -> str:
 class SkewEstimator:
     """Smoothed ``server clock - local clock`` in seconds, fed one answer at a time."""
 
-    __slots__ = ("_alpha", "_last_date", "_skew_s", "_warned", "warn_s")
+    __slots__ = ("_alpha", "_skew_s", "_warned", "last_date", "warn_s")
 
     def __init__(self, *, warn_s: float = DEFAULT_WARN_S, alpha: float = _ALPHA) -> None:
         self.warn_s = warn_s
         self._alpha = alpha
-        self._last_date: str | None = None
+        # The Date text last taken: an answer with the same text has nothing new to say.
+        self.last_date: str | None = None
         self._skew_s: float | None = None
         self._warned = False
 
@@ -66,9 +67,9 @@ class SkewEstimator:
 
     def observe(self, date: str | None, sent_at: float, received_at: float) -> None:
         """Take one answer's ``Date`` header, sent and received at these local epoch times."""
-        if not date or date == self._last_date:
+        if not date or date == self.last_date:
             return
-        self._last_date = date
+        self.last_date = date
         server_s = parse_http_date(date)
         if server_s is None:
             return

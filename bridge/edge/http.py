@@ -29,6 +29,7 @@ from bridge.edge.protocol import (
     Connection,
     Limits,
     RawResponse,
+    ResponseTimeoutError,
     StaleConnectionError,
 )
 from bridge.edge.slots import Slots
@@ -46,15 +47,6 @@ DEFAULT_KEEPALIVE_EXPIRY_S: Final = 4.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
 # The extension key under which handle_async_request reports an oversized answer.
 OVERSIZED_EXTENSION: Final = "bridge.oversized"
-
-
-class _TimedOutError(Exception):
-    """The response did not arrive in time (becomes httpx.ReadTimeout)."""
-
-
-def _expire(waiter: asyncio.Future[RawResponse]) -> None:
-    if not waiter.done():
-        waiter.set_exception(_TimedOutError())
 
 
 class FastTransport(httpx.AsyncBaseTransport):
@@ -175,47 +167,36 @@ class FastTransport(httpx.AsyncBaseTransport):
         if not slots.try_take():
             await slots.take()
         try:
+            # One loop, not a method per exchange: the hot path (an idle connection that
+            # answers) runs without a coroutine of its own.
             conn = self._take_idle()
-            if conn is not None:
+            reused = conn is not None
+            wait_s = timeout_s
+            while True:
+                if conn is None:
+                    started = time.monotonic()
+                    conn = await self._connect(timeout_s)
+                    # One deadline for the whole request: the time spent connecting counts.
+                    wait_s = max(0.001, timeout_s - (time.monotonic() - started))
                 try:
-                    return await self._exchange(conn, request, timeout_s)
+                    response = await conn.send(request, wait_s)
                 except StaleConnectionError:
-                    pass  # closed by the server while idle: once more on a fresh connection
-            started = time.monotonic()
-            conn = await self._connect(timeout_s)
-            # One deadline for the whole request: the time spent connecting counts.
-            remaining = max(0.001, timeout_s - (time.monotonic() - started))
-            return await self._exchange(conn, request, remaining, timeout_s)
+                    self._discard(conn)
+                    if not reused:
+                        raise
+                    # Closed by the server while idle: once more on a fresh connection.
+                    conn, reused = None, False
+                    continue
+                except ResponseTimeoutError as exc:
+                    self._discard(conn)
+                    raise httpx.ReadTimeout(f"no response within {timeout_s:g}s") from exc
+                except BaseException:
+                    self._discard(conn)
+                    raise
+                self._release(conn)
+                return response
         finally:
             slots.give()
-
-    async def _exchange(
-        self,
-        conn: Connection,
-        request: bytes,
-        timeout_s: float,
-        total_s: float | None = None,
-    ) -> RawResponse:
-        """One request and its response on ``conn``; the connection returns to the pool."""
-        try:
-            waiter = conn.send(request)
-        except BaseException:
-            self._discard(conn)
-            raise
-        # A timer on the waiter costs a fraction of asyncio.timeout() per request.
-        timer = conn.loop.call_later(timeout_s, _expire, waiter)
-        try:
-            response = await waiter
-        except _TimedOutError as exc:
-            self._discard(conn)
-            raise httpx.ReadTimeout(f"no response within {total_s or timeout_s:g}s") from exc
-        except BaseException:
-            self._discard(conn)
-            raise
-        finally:
-            timer.cancel()
-        self._release(conn)
-        return response
 
     def _discard(self, conn: Connection, *, graceful: bool = False) -> None:
         """Drop ``conn``: aborted after a failure (nothing more is read), else closed cleanly."""

@@ -26,11 +26,14 @@ log = logging.getLogger("bridge.client")
 class PostRecorder:
     """Counts and logs the attempts of one producer under the seed's metric names."""
 
-    __slots__ = ("_metrics", "_producer_id")
+    __slots__ = ("_metrics", "_producer_id", "_success_counted", "_success_timed")
 
     def __init__(self, metrics: Metrics, producer_id: str) -> None:
         self._metrics = metrics
         self._producer_id = producer_id
+        # A delivery's metric attributes, built once per status code: record()'s, unchanged.
+        self._success_counted: dict[int, dict[str, str]] = {}
+        self._success_timed = {"result": "success", "producer_id": producer_id}
 
     def record(self, result: str, http_code: int | None, elapsed_s: float | None) -> None:
         """Count the attempt and its duration."""
@@ -59,7 +62,17 @@ class PostRecorder:
 
     def delivered(self, span: trace.Span, delivered: Delivered, signal_id: str | None) -> None:
         """Count a delivery; warn when the server acked it with an unexpected body."""
-        self.record("success", delivered.http_code, delivered.duration_s)
+        code = delivered.http_code
+        try:
+            counted = self._success_counted[code]
+        except KeyError:
+            counted = self._success_counted[code] = {
+                "result": "success",
+                "http_code": str(code or 0),
+                "producer_id": self._producer_id,
+            }
+        self._metrics.posted_total.add(1, counted)
+        self._metrics.posted_duration.record(delivered.duration_s, self._success_timed)
         if delivered.warning is not None and delivered.oversized is None:
             log.warning(
                 "ingest server accepted the signal with an unexpected answer body; acked, "
