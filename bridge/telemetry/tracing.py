@@ -353,6 +353,7 @@ class LeanTracer(_PlainTracer):
         self._root_bound, self._parent_bound = _bounds(self._sampler)
         self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         self._recorder = _recorder(delegate, provider) if usable else None
+        self._lean_ids = usable and _lean_ids(self._ids)
         # Without a processor a span is only its ids: exactly what IdsTracer makes.
         self._ids_only = (
             IdsTracer(self._ids, self._sampler, follows_parent=self._follows_parent)
@@ -404,13 +405,17 @@ class LeanTracer(_PlainTracer):
             )
             sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
             span_attributes, trace_state = result.attributes, result.trace_state
-        span_context = trace.SpanContext(
-            trace_id,
-            self._ids.generate_span_id(),  # type: ignore[union-attr] # set whenever _usable, which the caller checked
-            False,
-            _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)],
-            trace_state,
-        )
+        flags = _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)]
+        ids: Any = self._ids
+        if self._lean_ids:  # as in IdsTracer: the trace id is a valid parent's or a new one
+            span_id = random.getrandbits(64) or ids.generate_span_id()
+            span_context = _new_tuple(
+                _SpanContext, (trace_id, span_id, False, flags, trace_state, True)
+            )
+        else:
+            span_context = trace.SpanContext(
+                trace_id, ids.generate_span_id(), False, flags, trace_state
+            )
         if not recording:
             return trace.NonRecordingSpan(span_context)
         return LeanSpan(

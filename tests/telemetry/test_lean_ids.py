@@ -1,9 +1,9 @@
-"""IdsTracer's own span ids and contexts are those the SDK's calls make, draw for draw.
+"""Span ids and contexts IdsTracer and LeanTracer make themselves equal the SDK calls' ones.
 
-With the SDK's RandomIdGenerator and the fast-path gate on, IdsTracer calls
-``random.getrandbits`` and builds the ``SpanContext`` tuple itself; these compare its spans with
-those it makes through ``generate_span_id`` and ``SpanContext(...)`` from the same random state,
-and check the fallbacks.
+With the SDK's RandomIdGenerator and the fast-path gate on, both tracers call
+``random.getrandbits`` and build the ``SpanContext`` tuple themselves; these compare their spans
+with those made through ``generate_span_id`` and ``SpanContext(...)`` from the same random
+state, and check the fallbacks.
 """
 
 from __future__ import annotations
@@ -13,11 +13,20 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 
 from bridge.telemetry.fastpath import gate
-from bridge.telemetry.tracing import IdsTracer
+from bridge.telemetry.tracing import IdsTracer, LeanTracer, get_tracer
 
 PARENTS = [
     None,
@@ -93,3 +102,29 @@ def test_the_api_builds_contexts_when_the_gate_is_off(gate_off: None) -> None:
     assert not tracer._lean_ids
     stock = IdsTracer(_SdkIds(), sampler, follows_parent=True)
     assert _contexts(tracer, 5) == _contexts(stock, 5)
+
+
+def _recorded(ids: RandomIdGenerator, sampler: Sampler, seed: int) -> list[tuple[object, ...]]:
+    """Spans of a LeanTracer on a provider that exports, from random state ``seed``."""
+    provider = TracerProvider(sampler=sampler, id_generator=ids, shutdown_on_exit=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = LeanTracer(get_tracer(provider), provider)
+    assert tracer._lean_ids is (type(ids) is RandomIdGenerator)
+    made = _contexts(tracer, seed)
+    exported = [
+        (*span.context, span.context.is_valid, span.parent)
+        for span in exporter.get_finished_spans()
+    ]
+    return [*made, *exported]
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBased(TraceIdRatioBased(0.5)), ALWAYS_ON, TraceIdRatioBased(0.5)],
+    ids=["parent-based-ratio", "always-on", "ratio"],
+)
+def test_lean_tracer_ids_are_those_of_the_sdks_calls(sampler: Sampler) -> None:
+    """A LeanTracer's recorded and dropped spans get the ids the SDK's calls would give them."""
+    for seed in (1, 2):
+        assert _recorded(RandomIdGenerator(), sampler, seed) == _recorded(_SdkIds(), sampler, seed)
