@@ -127,6 +127,7 @@ class HmacClient:
         self.max_body_size: Final = config.max_body_size
         self._signer: RequestSigner = signer_for(config)
         self._table = outcome_table(config)
+        self._success = self._table.success  # the statuses the table acks (for_status: ACK)
         self._url = config.ingest_url
         parts = urlsplit(self._url)
         self._server_address = parts.hostname or ""
@@ -462,8 +463,7 @@ class HmacClient:
         is not the documented IngestResponse is a warning, never a reason to post again. Only
         a refusal reads ``headers`` (the hot path passes its RawResponse, decoded on demand).
         """
-        verdict = self._table.for_status(code)
-        if verdict.action is Action.ACK:
+        if code in self._success:  # the table's ACK, without a call: every delivery comes here
             warning: str | None = None
             try:
                 response: IngestResponse | None = _RESPONSE_DECODER.decode(content)
@@ -479,6 +479,7 @@ class HmacClient:
                     f"answer body is not an IngestResponse ({exc}): {snippet!r}",
                 )
             return Delivered(response, code, time.perf_counter() - started, warning)
+        verdict = self._table.for_status(code)
         details = server_details(content)
         current = stale_lease_token(headers.get("content-type"), details)
         if current is not None and self._table.for_answer(code, stale_lease=True).action is (
