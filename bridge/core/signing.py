@@ -107,6 +107,22 @@ def canonical_request_v2(
     ).encode()
 
 
+class _Mac(Protocol):
+    """An HMAC in progress: ``hmac.HMAC`` or the OpenSSL object it wraps."""
+
+    def copy(self) -> _Mac:
+        """Return a copy that can go on on its own."""
+        ...
+
+    def update(self, msg: bytes, /) -> None:
+        """Feed ``msg``."""
+        ...
+
+    def digest(self) -> bytes:
+        """Return the MAC of what was fed."""
+        ...
+
+
 class RequestSigner(Protocol):
     """One signature scheme, as the client uses it: the headers that sign one attempt.
 
@@ -143,7 +159,11 @@ class _HmacSigner:
             raise SigningError("secret must not be empty")
         if not producer_id:
             raise SigningError("producer_id must not be empty")
-        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
+        mac = hmac.new(secret, digestmod=hashlib.sha256)
+        # hmac.HMAC wraps OpenSSL's own HMAC object, which has the same copy, update and digest;
+        # copying that object spares the wrapper's four Python calls per signature (~0.4 us).
+        # A build without it (no OpenSSL, a later Python that renames it) keeps the wrapper.
+        self._hmac: _Mac = getattr(mac, "_hmac", None) or mac
         self._prefix = f"METHOD:{method}\nENDPOINT:{path}\nTIMESTAMP:"
         self.producer_id = producer_id
         self.path = path
@@ -162,9 +182,11 @@ class Signer(_HmacSigner):
         if not body:
             raise SigningError("body must not be empty")
         mac = self._hmac.copy()
+        # body_sha256(body), inlined: one call fewer per signature.
+        digest = binascii.b2a_base64(hashlib.sha256(body).digest(), newline=False).decode("ascii")
         mac.update(
             f"{self._prefix}{timestamp}\nPRODUCER_ID:{self.producer_id}\n"
-            f"BODY_SHA256:{body_sha256(body)}".encode()
+            f"BODY_SHA256:{digest}".encode()
         )
         return binascii.b2a_base64(mac.digest(), newline=False).decode("ascii")
 
@@ -192,9 +214,10 @@ class SignerV2(_HmacSigner):
         if not body:
             raise SigningError("body must not be empty")
         mac = self._hmac.copy()
+        digest = binascii.b2a_base64(hashlib.sha256(body).digest(), newline=False).decode("ascii")
         mac.update(
             f"{self._prefix}{timestamp}\nPRODUCER_ID:{self.producer_id}\n"
-            f"BODY_SHA256:{body_sha256(body)}\n"
+            f"BODY_SHA256:{digest}\n"
             f"IDEMPOTENCY_KEY:{idempotency_key}{_lease_lines(lease)}".encode()
         )
         return binascii.b2a_base64(mac.digest(), newline=False).decode("ascii")

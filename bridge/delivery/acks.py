@@ -69,10 +69,14 @@ class Acks:
 
     def add(self, entry_id: str, receipt: list[str] | None = None) -> None:
         """Buffer the ack of one settled entry (with its receipt when receipts are on)."""
-        self.pending.append(entry_id)
+        pending = self.pending
         if receipt is not None:
             self._receipt_of[entry_id] = receipt
-        self._wakeup.set()
+        if not pending:
+            # The first id of a burst wakes the loop; the event stays set (or the loop is
+            # already past its wait) until the loop takes every buffered id at once.
+            self._wakeup.set()
+        pending.append(entry_id)
 
     def unsent(self) -> Iterable[str]:
         """Ids acked here but not yet confirmed by Redis: never to be posted again."""

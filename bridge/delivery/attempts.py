@@ -81,7 +81,7 @@ class Attempts:
         acked: Callable[[Job, Delivered | Duplicate], None],
         block: Callable[[Lane[Job]], None],
         stopping: Callable[[], bool],
-        fence_closed: Callable[[], bool],
+        fence_closed: Callable[[], bool] | None,
         fenced: Callable[[int | None], None],
         takeover_grace_s: float = 0.0,
     ) -> None:
@@ -90,6 +90,10 @@ class Attempts:
         self._send = send
         self._max_age_s = max_age_s
         self._takeover_grace_s = takeover_grace_s
+        # No age limit is below this one: a younger signal needs no closer look (the hot path).
+        self._min_age_s = (
+            min(max_age_s, max_age_s + takeover_grace_s) if max_age_s else float("inf")
+        )
         self._breaker = breaker
         self._backoff = backoff
         self._clock = clock
@@ -111,7 +115,7 @@ class Attempts:
         with self._observer.span(job, signal.instrument) as span:
             while True:
                 now = self._clock()
-                too_old = self._too_old(job, now)
+                too_old = self._too_old(job, now) if now - job.signal_at > self._min_age_s else None
                 if too_old is not None:
                     letter = DeadLetter(reason="expired", error=too_old, attempts=job.attempts)
                     await self._letters.write(job, letter, span)
@@ -148,7 +152,7 @@ class Attempts:
                     # probe) or stop() is called.
                     await breaker.wait(delay)
 
-    async def _attempt(
+    async def _attempt(  # noqa: PLR0912, PLR0915 - the POST and its outcome in one frame: see below
         self, job: Job, signal: Signal, span: trace.Span, admitted_at: float | None
     ) -> float | _Abandoned | None:
         """Make one attempt; None when the entry is settled, else the backoff before the next.
@@ -162,11 +166,35 @@ class Attempts:
         elif job.attempts > 1:
             span.add_event("retry", {"bridge.attempt": job.attempts})
             admitted_at = None  # a retry's age limit may differ from the one checked
+        # The POST is made here, not in a coroutine of its own: each coroutine between the lane
+        # and the socket is resumed once more when the answer comes (latency at 1 instrument).
+        slots = self._slots
+        if not slots.try_take():
+            await slots.take()
+            admitted_at = None
+        breaker = self._breaker
         try:
-            outcome = await self._post(job, signal, admitted_at)
+            outcome: Attempt | Expired | Stopped | None = None
+            # Plain reads first: the happy path (admitted just now, the server answering well,
+            # no fence) makes no call before the POST.
+            if (
+                admitted_at is None
+                or breaker.consecutive_failures
+                or breaker.state is BreakerState.OPEN
+                or self._fence_closed is not None
+            ):
+                outcome = self._held_back(job, admitted_at)
+            if outcome is None:
+                self.posting += 1
+                try:
+                    outcome = await self._send(job, signal)
+                finally:
+                    self.posting -= 1
         except Exception as exc:  # our bug or a bad setting: systemic, like a 401
             self._observer.on_bug(job, exc)
             outcome = _bug(exc)
+        finally:
+            slots.give()
         match outcome:
             case Delivered():
                 self._breaker.success()
@@ -236,38 +264,26 @@ class Attempts:
             return f"signal is {age_s:.1f}s old, limit {max_age:g}s"
         return None
 
-    async def _post(
-        self, job: Job, signal: Signal, admitted_at: float | None
-    ) -> Attempt | Expired | Stopped:
-        """POST within a posting slot; after stop() only while the server's last answer was good.
+    def _held_back(self, job: Job, admitted_at: float | None) -> Expired | Stopped | None:
+        """Say why a POST holding a slot must not be made (too old, stopping, fenced); None: post.
 
-        The age is checked again once a slot is taken, unless ``admitted_at`` says deliver()
-        checked it for this very attempt and nothing was awaited since.
+        The age is checked again unless ``admitted_at`` says deliver() checked it for this very
+        attempt and nothing was awaited since; after stop() a POST goes only while the server's
+        last answer was good.
         """
-        slots = self._slots
-        if not slots.try_take():
-            await slots.take()
-            admitted_at = None
-        try:
-            if admitted_at is None:  # the wait may have been long
-                too_old = self._too_old(job, self._clock())
-                if too_old is not None:
-                    return Expired(too_old)
-            breaker = self._breaker
-            # Plain reads first: the happy path makes no call here.
-            unhealthy = breaker.consecutive_failures or breaker.state is BreakerState.OPEN
-            if unhealthy and self._stopping():
-                return STOPPED  # a slot freed by a failure: the server is not draining
-            if self._fence_closed():
-                self._fenced(None)
-                return STOPPED  # the shard's lease is lost or expiring: leave it pending
-            self.posting += 1
-            try:
-                return await self._send(job, signal)
-            finally:
-                self.posting -= 1
-        finally:
-            slots.give()
+        if admitted_at is None:  # the wait may have been long
+            now = self._clock()
+            too_old = self._too_old(job, now) if now - job.signal_at > self._min_age_s else None
+            if too_old is not None:
+                return Expired(too_old)
+        breaker = self._breaker
+        unhealthy = breaker.consecutive_failures or breaker.state is BreakerState.OPEN
+        if unhealthy and self._stopping():
+            return STOPPED  # a slot freed by a failure: the server is not draining
+        if self._fence_closed is not None and self._fence_closed():
+            self._fenced(None)
+            return STOPPED  # the shard's lease is lost or expiring: leave it pending
+        return None
 
 
 def _bug(exc: Exception) -> Failed:

@@ -89,7 +89,8 @@ class Breaker:
     def success(self) -> None:
         """Record an answer that is not a failure; closes an open breaker and wakes every lane."""
         self.consecutive_failures = 0
-        self._set(BreakerState.CLOSED, "")
+        if self.state is not BreakerState.CLOSED:  # closed already (every delivery): no call
+            self._set(BreakerState.CLOSED, "")
 
     def failure(
         self, reason: str, *, systemic: bool = False, retry_after_s: float | None = None

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -127,9 +127,10 @@ class DeadLetters:
         self._lease = lease  # strict ordering: (lease key, lease value) the script checks
         self._fenced = fenced
 
-    def deferred(self, entry_id: str) -> DeadLetter | None:
-        """Return the letter decided for an entry whose write the dead-letter stream refused."""
-        return self._deferred.get(entry_id)
+    @property
+    def deferred(self) -> Mapping[str, DeadLetter]:
+        """The letters decided for entries whose write the dead-letter stream refused, by id."""
+        return self._deferred
 
     async def write_now(self, job: Job, letter: DeadLetter) -> None:
         """Dead-letter an entry that is never posted (invalid, poison), in its own span."""

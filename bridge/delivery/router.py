@@ -9,7 +9,7 @@ or has acked (never to be posted again), and the highest id routed so far.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from bridge.delivery.jobs import Job
@@ -34,7 +34,7 @@ class Router:
         unacked: Callable[[], Iterable[str]],
         run_lane: Callable[[str], Coroutine[Any, Any, None]],
         dead_letter_now: Callable[[Job, DeadLetter], Coroutine[Any, Any, None]],
-        deferred: Callable[[str], DeadLetter | None],
+        deferred: Mapping[str, DeadLetter],
     ) -> None:
         self.tasks: set[asyncio.Task[None]] = set()
         self.seen_high: StreamId = (0, 0)  # highest id routed so far (read, claimed, adopted)
@@ -47,7 +47,8 @@ class Router:
         self._unacked = unacked
         self._run_lane = run_lane
         self._dead_letter_now = dead_letter_now
-        self._deferred = deferred  # letters decided earlier whose write was refused
+        # Letters decided earlier whose write was refused, by entry id (read only; usually empty).
+        self._deferred = deferred
 
     def busy(self) -> set[str]:
         """Ids this worker holds or has delivered and not yet acked: never to be posted again."""
@@ -86,16 +87,22 @@ class Router:
         """Hold a prepared entry on its lane (starting the lane), or leave it parked in Redis."""
         if self.released:  # usually empty: no call then
             self.released.discard(job.entry.id)
-        if self.dead_letter_at_once(job) or job.signal is None:
+        signal = job.signal
+        # dead_letter_at_once's cases read in place first: a usual entry makes no call for them.
+        if (
+            signal is None or self._deferred or job.entry.deliveries > self._max_deliveries
+        ) and self.dead_letter_at_once(job):
             return
-        if job.signal.instrument in self.abandoned:
+        if signal is None:
+            return
+        if signal.instrument in self.abandoned:
             return  # an earlier entry of it was left pending (stopping, fenced): this one too
-        offer = self._lanes.offer(job.signal.instrument, job)
+        offer = self._lanes.offer(signal.instrument, job)
         if offer is Offer.PARKED:
             return
         self._window.hold(job)
         if offer is Offer.START:
-            self.spawn(self._run_lane(job.signal.instrument))
+            self.spawn(self._run_lane(signal.instrument))
 
     def take_back(self, lane: Lane[Job], jobs: list[Job]) -> None:
         """Queue entries a lane brought back from Redis (poison ones are dead-lettered)."""
@@ -111,7 +118,7 @@ class Router:
         gets that letter again: a signal the server rejected is not posted a second time.
         """
         entry = job.entry
-        earlier = self._deferred(entry.id)
+        earlier = self._deferred.get(entry.id)
         if earlier is not None:
             letter = earlier
         elif entry.deliveries > self._max_deliveries:

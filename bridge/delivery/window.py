@@ -29,6 +29,9 @@ class Window:
         self._room.set()
         self._some_room = asyncio.Event()  # set when one entry fits (a lane bringing back)
         self._some_room.set()
+        # Who waits on each event now: a release with nobody waiting sets nothing (no call).
+        self._room_waiters = 0
+        self._some_room_waiters = 0
 
     def __len__(self) -> int:
         return len(self.held)
@@ -52,7 +55,17 @@ class Window:
         need, event = (self._batch, self._room) if whole_batch else (1, self._some_room)
         while not self._stopped and self.free() < need:
             event.clear()
-            await event.wait()
+            if whole_batch:
+                self._room_waiters += 1
+            else:
+                self._some_room_waiters += 1
+            try:
+                await event.wait()
+            finally:
+                if whole_batch:
+                    self._room_waiters -= 1
+                else:
+                    self._some_room_waiters -= 1
         return not self._stopped
 
     @contextmanager
@@ -75,10 +88,10 @@ class Window:
 
     def changed(self) -> None:
         """Wake whoever waits for room, once what they need fits."""
-        free = self.free()
-        if free >= self._batch:
+        free = self._capacity - len(self.held) - self._reserved  # free(), without its calls
+        if free >= self._batch and self._room_waiters:
             self._room.set()
-        if free >= 1:
+        if free >= 1 and self._some_room_waiters:
             self._some_room.set()
 
     def hold(self, job: Job) -> None:
@@ -90,7 +103,7 @@ class Window:
         if not job.done:
             job.done = True
             self.held.pop(job.entry.id, None)
-            if not (self._room.is_set() and self._some_room.is_set()):
+            if self._room_waiters or self._some_room_waiters:  # plain reads: once per delivery
                 self.changed()
 
     def send_back(self, jobs: list[Job]) -> None:

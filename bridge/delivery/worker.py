@@ -176,7 +176,8 @@ class Worker:
             acked=self._acked,
             block=self._block,
             stopping=lambda: self._stopping,
-            fence_closed=self._fence_closed,
+            # Without a fence nothing can close it: no call before each POST.
+            fence_closed=None if fence is None else self._fence_closed,
             fenced=self._fenced,
         )
         self._recovery = Recovery(

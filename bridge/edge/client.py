@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Protocol, Self
 from urllib.parse import urlsplit
@@ -127,6 +127,7 @@ class HmacClient:
         self.max_body_size: Final = config.max_body_size
         self._signer: RequestSigner = signer_for(config)
         self._table = outcome_table(config)
+        self._success = self._table.success  # the statuses the table acks (for_status: ACK)
         self._url = config.ingest_url
         parts = urlsplit(self._url)
         self._server_address = parts.hostname or ""
@@ -350,7 +351,20 @@ class HmacClient:
             started = time.perf_counter()
             sent_at = self._signed_at  # the clock reading the signature was made with
             try:
-                raw = await self._send(body, size, headers, timeout_s)
+                fast = self._fast
+                if fast is None:
+                    raw = await self._post_httpx(body, headers, timeout_s)
+                else:
+                    # The request line and the static headers were serialised once, at
+                    # start-up; this attempt's own follow (in place: once per POST).
+                    dynamic = ""
+                    for name, value in headers.items():
+                        dynamic += f"{name}: {value}\r\n"
+                    raw = await fast.post(
+                        b"%b%bContent-Length: %d\r\n\r\n%b"
+                        % (self._fast_head, dynamic.encode("latin-1"), size, body),
+                        timeout_s,
+                    )
             except httpx.HTTPError as exc:  # httpx errors end here, judged by the outcome table
                 failed = self._failure(exc, timeout_s)
                 self._posts.failed(span, failed, started, signal_id)
@@ -372,25 +386,6 @@ class HmacClient:
             return outcome
         finally:
             span.end()
-
-    def _send(
-        self, body: bytes, size: int, headers: dict[str, str], timeout_s: float
-    ) -> Awaitable[RawResponse]:
-        """Start one request with the attempt's own ``headers``; the static ones are added here.
-
-        Not a coroutine: the caller awaits the transport's own, one frame fewer per POST.
-        """
-        if self._fast is None:
-            return self._post_httpx(body, headers, timeout_s)
-        # The request line and the static headers were serialised once, at start-up.
-        dynamic = ""
-        for name, value in headers.items():
-            dynamic += f"{name}: {value}\r\n"
-        return self._fast.post(
-            b"%b%bContent-Length: %d\r\n\r\n%b"
-            % (self._fast_head, dynamic.encode("latin-1"), size, body),
-            timeout_s,
-        )
 
     async def _post_httpx(
         self, body: bytes, headers: dict[str, str], timeout_s: float
@@ -462,8 +457,7 @@ class HmacClient:
         is not the documented IngestResponse is a warning, never a reason to post again. Only
         a refusal reads ``headers`` (the hot path passes its RawResponse, decoded on demand).
         """
-        verdict = self._table.for_status(code)
-        if verdict.action is Action.ACK:
+        if code in self._success:  # the table's ACK, without a call: every delivery comes here
             warning: str | None = None
             try:
                 response: IngestResponse | None = _RESPONSE_DECODER.decode(content)
@@ -479,6 +473,7 @@ class HmacClient:
                     f"answer body is not an IngestResponse ({exc}): {snippet!r}",
                 )
             return Delivered(response, code, time.perf_counter() - started, warning)
+        verdict = self._table.for_status(code)
         details = server_details(content)
         current = stale_lease_token(headers.get("content-type"), details)
         if current is not None and self._table.for_answer(code, stale_lease=True).action is (

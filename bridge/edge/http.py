@@ -152,13 +152,6 @@ class FastTransport(httpx.AsyncBaseTransport):
             return conn
         return None
 
-    def _release(self, conn: Connection) -> None:
-        if conn.closed or self._closed:
-            self._discard(conn, graceful=True)
-            return
-        conn.idle_since = time.monotonic()
-        self._idle.append(conn)
-
     async def post(self, request: bytes, timeout_s: float) -> RawResponse:
         """Send prebuilt request bytes on a pooled connection and read the whole response."""
         if self._closed:
@@ -168,8 +161,15 @@ class FastTransport(httpx.AsyncBaseTransport):
             await slots.take()
         try:
             # One loop, not a method per exchange: the hot path (an idle connection that
-            # answers) runs without a coroutine of its own.
-            conn = self._take_idle()
+            # answers) runs without a coroutine of its own, and takes and gives back its
+            # connection in place (_take_idle is for the rest).
+            idle = self._idle
+            conn = idle.pop() if idle else None
+            if conn is not None and (
+                conn.closed or time.monotonic() - conn.idle_since > self._keepalive_expiry_s
+            ):
+                self._discard(conn, graceful=True)
+                conn = self._take_idle()
             reused = conn is not None
             wait_s = timeout_s
             while True:
@@ -193,7 +193,11 @@ class FastTransport(httpx.AsyncBaseTransport):
                 except BaseException:
                     self._discard(conn)
                     raise
-                self._release(conn)
+                if conn.closed or self._closed:
+                    self._discard(conn, graceful=True)
+                else:  # back to the pool
+                    conn.idle_since = time.monotonic()
+                    idle.append(conn)
                 return response
         finally:
             slots.give()

@@ -364,7 +364,12 @@ class Connection(asyncio.Protocol):
         """
         if self.closed or self.transport is None or self.transport.is_closing():
             raise StaleConnectionError("connection is closed")
-        self._reset()
+        # _reset() without its call of on_message_begin: the parser makes that call at the
+        # answer's first byte, and until then only these four are read (one call fewer each).
+        self._fed = 0
+        self._received = False
+        self._head_bytes = 0
+        self._headers_done = False
         waiter: asyncio.Future[RawResponse] = self.loop.create_future()
         self._waiter = waiter
         self.transport.write(data)
