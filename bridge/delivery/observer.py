@@ -27,7 +27,7 @@ from bridge.edge.results import Delivered, Failed
 from bridge.streams.entries import SIGNAL_FIELD, DeadLetter
 from bridge.streams.group import SignalStream
 from bridge.telemetry.logs import log_fields, log_info
-from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.metrics import Metrics, counter_series, histogram_series
 
 __all__ = ["DeliveryObserver", "WorkerStats"]
 
@@ -69,6 +69,10 @@ class DeliveryObserver:
         self._clock_skew_s = clock_skew_s
         self._probe_in_s = probe_in_s  # seconds to the breaker's next probe; None while closed
         self._outages = outages if outages is not None else OutageLog()
+        # The attribute sets a delivery records, bound once (see CounterSeries).
+        self._acked_success = counter_series(metrics.acked_total, {"outcome": "success"})
+        self._acked_duplicate = counter_series(metrics.acked_total, {"outcome": "duplicate"})
+        self._signal_age = histogram_series(metrics.signal_age)
         self._span_name = f"process {stream.stream}"
         self._span_attrs = {
             msg_attrs.MESSAGING_SYSTEM: "redis",
@@ -95,7 +99,7 @@ class DeliveryObserver:
         """Report a delivery: count it and its age, and write the one INFO line."""
         self.stats.delivered += 1
         age_s = self._clock() - job.signal_at  # set with job.signal, once per entry
-        self._metrics.signal_age.record(age_s if age_s > 0.0 else 0.0)  # max(), without a call
+        self._signal_age.record(age_s if age_s > 0.0 else 0.0)  # max(), without a call
         response = delivered.response
         self._acked(
             job,
@@ -122,10 +126,11 @@ class DeliveryObserver:
         server_signal_id: str | None,
         duration_ms: float | None,
     ) -> None:
-        span.set_attribute("bridge.outcome", outcome)
+        if type(span) is not trace.NonRecordingSpan:  # its set_attribute does nothing: no call
+            span.set_attribute("bridge.outcome", outcome)
         if self._outages.in_outage:
             self._outages.recovered()
-        self._metrics.acked_total.add(1, {"outcome": outcome})
+        (self._acked_success if outcome == "success" else self._acked_duplicate).add(1)
         # The one INFO line per delivery: log_info writes it straight into the JSON handler's
         # buffer when logging is as shipped, else it is exactly log.info(..., extra=...).
         fields = {

@@ -16,7 +16,7 @@ from bridge.edge.results import Delivered, Duplicate, Failed, Fenced, Rejected
 from bridge.errors import DeliveryError, DeliveryTimeoutError, InvalidSignalError
 from bridge.telemetry.bounds import bounded
 from bridge.telemetry.logs import log_fields, trace_fields
-from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.metrics import CounterSeries, Metrics, counter_series, histogram_series
 
 __all__ = ["PostRecorder"]
 
@@ -31,9 +31,11 @@ class PostRecorder:
     def __init__(self, metrics: Metrics, producer_id: str) -> None:
         self._metrics = metrics
         self._producer_id = producer_id
-        # A delivery's metric attributes, built once per status code: record()'s, unchanged.
-        self._success_counted: dict[int, dict[str, str]] = {}
-        self._success_timed = {"result": "success", "producer_id": producer_id}
+        # A delivery's metric series, bound once (per status code): record()'s attributes.
+        self._success_counted: dict[int, CounterSeries] = {}
+        self._success_timed = histogram_series(
+            metrics.posted_duration, {"result": "success", "producer_id": producer_id}
+        )
 
     def record(self, result: str, http_code: int | None, elapsed_s: float | None) -> None:
         """Count the attempt and its duration."""
@@ -66,13 +68,16 @@ class PostRecorder:
         try:
             counted = self._success_counted[code]
         except KeyError:
-            counted = self._success_counted[code] = {
-                "result": "success",
-                "http_code": str(code or 0),
-                "producer_id": self._producer_id,
-            }
-        self._metrics.posted_total.add(1, counted)
-        self._metrics.posted_duration.record(delivered.duration_s, self._success_timed)
+            counted = self._success_counted[code] = counter_series(
+                self._metrics.posted_total,
+                {
+                    "result": "success",
+                    "http_code": str(code or 0),
+                    "producer_id": self._producer_id,
+                },
+            )
+        counted.add(1)
+        self._success_timed.record(delivered.duration_s)
         if delivered.warning is not None and delivered.oversized is None:
             log.warning(
                 "ingest server accepted the signal with an unexpected answer body; acked, "

@@ -22,10 +22,18 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.semconv.attributes import server_attributes
 from opentelemetry.util.types import Attributes
 
-from bridge.telemetry.fastpath.histograms import LocalHistogram, LocalHistograms
+from bridge.telemetry.fastpath.histograms import HistogramSeries, LocalHistogram, LocalHistograms
 from bridge.telemetry.tracing import INSTRUMENTATION_NAME
 
-__all__ = ["AGE_BUCKETS_S", "DURATION_BUCKETS_S", "LocalCounter", "Metrics"]
+__all__ = [
+    "AGE_BUCKETS_S",
+    "DURATION_BUCKETS_S",
+    "CounterSeries",
+    "LocalCounter",
+    "Metrics",
+    "counter_series",
+    "histogram_series",
+]
 
 DURATION_BUCKETS_S: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0)
 AGE_BUCKETS_S: Final = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
@@ -80,12 +88,78 @@ class LocalCounter:
             values = self._values
             values[key] = values.get(key, 0) + amount
 
+    def series(self, attributes: Attributes = None) -> CounterSeries:
+        """Return ``add`` bound to ``attributes``: the same totals, without keying each call."""
+        key: _AttributeKey = tuple(attributes.items()) if attributes else ()  # type: ignore[arg-type] # as in add()
+        return CounterSeries(self._values, self._lock, key)
+
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         """Report every attribute set's total (called by the SDK when a reader collects)."""
         del options
         with self._lock:
             items = list(self._values.items())
         return [Observation(total, dict(key)) for key, total in items]
+
+
+class CounterSeries:
+    """One attribute set of a counter: ``add(amount)`` as ``counter.add(amount, attributes)``.
+
+    A delivery's counters have fixed attribute sets; bound once, a call skips building and
+    keying the attribute dict. The total appears at the first add, as with ``add``.
+    """
+
+    __slots__ = ("_attributes", "_counter", "_key", "_lock", "_values")
+
+    def __init__(
+        self,
+        values: dict[_AttributeKey, int | float] | None,
+        lock: threading.Lock | None,
+        key: _AttributeKey,
+        *,
+        counter: metrics.Counter | None = None,
+        attributes: Attributes = None,
+    ) -> None:
+        """Add into a LocalCounter's ``values`` under ``lock``, or else through ``counter``."""
+        self._values = values
+        self._lock = lock
+        self._key = key
+        self._counter = counter
+        self._attributes = attributes
+
+    def add(self, amount: float) -> None:
+        """Add ``amount`` (>= 0; a negative one is dropped, as by any counter)."""
+        values = self._values
+        if values is None:  # not a LocalCounter: the instrument's own add
+            self._counter.add(amount, self._attributes)  # type: ignore[union-attr] # set whenever values is None
+            return
+        if amount < 0:
+            return
+        key = self._key
+        with self._lock:  # type: ignore[union-attr] # set with values
+            try:
+                values[key] += amount
+            except KeyError:
+                values[key] = amount
+
+
+def counter_series(
+    counter: LocalCounter | metrics.Counter, attributes: Attributes
+) -> CounterSeries:
+    """Bind ``counter`` (a LocalCounter or the SDK's) to one attribute set."""
+    if isinstance(counter, LocalCounter):
+        return counter.series(attributes)
+    return CounterSeries(None, None, (), counter=counter, attributes=attributes)
+
+
+def histogram_series(
+    histogram: LocalHistogram | metrics.Histogram, attributes: Attributes = None
+) -> HistogramSeries:
+    """Bind ``histogram`` (a LocalHistogram or the SDK's) to one attribute set."""
+    return (
+        histogram.series(attributes)
+        if isinstance(histogram, LocalHistogram)
+        else (HistogramSeries(histogram, attributes))
+    )
 
 
 class Metrics:

@@ -10,6 +10,7 @@ own span would hand it.
 
 from __future__ import annotations
 
+import random
 import traceback
 from collections.abc import Mapping, Sequence
 from contextvars import Token
@@ -219,11 +220,28 @@ def _bounds(sampler: Any) -> tuple[int | None, int | None]:  # noqa: ANN401 - an
     return None, None
 
 
+_SpanContext: Final = trace.SpanContext
+_new_tuple: Final = tuple.__new__
+
+
+def _lean_ids(ids: Any) -> bool:  # noqa: ANN401 - any IdGenerator
+    """Say whether span ids and contexts may be made without the SDK's calls (see IdsTracer).
+
+    Only for the SDK's own RandomIdGenerator (ids from ``random.getrandbits``, never 0) and a
+    verified API, whose ``SpanContext`` is the tuple its ``__new__`` builds.
+    """
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415 - SDK only here
+
+    return type(ids) is RandomIdGenerator and fast_paths().enabled
+
+
 class IdsTracer(_PlainTracer):
     """The tracer of a provider that exports nothing: spans are only their ids, never recorded.
 
-    Built on the public API (``IdGenerator``, ``Sampler``, ``NonRecordingSpan``), so it needs no
-    gate. ``setup_telemetry`` uses it when no span exporter is configured, with the
+    Built on the public API (``IdGenerator``, ``Sampler``, ``NonRecordingSpan``), so it works
+    whatever the gate says; only with it on and the SDK's ``RandomIdGenerator`` does it draw span
+    ids and build span contexts itself (``_lean_ids``: two calls fewer a span, the same values).
+    ``setup_telemetry`` uses it when no span exporter is configured, with the
     ``ParentBased(ALWAYS_OFF)`` sampler it gave the provider: a span follows its parent's sampled
     flag and trace state, and a root is unsampled, exactly the ids and flags the SDK would give.
     """
@@ -240,6 +258,7 @@ class IdsTracer(_PlainTracer):
         self._follows_parent = follows_parent
         self._random_root = bool(ids.is_trace_id_random())
         self._root_bound, self._parent_bound = _bounds(sampler)
+        self._lean_ids = _lean_ids(ids)
 
     def start_span(  # noqa: PLR0917 - the API's signature
         self,
@@ -255,12 +274,20 @@ class IdsTracer(_PlainTracer):
         """Make the span the SDK would, reduced to its context: ids, flags and trace state."""
         del start_time, record_exception, set_status_on_exception
         ids = self._ids
+        lean = self._lean_ids
         # A SpanContext is typed as its tuple: unpacked here instead of five property calls.
         trace_id, _, _, flags, trace_state, valid = span_in(context).get_span_context()
-        span_id = ids.generate_span_id()
+        # The SDK's RandomIdGenerator draws exactly this (and again for a zero).
+        span_id = (lean and random.getrandbits(64)) or ids.generate_span_id()
         if valid:
             if self._follows_parent:
                 flags = _FLAGS[flags & _SAMPLED_BITS]
+                if lean:  # SpanContext.__new__'s tuple for a valid trace id and span id
+                    return trace.NonRecordingSpan(
+                        _new_tuple(
+                            _SpanContext, (trace_id, span_id, False, flags, trace_state, True)
+                        )
+                    )
                 return trace.NonRecordingSpan(
                     trace.SpanContext(trace_id, span_id, False, flags, trace_state)
                 )
@@ -271,6 +298,10 @@ class IdsTracer(_PlainTracer):
         if bound is not None:  # what the sampler would answer (see _bounds)
             sampled = (trace_id & _LOW_BITS) < bound
             flags = _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)]
+            if lean:  # as above: the trace id is a valid parent's or a new random one
+                return trace.NonRecordingSpan(
+                    _new_tuple(_SpanContext, (trace_id, span_id, False, flags, trace_state, True))
+                )
             return trace.NonRecordingSpan(
                 trace.SpanContext(trace_id, span_id, False, flags, trace_state)
             )
@@ -322,6 +353,7 @@ class LeanTracer(_PlainTracer):
         self._root_bound, self._parent_bound = _bounds(self._sampler)
         self._random_root = bool(usable and self._ids.is_trace_id_random())  # type: ignore[union-attr] # set whenever _usable, which the caller checked
         self._recorder = _recorder(delegate, provider) if usable else None
+        self._lean_ids = usable and _lean_ids(self._ids)
         # Without a processor a span is only its ids: exactly what IdsTracer makes.
         self._ids_only = (
             IdsTracer(self._ids, self._sampler, follows_parent=self._follows_parent)
@@ -373,13 +405,17 @@ class LeanTracer(_PlainTracer):
             )
             sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
             span_attributes, trace_state = result.attributes, result.trace_state
-        span_context = trace.SpanContext(
-            trace_id,
-            self._ids.generate_span_id(),  # type: ignore[union-attr] # set whenever _usable, which the caller checked
-            False,
-            _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)],
-            trace_state,
-        )
+        flags = _FLAGS[(1 if sampled else 0) | (2 if random_id else 0)]
+        ids: Any = self._ids
+        if self._lean_ids:  # as in IdsTracer: the trace id is a valid parent's or a new one
+            span_id = random.getrandbits(64) or ids.generate_span_id()
+            span_context = _new_tuple(
+                _SpanContext, (trace_id, span_id, False, flags, trace_state, True)
+            )
+        else:
+            span_context = trace.SpanContext(
+                trace_id, ids.generate_span_id(), False, flags, trace_state
+            )
         if not recording:
             return trace.NonRecordingSpan(span_context)
         return LeanSpan(

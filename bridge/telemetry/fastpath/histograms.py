@@ -35,6 +35,7 @@ __all__ = [
     "ExemplarFilterName",
     "ExemplarSample",
     "HistogramPoint",
+    "HistogramSeries",
     "LocalHistogram",
     "LocalHistograms",
 ]
@@ -211,6 +212,10 @@ class LocalHistogram:
             if sample is not None:
                 self._sample(cell, index, amount, attributes, sample)
 
+    def series(self, attributes: Attributes = None) -> HistogramSeries:
+        """Return ``record`` bound to ``attributes``: the same points, without keying each call."""
+        return HistogramSeries(self, attributes)
+
     def _sample(
         self,
         cell: _Cell,
@@ -236,6 +241,16 @@ class LocalHistogram:
             previous = samples[index]
             ids, ids_from = (None, 0) if previous is None else (previous[4], previous[5])
         samples[index] = (sequence, amount, time_unix_nano, attributes, ids, ids_from)
+
+    def _find(self, attributes: Attributes) -> _Cell:
+        """Find or make the cell of ``attributes`` (the lock is held)."""
+        key: _Items = tuple(attributes.items()) if attributes else ()
+        try:
+            cell = self._aliases.get(key)
+        except TypeError:  # a sequence value (a list): key it by a tuple of its items
+            key = tuple((name, _frozen(value)) for name, value in key)
+            cell = self._aliases.get(key)
+        return self._cell(key) if cell is None else cell
 
     def _cell(self, key: _Items) -> _Cell:
         """Find or create the cell of an attribute order not seen yet (the lock is held)."""
@@ -279,6 +294,55 @@ class LocalHistogram:
                 )
                 for cell in self._cells.values()
             ]
+
+
+class HistogramSeries:
+    """One attribute set of a histogram: ``record(amount)`` as ``record(amount, attributes)``.
+
+    A delivery's histograms have fixed attribute sets: bound once, a record finds its cell
+    without building and keying the attribute dict (the cell is found, or made, at the first
+    record, as ``record`` would). Exemplars are taken as ``record`` takes them; dropped values
+    go through it. Any other histogram (the SDK's) is called with the attributes.
+    """
+
+    __slots__ = ("_attributes", "_cell", "_histogram", "_other")
+
+    def __init__(self, histogram: object, attributes: Attributes = None) -> None:
+        """Bind ``histogram`` (a LocalHistogram, or any with the API's ``record``)."""
+        self._histogram = histogram if type(histogram) is LocalHistogram else None
+        self._other: Any = None if self._histogram is not None else histogram
+        self._attributes = attributes
+        self._cell: _Cell | None = None
+
+    def record(self, amount: float) -> None:
+        """Record ``amount`` (see ``LocalHistogram.record``)."""
+        histogram = self._histogram
+        if histogram is None:
+            self._other.record(amount, self._attributes)
+            return
+        # LocalHistogram.record (current context) for an amount it keeps, minus the key look-up.
+        if not 0 <= amount < _INF:  # NaN fails both comparisons
+            histogram.record(amount, self._attributes)  # dropped there, with its warning
+            return
+        sample: tuple[int, Any] | None = None
+        always = histogram._filter
+        if always is not None:
+            span: Any = span_in()
+            if always or (span is not INVALID_SPAN and span.get_span_context()[3] & _SAMPLED):
+                sample = (time.time_ns(), span)
+        with histogram._lock:
+            cell = self._cell
+            if cell is None:
+                cell = self._cell = histogram._find(self._attributes)
+            index = bisect_left(histogram._bounds, amount)
+            cell.counts[index] += 1
+            cell.sum += amount
+            if amount < cell.min:  # noqa: PLR1730 - cheaper than calling min() per record
+                cell.min = amount
+            if amount > cell.max:  # noqa: PLR1730 - cheaper than calling max() per record
+                cell.max = amount
+            if sample is not None:
+                histogram._sample(cell, index, amount, self._attributes, sample)
 
 
 def _exemplars(cell: _Cell, since: int) -> tuple[ExemplarSample, ...]:
