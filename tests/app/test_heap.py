@@ -16,13 +16,13 @@ from bridge.ops import cli
 _CHILD = textwrap.dedent(
     """
     import gc
-    from bridge.app.heap import YOUNG_THRESHOLD, settle_heap
+    from bridge.app.heap import settle_heap
 
     before = gc.get_threshold()
     settle_heap()
     after = gc.get_threshold()
     assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
-    assert after == (YOUNG_THRESHOLD, before[1], before[2]), (before, after)
+    assert after == before, (before, after)  # a larger young generation stalled deliveries
 
     collected = []
     gc.callbacks.append(lambda phase, info: phase == "stop" and collected.append(info["collected"]))
@@ -31,7 +31,7 @@ _CHILD = textwrap.dedent(
         a.append(b)
         b.append(a)
     assert sum(collected) > 0, "no cycle was collected without an explicit gc.collect()"
-    print("ok", gc.get_freeze_count(), after[0], sum(collected))
+    print("ok", gc.get_freeze_count(), sum(collected))
     """
 )
 
